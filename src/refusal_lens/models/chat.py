@@ -1,0 +1,94 @@
+"""Chat formatting with the model's own template, left padding and explicit attention masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..errors import UserError
+
+_SENTINEL = "\x00REFUSAL_LENS_INSTRUCTION\x00"
+# Tokens that end an assistant turn in common templates (the tokenizer's eos is added too).
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+@dataclass
+class EncodedBatch:
+    input_ids: torch.Tensor  # [batch, seq], left-padded
+    attention_mask: torch.Tensor  # [batch, seq], 0 on padding
+
+    def to(self, device: torch.device) -> EncodedBatch:
+        return EncodedBatch(self.input_ids.to(device), self.attention_mask.to(device))
+
+
+class ChatFormatter:
+    """Renders one-user-turn conversations with the tokenizer's chat template.
+
+    `system=None` keeps the template's own behaviour (Qwen2.5 inserts a default system prompt);
+    a string sets the system turn explicitly ("" for an empty one, where the template allows).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        system: str | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError(
+                "this tokenizer has no chat template; refusal-lens needs a chat "
+                "(instruction-tuned) model"
+            )
+        self.tokenizer = tokenizer
+        self.system = system
+        self.max_length = max_length
+
+    def render(self, instruction: str) -> str:
+        messages = [{"role": "user", "content": instruction}]
+        if self.system is not None:
+            messages.insert(0, {"role": "system", "content": self.system})
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(text)
+
+    @cached_property
+    def post_instruction_ids(self) -> list[int]:
+        """Template tokens after the instruction (e.g. `<|im_end|>\\n<|im_start|>assistant\\n`)."""
+        rendered = self.render(_SENTINEL)
+        suffix = rendered.split(_SENTINEL, 1)[1]
+        return list(self.tokenizer(suffix, add_special_tokens=False)["input_ids"])
+
+    @property
+    def n_post_instruction(self) -> int:
+        return len(self.post_instruction_ids)
+
+    @cached_property
+    def stop_token_ids(self) -> list[int]:
+        """End-of-turn tokens: generation stops at any of them."""
+        ids = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        vocab = self.tokenizer.get_vocab()
+        ids.update(int(vocab[token]) for token in _END_OF_TURN if token in vocab)
+        return sorted(ids)
+
+    def encode(self, instructions: list[str]) -> EncodedBatch:
+        if not instructions:
+            raise UserError("no prompts to encode: the prompt list is empty")
+        texts = [self.render(text) for text in instructions]
+        # The template already holds every special token: adding BOS again would double it.
+        encoded = self.tokenizer(
+            texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt"
+        )
+        lengths = encoded["attention_mask"].sum(dim=1)
+        if self.max_length is not None and int(lengths.max()) > self.max_length:
+            longest = int(lengths.argmax())
+            raise UserError(
+                f"prompt {longest} is {int(lengths[longest])} tokens with its chat template, "
+                f"longer than the model's context of {self.max_length}; shorten or drop it"
+            )
+        return EncodedBatch(encoded["input_ids"], encoded["attention_mask"])
