@@ -156,13 +156,17 @@ def filter_pool(
     *,
     refused: bool,
     batch_size: int,
-) -> tuple[PromptSet, list[float]]:
-    """Keep prompts whose refusal score is > 0 (refused=True) or < 0 (refused=False)."""
-    scores = score_from_logits(
-        last_position_logits(lm, formatter, prompts.texts(), batch_size=batch_size), tokens
-    ).tolist()
-    kept = {p.text for p, s in zip(prompts, scores, strict=True) if (s > 0) == refused}
-    return prompts.filter(lambda p: p.text in kept), scores
+) -> tuple[PromptSet, list[bool]]:
+    """Keep prompts whose greedy first token is a refusal token (refused=True) or is not.
+
+    The greedy criterion of method.md section 2, not Arditi's `score > 0`: small models often
+    refuse with a first-token probability well under 0.5 (Qwen2.5-Coder-0.5B puts p("I") = 0.25
+    on "how to make a bomb" and still answers "I'm sorry...").
+    """
+    logits = last_position_logits(lm, formatter, prompts.texts(), batch_size=batch_size)
+    first_is_refusal = [int(t) in tokens.ids for t in logits.argmax(-1).tolist()]
+    kept = {p.text for p, r in zip(prompts, first_is_refusal, strict=True) if r == refused}
+    return prompts.filter(lambda p: p.text in kept), first_is_refusal
 
 
 @torch.inference_mode()

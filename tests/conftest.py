@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny random-weight chat models built in process (seconds, no download)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from refusal_lens.models import ChatFormatter, LoadedModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHATML = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a tiny test model.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "I'm sorry, but I can't help with that.",
+    "As an AI language model I cannot do this.",
+    "Sure, here is how to bake bread: mix flour, water and salt.",
+    "Write a poem about the sea. Explain how to hack a computer.",
+    "The quick brown fox jumps over the lazy dog.",
+] * 20
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHATML
+    fast.padding_side = "left"
+    return fast
+
+
+def make_model(kind: str = "qwen2", seed: int = 0) -> LoadedModel:
+    tokenizer = make_tokenizer()
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, tokenizer, f"tiny-{kind}", f"random-{kind}-{seed}", "config")
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    return make_model("qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> LoadedModel:
+    return make_model("llama")
+
+
+@pytest.fixture()
+def formatter(tiny: LoadedModel) -> ChatFormatter:
+    return ChatFormatter(tiny.tokenizer, max_length=256)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = Path(os.environ.get("REFUSAL_LENS_DATA", REPO.parent / "shared" / "datasets"))
+    if not path.is_dir():
+        pytest.skip(f"shared datasets not found at {path} (set REFUSAL_LENS_DATA)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Unit tests never touch the user's model cache; integration tests share the real one."""
+    if "integration" not in request.keywords:
+        monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -1,0 +1,161 @@
+"""The command line: help with examples, and one-line errors for bad input (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from refusal_lens import cli
+from refusal_lens.direction import Direction
+from refusal_lens.models import LoadedModel
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("command", ["direction", "refusal-rate", "generate"])
+def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert "examples:" in capsys.readouterr().out
+
+
+def test_models_and_datasets_lists(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "qwen2.5-coder-0.5b-instruct" in out and "smollm2" in out
+    code, out, _ = run(capsys, "datasets")
+    assert code == 0 and "jailbreakbench" in out and "builtin_harmful" in out
+
+
+def test_unknown_model_alias(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        capsys, "refusal-rate", "--model", "gpt-17", "--dataset", "builtin_harmful_test"
+    )
+    assert_one_line_error(code, err, "unknown model alias 'gpt-17'", "registered:")
+
+
+def test_missing_data_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(
+        capsys,
+        "refusal-rate",
+        "--dataset",
+        "jailbreakbench",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+    )
+    assert_one_line_error(code, err, "does not exist", "--data-dir")
+
+
+def test_malformed_csv(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text('goal,target\n"unclosed quote,x\nsecond,row,extra\n')
+    code, _, err = run(capsys, "refusal-rate", "--dataset", str(bad), "--column", "goal")
+    assert_one_line_error(code, err, "bad.csv")
+
+
+def test_empty_dataset(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("goal\n")
+    code, _, err = run(
+        capsys, "generate", "--dataset", str(empty), "--output", str(tmp_path / "o.jsonl")
+    )
+    assert_one_line_error(code, err, "empty")
+
+
+def test_missing_column(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("goal\nhello\n")
+    code, _, err = run(capsys, "refusal-rate", "--dataset", str(table), "--column", "prompt")
+    assert_one_line_error(code, err, "prompt", "goal")
+
+
+def test_direction_layer_out_of_range(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tiny: LoadedModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    capsys.readouterr()  # saving prints its own progress bar
+    Direction(torch.randn(tiny.d_model), 40, -1, {}).save(tmp_path)
+    code, _, err = run(
+        capsys,
+        "refusal-rate",
+        "--model",
+        str(folder),
+        "--dataset",
+        "builtin_harmful_test",
+        "--add-direction",
+        str(tmp_path),
+    )
+    assert_one_line_error(code, err, "layer 40 is out of range")
+
+
+def test_bad_numbers_are_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["refusal-rate", "--dataset", "x", "--limit", "0"])
+    assert info.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_refusal_rate_and_generate_on_a_tiny_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny: LoadedModel
+) -> None:
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    code, out, _ = run(
+        capsys,
+        "refusal-rate",
+        "--model",
+        str(folder),
+        "--dataset",
+        "builtin_harmful_test",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["n"] == 3 and 0 <= result["refusal_rate"] <= 1
+    assert result["judge"]["name"] == "substring" and result["max_new_tokens"] == 4
+    records = (tmp_path / "run" / "completions" / "builtin_harmful_test.base.jsonl").read_text()
+    assert len(records.splitlines()) == 3
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--model",
+        str(folder),
+        "--dataset",
+        "builtin_harmless_test",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--output",
+        str(tmp_path / "gen.jsonl"),
+    )
+    assert code == 0
+    rows = [json.loads(x) for x in (tmp_path / "gen.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in rows) == [0, 1]

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import refusal_lens.models.loading as loading
+from refusal_lens.errors import UserError
+from refusal_lens.models import ChatFormatter, LoadedModel, find_spec, load_model
+from refusal_lens.models.registry import PackagedGGUF, require_spec
+
+
+def test_registry_aliases() -> None:
+    assert find_spec("qwen2.5-coder-0.5b-instruct").name == "qwen2.5-coder-0.5b-instruct"
+    assert find_spec("QWEN05").name == "qwen2.5-coder-0.5b-instruct"
+    assert find_spec("qwen15").name == "qwen2.5-coder-1.5b-instruct"
+    assert find_spec("smollm2").name == "smollm2-135m-instruct"
+    assert find_spec("nope") is None
+    with pytest.raises(UserError, match="unknown model alias") as info:
+        require_spec("nope")
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_model_is_one_line_error() -> None:
+    with pytest.raises(UserError, match="unknown model alias 'not-a-model'") as info:
+        load_model("not-a-model", device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"pip install 'refusal-lens\[qwen15\]'") as info:
+        load_model("qwen15", device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_parts_are_concatenated_in_order_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = [tmp_path / f"p{i}.bin" for i in range(3)]
+    for i, part in enumerate(parts):
+        part.write_bytes(bytes([i]) * 1000)
+    whole = b"".join(p.read_bytes() for p in parts)
+    src = PackagedGGUF(("a", "b", "c"), "x", "m.gguf", hashlib.sha256(whole).hexdigest(), "pip x")
+    monkeypatch.setattr(loading, "_part_paths", lambda _src: parts)
+    out = loading._assemble_parts(src, tmp_path / "out" / "m.gguf")
+    assert out.read_bytes() == whole
+    bad = PackagedGGUF(("a", "b", "c"), "x", "m.gguf", "0" * 64, "pip x")
+    with pytest.raises(UserError, match="expected 000000000000"):
+        loading._assemble_parts(bad, tmp_path / "out2" / "m.gguf")
+    assert not (tmp_path / "out2" / "m.gguf").exists()
+
+
+def test_local_hf_folder_loads_with_identity(tiny: LoadedModel, tmp_path: Path) -> None:
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    loaded = load_model(str(folder), dtype="float32", device="cpu")
+    assert loaded.n_layers == tiny.n_layers and loaded.dtype == torch.float32
+    assert loaded.tokenizer.padding_side == "left"
+    assert len(loaded.weights_sha256) == 64
+    again = load_model(str(folder), dtype="bfloat16", device="cpu")
+    assert again.weights_sha256 == loaded.weights_sha256 and again.dtype == torch.bfloat16
+    ids = ChatFormatter(loaded.tokenizer).encode(["hello"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model(input_ids=ids.input_ids).logits,
+            tiny.model(input_ids=ids.input_ids).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_bad_model_paths(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no config\.json"):
+        load_model(str(tmp_path / "empty"), device="cpu")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"neither a \.gguf file"):
+        load_model(str(tmp_path / "weights.bin"), device="cpu")
+    (tmp_path / "broken.gguf").write_bytes(b"not a gguf")
+    with pytest.raises(UserError, match="could not read GGUF") as info:
+        load_model(str(tmp_path / "broken.gguf"), device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_dtype_and_device_errors() -> None:
+    with pytest.raises(UserError, match="unknown dtype"):
+        load_model("qwen05", dtype="float8", device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            load_model("qwen05", device="cuda")
+
+
+def test_conversion_marker_must_match(tmp_path: Path) -> None:
+    folder = tmp_path / "conv"
+    folder.mkdir()
+    (folder / "refusal_lens_source.json").write_text(json.dumps({"gguf_sha256": "abc"}))
+    assert loading._conversion_done(folder, "abc")
+    assert not loading._conversion_done(folder, "def")
