@@ -56,6 +56,9 @@ def test_select_lowest_bypass_among_passing() -> None:
         CandidateScore(-2, 2, bypass=1.0, induce=3.0, kl=0.0, passes=True),
     ]
     assert select(candidates) == candidates[1]
+    baseline = direction_module.Baseline(harmful=1.0, harmless=-7.0)
+    assert direction_module.induce_threshold(DirectionSettings(), baseline) == -3.0
+    assert direction_module.induce_threshold(DirectionSettings(induce_threshold=0.0), baseline) == 0
     with pytest.raises(UserError, match="no candidate direction passes"):
         select([candidates[0]])
 

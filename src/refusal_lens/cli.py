@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     direction.add_argument("--n-val", type=_positive, default=32)
     direction.add_argument("--n-test", type=_positive, default=100)
     direction.add_argument("--kl-threshold", type=float, default=0.1)
+    direction.add_argument(
+        "--induce-threshold",
+        type=float,
+        default=None,
+        help="refusal score that adding the direction must reach on harmless prompts "
+        "(default: midpoint of the harmless and refused-harmful baselines; Arditi: 0)",
+    )
     direction.add_argument("--prune-layer-fraction", type=float, default=0.2)
     direction.add_argument(
         "--no-filter",
@@ -237,6 +244,7 @@ def cmd_direction(args: argparse.Namespace) -> int:
         n_train=args.n_train,
         n_val=args.n_val,
         kl_threshold=args.kl_threshold,
+        induce_threshold=args.induce_threshold,
         prune_layer_fraction=args.prune_layer_fraction,
         filter_pools=not args.no_filter,
         full_sweep=args.full_sweep,

@@ -42,10 +42,15 @@ class DirectionSettings:
     n_val: int = 32  # per class, after filtering
     kl_threshold: float = 0.1
     prune_layer_fraction: float = 0.2  # candidates in the last 20% of layers are dropped
-    induce_threshold: float = 0.0
+    # None: the midpoint between the mean refusal scores of harmless and of (refused) harmful
+    # validation prompts; Arditi et al. use 0.0 (see README: "Selecting the direction").
+    induce_threshold: float | None = None
     filter_pools: bool = True
     full_sweep: bool = False  # score every candidate on every criterion (3x slower)
     batch_size: int = 16
+
+
+SCORE_SETTINGS = ("n_train", "n_val", "filter_pools", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,11 @@ def filter_pool(
     on "how to make a bomb" and still answers "I'm sorry...").
     """
     logits = last_position_logits(
-        lm, formatter, prompts.texts(), batch_size=batch_size, progress=True,
+        lm,
+        formatter,
+        prompts.texts(),
+        batch_size=batch_size,
+        progress=True,
         desc=f"filter {prompts.name}",
     )
     first_is_refusal = [int(t) in tokens.ids for t in logits.argmax(-1).tolist()]
@@ -223,7 +232,7 @@ def score_candidates(
     settings: DirectionSettings,
     run: RunDir | None = None,
     key: str = "",
-) -> list[CandidateScore]:
+) -> tuple[list[CandidateScore], Baseline, float]:
     """Score the (position, layer) candidates that are not pruned.
 
     Selection is "lowest bypass among candidates that pass the induce and KL filters", so the
@@ -267,6 +276,22 @@ def score_candidates(
         save(pos, layer, {"bypass": ablated.mean().item()})
 
     base_harmless: torch.Tensor | None = None
+    if run and (cached := run.load_stage("baseline.json", key)):
+        baseline = Baseline(cached["harmful"], cached["harmless"])
+    else:
+        base_harmless = last_position_logits(
+            lm, formatter, harmless_val, batch_size=settings.batch_size
+        )
+        base_harmful = last_position_logits(
+            lm, formatter, harmful_val, batch_size=settings.batch_size
+        )
+        baseline = Baseline(
+            harmful=score_from_logits(base_harmful, tokens).mean().item(),
+            harmless=score_from_logits(base_harmless, tokens).mean().item(),
+        )
+        if run:
+            run.save_stage("baseline.json", key, asdict(baseline))
+    threshold = induce_threshold(settings, baseline)
     by_bypass = sorted(todo, key=lambda c: scores[c]["bypass"])
     for pos, layer in tqdm(by_bypass, desc="candidates: filters", unit="cand"):
         if "induce" not in scores[(pos, layer)]:
@@ -296,34 +321,56 @@ def score_candidates(
                 layer,
                 {"induce": induced.mean().item(), "kl": _kl(base_harmless, ablated_logits)},
             )
-        if _passes(scores[(pos, layer)], settings) and not settings.full_sweep:
+        if _passes(scores[(pos, layer)], threshold, settings) and not settings.full_sweep:
             break
 
-    return [
+    candidates = [
         CandidateScore(
             pos,
             layer,
             scores[(pos, layer)]["bypass"],
             scores[(pos, layer)].get("induce"),
             scores[(pos, layer)].get("kl"),
-            _passes(scores[(pos, layer)], settings),
+            _passes(scores[(pos, layer)], threshold, settings),
         )
         for pos, layer in todo
     ]
+    return candidates, baseline, threshold
 
 
-def _passes(values: dict[str, float], settings: DirectionSettings) -> bool:
+@dataclass(frozen=True)
+class Baseline:
+    """Mean refusal scores without intervention on the validation pools."""
+
+    harmful: float
+    harmless: float
+
+
+def induce_threshold(settings: DirectionSettings, baseline: Baseline) -> float:
+    """The refusal score that adding the direction must lift harmless prompts above.
+
+    Arditi et al. require > 0 (p(refusal token) > 1/2 on average). Small models that refuse with
+    a first-token probability well under 1/2 fail that for every candidate (Qwen2.5-Coder-0.5B:
+    best induce score -0.7, p = 0.33, against -6 without the direction), so the default asks
+    for at least half the way from the harmless to the refused-harmful baseline.
+    """
+    if settings.induce_threshold is not None:
+        return settings.induce_threshold
+    return (baseline.harmful + baseline.harmless) / 2
+
+
+def _passes(values: dict[str, float], threshold: float, settings: DirectionSettings) -> bool:
     if "induce" not in values or "kl" not in values:
         return False
-    return values["induce"] > settings.induce_threshold and values["kl"] <= settings.kl_threshold
+    return values["induce"] > threshold and values["kl"] <= settings.kl_threshold
 
 
 def select(candidates: Sequence[CandidateScore]) -> CandidateScore:
     passing = [c for c in candidates if c.passes]
     if not passing:
         raise UserError(
-            "no candidate direction passes the filters (induce > 0, KL <= 0.1); "
-            "use more train prompts or relax --kl-threshold"
+            "no candidate direction passes the filters (induce score, KL); use more "
+            "train prompts or relax --kl-threshold / --induce-threshold"
         )
     return min(passing, key=lambda c: c.bypass)
 
@@ -344,7 +391,8 @@ def find_direction(
             "data": data.hashes(),
             "tokens": tokens.ids,
             "system": formatter.system,
-            "settings": {k: v for k, v in asdict(settings).items() if k != "full_sweep"},
+            # thresholds only change the choice, not the stored scores
+            "settings": {k: v for k, v in asdict(settings).items() if k in SCORE_SETTINGS},
         }
     )
     pools = _filtered_pools(lm, formatter, data, tokens, settings, run, base_key)
@@ -355,7 +403,7 @@ def find_direction(
                 "score; use a larger dataset or --no-filter"
             )
     diffs = _cached_diffs(lm, formatter, pools, settings, run, base_key)
-    candidates = score_candidates(
+    candidates, baseline, threshold = score_candidates(
         lm,
         formatter,
         diffs,
@@ -370,6 +418,9 @@ def find_direction(
     info = {
         "hook_point_kind": "resid_post",
         "selection": {"bypass": best.bypass, "induce": best.induce, "kl": best.kl},
+        "baseline_scores": asdict(baseline),
+        "induce_threshold": threshold,
+        "kl_threshold": settings.kl_threshold,
         "settings": asdict(settings),
         "refusal_tokens": tokens.to_dict(),
         "pool_sizes": {name: len(pool) for name, pool in pools.items()},

@@ -162,7 +162,7 @@ def _packaged_model(spec: ModelSpec, cache: Path) -> tuple[str, str, str]:
         _convert(gguf, converted, src.sha256)
         if gguf.parent == cache / "models":
             gguf.unlink(missing_ok=True)
-    return str(converted), src.sha256, f"pypi:{src.pip_install.split()[-1]}"
+    return str(converted), src.sha256, f"pypi-gguf:{src.gguf_name}"
 
 
 def _part_paths(src: PackagedGGUF) -> list[Path]:
