@@ -141,6 +141,7 @@ def test_refusal_rate_and_generate_on_a_tiny_model(
     assert result["n"] == 3 and 0 <= result["refusal_rate"] <= 1
     assert result["judge"]["name"] == "substring" and result["max_new_tokens"] == 4
     records = (tmp_path / "run" / "completions" / "builtin_harmful_test.base.jsonl").read_text()
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["command"] == "refusal-rate"
     assert len(records.splitlines()) == 3
     code, out, _ = run(
         capsys,

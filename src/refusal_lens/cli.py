@@ -312,6 +312,10 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
     lm, formatter = _load(args)
     interventions = _interventions(args, lm)
     condition = "ablated" if args.ablate_direction else "added" if args.add_direction else "base"
+    run = RunDir(args.out) if args.out else None
+    if run is not None:
+        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json")}
+        run.write_manifest("refusal-rate", config, lm.identity(), args.seed)
     result = measure_refusal(
         lm,
         formatter,
@@ -320,7 +324,7 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
         interventions=interventions,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
-        run=RunDir(args.out) if args.out else None,
+        run=run,
         seed=args.seed,
     )
     data = {**result.to_dict(), "model": lm.identity()}
