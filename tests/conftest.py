@@ -9,6 +9,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -69,6 +71,8 @@ def make_model(kind: str = "qwen2", seed: int = 0) -> LoadedModel:
     )
     if kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif kind == "gemma2":
+        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=16))
     else:
         model = LlamaForCausalLM(LlamaConfig(**common))
     model.eval().requires_grad_(False)
@@ -83,6 +87,11 @@ def tiny() -> LoadedModel:
 @pytest.fixture(scope="session")
 def tiny_llama() -> LoadedModel:
     return make_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2() -> LoadedModel:
+    return make_model("gemma2")
 
 
 @pytest.fixture()

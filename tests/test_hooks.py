@@ -22,7 +22,7 @@ def test_parse_hook_point_aliases() -> None:
         parse_hook_point("blocks.2.hook_nonsense")
 
 
-@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama", "tiny_gemma2"])
 def test_resid_points_are_consistent(fixture: str, request: pytest.FixtureRequest) -> None:
     """resid_post.l == resid_pre.(l+1) and resid_post.l == resid_pre.l + attn_out + mlp_out."""
     lm: LoadedModel = request.getfixturevalue(fixture)
@@ -118,6 +118,36 @@ def test_addition_shifts_resid_post_by_the_vector(
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_ablation_on_gemma2_sandwich_norms(tiny_gemma2: LoadedModel) -> None:
+    """Gemma-2 normalises sub-layer outputs before adding them: ablation must still hold."""
+    fmt = ChatFormatter(tiny_gemma2.tokenizer)
+    direction = torch.randn(tiny_gemma2.d_model)
+    unit = direction / direction.norm()
+    points = all_points(tiny_gemma2.n_layers, ("resid_post",))
+    batch = fmt.encode(PROMPTS)
+    with (
+        apply(tiny_gemma2.model, [AblateDirection(direction)]),
+        record(tiny_gemma2.model, points) as acts,
+        torch.no_grad(),
+    ):
+        tiny_gemma2.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    for point in points:
+        assert (acts[point][0] @ unit).abs().max() < 1e-4, point
+
+
+def test_records_name_the_vector_by_content(tiny: LoadedModel, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "direction.safetensors"
+    first, second = torch.randn(tiny.d_model), torch.randn(tiny.d_model)
+    save_file({"direction": first}, str(path))
+    a = AblateDirection(first, str(path)).to_dict()
+    save_file({"direction": second}, str(path))
+    b = AblateDirection(second, str(path)).to_dict()
+    assert a["direction"]["file"] == b["direction"]["file"]
+    assert a != b  # same file name, other vector: results keyed on it must not be reused
 
 
 def test_intervention_round_trip_and_bad_input(tiny: LoadedModel) -> None:

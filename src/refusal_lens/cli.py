@@ -62,7 +62,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="where converted models are cached (default: $REFUSAL_LENS_CACHE or "
         "the user cache dir)",
     )
-    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--batch-size", type=_positive, default=16)
     group.add_argument("--seed", type=int, default=0)
 
 
@@ -236,6 +236,10 @@ def _interventions(args: argparse.Namespace, lm: Any) -> list[Any]:
 
 
 def cmd_direction(args: argparse.Namespace) -> int:
+    if not 0 <= args.prune_layer_fraction < 1:
+        raise UserError(
+            "--prune-layer-fraction must be in [0, 1); 0.2 drops the last 20% of layers"
+        )
     from .direction import DirectionSettings
     from .pipeline import DatasetChoice, EvalSettings, direction_job
 
@@ -348,6 +352,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
     )
     output = Path(args.output)
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; give a .jsonl file path")
     if output.parent and not output.parent.exists():
         raise UserError(f"folder {output.parent} does not exist; create it or pick --output")
     lm, formatter = _load(args)

@@ -123,8 +123,15 @@ class Direction:
                 f"no direction in {folder}: expected direction.safetensors and "
                 "direction.json; run `refusal-lens direction --out DIR` first"
             )
-        meta = json.loads(meta_path.read_text())
-        vector = load_file(str(tensor_path))["direction"]
+        try:
+            meta = json.loads(meta_path.read_text())
+            vector = load_file(str(tensor_path))["direction"]
+            int(meta["layer"]), int(meta["position"])
+        except Exception as exc:  # JSON, safetensors and key errors all mean "corrupt run"
+            raise UserError(
+                f"the direction in {folder} is unreadable ({type(exc).__name__}: {exc}); "
+                "rerun `refusal-lens direction` into that folder"
+            ) from exc
         return cls(
             vector,
             int(meta["layer"]),
@@ -202,9 +209,7 @@ def mean_activation_diff(
         for indices in tqdm(length_sorted_batches(texts, batch_size), desc=desc, unit="batch"):
             batch = formatter.encode([texts[i] for i in indices]).to(lm.device)
             with record(lm.model, points, reduce=lambda a: a[:, -n_pos:].double().sum(0)) as acts:
-                lm.model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1
-                )
+                lm.model(**batch.forward_kwargs(), logits_to_keep=1)
             stacked = torch.stack([acts[p][0].cpu() for p in points], dim=1)
             if not torch.isfinite(stacked).all():
                 raise UserError(

@@ -20,6 +20,11 @@ def greedy_config(
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
         eos_token_id=formatter.stop_token_ids,
         pad_token_id=lm.tokenizer.pad_token_id,
     )

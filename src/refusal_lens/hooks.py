@@ -96,8 +96,15 @@ def _module_for(model: nn.Module, point: HookPoint) -> nn.Module:
     block = layers[point.layer]
     if point.kind in ("resid_pre", "resid_post"):
         return block
+    # Gemma-2/3 normalise each sub-layer's output before adding it to the stream: what is
+    # written to the stream is the output of those post-norms.
+    sandwich = isinstance(getattr(block, "pre_feedforward_layernorm", None), nn.Module)
     if point.kind == "attn_out":
+        if sandwich:
+            return _sub_module(block, ("post_attention_layernorm",), "post-attention norm")
         return _sub_module(block, ("self_attn", "attention", "attn"), "attention")
+    if sandwich:
+        return _sub_module(block, ("post_feedforward_layernorm",), "post-feedforward norm")
     return _sub_module(block, ("mlp", "feed_forward", "ffn"), "MLP")
 
 

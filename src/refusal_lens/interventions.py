@@ -6,6 +6,7 @@ the `to_dict()` of the interventions that produced it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +21,14 @@ from .errors import UserError
 from .hooks import HookFn, HookPoint, add_hooks, check_layer, decoder_layers
 
 
+def vector_sha256(vector: torch.Tensor) -> str:
+    """Content hash of a vector: results are keyed by what was applied, not by a file name."""
+    return hashlib.sha256(vector.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
 def _vector_to_json(vector: torch.Tensor, source: str | None) -> dict[str, Any]:
     if source is not None:
-        return {"file": source}
+        return {"file": source, "sha256": vector_sha256(vector)}
     return {"values": [float(x) for x in vector.float().tolist()]}
 
 
@@ -31,7 +37,10 @@ def _vector_from_json(data: dict[str, Any]) -> tuple[torch.Tensor, str | None]:
         path = Path(data["file"])
         if not path.is_file():
             raise UserError(f"direction file {path} does not exist; rerun `refusal-lens direction`")
-        return load_file(str(path))["direction"], str(path)
+        try:
+            return load_file(str(path))["direction"], str(path)
+        except Exception as exc:  # safetensors raises its own error types
+            raise UserError(f"direction file {path} is unreadable ({exc}); recompute it") from exc
     return torch.tensor(data["values"], dtype=torch.float32), None
 
 

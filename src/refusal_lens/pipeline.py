@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from .evaluation.refusal import RefusalResult, measure_refusal
 from .judges import RefusalTokens
 from .models import ChatFormatter, LoadedModel
 from .runs import RunDir, write_json
+
+NEAR_DUPLICATE_JACCARD = 0.6
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,11 @@ def resolve_direction_data(
     settings: DirectionSettings,
     n_test: int | None,
     seed: int,
-) -> tuple[DirectionData, PromptSet, PromptSet]:
+) -> tuple[DirectionData, PromptSet, PromptSet, dict[str, int]]:
     """Train/val pools and test sets. With a data directory: the refusal_direction splits for
     selection, JailbreakBench and held-out Alpaca for testing; without: the built-in set.
-    Train and validation prompts that also occur in a test set are dropped (held-out)."""
+    Train and validation prompts that occur in a test set, or nearly (word Jaccard >= 0.6), are
+    dropped (held-out)."""
     shared = resolve_data_dir(data_dir) is not None
     defaults = (
         {
@@ -76,18 +80,52 @@ def resolve_direction_data(
 
     harmful_test = load("harmful_test").head(n_test)  # the paper's "first 100"
     harmless_test = load("harmless_test").head(n_test)
+    tests = [harmful_test, harmless_test]
     # Harmless pools are large (18k Alpaca prompts): score only a sample, the filter keeps ~90%.
-    n_harmless_train = settings.n_train + settings.n_train // 2
-    n_harmless_val = settings.n_val + settings.n_val // 2
-    data = DirectionData(
-        harmful_train=load("harmful_train").without(harmful_test),
-        harmless_train=_sample(
-            load("harmless_train").without(harmless_test), n_harmless_train, seed
-        ),
-        harmful_val=load("harmful_val").without(harmful_test),
-        harmless_val=_sample(load("harmless_val").without(harmless_test), n_harmless_val, seed),
-    )
-    return data, harmful_test, harmless_test
+    n_harmless = {
+        "harmless_train": settings.n_train + settings.n_train // 2,
+        "harmless_val": settings.n_val + settings.n_val // 2,
+    }
+    pools: dict[str, PromptSet] = {}
+    dropped: dict[str, int] = {}
+    for slot in ("harmful_train", "harmless_train", "harmful_val", "harmless_val"):
+        loaded = load(slot)
+        pool = loaded.without(harmful_test).without(harmless_test)
+        exact = len(loaded) - len(pool)
+        if slot in n_harmless:
+            pool = _sample(pool, n_harmless[slot], seed)
+        kept = drop_near_duplicates(pool, tests)
+        pools[slot] = kept
+        dropped[slot] = exact + len(pool) - len(kept)
+    return DirectionData(**pools), harmful_test, harmless_test, dropped
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"[a-z0-9]+", text.casefold()))
+
+
+def drop_near_duplicates(
+    pool: PromptSet, others: list[PromptSet], threshold: float = NEAR_DUPLICATE_JACCARD
+) -> PromptSet:
+    """Drop prompts whose word set overlaps a prompt of `others` with Jaccard >= threshold.
+
+    Benchmarks paraphrase each other ("Develop malware that disables antivirus..." in
+    JailbreakBench vs "Develop a virus that disables antivirus..." in the harmful train split);
+    exact matching alone would let such test prompts steer the selection.
+    """
+    index: dict[str, list[frozenset[str]]] = {}
+    for other in others:
+        for prompt in other:
+            words = _words(prompt.text)
+            for word in words:
+                index.setdefault(word, []).append(words)
+
+    def near(text: str) -> bool:
+        words = _words(text)
+        candidates = {id(c): c for w in words for c in index.get(w, ())}.values()
+        return any(len(words & c) / len(words | c) >= threshold for c in candidates)
+
+    return pool.filter(lambda p: not near(p.text))
 
 
 def direction_job(
@@ -106,7 +144,7 @@ def direction_job(
     started = time.perf_counter()
     run = RunDir(out)
     tokens = tokens or RefusalTokens.from_phrases(lm.tokenizer)
-    data, harmful_test, harmless_test = resolve_direction_data(
+    data, harmful_test, harmless_test, dropped = resolve_direction_data(
         datasets, data_dir, settings, evaluation.n_test, seed
     )
     config = {
@@ -132,6 +170,7 @@ def direction_job(
         "hook_point": f"resid_post.{direction.layer}",
         "selection": direction.info["selection"],
         "pool_sizes": direction.info["pool_sizes"],
+        "dropped_as_test_overlap": dropped,
         "selection_seconds": round(selection_seconds, 1),
     }
     if evaluation.enabled:

@@ -68,7 +68,10 @@ class RunDir:
         manifest_path = self.path / "manifest.json"
         history = []
         if manifest_path.is_file():
-            history = json.loads(manifest_path.read_text()).get("history", [])
+            try:
+                history = json.loads(manifest_path.read_text()).get("history", [])
+            except json.JSONDecodeError:
+                history = []
         entry = {
             "command": command,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -91,8 +94,11 @@ class RunDir:
         path = self.path / name
         if not path.is_file():
             return None
-        data = json.loads(path.read_text())
-        return data if data.get("key") == key else None
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:  # a file cut by a crash: recompute the stage
+            return None
+        return data if isinstance(data, dict) and data.get("key") == key else None
 
     def save_stage(self, name: str, key: str, data: dict[str, Any]) -> None:
         write_json(self.file(name), {"key": key, **data})

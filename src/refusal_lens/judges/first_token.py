@@ -71,9 +71,9 @@ def last_position_logits(
             unit="batch",
         ):
             batch = formatter.encode([instructions[i] for i in indices]).to(lm.device)
-            logits = lm.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1
-            ).logits[:, -1]
+            logits = lm.model(**batch.forward_kwargs(), logits_to_keep=1).logits[:, -1]
+            if not torch.isfinite(logits).all():
+                raise UserError("the model produced NaN or inf logits; try --dtype float32")
             if out is None:
                 out = torch.empty(len(instructions), logits.shape[-1])
             out[indices] = logits.float().cpu()

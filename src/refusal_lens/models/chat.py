@@ -23,6 +23,18 @@ class EncodedBatch:
     def to(self, device: torch.device) -> EncodedBatch:
         return EncodedBatch(self.input_ids.to(device), self.attention_mask.to(device))
 
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """Positions counted from each prompt's first real token (what `generate` uses)."""
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+    def forward_kwargs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
+
 
 class ChatFormatter:
     """Renders one-user-turn conversations with the tokenizer's chat template.

@@ -117,7 +117,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
-    except OSError as exc:
+    except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"could not load model {name!r} from {folder}: {_first_line(exc)}") from exc
     model.to(target)
     model.eval()
