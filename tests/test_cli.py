@@ -160,3 +160,5 @@ def test_refusal_rate_and_generate_on_a_tiny_model(
     assert code == 0
     rows = [json.loads(x) for x in (tmp_path / "gen.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in rows) == [0, 1]
+    manifest = json.loads((tmp_path / "gen.jsonl.manifest.json").read_text())
+    assert manifest["command"] == "generate" and manifest["model"]["name"].endswith("tiny")

@@ -347,6 +347,7 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .data import load_prompts
     from .generation import generate
+    from .runs import environment, write_json
 
     prompts = load_prompts(
         args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
@@ -388,7 +389,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
             interventions=interventions,
             on_batch=write,
         )
-    print(f"wrote {len(prompts)} completions to {output}")
+    manifest = output.with_name(output.name + ".manifest.json")
+    config = {k: v for k, v in vars(args).items() if k != "verbose"}
+    write_json(
+        manifest,
+        {
+            "command": "generate",
+            "config": config,
+            "model": lm.identity(),
+            "interventions": described,
+            "environment": environment(),
+            "dataset": {"name": prompts.name, "sha256": prompts.content_hash()},
+        },
+    )
+    print(f"wrote {len(prompts)} completions to {output} (manifest: {manifest.name})")
     return 0
 
 
