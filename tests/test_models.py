@@ -101,3 +101,15 @@ def test_conversion_marker_must_match(tmp_path: Path) -> None:
     (folder / "refusal_lens_source.json").write_text(json.dumps({"gguf_sha256": "abc"}))
     assert loading._conversion_done(folder, "abc")
     assert not loading._conversion_done(folder, "def")
+
+
+def test_unreachable_hub_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def offline(*_args: object, **_kwargs: object) -> str:
+        raise OSError("Name or service not known\nsecond line of a long trace")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(UserError, match="could not be fetched from the HF hub") as info:
+        load_model("Qwen/Qwen2.5-0.5B-Instruct", device="cpu")
+    assert "\n" not in str(info.value) and "Name or service not known" in str(info.value)

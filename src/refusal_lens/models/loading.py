@@ -261,7 +261,7 @@ def _hub_model(hub_id: str) -> tuple[str, str, str]:
         )
     except Exception as exc:  # the hub client raises many types; all mean "not available"
         raise UserError(
-            f"model {hub_id!r} could not be fetched from the HF hub ({_first_line(exc)[:120]}); "
+            f"model {hub_id!r} could not be fetched from the HF hub ({_first_line(exc)[:200]}); "
             "check the id and the network, or pass a local folder / .gguf file"
         ) from exc
     revision = Path(folder).name
