@@ -356,7 +356,7 @@ def induce_threshold(settings: DirectionSettings, baseline: Baseline) -> float:
 
     Arditi et al. require > 0 (p(refusal token) > 1/2 on average). Small models that refuse with
     a first-token probability well under 1/2 fail that for every candidate (Qwen2.5-Coder-0.5B:
-    best induce score -0.7, p = 0.33, against -6 without the direction), so the default asks
+    best induce score -0.7, p = 0.33, against -3.6 without the direction), so the default asks
     for at least half the way from the harmless to the refused-harmful baseline.
     """
     if settings.induce_threshold is not None:
