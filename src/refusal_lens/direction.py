@@ -172,8 +172,7 @@ def filter_pool(
     """Keep prompts whose greedy first token is a refusal token (refused=True) or is not.
 
     The greedy criterion of method.md section 2, not Arditi's `score > 0`: small models often
-    refuse with a first-token probability well under 0.5 (Qwen2.5-Coder-0.5B puts p("I") = 0.25
-    on "how to make a bomb" and still answers "I'm sorry...").
+    refuse with a first-token probability under 0.5 and still answer "I'm sorry...".
     """
     logits = last_position_logits(
         lm,
@@ -355,8 +354,8 @@ def induce_threshold(settings: DirectionSettings, baseline: Baseline) -> float:
     """The refusal score that adding the direction must lift harmless prompts above.
 
     Arditi et al. require > 0 (p(refusal token) > 1/2 on average). Small models that refuse with
-    a first-token probability well under 1/2 fail that for every candidate (Qwen2.5-Coder-0.5B:
-    best induce score -0.7, p = 0.33, against -3.6 without the direction), so the default asks
+    a first-token probability under 1/2 can fail it for every strong candidate (Qwen2.5-Coder-0.5B:
+    induce scores around -0.7, p = 0.33, against -3.55 without the direction), so the default asks
     for at least half the way from the harmless to the refused-harmful baseline.
     """
     if settings.induce_threshold is not None:
