@@ -74,29 +74,25 @@ def main() -> None:
         for kind in ("resid_pre", "attn_out", "mlp_out")
     ]
 
-    def run_hooks() -> None:
-        with add_hooks(lm.model, noop_hooks):
-            generate(
-                lm,
-                formatter,
-                texts,
-                max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size,
-                progress=False,
-            )
-
-    arms = {
-        "plain": lambda: plain_generate(lm, formatter, texts, args.max_new_tokens, args.batch_size),
-        "hooks": run_hooks,
-        "ablation": lambda: generate(
+    def through_refusal_lens(interventions: list[AblateDirection]) -> None:
+        generate(
             lm,
             formatter,
             texts,
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             progress=False,
-            interventions=[AblateDirection(direction)],
-        ),
+            interventions=interventions,
+        )
+
+    def run_hooks() -> None:
+        with add_hooks(lm.model, noop_hooks):
+            through_refusal_lens([])
+
+    arms = {
+        "plain": lambda: plain_generate(lm, formatter, texts, args.max_new_tokens, args.batch_size),
+        "hooks": run_hooks,
+        "ablation": lambda: through_refusal_lens([AblateDirection(direction)]),
     }
     arms["plain"]()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in arms}

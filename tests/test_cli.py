@@ -19,6 +19,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def save_tiny(tiny: LoadedModel, tmp_path: Path) -> Path:
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    return folder
+
+
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert code == 2
     lines = err.strip().splitlines()
@@ -90,9 +97,7 @@ def test_direction_layer_out_of_range(
     tiny: LoadedModel,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    folder = tmp_path / "tiny"
-    tiny.model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
+    folder = save_tiny(tiny, tmp_path)
     capsys.readouterr()  # saving prints its own progress bar
     Direction(torch.randn(tiny.d_model), 40, -1, {}).save(tmp_path)
     code, _, err = run(
@@ -118,9 +123,7 @@ def test_bad_numbers_are_rejected_by_the_parser(capsys: pytest.CaptureFixture[st
 def test_refusal_rate_and_generate_on_a_tiny_model(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny: LoadedModel
 ) -> None:
-    folder = tmp_path / "tiny"
-    tiny.model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
+    folder = save_tiny(tiny, tmp_path)
     code, out, _ = run(
         capsys,
         "refusal-rate",

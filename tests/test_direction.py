@@ -155,12 +155,10 @@ def test_direction_save_load_and_model_checks(tiny: LoadedModel, tmp_path) -> No
 
 
 def test_empty_filtered_pool_is_a_user_error(tiny: LoadedModel, formatter: ChatFormatter) -> None:
-    tokens = RefusalTokens.from_phrases(tiny.tokenizer)
-    # a random model never starts with "I"/"As" reliably: filtering empties the harmful pool
+    # the pad token is never a greedy first token: filtering empties the harmful pool
     never = RefusalTokens((tiny.tokenizer.pad_token_id,), ("<pad>",))
     with pytest.raises(UserError, match="after filtering"):
         find_direction(tiny, formatter, _data(), never, DirectionSettings(batch_size=2))
-    assert tokens.ids
 
 
 def test_near_duplicates_of_test_prompts_are_dropped() -> None:
