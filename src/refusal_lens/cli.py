@@ -31,6 +31,17 @@ EXAMPLES = {
         refusal-lens generate --dataset advbench --limit 10 --ablate-direction runs/qwen05 \\
             --output ablated.jsonl --max-new-tokens 128
     """,
+    "train-saes": """
+        refusal-lens train-saes --preset quick --data-dir DATA --out saes/quick
+        refusal-lens train-saes --layers 6-18 --width 8x --k 32 --tokens 2M --data-dir DATA \\
+            --out saes/mid
+        refusal-lens train-saes --preset full --mixture alpaca_eval=0.5,my_chats.jsonl=0.5 \\
+            --data-dir DATA --out saes/full
+    """,
+    "eval-saes": """
+        refusal-lens eval-saes saes/quick --data-dir DATA
+        refusal-lens eval-saes saes/quick --data-dir DATA --json > eval.json
+    """,
     "models": "refusal-lens models",
     "datasets": "refusal-lens datasets",
 }
@@ -198,6 +209,60 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=_positive, default=64)
     gen.add_argument("--output", required=True, help="JSONL file to write")
     _add_intervention_args(gen)
+
+    train = command(
+        "train-saes",
+        "Train one SAE per chosen layer on the model's activations over a chat-aware text "
+        "mixture (collection and training both resume when rerun).",
+    )
+    _add_model_args(train)
+    _add_data_arg(train)
+    train.add_argument("--out", required=True, help="folder for the SAE set")
+    train.add_argument(
+        "--preset",
+        choices=("quick", "full"),
+        default="quick",
+        help="starting settings; the flags below override them",
+    )
+    train.add_argument("--layers", help="e.g. 6-18, 6,9,12 or all (default: the preset's)")
+    train.add_argument("--architecture", choices=("topk", "batchtopk", "jumprelu", "standard"))
+    train.add_argument("--width", help="SAE width as a multiple of d_model, e.g. 8x")
+    train.add_argument("--k", type=_positive, help="active latents per token (TopK/BatchTopK)")
+    train.add_argument("--tokens", help="training tokens, e.g. 2M (default: the preset's)")
+    train.add_argument(
+        "--collect-tokens", help="activations to collect (reused across epochs; default: preset)"
+    )
+    train.add_argument("--lr", type=float)
+    train.add_argument("--sae-batch-size", type=_positive, help="tokens per training step")
+    train.add_argument(
+        "--mixture",
+        help="name=weight,... of alpaca_eval, gpteacher, hh_rlhf, "
+        "gutenberg, harmful_requests, harmless_requests or .jsonl/.txt files",
+    )
+    train.add_argument("--activations", help="activation cache folder (default: OUT/activations)")
+
+    evaluate = command(
+        "eval-saes",
+        "Evaluate an SAE set on held-out generic text, chat text and the post-instruction "
+        "positions of held-out harmful and harmless requests.",
+    )
+    evaluate.add_argument("saes", help="SAE set folder (from train-saes)")
+    _add_model_args(evaluate)
+    _add_data_arg(evaluate)
+    evaluate.add_argument(
+        "--text-tokens",
+        type=_positive,
+        default=4096,
+        help="tokens per text set (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--prompts",
+        type=_positive,
+        default=64,
+        help="held-out requests per class (default: %(default)s)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument("--out", help="folder for eval.json and eval.png (default: the set)")
 
     command("models", "List the registered models.")
     command("datasets", "List the dataset names that --dataset accepts.")
@@ -423,7 +488,65 @@ def cmd_datasets(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_saes(args: argparse.Namespace) -> int:
+    from .saes.mixture import parse_mixture
+    from .saes.presets import parse_count, parse_layers, preset, train_sae_set, with_overrides
+
+    lm, _ = _load(args)
+    recipe = preset(args.preset, lm)
+    changes: dict[str, Any] = {}
+    if args.layers:
+        changes["layers"] = parse_layers(args.layers, lm.n_layers)
+    if args.architecture:
+        changes["architecture"] = args.architecture
+    if args.width:
+        changes["expansion"] = parse_count(args.width.rstrip("xX"))
+    for name, value in (("k", args.k), ("lr", args.lr), ("batch_size", args.sae_batch_size)):
+        if value is not None:
+            changes[name] = value
+    if args.tokens:
+        changes["total_tokens"] = parse_count(args.tokens)
+    if args.collect_tokens:
+        changes["collect_tokens"] = parse_count(args.collect_tokens)
+    elif args.tokens:
+        changes["collect_tokens"] = min(recipe.collect_tokens, parse_count(args.tokens))
+    if args.mixture:
+        changes["mixture"] = parse_mixture(args.mixture)
+    recipe = with_overrides(recipe, **changes)
+    sae_set = train_sae_set(
+        lm, recipe, args.out, data_dir=args.data_dir, activations=args.activations
+    )
+    seconds = sae_set.info.get("seconds", {})
+    print(
+        f"trained {len(sae_set)} SAEs at {', '.join(p.name for p in sae_set.points)} "
+        f"(collect {seconds.get('collect', 0):.0f}s, train {seconds.get('train', 0):.0f}s) "
+        f"-> {args.out}"
+    )
+    return 0
+
+
+def cmd_eval_saes(args: argparse.Namespace) -> int:
+    from .saes.evaluation import EvalConfig, evaluate_sae_set
+    from .saes.report import format_table, write_report
+    from .saes.sets import SAESet
+
+    sae_set = SAESet.load(args.saes)
+    lm, _ = _load(args)
+    cfg = EvalConfig(text_tokens=args.text_tokens, n_prompts=args.prompts)
+    report = evaluate_sae_set(lm, sae_set, args.data_dir, cfg)
+    out = Path(args.out or args.saes)
+    write_report(report, out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+        print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train-saes": cmd_train_saes,
+    "eval-saes": cmd_eval_saes,
     "direction": cmd_direction,
     "refusal-rate": cmd_refusal_rate,
     "generate": cmd_generate,

@@ -1,0 +1,405 @@
+"""Activations for SAE training: one truncated forward pass for all layers, masks, a disk cache.
+
+`collect_activations` runs the model over mixture sequences, records the residual stream at every
+chosen layer in the same pass and stops the forward right after the highest one (upper layers
+and the unembedding never run). Masked tokens (padding, position 0 and other attention sinks,
+the fixed system header, and any token kinds the user drops) are removed; post-instruction
+tokens can be repeated so the SAEs see the refusal positions often. Shards are written to a
+cache folder as they are computed (`index.json` + `shard_NNNNN.safetensors`), so an interrupted
+collection resumes at the next shard and a second training run reuses the cache.
+
+`ActivationCache.batches` then yields shuffled training batches: per epoch a seeded shard order,
+shards loaded a group at a time into a shuffling buffer. The order depends only on (seed, step),
+which is what makes a resumed training run end with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..hooks import HookPoint, add_hooks
+from ..models import LoadedModel
+from ..runs import stable_hash, write_json
+from .mixture import MixtureSource, Sequence_, Split, Tokenizer, TokenKind, pad_batch
+from .mixture import sample_sequences as _sample
+
+log = logging.getLogger(__name__)
+
+CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class TokenMask:
+    drop_first: bool = True  # position 0 is an attention sink with a huge norm
+    sink_factor: float = 10.0  # drop tokens whose norm exceeds this x the median (0: keep)
+    drop_system_header: bool = True
+    drop_kinds: tuple[str, ...] = ()  # any of template, user, assistant, post_instruction, prose
+    post_instruction_repeat: int = 1  # >1 repeats the post-instruction tokens in the stream
+
+    def __post_init__(self) -> None:
+        known = {kind.name.lower() for kind in TokenKind} - {"pad", "system_header"}
+        unknown = [kind for kind in self.drop_kinds if kind not in known]
+        if unknown:
+            raise UserError(
+                f"unknown token kind(s) {unknown} to drop; known: {', '.join(sorted(known))}"
+            )
+        if self.post_instruction_repeat < 1:
+            raise UserError("post_instruction_repeat must be >= 1")
+
+    def keep(self, kinds: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of tokens to keep, from their kinds alone."""
+        keep = kinds != int(TokenKind.PAD)
+        if self.drop_first:
+            keep[:, 0] = False
+        if self.drop_system_header:
+            keep &= kinds != int(TokenKind.SYSTEM_HEADER)
+        for name in self.drop_kinds:
+            keep &= kinds != int(TokenKind[name.upper()])
+        return keep
+
+
+class _Stop(Exception):
+    """Raised after the highest recorded layer: the rest of the forward pass is skipped."""
+
+
+def truncated_forward(
+    lm: LoadedModel, points: Sequence[HookPoint], input_ids: torch.Tensor, mask: torch.Tensor
+) -> dict[HookPoint, torch.Tensor]:
+    """Residual activations at `points` for one right-padded batch, stopping after the last."""
+    store: dict[HookPoint, torch.Tensor] = {}
+    last = max(points, key=lambda p: (p.layer, p.kind != "resid_pre"))
+
+    def reader(act: torch.Tensor, point: HookPoint) -> None:
+        store[point] = act.detach()
+        if point == last:
+            raise _Stop
+
+    device = lm.device
+    hooks = [(p, reader) for p in points]
+    with torch.inference_mode(), add_hooks(lm.model, hooks), contextlib.suppress(_Stop):
+        lm.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    return store
+
+
+def _sink_mask(
+    acts: dict[HookPoint, torch.Tensor], keep: torch.Tensor, factor: float
+) -> torch.Tensor:
+    if factor <= 0:
+        return keep
+    for act in acts.values():
+        norms = act.float().norm(dim=-1)
+        median = norms[keep].median() if keep.any() else norms.median()
+        keep = keep & (norms <= factor * median)
+    return keep
+
+
+@dataclass
+class CollectionSpec:
+    """Everything that determines a cache's content (its key)."""
+
+    model: dict[str, Any]
+    points: list[str]
+    mixture: list[dict[str, Any]]
+    n_tokens: int
+    context: int
+    mask: dict[str, Any]
+    split: str
+    seed: int
+    dtype: str
+    system: str | None = None
+    version: int = 1
+
+    def key(self) -> str:
+        return stable_hash(asdict(self))
+
+
+@dataclass
+class ActivationCache:
+    folder: Path
+    index: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ActivationCache:
+        path = Path(folder)
+        index_file = path / "index.json"
+        if not index_file.exists():
+            raise UserError(f"no activation cache at {path} (index.json missing)")
+        return cls(path, json.loads(index_file.read_text()))
+
+    @property
+    def points(self) -> list[str]:
+        return list(self.index["points"])
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return list(self.index["shards"])
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(s["n_tokens"]) for s in self.shards)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.index.get("complete"))
+
+    def load_shard(self, number: int) -> dict[str, torch.Tensor]:
+        path = self.folder / self.shards[number]["file"]
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as exc:
+            raise UserError(
+                f"activation shard {path} is unreadable ({str(exc).splitlines()[0]}); delete "
+                "the cache folder and collect again"
+            ) from exc
+
+    def sample(self, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Up to `n` rows spread over the shards (for initialisation and normalisation)."""
+        gen = torch.Generator().manual_seed(seed)
+        per_shard = max(1, n // max(1, len(self.shards)))
+        parts: dict[str, list[torch.Tensor]] = {p: [] for p in self.points}
+        for number in range(len(self.shards)):
+            shard = self.load_shard(number)
+            rows = torch.randperm(shard[self.points[0]].shape[0], generator=gen)[:per_shard]
+            for point in self.points:
+                parts[point].append(shard[point][rows].float())
+        return {point: torch.cat(chunks)[:n] for point, chunks in parts.items()}
+
+    def batches(
+        self, batch_size: int, seed: int, start_step: int = 0, buffer_tokens: int = 1 << 18
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless shuffled batches (epochs repeat), starting at batch `start_step`."""
+        sizes = [int(s["n_tokens"]) for s in self.shards]
+        if sum(sizes) < batch_size:
+            raise UserError(
+                f"the activation cache holds {sum(sizes)} tokens, fewer than one batch of "
+                f"{batch_size}; collect more tokens or lower --batch-size"
+            )
+        step = 0
+        epoch = 0
+        while True:
+            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            order = torch.randperm(len(sizes), generator=gen).tolist()
+            for group in _groups(order, sizes, buffer_tokens):
+                n_rows = sum(sizes[i] for i in group)
+                perm = torch.randperm(n_rows, generator=gen)
+                n_batches = n_rows // batch_size
+                if step + n_batches <= start_step:
+                    step += n_batches
+                    continue
+                buffer = self._load_group(group)
+                for b in range(n_batches):
+                    if step >= start_step:
+                        rows = perm[b * batch_size : (b + 1) * batch_size]
+                        yield {point: buffer[point][rows].float() for point in self.points}
+                    step += 1
+            epoch += 1
+
+    def _load_group(self, group: list[int]) -> dict[str, torch.Tensor]:
+        loaded = [self.load_shard(number) for number in group]
+        return {point: torch.cat([shard[point] for shard in loaded]) for point in self.points}
+
+
+def _groups(order: list[int], sizes: list[int], buffer_tokens: int) -> Iterator[list[int]]:
+    group: list[int] = []
+    filled = 0
+    for number in order:
+        group.append(number)
+        filled += sizes[number]
+        if filled >= buffer_tokens:
+            yield group
+            group, filled = [], 0
+    if group:
+        yield group
+
+
+def _length_batches(seqs: list[Sequence_], batch: int) -> list[list[Sequence_]]:
+    """Batches of similar length (less padding), in a deterministic order."""
+    chunks = []
+    window = batch * 16
+    for start in range(0, len(seqs), window):
+        block = sorted(seqs[start : start + window], key=lambda s: len(s.input_ids))
+        chunks.extend(block[i : i + batch] for i in range(0, len(block), batch))
+    return chunks
+
+
+def collect_activations(
+    lm: LoadedModel,
+    points: Sequence[HookPoint],
+    folder: str | Path,
+    *,
+    mixture: Sequence[MixtureSource],
+    n_tokens: int,
+    data_dir: str | Path | None = None,
+    split: Split = "train",
+    context: int = 256,
+    batch_size: int = 16,
+    shard_tokens: int = 65_536,
+    mask: TokenMask | None = None,
+    seed: int = 0,
+    dtype: str = "float16",
+    system: str | None = None,
+    progress: bool = True,
+) -> ActivationCache:
+    """Collect (or resume collecting, or reuse) `n_tokens` kept activations per point."""
+    if n_tokens <= 0:
+        raise UserError("the number of tokens to collect must be positive")
+    if dtype not in CACHE_DTYPES:
+        raise UserError(f"unknown cache dtype {dtype!r}; use one of {', '.join(CACHE_DTYPES)}")
+    mask = mask or TokenMask()
+    spec = CollectionSpec(
+        model={"name": lm.name, "weights_sha256": lm.weights_sha256},
+        points=[p.name for p in points],
+        mixture=[asdict(s) for s in mixture],
+        n_tokens=n_tokens,
+        context=context,
+        mask=asdict(mask),
+        split=split,
+        seed=seed,
+        dtype=dtype,
+        system=system,
+    )
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = _open_or_start(out, spec)
+    if cache.complete:
+        return cache
+
+    tok = Tokenizer(lm.tokenizer, context=context, system=system)
+    # Sample more raw tokens than needed: masks remove some (header, sinks, position 0).
+    sequences = _sample(mixture, tok, int(n_tokens * 1.3) + 4096, data_dir, split, seed)
+    batches = _length_batches(sequences, batch_size)
+    done_batches = int(cache.index.get("batches_done", 0))
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pending: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
+    pending_kinds: list[torch.Tensor] = []
+    collected = cache.n_tokens
+    bar = tqdm(
+        total=n_tokens, initial=collected, unit="tok", desc="activations", disable=not progress
+    )
+    for number in range(done_batches, len(batches)):
+        if collected >= n_tokens:
+            break
+        ids, attn, kinds = pad_batch(batches[number], pad_id)
+        acts = truncated_forward(lm, points, ids, attn)
+        keep = _sink_mask(acts, mask.keep(kinds), mask.sink_factor)
+        repeat = _repeats(kinds, keep, mask.post_instruction_repeat)
+        for point in points:
+            rows = acts[point][keep].float()
+            if not torch.isfinite(rows).all():
+                raise UserError(
+                    f"non-finite activations at {point.name}; load the model in float32 "
+                    "(--dtype float32)"
+                )
+            stored = rows.to(CACHE_DTYPES[dtype])
+            if not torch.isfinite(stored).all():
+                raise UserError(
+                    f"activations at {point.name} overflow {dtype}; use --cache-dtype float32"
+                )
+            pending[point.name].append(stored.repeat_interleave(repeat, dim=0))
+        pending_kinds.append(kinds[keep].repeat_interleave(repeat))
+        added = int(repeat.sum())
+        collected += added
+        bar.update(added)
+        if sum(t.shape[0] for t in pending_kinds) >= shard_tokens or collected >= n_tokens:
+            _write_shard(cache, pending, pending_kinds, number + 1)
+    if pending_kinds:
+        _write_shard(cache, pending, pending_kinds, len(batches))
+    bar.close()
+    if cache.n_tokens < n_tokens:
+        log.warning(
+            "the mixture gave %d tokens after masking, fewer than the %d asked for",
+            cache.n_tokens,
+            n_tokens,
+        )
+    cache.index["complete"] = True
+    write_json(out / "index.json", cache.index)
+    return cache
+
+
+def _repeats(kinds: torch.Tensor, keep: torch.Tensor, factor: int) -> torch.Tensor:
+    kept = kinds[keep]
+    repeat = torch.ones_like(kept, dtype=torch.long)
+    repeat[kept == int(TokenKind.POST_INSTRUCTION)] = factor
+    return repeat
+
+
+def _open_or_start(out: Path, spec: CollectionSpec) -> ActivationCache:
+    index_file = out / "index.json"
+    key = spec.key()
+    if index_file.exists():
+        cache = ActivationCache.open(out)
+        if cache.index.get("key") == key:
+            return cache
+        raise UserError(
+            f"{out} holds activations collected with other settings (model, layers, mixture or "
+            "tokens); pick another cache folder or delete it"
+        )
+    index = {
+        "key": key,
+        "spec": asdict(spec),
+        "points": spec.points,
+        "shards": [],
+        "batches_done": 0,
+        "complete": False,
+    }
+    write_json(index_file, index)
+    return ActivationCache(out, index)
+
+
+def _write_shard(
+    cache: ActivationCache,
+    pending: dict[str, list[torch.Tensor]],
+    pending_kinds: list[torch.Tensor],
+    batches_done: int,
+) -> None:
+    if not pending_kinds:
+        return
+    number = len(cache.index["shards"])
+    name = f"shard_{number:05d}.safetensors"
+    tensors = {point: torch.cat(chunks).contiguous() for point, chunks in pending.items()}
+    tensors["kinds"] = torch.cat(pending_kinds).contiguous()
+    tmp = cache.folder / (name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, cache.folder / name)
+    cache.index["shards"].append(
+        {"file": name, "n_tokens": int(tensors["kinds"].shape[0]), "batches_done": batches_done}
+    )
+    cache.index["batches_done"] = batches_done
+    write_json(cache.folder / "index.json", cache.index)
+    for chunks in pending.values():
+        chunks.clear()
+    pending_kinds.clear()
+
+
+def cache_from_tensors(
+    folder: str | Path, activations: dict[str, torch.Tensor], shard_tokens: int = 65_536
+) -> ActivationCache:
+    """An activation cache from in-memory tensors (same rows for every point): synthetic data,
+    activations computed elsewhere, benchmarks."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    points = list(activations)
+    n = activations[points[0]].shape[0]
+    if n == 0 or any(t.shape[0] != n for t in activations.values()):
+        raise UserError("activation tensors must be non-empty with the same number of rows")
+    cache = ActivationCache(out, {"key": None, "points": points, "shards": [], "complete": False})
+    for start in range(0, n, shard_tokens):
+        pending = {p: [t[start : start + shard_tokens]] for p, t in activations.items()}
+        kinds = [torch.zeros(min(shard_tokens, n - start), dtype=torch.int8)]
+        _write_shard(cache, pending, kinds, 0)
+    cache.index["complete"] = True
+    write_json(out / "index.json", cache.index)
+    return cache

@@ -1,0 +1,225 @@
+"""SAE architectures behind one registry: TopK, BatchTopK, JumpReLU and ReLU (L1).
+
+Parameters and math follow SAELens (`W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`,
+`b_dec [d_in]`, `threshold [d_sae]` for JumpReLU; with `apply_b_dec_to_input` the encoder sees
+`x - b_dec`), so the same weights give the same latents in either library.
+
+Every method takes any leading dimensions: `[..., d_in] -> [..., d_sae]`. The input is flattened
+to `[N, d_in]` first, so TopK always selects over the latent axis and never over positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .sparse_ops import ActiveLatents, decode_active
+
+NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
+
+
+@dataclass
+class SAEConfig:
+    architecture: str
+    d_in: int
+    d_sae: int
+    k: int | None = None  # TopK / BatchTopK
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    dtype: str = "float32"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise UserError(f"SAE sizes must be positive, got d_in={self.d_in} d_sae={self.d_sae}")
+        if self.architecture in ("topk", "batchtopk") and not (self.k and 0 < self.k <= self.d_sae):
+            raise UserError(f"a {self.architecture} SAE needs 0 < k <= d_sae, got k={self.k}")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise UserError(
+                f"unsupported normalize_activations={self.normalize_activations!r}; "
+                f"supported: {', '.join(NORMALIZATIONS)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {}
+
+
+def register_sae_class(name: str) -> Callable[[type[SparseAutoencoder]], type[SparseAutoencoder]]:
+    def register(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
+        cls.architecture = name
+        SAE_CLASSES[name] = cls
+        return cls
+
+    return register
+
+
+def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
+    if cfg.architecture not in SAE_CLASSES:
+        raise UserError(
+            f"unknown SAE architecture {cfg.architecture!r}; known: {', '.join(SAE_CLASSES)}"
+        )
+    return SAE_CLASSES[cfg.architecture](cfg)
+
+
+class SparseAutoencoder(nn.Module):
+    architecture: ClassVar[str] = ""
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, dtype=dtype))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    # -- public API over any leading dimensions --------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent activations `[..., d_sae]`."""
+        flat, lead = self._flatten(x)
+        sae_in, _ = self._normalize(flat)
+        return self.activation(self.pre_activation(sae_in)).reshape(*lead, self.d_sae)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Reconstruction `[..., d_in]` (in the model's units) from latents `[..., d_sae]`."""
+        lead = latents.shape[:-1]
+        flat = latents.reshape(-1, self.d_sae).to(self.W_dec.dtype)
+        return (flat @ self.W_dec + self.b_dec).reshape(*lead, self.d_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of `x`."""
+        flat, lead = self._flatten(x)
+        sae_in, norm = self._normalize(flat)
+        recon = self._decode_flat(sae_in)
+        return self._denormalize(recon, norm).reshape(*lead, self.d_in)
+
+    def error(self, x: torch.Tensor) -> torch.Tensor:
+        """`x - forward(x)`: what the SAE misses; `forward(x) + error(x) == x` exactly."""
+        return x - self.forward(x)
+
+    def active(self, x: torch.Tensor) -> ActiveLatents:
+        """The non-zero latents of `x` (flattened to rows) as sparse triples."""
+        flat, _ = self._flatten(x)
+        sae_in, _ = self._normalize(flat)
+        dense = self.activation(self.pre_activation(sae_in))
+        rows, cols = dense.nonzero(as_tuple=True)
+        return ActiveLatents(rows, cols, dense[rows, cols], dense.shape[0])
+
+    # -- pieces subclasses override ---------------------------------------------------------
+    def pre_activation(self, sae_in: torch.Tensor) -> torch.Tensor:
+        if self.cfg.apply_b_dec_to_input:
+            sae_in = sae_in - self.b_dec
+        return sae_in @ self.W_enc + self.b_enc
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode_flat(self, sae_in: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.pre_activation(sae_in)) @ self.W_dec + self.b_dec
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _flatten(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+        if x.shape[-1] != self.d_in:
+            raise UserError(
+                f"activation width {x.shape[-1]} does not match this SAE's d_in={self.d_in}; "
+                "use the SAE trained for this model and hook point"
+            )
+        return x.reshape(-1, self.d_in).to(self.W_enc.dtype), x.shape[:-1]
+
+    def _normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            scale = math.sqrt(self.d_in) / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            return x * scale, (scale,)
+        if mode == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            std = (x - mu).std(dim=-1, keepdim=True).clamp_min(1e-5)
+            return (x - mu) / std, (mu, std)
+        return x, ()
+
+    def _denormalize(self, recon: torch.Tensor, norm: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            return recon / norm[0]
+        if mode == "layer_norm":
+            return recon * norm[1] + norm[0]
+        return recon
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on `x / scale` act on `x` itself (same latents, exact)."""
+        self.W_enc.div_(scale)
+        self.W_dec.mul_(scale)
+        self.b_dec.mul_(scale)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+
+@register_sae_class("standard")
+class ReluSAE(SparseAutoencoder):
+    """ReLU latents, trained with an L1 penalty (SAELens `standard`)."""
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre)
+
+
+@register_sae_class("jumprelu")
+class JumpReluSAE(SparseAutoencoder):
+    """`pre * (pre > threshold)` with a learned per-latent threshold (Gemma Scope)."""
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, dtype=self.W_enc.dtype))
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre) * (pre > self.threshold)
+
+
+@register_sae_class("topk")
+class TopKSAE(SparseAutoencoder):
+    """The k largest pre-activations per input (ReLU'd); all others zero."""
+
+    def topk(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.cfg.k is not None
+        top = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return torch.relu(top.values), top.indices
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        values, indices = self.topk(pre)
+        return torch.zeros_like(pre).scatter_(-1, indices, values)
+
+    def active(self, x: torch.Tensor) -> ActiveLatents:
+        flat, _ = self._flatten(x)
+        sae_in, _ = self._normalize(flat)
+        values, indices = self.topk(self.pre_activation(sae_in))
+        return ActiveLatents.from_topk(values, indices)
+
+    def _decode_flat(self, sae_in: torch.Tensor) -> torch.Tensor:
+        values, indices = self.topk(self.pre_activation(sae_in))
+        return decode_active(ActiveLatents.from_topk(values, indices), self.W_dec) + self.b_dec
+
+
+@register_sae_class("batchtopk")
+class BatchTopKSAE(JumpReluSAE):
+    """Trained with the top `k * batch` latents over the whole batch; at inference a JumpReLU
+    with one global threshold (the running minimum selected activation), as BatchTopK SAEs are
+    used and as SAELens saves them."""

@@ -1,0 +1,313 @@
+"""How good an SAE set is, on held-out text and at the refusal positions.
+
+Per hook point and per evaluation set (held-out generic prose, held-out chat, and the
+post-instruction positions of held-out harmful and harmless requests, reported separately):
+FVU, L0, dead latents (never fire on the evaluation tokens), dense latents (fire on more than
+10% of them). On the text sets also: cross-entropy loss recovered when the reconstruction
+replaces the residual stream (against zero- and mean-ablation), KL from the clean next-token
+distribution, and an identity check (reconstruction + error spliced back = clean loss). Across
+the request sets: the cosine between the refusal direction (difference in means at the last
+template token) computed from clean activations and from reconstructions.
+
+Splicing replaces the activations of the tokens the SAEs were trained on (the same `TokenMask`;
+position 0, the fixed system header and padding keep their clean values) and every loss is
+averaged over real next tokens only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..hooks import HookPoint, add_hooks
+from ..models import LoadedModel
+from .activations import TokenMask, _length_batches, _sink_mask, truncated_forward
+from .mixture import (
+    MixtureSource,
+    Tokenizer,
+    TokenKind,
+    documents,
+    pad_batch,
+    sample_sequences,
+)
+from .sets import SAESet
+
+TEXT_SETS: dict[str, tuple[MixtureSource, ...]] = {
+    "generic": (MixtureSource("gutenberg", 1.0),),
+    "chat": (
+        MixtureSource("alpaca_eval", 0.5),
+        MixtureSource("gpteacher", 0.2),
+        MixtureSource("hh_rlhf", 0.3),
+    ),
+}
+REQUEST_SETS = {"harmful_post": "harmful_requests", "harmless_post": "harmless_requests"}
+
+
+@dataclass
+class _Accumulator:
+    d_sae: int
+    n: int = 0
+    sq_err: float = 0.0
+    sum_x: torch.Tensor | None = None
+    sum_sq: float = 0.0
+    l0: float = 0.0
+    fires: torch.Tensor = field(default=torch.zeros(0))
+
+    def add(self, x: torch.Tensor, recon: torch.Tensor, latents: torch.Tensor) -> None:
+        x64 = x.double()
+        self.n += x.shape[0]
+        self.sq_err += float((x - recon).double().pow(2).sum())
+        self.sum_x = x64.sum(0) if self.sum_x is None else self.sum_x + x64.sum(0)
+        self.sum_sq += float(x64.pow(2).sum())
+        active = latents > 0
+        self.l0 += float(active.sum())
+        counts = active.sum(0).long()
+        self.fires = counts if self.fires.numel() == 0 else self.fires + counts
+
+    def metrics(self) -> dict[str, float]:
+        if self.n == 0 or self.sum_x is None:
+            return {"tokens": 0}
+        total_var = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
+        freq = self.fires.double() / self.n
+        return {
+            "tokens": self.n,
+            "fvu": self.sq_err / max(total_var, 1e-12),
+            "l0": self.l0 / self.n,
+            "dead_frac": float((self.fires == 0).double().mean()),
+            "dense_frac": float((freq > 0.1).double().mean()),
+        }
+
+
+def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-position loss of predicting the next real token ([batch, seq-1]), 0 elsewhere."""
+    targets = ids[:, 1:]
+    valid = real[:, 1:] & real[:, :-1]
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none"
+    )
+    return loss.view_as(targets) * valid
+
+
+def _splice(point: HookPoint, keep: torch.Tensor, new: torch.Tensor):
+    def hook(act: torch.Tensor, _point: HookPoint) -> torch.Tensor:
+        out = act.clone()
+        out[keep] = new.to(act.dtype)
+        return out
+
+    return [(point, hook)]
+
+
+def _forward(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, hooks: list) -> torch.Tensor:
+    with torch.inference_mode(), add_hooks(lm.model, hooks):
+        return lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+def _kl(clean: torch.Tensor, new: torch.Tensor, valid: torch.Tensor) -> tuple[float, int]:
+    p = F.log_softmax(clean.float(), -1)
+    q = F.log_softmax(new.float(), -1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    return float((kl * valid).sum()), int(valid.sum())
+
+
+def evaluate_text_set(
+    lm: LoadedModel,
+    saes: SAESet,
+    name: str,
+    n_tokens: int,
+    data_dir: str | Path | None,
+    mask: TokenMask,
+    batch_size: int = 8,
+    context: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    tok = Tokenizer(lm.tokenizer, context=context)
+    seqs = sample_sequences(TEXT_SETS[name], tok, n_tokens, data_dir, "eval", seed)
+    points = saes.points
+    acc = {p: _Accumulator(saes[p].d_sae) for p in points}
+    losses: dict[str, dict[HookPoint, float]] = {
+        k: dict.fromkeys(points, 0.0) for k in ("recon", "zero", "mean", "identity")
+    }
+    kl_sum = dict.fromkeys(points, 0.0)
+    clean_loss = 0.0
+    n_targets = 0
+    identity_gap = dict.fromkeys(points, 0.0)
+    pad = lm.tokenizer.pad_token_id or 0
+    means = _means(lm, saes, seqs[: 4 * batch_size], mask, pad)
+    batches = _length_batches(seqs, batch_size)
+    for batch in tqdm(batches, desc=f"eval {name}", disable=not progress):
+        ids, attn, kinds = pad_batch(batch, pad)
+        real = attn.bool()
+        with torch.inference_mode(), add_hooks(lm.model, []):
+            acts = _record_full(lm, points, ids, attn)
+        clean_logits = acts.pop("logits")
+        keep = _sink_mask({p: acts[p] for p in points}, mask.keep(kinds), mask.sink_factor)
+        clean = _next_token_loss(clean_logits, ids, real)
+        clean_loss += float(clean.sum())
+        valid = real[:, 1:] & real[:, :-1]
+        n_targets += int(valid.sum())
+        for point in points:
+            sae = saes[point]
+            x = acts[point][keep].float()
+            with torch.no_grad():
+                latents = sae.encode(x)
+                recon = sae.decode(latents)
+            acc[point].add(x, recon, latents)
+            variants = {
+                "recon": recon,
+                "zero": torch.zeros_like(x),
+                "mean": means[point].expand_as(x),
+                "identity": recon + (x - recon),
+            }
+            for variant, new in variants.items():
+                logits = _forward(lm, ids, attn, _splice(point, keep, new))
+                losses[variant][point] += float(_next_token_loss(logits, ids, real).sum())
+                if variant == "recon":
+                    kl, _ = _kl(clean_logits[:, :-1], logits[:, :-1], valid)
+                    kl_sum[point] += kl
+            identity_gap[point] = abs(losses["identity"][point] - clean_loss) / max(n_targets, 1)
+    out: dict[str, dict[str, Any]] = {}
+    ce_clean = clean_loss / max(n_targets, 1)
+    for point in points:
+        ce = {k: losses[k][point] / max(n_targets, 1) for k in losses}
+        out[point.name] = {
+            **acc[point].metrics(),
+            "ce_clean": ce_clean,
+            "ce_recon": ce["recon"],
+            "ce_zero_ablation": ce["zero"],
+            "ce_mean_ablation": ce["mean"],
+            "ce_recovered_zero": _recovered(ce_clean, ce["recon"], ce["zero"]),
+            "ce_recovered_mean": _recovered(ce_clean, ce["recon"], ce["mean"]),
+            "kl_recon": kl_sum[point] / max(n_targets, 1),
+            "identity_loss_gap": identity_gap[point],
+            "identity_ok": identity_gap[point] < 1e-3,
+        }
+    return out
+
+
+def _recovered(clean: float, recon: float, ablated: float) -> float:
+    return (ablated - recon) / (ablated - clean) if ablated != clean else float("nan")
+
+
+def _record_full(
+    lm: LoadedModel, points: Sequence[HookPoint], ids: torch.Tensor, mask: torch.Tensor
+) -> dict[Any, torch.Tensor]:
+    store: dict[Any, torch.Tensor] = {}
+
+    def reader(act: torch.Tensor, point: HookPoint) -> None:
+        store[point] = act.detach().clone()
+
+    with torch.inference_mode(), add_hooks(lm.model, [(p, reader) for p in points]):
+        store["logits"] = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return store
+
+
+def _means(lm: LoadedModel, saes: SAESet, seqs: list, mask: TokenMask, pad: int) -> dict:
+    ids, attn, kinds = pad_batch(seqs, pad)
+    acts = truncated_forward(lm, saes.points, ids, attn)
+    keep = _sink_mask(acts, mask.keep(kinds), mask.sink_factor)
+    return {p: acts[p][keep].float().mean(0) for p in saes.points}
+
+
+def evaluate_requests(
+    lm: LoadedModel,
+    saes: SAESet,
+    data_dir: str | Path | None,
+    n_prompts: int,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Metrics at the post-instruction positions of held-out requests, and direction cosines."""
+    tok = Tokenizer(lm.tokenizer, context=512)
+    results: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[HookPoint, tuple[torch.Tensor, torch.Tensor]]] = {}
+    pad = lm.tokenizer.pad_token_id or 0
+    for name, source in REQUEST_SETS.items():
+        seqs = _requests(tok, source, data_dir, n_prompts)
+        acc = {p: _Accumulator(saes[p].d_sae) for p in saes.points}
+        clean_last: dict[HookPoint, list[torch.Tensor]] = {p: [] for p in saes.points}
+        recon_last: dict[HookPoint, list[torch.Tensor]] = {p: [] for p in saes.points}
+        for start in tqdm(
+            range(0, len(seqs), batch_size), desc=f"eval {name}", disable=not progress
+        ):
+            ids, attn, kinds = pad_batch(seqs[start : start + batch_size], pad)
+            acts = truncated_forward(lm, saes.points, ids, attn)
+            post = kinds == int(TokenKind.POST_INSTRUCTION)
+            last_index = attn.sum(1) - 1
+            rows = torch.arange(ids.shape[0])
+            for point in saes.points:
+                sae = saes[point]
+                with torch.no_grad():
+                    x = acts[point][post].float()
+                    latents = sae.encode(x)
+                    acc[point].add(x, sae.decode(latents), latents)
+                    final = acts[point][rows, last_index].float()
+                    clean_last[point].append(final)
+                    recon_last[point].append(sae(final))
+        results[name] = {p.name: acc[p].metrics() for p in saes.points}
+        last[name] = {
+            p: (torch.cat(clean_last[p]).mean(0), torch.cat(recon_last[p]).mean(0))
+            for p in saes.points
+        }
+    cosines = {}
+    for point in saes.points:
+        clean_dir = last["harmful_post"][point][0] - last["harmless_post"][point][0]
+        recon_dir = last["harmful_post"][point][1] - last["harmless_post"][point][1]
+        cosines[point.name] = float(F.cosine_similarity(clean_dir, recon_dir, dim=0))
+    return results, cosines
+
+
+def _requests(tok: Tokenizer, source: str, data_dir: str | Path | None, n: int) -> list:
+    seqs = []
+    for doc in documents(source, data_dir, "eval"):
+        seq = tok.encode(doc, source)
+        if seq is not None:
+            seqs.append(seq)
+        if len(seqs) >= n:
+            break
+    return seqs
+
+
+@dataclass
+class EvalConfig:
+    text_tokens: int = 4096
+    n_prompts: int = 64
+    batch_size: int = 8
+    sets: tuple[str, ...] = ("generic", "chat")
+    seed: int = 0
+
+
+def evaluate_sae_set(
+    lm: LoadedModel,
+    saes: SAESet,
+    data_dir: str | Path | None,
+    cfg: EvalConfig | None = None,
+    mask: TokenMask | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    cfg = cfg or EvalConfig()
+    mask = mask or TokenMask()
+    saes.check_model(lm)
+    report: dict[str, Any] = {"config": asdict(cfg), "sets": {}}
+    for name in cfg.sets:
+        report["sets"][name] = evaluate_text_set(
+            lm,
+            saes,
+            name,
+            cfg.text_tokens,
+            data_dir,
+            mask,
+            cfg.batch_size,
+            seed=cfg.seed,
+            progress=progress,
+        )
+    requests, cosines = evaluate_requests(lm, saes, data_dir, cfg.n_prompts, progress=progress)
+    report["sets"].update(requests)
+    report["direction_cosine"] = cosines
+    return report

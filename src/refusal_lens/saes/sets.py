@@ -1,0 +1,117 @@
+"""An SAE set: one SAE per chosen layer of one model, with that model's identity.
+
+On disk: `saeset.json` (model name and weights sha256, hook kind, layers, how the SAEs were
+made) and one SAELens-format folder per hook point (`resid_post.12/cfg.json` + weights), so
+each SAE also loads on its own in SAELens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..hooks import HookPoint, parse_hook_point
+from ..models import LoadedModel
+from ..runs import write_json
+from .architectures import SparseAutoencoder
+from .io import load_sae, save_sae
+
+SET_FILE = "saeset.json"
+
+
+@dataclass
+class SAESet:
+    model: dict[str, Any]  # {"name", "weights_sha256"}
+    saes: dict[HookPoint, SparseAutoencoder]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def points(self) -> list[HookPoint]:
+        return sorted(self.saes)
+
+    @property
+    def layers(self) -> list[int]:
+        return [point.layer for point in self.points]
+
+    def __getitem__(self, point: HookPoint | str) -> SparseAutoencoder:
+        key = parse_hook_point(point) if isinstance(point, str) else point
+        if key not in self.saes:
+            have = ", ".join(p.name for p in self.points)
+            raise UserError(f"this SAE set has no SAE at {key.name}; it has {have}")
+        return self.saes[key]
+
+    def __iter__(self) -> Iterator[tuple[HookPoint, SparseAutoencoder]]:
+        return iter(sorted(self.saes.items()))
+
+    def __len__(self) -> int:
+        return len(self.saes)
+
+    def check_model(self, lm: LoadedModel) -> None:
+        """One-line errors for a set used with another model, a missing layer, a wrong width."""
+        if self.model.get("weights_sha256") not in (None, lm.weights_sha256):
+            raise UserError(
+                f"these SAEs were trained on {self.model.get('name')} "
+                f"(weights {str(self.model.get('weights_sha256'))[:12]}), not on {lm.name} "
+                f"(weights {lm.weights_sha256[:12]}); train SAEs for this model "
+                "(refusal-lens train-saes)"
+            )
+        for point, sae in self:
+            if point.layer >= lm.n_layers:
+                raise UserError(
+                    f"the SAE set has an SAE at layer {point.layer} but {lm.name} has layers "
+                    f"0..{lm.n_layers - 1}"
+                )
+            if sae.d_in != lm.d_model:
+                raise UserError(
+                    f"the SAE at {point.name} has d_in={sae.d_in} but {lm.name} has "
+                    f"d_model={lm.d_model}"
+                )
+
+    def save(self, folder: str | Path) -> Path:
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for point, sae in self:
+            sae.cfg.metadata.setdefault("hook_name", f"blocks.{point.layer}.hook_{point.kind}")
+            sae.cfg.metadata.setdefault("model_name", self.model.get("name"))
+            save_sae(sae, out / point.name)
+        write_json(
+            out / SET_FILE,
+            {
+                "model": self.model,
+                "points": [p.name for p in self.points],
+                "layers": self.layers,
+                "info": self.info,
+            },
+        )
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SAESet:
+        path = Path(folder)
+        index = path / SET_FILE
+        if not index.exists():
+            if (path / "cfg.json").exists():
+                return cls.from_single(path)
+            raise UserError(
+                f"no SAE set at {path} ({SET_FILE} missing); pass the folder that train-saes wrote"
+            )
+        try:
+            data = json.loads(index.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{index} is not valid JSON ({exc.msg})") from exc
+        saes = {parse_hook_point(name): load_sae(path / name) for name in data["points"]}
+        return cls(data["model"], saes, data.get("info", {}))
+
+    @classmethod
+    def from_single(cls, folder: Path) -> SAESet:
+        """A set of one SAELens-format SAE; its hook point from its `hook_name` metadata."""
+        sae = load_sae(folder)
+        hook = sae.cfg.metadata.get("hook_name")
+        if not hook:
+            raise UserError(f"the SAE at {folder} does not record its hook_name")
+        model = {"name": sae.cfg.metadata.get("model_name"), "weights_sha256": None}
+        return cls(model, {parse_hook_point(str(hook)): sae}, {"source": str(folder)})
