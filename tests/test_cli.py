@@ -165,3 +165,104 @@ def test_refusal_rate_and_generate_on_a_tiny_model(
     assert sorted(r["index"] for r in rows) == [0, 1]
     manifest = json.loads((tmp_path / "gen.jsonl.manifest.json").read_text())
     assert manifest["command"] == "generate" and manifest["model"]["name"].endswith("tiny")
+
+
+def _mixture_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mix.jsonl"
+    rows = []
+    for i in range(40):
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Tell me about bread {i}."},
+                    {"role": "assistant", "content": "Bread is flour and water."},
+                ]
+            }
+        )
+        rows.append({"prompt": f"Explain how to hack a computer {i}."})
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_train_and_eval_saes(
+    tiny: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+) -> None:
+    model = save_tiny(tiny, tmp_path)
+    out = tmp_path / "saes"
+    argv = [
+        "train-saes",
+        "--model",
+        str(model),
+        "--layers",
+        "1-2",
+        "--width",
+        "2x",
+        "--k",
+        "4",
+        "--mixture",
+        f"{_mixture_file(tmp_path)}=1",
+        "--collect-tokens",
+        "800",
+        "--tokens",
+        "4096",
+        "--sae-batch-size",
+        "256",
+        "--out",
+        str(out),
+    ]
+    code, printed, _ = run(capsys, *argv)
+    assert code == 0, printed
+    assert "resid_post.1, resid_post.2" in printed
+    saeset = json.loads((out / "saeset.json").read_text())
+    assert saeset["layers"] == [1, 2]
+    assert (out / "resid_post.1" / "sae_weights.safetensors").is_file()
+    # a rerun reuses the finished set
+    code, _, _ = run(capsys, *argv)
+    assert code == 0
+
+    code, printed, err = run(
+        capsys,
+        "eval-saes",
+        str(out),
+        "--model",
+        str(model),
+        "--data-dir",
+        str(shared_data),
+        "--text-tokens",
+        "300",
+        "--prompts",
+        "4",
+        "--json",
+    )
+    assert code == 0, err
+    report = json.loads(printed)
+    chat = report["sets"]["chat"]["resid_post.1"]
+    assert chat["fvu"] >= 0 and chat["identity_ok"]
+    assert set(report["sets"]) == {"generic", "chat", "harmful_post", "harmless_post"}
+    assert set(report["direction_cosine"]) == {"resid_post.1", "resid_post.2"}
+    assert (out / "eval.png").is_file() and (out / "eval.json").is_file()
+
+
+def test_train_saes_bad_input(
+    tiny: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = save_tiny(tiny, tmp_path)
+    code, _, err = run(
+        capsys, "train-saes", "--model", str(model), "--layers", "7", "--out", str(tmp_path / "x")
+    )
+    assert_one_line_error(code, err, "layer 7 is out of range")
+    code, _, err = run(
+        capsys,
+        "train-saes",
+        "--model",
+        str(model),
+        "--layers",
+        "1",
+        "--mixture",
+        "nonsense",
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert_one_line_error(code, err, "bad mixture entry")
+    code, _, err = run(capsys, "eval-saes", str(tmp_path / "nothing"), "--model", str(model))
+    assert_one_line_error(code, err, "no SAE set")

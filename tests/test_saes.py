@@ -85,7 +85,7 @@ def test_sparse_backward_matches_dense_autograd() -> None:
     target = torch.randn(n, d)
     # dense reference
     pre = (x - b_dec) @ w_enc + b_enc
-    idx = pre.detach().topk(k, dim=-1).indices
+    idx = pre.detach().topk(k, dim=-1).indices.sort(dim=-1).values
     mask = torch.zeros_like(pre).scatter_(-1, idx, 1.0)
     recon = (torch.relu(pre) * mask) @ w_dec
     (recon - target).pow(2).sum().backward()

@@ -23,7 +23,7 @@ from .architectures import SAE_CLASSES, SAEConfig, SparseAutoencoder, build_sae
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-_SAELENS_ONLY_KEYS = ("reshape_activations", "device", "rescale_acts_by_decoder_norm")
+SAELENS_FORMAT_VERSION = "6.0.0"
 
 
 def _saved_architecture(sae: SparseAutoencoder) -> str:
@@ -35,7 +35,8 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path) -> Path:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg
-    metadata = dict(cfg.metadata)
+    # SAELens reads the nested `metadata` only from configs that declare its 6.x format
+    metadata = {"sae_lens_version": SAELENS_FORMAT_VERSION, **cfg.metadata}
     if cfg.architecture == "batchtopk":
         metadata["trained_as"] = "batchtopk"
     data: dict[str, Any] = {
@@ -78,8 +79,6 @@ def config_from_saelens(data: dict[str, Any]) -> SAEConfig:
             f"SAE architecture {architecture!r} is not supported; supported: "
             f"{', '.join(SAE_CLASSES)}"
         )
-    if data.get("rescale_acts_by_decoder_norm"):
-        raise UserError("SAEs with rescale_acts_by_decoder_norm=true are not supported yet")
     metadata = dict(data.get("metadata") or {})
     for key in ("model_name", "hook_name", "hook_layer", "context_size", "prepend_bos"):
         if key in data and key not in metadata:
@@ -122,7 +121,25 @@ def load_sae(folder: str | Path, dtype: torch.dtype | None = None) -> SparseAuto
             f"{weights} is corrupt or truncated ({str(exc).splitlines()[0]}); download or "
             "train it again"
         ) from exc
-    return _from_tensors(cfg, tensors, str(weights), dtype)
+    sae = _from_tensors(cfg, tensors, str(weights), dtype)
+    if data_rescales(path):
+        fold_decoder_norm(sae)
+    return sae
+
+
+def data_rescales(folder: Path) -> bool:
+    return bool(_read_cfg(folder).get("rescale_acts_by_decoder_norm"))
+
+
+@torch.no_grad()
+def fold_decoder_norm(sae: SparseAutoencoder) -> None:
+    """SAELens' `rescale_acts_by_decoder_norm` (TopK selects on `pre * ||W_dec_j||` and decodes
+    with `W_dec_j / ||W_dec_j||`) folded into the weights: same latents, same output, unit-norm
+    decoder rows."""
+    norms = sae.W_dec.norm(dim=1).clamp_min(1e-12)
+    sae.W_enc.mul_(norms[None, :])
+    sae.b_enc.mul_(norms)
+    sae.W_dec.div_(norms[:, None])
 
 
 def _from_tensors(
@@ -195,4 +212,7 @@ def from_saelens(sae_obj: Any) -> SparseAutoencoder:
     cfg = config_from_saelens(data)
     cfg.dtype = "float32"
     tensors = {name: t.detach().float().cpu() for name, t in sae_obj.state_dict().items()}
-    return _from_tensors(cfg, tensors, f"SAELens SAE {cfg.metadata.get('hook_name', '')}")
+    sae = _from_tensors(cfg, tensors, f"SAELens SAE {cfg.metadata.get('hook_name', '')}")
+    if data.get("rescale_acts_by_decoder_norm"):
+        fold_decoder_norm(sae)
+    return sae

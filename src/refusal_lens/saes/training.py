@@ -194,7 +194,7 @@ class LayerTrainer:
             pre = (x - sae.b_dec if b_dec_in is not None else x) @ sae.W_enc + sae.b_enc
         k = self.cfg.k
         if arch == "topk":
-            cols = pre.topk(k, dim=-1, sorted=False).indices.reshape(-1)
+            cols = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values.reshape(-1)
             rows = torch.arange(n).repeat_interleave(k)
         else:
             flat = pre.flatten().topk(k * n, sorted=False).indices.sort().values
@@ -220,7 +220,7 @@ class LayerTrainer:
         residual = x - recon
         k_aux = min(self.cfg.aux_k, n_dead)
         masked = pre.masked_fill(~dead, float("-inf"))
-        cols = masked.topk(k_aux, dim=-1, sorted=False).indices.reshape(-1)
+        cols = masked.topk(k_aux, dim=-1, sorted=False).indices.sort(dim=-1).values.reshape(-1)
         rows = torch.arange(n).repeat_interleave(k_aux)
         b_dec_in = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
         aux_recon = sparse_reconstruction(
