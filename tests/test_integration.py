@@ -97,3 +97,50 @@ def test_direction_job_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n"] == 8 and result["interventions"][0]["kind"] == "ablate_direction"
+
+
+def test_sae_training_and_evaluation_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+) -> None:
+    """train-saes then eval-saes on the real model, with a small budget (plumbing, not quality)."""
+    out = tmp_path / "saes"
+    argv = [
+        "train-saes",
+        "--data-dir",
+        str(shared_data),
+        "--layers",
+        "13",
+        "--width",
+        "2x",
+        "--collect-tokens",
+        "3000",
+        "--tokens",
+        "12k",
+        "--sae-batch-size",
+        "1024",
+        "--out",
+        str(out),
+    ]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert (
+        cli.main(
+            [
+                "eval-saes",
+                str(out),
+                "--data-dir",
+                str(shared_data),
+                "--text-tokens",
+                "512",
+                "--prompts",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    chat = report["sets"]["chat"]["resid_post.13"]
+    assert chat["identity_ok"]
+    assert chat["fvu"] < 1.0 and chat["ce_recovered_mean"] > 0
+    assert report["sets"]["harmful_post"]["resid_post.13"]["tokens"] == 8 * 5

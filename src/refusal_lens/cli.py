@@ -217,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(train)
     _add_data_arg(train)
-    train.add_argument("--out", required=True, help="folder for the SAE set")
+    train.add_argument(
+        "--out",
+        help="folder for the SAE set (default, for the plain quick preset only: the user cache, "
+        "where later commands look for this model's SAEs)",
+    )
     train.add_argument(
         "--preset",
         choices=("quick", "full"),
@@ -240,13 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
         "gutenberg, harmful_requests, harmless_requests or .jsonl/.txt files",
     )
     train.add_argument("--activations", help="activation cache folder (default: OUT/activations)")
+    masks = train.add_argument_group("token masks")
+    masks.add_argument("--keep-first", action="store_true", help="keep position 0 (a sink)")
+    masks.add_argument(
+        "--sink-factor",
+        type=float,
+        help="drop tokens whose norm exceeds this x the median (0 keeps them; default 10)",
+    )
+    masks.add_argument(
+        "--keep-system-header", action="store_true", help="keep the template's system turn"
+    )
+    masks.add_argument(
+        "--drop-kinds",
+        help="comma list of token kinds to drop: template, user, assistant, "
+        "post_instruction, prose",
+    )
+    masks.add_argument(
+        "--post-instruction-repeat",
+        type=_positive,
+        help="repeat post-instruction tokens this many times in the stream (default 4)",
+    )
 
     evaluate = command(
         "eval-saes",
         "Evaluate an SAE set on held-out generic text, chat text and the post-instruction "
         "positions of held-out harmful and harmless requests.",
     )
-    evaluate.add_argument("saes", help="SAE set folder (from train-saes)")
+    evaluate.add_argument(
+        "saes", nargs="?", help="SAE set folder (default: this model's cached quick SAEs)"
+    )
     _add_model_args(evaluate)
     _add_data_arg(evaluate)
     evaluate.add_argument(
@@ -490,7 +516,14 @@ def cmd_datasets(_args: argparse.Namespace) -> int:
 
 def cmd_train_saes(args: argparse.Namespace) -> int:
     from .saes.mixture import parse_mixture
-    from .saes.presets import parse_count, parse_layers, preset, train_sae_set, with_overrides
+    from .saes.presets import (
+        default_sae_folder,
+        parse_count,
+        parse_layers,
+        preset,
+        train_sae_set,
+        with_overrides,
+    )
 
     lm, _ = _load(args)
     recipe = preset(args.preset, lm)
@@ -512,17 +545,40 @@ def cmd_train_saes(args: argparse.Namespace) -> int:
         changes["collect_tokens"] = min(recipe.collect_tokens, parse_count(args.tokens))
     if args.mixture:
         changes["mixture"] = parse_mixture(args.mixture)
+    mask = _mask_changes(args, recipe.mask)
+    if mask != recipe.mask:
+        changes["mask"] = mask
     recipe = with_overrides(recipe, **changes)
-    sae_set = train_sae_set(
-        lm, recipe, args.out, data_dir=args.data_dir, activations=args.activations
-    )
+    out = args.out
+    if out is None:
+        if changes or args.preset != "quick":
+            raise UserError("pass --out FOLDER (only the plain quick preset goes to the cache)")
+        out = default_sae_folder(lm, args.cache_dir)
+    sae_set = train_sae_set(lm, recipe, out, data_dir=args.data_dir, activations=args.activations)
     seconds = sae_set.info.get("seconds", {})
     print(
         f"trained {len(sae_set)} SAEs at {', '.join(p.name for p in sae_set.points)} "
         f"(collect {seconds.get('collect', 0):.0f}s, train {seconds.get('train', 0):.0f}s) "
-        f"-> {args.out}"
+        f"-> {out}"
     )
     return 0
+
+
+def _mask_changes(args: argparse.Namespace, mask: Any) -> Any:
+    from dataclasses import replace
+
+    changes: dict[str, Any] = {}
+    if args.keep_first:
+        changes["drop_first"] = False
+    if args.sink_factor is not None:
+        changes["sink_factor"] = args.sink_factor
+    if args.keep_system_header:
+        changes["drop_system_header"] = False
+    if args.drop_kinds:
+        changes["drop_kinds"] = tuple(k.strip() for k in args.drop_kinds.split(",") if k.strip())
+    if args.post_instruction_repeat:
+        changes["post_instruction_repeat"] = args.post_instruction_repeat
+    return replace(mask, **changes)
 
 
 def cmd_eval_saes(args: argparse.Namespace) -> int:
@@ -530,11 +586,21 @@ def cmd_eval_saes(args: argparse.Namespace) -> int:
     from .saes.report import format_table, write_report
     from .saes.sets import SAESet
 
-    sae_set = SAESet.load(args.saes)
     lm, _ = _load(args)
+    folder = args.saes
+    if folder is None:
+        from .saes.presets import default_sae_folder
+
+        folder = default_sae_folder(lm, args.cache_dir)
+        if not folder.exists():
+            raise UserError(
+                f"no cached SAEs for {lm.name}; train them with refusal-lens train-saes "
+                "--data-dir DATA, or pass an SAE set folder"
+            )
+    sae_set = SAESet.load(folder)
     cfg = EvalConfig(text_tokens=args.text_tokens, n_prompts=args.prompts)
     report = evaluate_sae_set(lm, sae_set, args.data_dir, cfg)
-    out = Path(args.out or args.saes)
+    out = Path(args.out or folder)
     write_report(report, out)
     if args.json:
         print(json.dumps(report, indent=2))

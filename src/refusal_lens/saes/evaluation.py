@@ -5,7 +5,8 @@ post-instruction positions of held-out harmful and harmless requests, reported s
 FVU, L0, dead latents (never fire on the evaluation tokens), dense latents (fire on more than
 10% of them). On the text sets also: cross-entropy loss recovered when the reconstruction
 replaces the residual stream (against zero- and mean-ablation), KL from the clean next-token
-distribution, and an identity check (reconstruction + error spliced back = clean loss). Across
+distribution, and an identity check on the first batch (reconstruction + `error(x)` spliced
+back gives the clean loss). Across
 the request sets: the cosine between the refusal direction (difference in means at the last
 template token) computed from clean activations and from reconstructions.
 
@@ -132,7 +133,7 @@ def evaluate_text_set(
     points = saes.points
     acc = {p: _Accumulator(saes[p].d_sae) for p in points}
     losses: dict[str, dict[HookPoint, float]] = {
-        k: dict.fromkeys(points, 0.0) for k in ("recon", "zero", "mean", "identity")
+        k: dict.fromkeys(points, 0.0) for k in ("recon", "zero", "mean")
     }
     kl_sum = dict.fromkeys(points, 0.0)
     clean_loss = 0.0
@@ -141,7 +142,7 @@ def evaluate_text_set(
     pad = lm.tokenizer.pad_token_id or 0
     means = _means(lm, saes, seqs[: 4 * batch_size], mask, pad)
     batches = _length_batches(seqs, batch_size)
-    for batch in tqdm(batches, desc=f"eval {name}", disable=not progress):
+    for number, batch in enumerate(tqdm(batches, desc=f"eval {name}", disable=not progress)):
         ids, attn, kinds = pad_batch(batch, pad)
         real = attn.bool()
         with torch.inference_mode(), add_hooks(lm.model, []):
@@ -163,7 +164,6 @@ def evaluate_text_set(
                 "recon": recon,
                 "zero": torch.zeros_like(x),
                 "mean": means[point].expand_as(x),
-                "identity": recon + (x - recon),
             }
             for variant, new in variants.items():
                 logits = _forward(lm, ids, attn, _splice(point, keep, new))
@@ -171,7 +171,10 @@ def evaluate_text_set(
                 if variant == "recon":
                     kl, _ = _kl(clean_logits[:, :-1], logits[:, :-1], valid)
                     kl_sum[point] += kl
-            identity_gap[point] = abs(losses["identity"][point] - clean_loss) / max(n_targets, 1)
+            if number == 0:  # the identity check: reconstruction + error spliced back = clean
+                logits = _forward(lm, ids, attn, _splice(point, keep, recon + sae.error(x)))
+                spliced = float(_next_token_loss(logits, ids, real).sum())
+                identity_gap[point] = abs(spliced - float(clean.sum())) / max(int(valid.sum()), 1)
     out: dict[str, dict[str, Any]] = {}
     ce_clean = clean_loss / max(n_targets, 1)
     for point in points:

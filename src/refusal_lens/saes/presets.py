@@ -83,14 +83,14 @@ def preset(name: str, lm: LoadedModel) -> SAERecipe:
     if name == "quick":
         return SAERecipe(
             layers=quick_layers(n),
-            train=TrainConfig(expansion=8, k=32, total_tokens=600_000, lr=2e-3),
-            collect_tokens=300_000,
+            train=TrainConfig(expansion=8, k=32, total_tokens=400_000, lr=2e-3),
+            collect_tokens=130_000,
         )
     if name == "full":
         return SAERecipe(
             layers=tuple(range(n)),
             train=TrainConfig(expansion=8, k=32, total_tokens=2_000_000, lr=1e-3),
-            collect_tokens=1_000_000,
+            collect_tokens=600_000,
         )
     raise UserError(f"unknown preset {name!r}; use quick or full")
 
@@ -158,12 +158,17 @@ def train_sae_set(
     return sae_set
 
 
+def default_sae_folder(lm: LoadedModel, cache: str | Path | None = None) -> Path:
+    """Where the `quick` SAEs of this model live in the user cache (keyed by weights + recipe)."""
+    return cache_dir(cache) / "saes" / f"{lm.name}-{preset('quick', lm).key(lm)}"
+
+
 def default_sae_set(
     lm: LoadedModel, data_dir: str | Path | None = None, cache: str | Path | None = None
 ) -> SAESet:
     """The `quick` SAEs of this model from the user cache, trained on first use."""
     recipe = preset("quick", lm)
-    folder = cache_dir(cache) / "saes" / f"{lm.name}-{recipe.key(lm)}"
+    folder = default_sae_folder(lm, cache)
     if not (folder / SET_FILE).exists():
         log.warning(
             "no cached SAEs for %s: training the quick preset once (minutes; cached in %s)",

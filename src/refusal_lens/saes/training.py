@@ -253,6 +253,7 @@ class LayerTrainer:
         fired = (feats.detach() > 0).any(0)
         return err / n + sparsity, err.detach(), int((feats.detach() > 0).sum()), fired
 
+    @torch.no_grad()
     def _remove_radial_grad(self) -> None:
         w, grad = self.sae.W_dec, self.sae.W_dec.grad
         if grad is not None:
