@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -39,6 +39,9 @@ from .mixture import sample_sequences as _sample
 log = logging.getLogger(__name__)
 
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+BUFFER_BYTES = 3 << 29  # 1.5 GiB of activations in the shuffling buffer
+SHARD_BYTES = 3 << 27  # 384 MiB per shard (65,536 tokens for 3 layers of d_model 896 in fp16)
 
 
 @dataclass(frozen=True)
@@ -177,11 +180,28 @@ class ActivationCache:
                 parts[point].append(shard[point][rows].float())
         return {point: torch.cat(chunks)[:n] for point, chunks in parts.items()}
 
+    def row_bytes(self) -> int:
+        """Bytes of one token's activations over all points."""
+        with safe_open(self.folder / self.shards[0]["file"], "pt") as handle:
+            one = handle.get_slice(self.points[0])
+            width = int(one.get_shape()[1])
+            itemsize = CACHE_DTYPES.get(_SAFETENSORS_DTYPES.get(one.get_dtype(), ""), torch.float32)
+        return len(self.points) * width * torch.tensor([], dtype=itemsize).element_size()
+
     def batches(
-        self, batch_size: int, seed: int, start_step: int = 0, buffer_tokens: int = 1 << 18
+        self,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        buffer_bytes: int = BUFFER_BYTES,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless shuffled batches (epochs repeat), starting at batch `start_step`."""
+        """Endless shuffled batches (epochs repeat), starting at batch `start_step`.
+
+        Per epoch: a seeded shard order; shards are loaded a group at a time (up to
+        `buffer_bytes`) and shuffled together.
+        """
         sizes = [int(s["n_tokens"]) for s in self.shards]
+        buffer_tokens = max(batch_size, buffer_bytes // self.row_bytes())
         if sum(sizes) < batch_size:
             raise UserError(
                 f"the activation cache holds {sum(sizes)} tokens, fewer than one batch of "
@@ -246,7 +266,7 @@ def collect_activations(
     split: Split = "train",
     context: int = 256,
     batch_size: int = 16,
-    shard_tokens: int = 65_536,
+    shard_tokens: int | None = None,
     mask: TokenMask | None = None,
     seed: int = 0,
     dtype: str = "float16",
@@ -277,6 +297,9 @@ def collect_activations(
     if cache.complete:
         return cache
 
+    if shard_tokens is None:
+        row = len(points) * lm.d_model * torch.tensor([], dtype=CACHE_DTYPES[dtype]).element_size()
+        shard_tokens = max(1024, min(65_536, SHARD_BYTES // row))
     tok = Tokenizer(lm.tokenizer, context=context, system=system)
     # Sample more raw tokens than needed: masks remove some (header, sinks, position 0).
     sequences = _sample(mixture, tok, int(n_tokens * 1.3) + 4096, data_dir, split, seed)

@@ -71,9 +71,12 @@ class _Accumulator:
         counts = active.sum(0).long()
         self.fires = counts if self.fires.numel() == 0 else self.fires + counts
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, fired: dict[str, torch.Tensor] | None = None, key: str = "") -> dict:
         if self.n == 0 or self.sum_x is None:
             return {"tokens": 0}
+        if fired is not None:
+            union = fired.get(key)
+            fired[key] = self.fires > 0 if union is None else union | (self.fires > 0)
         total_var = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
         freq = self.fires.double() / self.n
         return {
@@ -127,6 +130,7 @@ def evaluate_text_set(
     context: int = 256,
     seed: int = 0,
     progress: bool = True,
+    fired: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, Any]]:
     tok = Tokenizer(lm.tokenizer, context=context)
     seqs = sample_sequences(TEXT_SETS[name], tok, n_tokens, data_dir, "eval", seed)
@@ -180,7 +184,7 @@ def evaluate_text_set(
     for point in points:
         ce = {k: losses[k][point] / max(n_targets, 1) for k in losses}
         out[point.name] = {
-            **acc[point].metrics(),
+            **acc[point].metrics(fired, point.name),
             "ce_clean": ce_clean,
             "ce_recon": ce["recon"],
             "ce_zero_ablation": ce["zero"],
@@ -225,6 +229,7 @@ def evaluate_requests(
     n_prompts: int,
     batch_size: int = 16,
     progress: bool = True,
+    fired: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """Metrics at the post-instruction positions of held-out requests, and direction cosines."""
     tok = Tokenizer(lm.tokenizer, context=512)
@@ -253,7 +258,7 @@ def evaluate_requests(
                     final = acts[point][rows, last_index].float()
                     clean_last[point].append(final)
                     recon_last[point].append(sae(final))
-        results[name] = {p.name: acc[p].metrics() for p in saes.points}
+        results[name] = {p.name: acc[p].metrics(fired, p.name) for p in saes.points}
         last[name] = {
             p: (torch.cat(clean_last[p]).mean(0), torch.cat(recon_last[p]).mean(0))
             for p in saes.points
@@ -298,6 +303,7 @@ def evaluate_sae_set(
     mask = mask or TokenMask()
     saes.check_model(lm)
     report: dict[str, Any] = {"config": asdict(cfg), "sets": {}}
+    fired: dict[str, torch.Tensor] = {}
     for name in cfg.sets:
         report["sets"][name] = evaluate_text_set(
             lm,
@@ -309,8 +315,16 @@ def evaluate_sae_set(
             cfg.batch_size,
             seed=cfg.seed,
             progress=progress,
+            fired=fired,
         )
-    requests, cosines = evaluate_requests(lm, saes, data_dir, cfg.n_prompts, progress=progress)
+    requests, cosines = evaluate_requests(
+        lm, saes, data_dir, cfg.n_prompts, progress=progress, fired=fired
+    )
     report["sets"].update(requests)
     report["direction_cosine"] = cosines
+    # per-set "dead" depends on how many tokens a set has; this is over all of them
+    report["dead_frac_all_eval_tokens"] = {
+        point: float((~union).double().mean()) for point, union in fired.items()
+    }
+    report["training"] = saes.info.get("final_stats", {})
     return report

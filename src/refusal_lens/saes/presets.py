@@ -8,6 +8,7 @@ the model's weights hash and the preset's settings.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -141,7 +142,9 @@ def train_sae_set(
         cache, recipe.train, folder / "training", metadata=metadata, progress=progress
     )
     finished = time.perf_counter()
+    state = json.loads((folder / "training" / "checkpoint" / "state.json").read_text())
     info: dict[str, Any] = {
+        "final_stats": state.get("stats", {}),
         "recipe": asdict(recipe),
         "recipe_key": recipe.key(lm),
         "activation_tokens": cache.n_tokens,

@@ -29,6 +29,18 @@ def format_table(report: dict[str, Any]) -> str:
                 for key, _, fmt in _COLUMNS
             )
             lines.append(f"{set_name:<14}{point:<15}{cells}")
+    dead = report.get("dead_frac_all_eval_tokens", {})
+    if dead:
+        lines.append(
+            "latents that never fire on any evaluation token: "
+            + ", ".join(f"{p} {v:.1%}" for p, v in dead.items())
+        )
+    training = report.get("training", {})
+    if training:
+        lines.append(
+            "at the end of training (dead = silent for the trainer's dead_tokens window): "
+            + ", ".join(f"{p} FVU {s['fvu']:.3f} dead {s['dead']:.1%}" for p, s in training.items())
+        )
     cosines = ", ".join(f"{p} {c:.3f}" for p, c in report["direction_cosine"].items())
     lines.append(f"refusal-direction cosine (clean vs reconstructed): {cosines}")
     identity = all(

@@ -76,7 +76,11 @@ def _sampled_dot(
     counts = torch.bincount(rows, minlength=grad.shape[0])
     crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     pattern = torch.sparse_csr_tensor(
-        crow, cols, torch.zeros(cols.shape[0], dtype=grad.dtype), (grad.shape[0], w_dec.shape[0])
+        crow,
+        cols,
+        torch.zeros(cols.shape[0], dtype=grad.dtype),
+        (grad.shape[0], w_dec.shape[0]),
+        check_invariants=False,
     )
     return torch.sparse.sampled_addmm(pattern, grad, w_dec.t(), beta=0.0).values()
 
