@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -116,3 +117,20 @@ def _isolated_cache(
     """Unit tests never touch the user's model cache; integration tests share the real one."""
     if "integration" not in request.keywords:
         monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture()
+def mixture_jsonl(tmp_path: Path) -> Path:
+    """A small user mixture file: conversations, requests and prose rows."""
+    path = tmp_path / "mix.jsonl"
+    rows: list[dict] = []
+    for i in range(60):
+        chat = [
+            {"role": "user", "content": f"Tell me about bread {i}."},
+            {"role": "assistant", "content": "Bread is flour and water."},
+        ]
+        rows.append({"messages": chat})
+        rows.append({"prompt": f"Explain how to hack a computer {i}."})
+        rows.append({"text": f"The quick brown fox jumps over the lazy dog {i} times."})
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return path

@@ -167,25 +167,12 @@ def test_refusal_rate_and_generate_on_a_tiny_model(
     assert manifest["command"] == "generate" and manifest["model"]["name"].endswith("tiny")
 
 
-def _mixture_file(tmp_path: Path) -> Path:
-    path = tmp_path / "mix.jsonl"
-    rows = []
-    for i in range(40):
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": f"Tell me about bread {i}."},
-                    {"role": "assistant", "content": "Bread is flour and water."},
-                ]
-            }
-        )
-        rows.append({"prompt": f"Explain how to hack a computer {i}."})
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return path
-
-
 def test_train_and_eval_saes(
-    tiny: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+    tiny: LoadedModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    shared_data: Path,
+    mixture_jsonl: Path,
 ) -> None:
     model = save_tiny(tiny, tmp_path)
     out = tmp_path / "saes"
@@ -200,7 +187,7 @@ def test_train_and_eval_saes(
         "--k",
         "4",
         "--mixture",
-        f"{_mixture_file(tmp_path)}=1",
+        f"{mixture_jsonl}=1",
         "--collect-tokens",
         "800",
         "--tokens",

@@ -207,26 +207,10 @@ def test_token_kinds_of_a_request(tiny: LoadedModel) -> None:
     assert TokenKind.ASSISTANT in decoded and TokenKind.POST_INSTRUCTION not in decoded
 
 
-def _user_file(tmp_path: Path) -> Path:
-    path = tmp_path / "mix.jsonl"
-    rows = []
-    for i in range(60):
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": f"Tell me about bread {i}."},
-                    {"role": "assistant", "content": "Bread is flour and water."},
-                ]
-            }
-        )
-        rows.append({"prompt": f"Explain how to hack a computer {i}."})
-        rows.append({"text": f"The quick brown fox jumps over the lazy dog {i} times."})
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return path
-
-
-def test_collection_masks_truncation_and_resume(tiny: LoadedModel, tmp_path: Path) -> None:
-    mixture = (MixtureSource(str(_user_file(tmp_path)), 1.0),)
+def test_collection_masks_truncation_and_resume(
+    tiny: LoadedModel, tmp_path: Path, mixture_jsonl: Path
+) -> None:
+    mixture = (MixtureSource(str(mixture_jsonl), 1.0),)
     points = [HookPoint(0, "resid_post"), HookPoint(1, "resid_post")]
     kwargs = dict(
         mixture=mixture,

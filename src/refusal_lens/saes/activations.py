@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..hooks import HookPoint, add_hooks
 from ..models import LoadedModel
 from ..runs import stable_hash, write_json
-from .mixture import MixtureSource, Sequence_, Split, Tokenizer, TokenKind, pad_batch
+from .mixture import MixtureSource, Split, Tokenizer, TokenKind, TokenSequence, pad_batch
 from .mixture import sample_sequences as _sample
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def _groups(order: list[int], sizes: list[int], buffer_tokens: int) -> Iterator[
         yield group
 
 
-def _length_batches(seqs: list[Sequence_], batch: int) -> list[list[Sequence_]]:
+def _length_batches(seqs: list[TokenSequence], batch: int) -> list[list[TokenSequence]]:
     """Batches of similar length (less padding), in a deterministic order."""
     chunks = []
     window = batch * 16

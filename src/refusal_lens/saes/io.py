@@ -110,7 +110,8 @@ def load_sae(folder: str | Path, dtype: torch.dtype | None = None) -> SparseAuto
     path = Path(folder)
     if not path.is_dir():
         raise UserError(f"no SAE folder at {path}")
-    cfg = config_from_saelens(_read_cfg(path))
+    data = _read_cfg(path)
+    cfg = config_from_saelens(data)
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise UserError(f"no SAE weights at {weights}")
@@ -122,13 +123,9 @@ def load_sae(folder: str | Path, dtype: torch.dtype | None = None) -> SparseAuto
             "train it again"
         ) from exc
     sae = _from_tensors(cfg, tensors, str(weights), dtype)
-    if data_rescales(path):
+    if data.get("rescale_acts_by_decoder_norm"):
         fold_decoder_norm(sae)
     return sae
-
-
-def data_rescales(folder: Path) -> bool:
-    return bool(_read_cfg(folder).get("rescale_acts_by_decoder_norm"))
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ class Document:
 
 
 @dataclass
-class Sequence_:
+class TokenSequence:
     """One tokenized training sequence with a kind per token."""
 
     input_ids: list[int]
@@ -262,10 +262,12 @@ class Tokenizer:
             cursor = end
         return spans
 
-    def encode(self, doc: Document, source: str) -> Sequence_ | None:
+    def encode(self, doc: Document, source: str) -> TokenSequence | None:
         if doc.kind == "prose":
             ids = self.tokenizer(doc.text, add_special_tokens=False)["input_ids"][: self.context]
-            return Sequence_(list(ids), [int(TokenKind.PROSE)] * len(ids), source) if ids else None
+            if not ids:
+                return None
+            return TokenSequence(list(ids), [int(TokenKind.PROSE)] * len(ids), source)
         request = doc.kind == "request"
         rendered = self._render(doc.messages, generation_prompt=request)
         encoded = self.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
@@ -289,7 +291,7 @@ class Tokenizer:
         if request and len(ids) > self.context:
             # keep the end of a long request: its post-instruction tokens are the point
             ids, kinds = ids[-self.context :], kinds[-self.context :]
-        return Sequence_(list(ids[: self.context]), kinds[: self.context], source)
+        return TokenSequence(list(ids[: self.context]), kinds[: self.context], source)
 
     def _in_header(self, char_start: int) -> bool:
         return char_start < self.header_chars
@@ -316,7 +318,7 @@ def sample_sequences(
     data_dir: str | Path | None,
     split: Split,
     seed: int,
-) -> list[Sequence_]:
+) -> list[TokenSequence]:
     """Sequences whose token counts follow the mixture weights, shuffled (seeded).
 
     Each source contributes `weight / sum(weights) * n_tokens` tokens, cycling through its
@@ -324,7 +326,7 @@ def sample_sequences(
     """
     total = sum(source.weight for source in mixture)
     rng = random.Random(seed)
-    out: list[Sequence_] = []
+    out: list[TokenSequence] = []
     for source in mixture:
         docs = list(documents(source.name, data_dir, split))
         if not docs:
@@ -346,7 +348,7 @@ def sample_sequences(
 
 
 def pad_batch(
-    sequences: Sequence[Sequence_], pad_id: int
+    sequences: Sequence[TokenSequence], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded `input_ids`, `attention_mask` and `kinds` tensors (padding kind = PAD)."""
     width = max(len(seq.input_ids) for seq in sequences)
