@@ -46,7 +46,11 @@ def run_arm(args: argparse.Namespace) -> dict[str, float]:
                 truncated_forward(lm, points, ids, mask)
             else:
                 with torch.inference_mode():
-                    lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    lm.model(
+                        input_ids=ids.to(lm.device),
+                        attention_mask=mask.to(lm.device),
+                        use_cache=False,
+                    )
 
     once()  # warm-up
     start = time.perf_counter()

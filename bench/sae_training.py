@@ -27,7 +27,8 @@ import torch
 def batches(args: argparse.Namespace) -> list[torch.Tensor]:
     if args.random:
         gen = torch.Generator().manual_seed(0)
-        return [torch.randn(args.batch_size, args.d_in, generator=gen) for _ in range(args.steps)]
+        n = args.steps + 1  # one warm-up batch, then the timed ones
+        return [torch.randn(args.batch_size, args.d_in, generator=gen) for _ in range(n)]
     from refusal_lens.saes.activations import ActivationCache
 
     cache = ActivationCache.open(args.cache)

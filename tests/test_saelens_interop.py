@@ -68,6 +68,20 @@ def test_saved_by_saelens_loads_here(tmp_path: Path) -> None:
     assert [p.name for p in single.points] == ["resid_post.3"]
 
 
+def test_decoder_norm_rescaling_with_non_unit_rows(tmp_path: Path) -> None:
+    cfg = sae_lens.TopKSAEConfig(d_in=16, d_sae=64, k=4, rescale_acts_by_decoder_norm=True)
+    theirs = sae_lens.TopKSAE(cfg)
+    _randomise(theirs)
+    with torch.no_grad():
+        theirs.W_dec.mul_(torch.rand(64, 1) * 3 + 0.2)  # rows far from unit norm
+    theirs.save_model(str(tmp_path / "rescaled"))
+    ours = load_sae(tmp_path / "rescaled")
+    x = torch.randn(6, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
 def test_saelens_training_sae_with_decoder_norm_rescaling(tmp_path: Path) -> None:
     cfg = sae_lens.TopKTrainingSAEConfig(d_in=16, d_sae=64, k=4)
     trained = sae_lens.TopKTrainingSAE(cfg)

@@ -147,6 +147,25 @@ def test_wrong_shapes_are_reported(tmp_path: Path) -> None:
         load_sae(tmp_path / "sae")
 
 
+def test_pre_6_saelens_topk_config(tmp_path: Path) -> None:
+    sae = random_sae("topk")
+    save_sae(sae, tmp_path / "sae")
+    cfg_file = tmp_path / "sae" / "cfg.json"
+    old = {
+        "d_in": 16,
+        "d_sae": 64,
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 4},
+        "hook_point": "blocks.1.hook_resid_post",
+    }
+    cfg_file.write_text(json.dumps(old))
+    loaded = load_sae(tmp_path / "sae")
+    assert loaded.cfg.architecture == "topk" and loaded.cfg.k == 4
+    assert loaded.cfg.metadata["hook_name"] == "blocks.1.hook_resid_post"
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(loaded(x), sae(x))
+
+
 def test_gemma_scope_npz(tmp_path: Path) -> None:
     sae = random_sae("jumprelu")
     params = {name: t.detach().numpy() for name, t in sae.state_dict().items()}
@@ -307,12 +326,15 @@ def test_dense_architectures_reduce_loss(arch: str, tmp_path: Path) -> None:
     assert fvu(last) < 0.6 * fvu(first)
 
 
-def test_kill_and_resume_gives_identical_weights(tmp_path: Path) -> None:
-    x, _ = planted_data(n=12_000)
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_kill_and_resume_gives_identical_weights(arch: str, tmp_path: Path) -> None:
+    x, _ = planted_data(n=6_000)
     cache = cache_from_tensors(
-        tmp_path / "c", {"resid_post.0": x, "resid_post.1": x * 2}, shard_tokens=3000
+        tmp_path / "c", {"resid_post.0": x, "resid_post.1": x * 2}, shard_tokens=1000
     )
+    # a small shuffle buffer (several groups per epoch) and 40 steps of 256 = about 2 epochs
     cfg = TrainConfig(
+        architecture=arch,
         expansion=2,
         k=4,
         batch_size=256,
@@ -320,13 +342,30 @@ def test_kill_and_resume_gives_identical_weights(tmp_path: Path) -> None:
         lr=3e-3,
         checkpoint_every=7,
         dead_tokens=1000,
+        shuffle_buffer_bytes=2500 * 2 * 32 * 4,
     )
     whole = train_saes(cache, cfg, tmp_path / "whole", progress=False)
-    train_saes(cache, cfg, tmp_path / "split", progress=False, stop_after=14)
+    train_saes(cache, cfg, tmp_path / "split", progress=False, stop_after=30)
     resumed = train_saes(cache, cfg, tmp_path / "split", progress=False)
     for point in whole:
         for name, tensor in whole[point].state_dict().items():
             torch.testing.assert_close(resumed[point].state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_resume_refuses_other_activations_and_torn_checkpoints(tmp_path: Path) -> None:
+    x, _ = planted_data(n=3_000)
+    first = cache_from_tensors(tmp_path / "a", {"resid_post.0": x})
+    other = cache_from_tensors(tmp_path / "b", {"resid_post.1": x})
+    cfg = TrainConfig(expansion=2, k=4, batch_size=256, total_tokens=20 * 256, checkpoint_every=5)
+    train_saes(first, cfg, tmp_path / "run", progress=False, stop_after=10)
+    with pytest.raises(UserError, match="other activations"):
+        train_saes(other, cfg, tmp_path / "run", progress=False)
+    state_file = tmp_path / "run" / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["step"] = 5  # as if killed after the layer files were written but before state.json
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UserError, match="killed while checkpointing"):
+        train_saes(first, cfg, tmp_path / "run", progress=False)
 
 
 def test_train_config_errors() -> None:

@@ -244,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         "gutenberg, harmful_requests, harmless_requests or .jsonl/.txt files",
     )
     train.add_argument("--activations", help="activation cache folder (default: OUT/activations)")
+    train.add_argument(
+        "--cache-dtype",
+        choices=("float16", "bfloat16", "float32"),
+        help="dtype of the cached activations (default float16)",
+    )
     masks = train.add_argument_group("token masks")
     masks.add_argument("--keep-first", action="store_true", help="keep position 0 (a sink)")
     masks.add_argument(
@@ -545,6 +550,8 @@ def cmd_train_saes(args: argparse.Namespace) -> int:
         changes["collect_tokens"] = min(recipe.collect_tokens, parse_count(args.tokens))
     if args.mixture:
         changes["mixture"] = parse_mixture(args.mixture)
+    if args.cache_dtype:
+        changes["cache_dtype"] = args.cache_dtype
     mask = _mask_changes(args, recipe.mask)
     if mask != recipe.mask:
         changes["mask"] = mask

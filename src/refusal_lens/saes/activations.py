@@ -86,7 +86,7 @@ def truncated_forward(
     last = max(points, key=lambda p: (p.layer, p.kind != "resid_pre"))
 
     def reader(act: torch.Tensor, point: HookPoint) -> None:
-        store[point] = act.detach()
+        store[point] = act.detach().cpu()
         if point == last:
             raise _Stop
 
@@ -122,8 +122,10 @@ class CollectionSpec:
     split: str
     seed: int
     dtype: str
+    batch_size: int
+    model_dtype: str
     system: str | None = None
-    version: int = 1
+    version: int = 2
 
     def key(self) -> str:
         return stable_hash(asdict(self))
@@ -169,11 +171,20 @@ class ActivationCache:
             ) from exc
 
     def sample(self, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-        """Up to `n` rows spread over the shards (for initialisation and normalisation)."""
+        """Up to `n` rows from at most 8 evenly spread shards (initialisation, normalisation)."""
+        if self.n_tokens == 0:
+            raise UserError(
+                f"the activation cache {self.folder} holds no tokens; the token masks removed "
+                "everything (check --drop-kinds) or the collection was empty"
+            )
         gen = torch.Generator().manual_seed(seed)
-        per_shard = max(1, n // max(1, len(self.shards)))
+        count = len(self.shards)
+        numbers = (
+            sorted({round(i * (count - 1) / 7) for i in range(8)}) if count > 8 else range(count)
+        )
+        per_shard = max(1, n // len(numbers))
         parts: dict[str, list[torch.Tensor]] = {p: [] for p in self.points}
-        for number in range(len(self.shards)):
+        for number in numbers:
             shard = self.load_shard(number)
             rows = torch.randperm(shard[self.points[0]].shape[0], generator=gen)[:per_shard]
             for point in self.points:
@@ -289,6 +300,8 @@ def collect_activations(
         split=split,
         seed=seed,
         dtype=dtype,
+        batch_size=batch_size,
+        model_dtype=str(lm.dtype).removeprefix("torch."),
         system=system,
     )
     out = Path(folder)
@@ -330,7 +343,7 @@ def collect_activations(
             if not torch.isfinite(stored).all():
                 raise UserError(
                     f"activations at {point.name} overflow {dtype}; use --cache-dtype float32"
-                )
+                )  # the train-saes flag
             pending[point.name].append(stored.repeat_interleave(repeat, dim=0))
         pending_kinds.append(kinds[keep].repeat_interleave(repeat))
         added = int(repeat.sum())

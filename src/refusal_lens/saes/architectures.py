@@ -98,7 +98,8 @@ class SparseAutoencoder(nn.Module):
         return self.activation(self.pre_activation(sae_in)).reshape(*lead, self.d_sae)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Reconstruction `[..., d_in]` (in the model's units) from latents `[..., d_sae]`."""
+        """Decoder output `[..., d_in]` from latents `[..., d_sae]`: in the model's units when
+        `normalize_activations` is "none"; `forward` also undoes an input normalisation."""
         lead = latents.shape[:-1]
         flat = latents.reshape(-1, self.d_sae).to(self.W_dec.dtype)
         return (flat @ self.W_dec + self.b_dec).reshape(*lead, self.d_in)

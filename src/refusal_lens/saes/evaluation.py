@@ -101,7 +101,7 @@ def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, real: torch.Tensor
 def _splice(point: HookPoint, keep: torch.Tensor, new: torch.Tensor):
     def hook(act: torch.Tensor, _point: HookPoint) -> torch.Tensor:
         out = act.clone()
-        out[keep] = new.to(act.dtype)
+        out[keep.to(act.device)] = new.to(device=act.device, dtype=act.dtype)
         return out
 
     return [(point, hook)]
@@ -109,7 +109,10 @@ def _splice(point: HookPoint, keep: torch.Tensor, new: torch.Tensor):
 
 def _forward(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, hooks: list) -> torch.Tensor:
     with torch.inference_mode(), add_hooks(lm.model, hooks):
-        return lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        out = lm.model(
+            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
+        )
+    return out.logits.float().cpu()
 
 
 def _kl(clean: torch.Tensor, new: torch.Tensor, valid: torch.Tensor) -> tuple[float, int]:
@@ -149,8 +152,7 @@ def evaluate_text_set(
     for number, batch in enumerate(tqdm(batches, desc=f"eval {name}", disable=not progress)):
         ids, attn, kinds = pad_batch(batch, pad)
         real = attn.bool()
-        with torch.inference_mode(), add_hooks(lm.model, []):
-            acts = _record_full(lm, points, ids, attn)
+        acts = _record_full(lm, points, ids, attn)
         clean_logits = acts.pop("logits")
         keep = _sink_mask({p: acts[p] for p in points}, mask.keep(kinds), mask.sink_factor)
         clean = _next_token_loss(clean_logits, ids, real)
@@ -162,7 +164,7 @@ def evaluate_text_set(
             x = acts[point][keep].float()
             with torch.no_grad():
                 latents = sae.encode(x)
-                recon = sae.decode(latents)
+                recon = sae(x)  # forward() also undoes any input normalisation
             acc[point].add(x, recon, latents)
             variants = {
                 "recon": recon,
@@ -208,10 +210,12 @@ def _record_full(
     store: dict[Any, torch.Tensor] = {}
 
     def reader(act: torch.Tensor, point: HookPoint) -> None:
-        store[point] = act.detach().clone()
+        store[point] = act.detach().cpu().clone()
 
+    device = lm.device
     with torch.inference_mode(), add_hooks(lm.model, [(p, reader) for p in points]):
-        store["logits"] = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        out = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    store["logits"] = out.logits.float().cpu()
     return store
 
 
@@ -254,7 +258,7 @@ def evaluate_requests(
                 with torch.no_grad():
                     x = acts[point][post].float()
                     latents = sae.encode(x)
-                    acc[point].add(x, sae.decode(latents), latents)
+                    acc[point].add(x, sae(x), latents)
                     final = acts[point][rows, last_index].float()
                     clean_last[point].append(final)
                     recon_last[point].append(sae(final))
@@ -291,6 +295,14 @@ class EvalConfig:
     seed: int = 0
 
 
+def trained_mask(saes: SAESet) -> TokenMask:
+    """The token mask the set was trained with (the default one for sets made elsewhere)."""
+    saved = saes.info.get("recipe", {}).get("mask")
+    if not saved:
+        return TokenMask()
+    return TokenMask(**{**saved, "drop_kinds": tuple(saved.get("drop_kinds", ()))})
+
+
 def evaluate_sae_set(
     lm: LoadedModel,
     saes: SAESet,
@@ -300,7 +312,7 @@ def evaluate_sae_set(
     progress: bool = True,
 ) -> dict[str, Any]:
     cfg = cfg or EvalConfig()
-    mask = mask or TokenMask()
+    mask = mask or trained_mask(saes)
     saes.check_model(lm)
     report: dict[str, Any] = {"config": asdict(cfg), "sets": {}}
     fired: dict[str, torch.Tensor] = {}
@@ -318,7 +330,7 @@ def evaluate_sae_set(
             fired=fired,
         )
     requests, cosines = evaluate_requests(
-        lm, saes, data_dir, cfg.n_prompts, progress=progress, fired=fired
+        lm, saes, data_dir, cfg.n_prompts, cfg.batch_size, progress=progress, fired=fired
     )
     report["sets"].update(requests)
     report["direction_cosine"] = cosines

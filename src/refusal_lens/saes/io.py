@@ -71,8 +71,21 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
+def _pre_6_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """SAELens < 6 configs: `hook_point` for `hook_name`, TopK as `activation_fn_str`."""
+    data = dict(data)
+    if "hook_point" in data and "hook_name" not in data:
+        data["hook_name"] = data["hook_point"]
+    activation = data.get("activation_fn_str") or data.get("activation_fn")
+    if activation == "topk" and data.get("architecture", "standard") == "standard":
+        data["architecture"] = "topk"
+        data.setdefault("k", (data.get("activation_fn_kwargs") or {}).get("k"))
+    return data
+
+
 def config_from_saelens(data: dict[str, Any]) -> SAEConfig:
     """Our config from a SAELens `cfg.json` (new nested `metadata` or older flat keys)."""
+    data = _pre_6_keys(data)
     architecture = data.get("architecture", "standard")
     if architecture not in SAE_CLASSES:
         raise UserError(

@@ -39,7 +39,7 @@ class SAERecipe:
     mixture: tuple[MixtureSource, ...] = DEFAULT_MIXTURE
     mask: TokenMask = field(default_factory=lambda: TokenMask(post_instruction_repeat=4))
     context: int = 256
-    batch_size: int = 16
+    collect_batch_size: int = 16  # sequences per forward pass while collecting
     cache_dtype: str = "float16"
 
     def key(self, lm: LoadedModel) -> str:
@@ -65,7 +65,7 @@ def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
 
 def parse_count(text: str) -> int:
     """`2M`, `500k`, `4096` -> int."""
-    match = re.fullmatch(r"\s*([\d.]+)\s*([kKmM]?)\s*", text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
     if not match:
         raise UserError(f"bad count {text!r}; write e.g. 500k, 2M or 4096")
     scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
@@ -128,7 +128,7 @@ def train_sae_set(
         n_tokens=recipe.collect_tokens,
         data_dir=data_dir,
         context=recipe.context,
-        batch_size=recipe.batch_size,
+        batch_size=recipe.collect_batch_size,
         mask=recipe.mask,
         dtype=recipe.cache_dtype,
         progress=progress,

@@ -87,7 +87,7 @@ def _sampled_dot(
 
 class _SparseEncodeDecode(torch.autograd.Function):
     """`sum_e relu(pre[r_e, c_e]) W_dec[c_e]` per row, with a backward through the selected
-    entries only (the latent-space gradient is read from one dense `grad @ W_dec.T`)."""
+    entries only (the latent-space gradient is a sampled matmul at those entries)."""
 
     @staticmethod
     def forward(

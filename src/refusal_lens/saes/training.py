@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..runs import write_json
-from .activations import ActivationCache
+from .activations import BUFFER_BYTES, ActivationCache
 from .architectures import SAEConfig, SparseAutoencoder, build_sae
 from .sparse_ops import sparse_reconstruction
 
@@ -55,6 +56,7 @@ class TrainConfig:
     init_threshold: float = 1e-3
     b_dec_init: str = "geometric_median"  # or "mean", "zeros"
     checkpoint_every: int = 50
+    shuffle_buffer_bytes: int = BUFFER_BYTES
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -175,6 +177,9 @@ class LayerTrainer:
         self._remove_radial_grad()
         self.optimizer.step()
         self.sae.normalize_decoder()
+        if arch == "jumprelu":
+            with torch.no_grad():
+                self.sae.threshold.clamp_(min=1e-6)
         self.since_fired += x.shape[0]
         self.since_fired[fired] = 0
         total_var = (x - x.mean(0)).pow(2).sum()
@@ -226,8 +231,8 @@ class LayerTrainer:
         aux_recon = sparse_reconstruction(
             x, b_dec_in, sae.W_enc, sae.b_enc, sae.W_dec, rows, cols, pre
         )
-        denominator = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-8)
-        return self.cfg.aux_coef * (aux_recon - residual).pow(2).sum() / denominator
+        # same units as the main loss (summed squared error per token), as in SAELens
+        return self.cfg.aux_coef * (aux_recon - residual).pow(2).sum() / n
 
     def _update_threshold(self, batch_min: float) -> None:
         with torch.no_grad():
@@ -241,7 +246,7 @@ class LayerTrainer:
         sae, n = self.sae, x.shape[0]
         pre = sae.pre_activation(x)
         if arch == "jumprelu":
-            threshold = sae.threshold.clamp_min(1e-6)
+            threshold = sae.threshold  # kept >= 1e-6 after every step
             gate = _JumpHeaviside.apply(pre, threshold, self.cfg.jump_bandwidth)
             feats = _JumpReLU.apply(torch.relu(pre), threshold, self.cfg.jump_bandwidth)
             sparsity = self.cfg.l0_coef * gate.sum(-1).mean()
@@ -308,8 +313,8 @@ def train_saes(
     folder = Path(out)
     ckpt_dir = folder / "checkpoint"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    d_in = int(cache.load_shard(0)[cache.points[0]].shape[1])
     sample = cache.sample(4096, seed=cfg.seed)
+    d_in = int(sample[cache.points[0]].shape[1])
     trainers: dict[str, LayerTrainer] = {}
     generator = torch.Generator().manual_seed(cfg.seed)
     for point in cache.points:
@@ -327,14 +332,16 @@ def train_saes(
         trainer.initialise(x, generator)
         trainers[point] = trainer
 
-    start = _resume(ckpt_dir, cfg, trainers)
+    source = {"cache_key": cache.index.get("key"), "points": cache.points}
+    start = _resume(ckpt_dir, cfg, trainers, source)
     bar = tqdm(
         total=cfg.n_steps, initial=start, unit="step", desc="train SAEs", disable=not progress
     )
     stats: dict[str, StepStats] = {}
     step = start
     begun = time.perf_counter()
-    for step, batch in enumerate(cache.batches(cfg.batch_size, cfg.seed, start), start=start):
+    batches = cache.batches(cfg.batch_size, cfg.seed, start, cfg.shuffle_buffer_bytes)
+    for step, batch in enumerate(batches, start=start):
         if step >= cfg.n_steps or (stop_after is not None and step >= start + stop_after):
             break
         lr = cfg.lr_at(step)
@@ -342,9 +349,7 @@ def train_saes(
         bar.update(1)
         bar.set_postfix(_postfix(stats))
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.n_steps:
-            _checkpoint(ckpt_dir, cfg, trainers, step + 1, stats)
-    else:
-        step += 1
+            _checkpoint(ckpt_dir, cfg, trainers, step + 1, stats, source)
     bar.close()
     log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - begun)
     return {point: finished_sae(trainer) for point, trainer in trainers.items()}
@@ -377,15 +382,18 @@ def _checkpoint(
     trainers: dict[str, LayerTrainer],
     step: int,
     stats: dict[str, StepStats],
+    source: dict[str, Any],
 ) -> None:
+    # each file records its step; a kill between files and state.json is caught on resume
     for point, trainer in trainers.items():
         tmp = ckpt_dir / f"{point}.safetensors.tmp"
-        save_file(trainer.state_tensors(), str(tmp))
+        save_file(trainer.state_tensors(), str(tmp), metadata={"step": str(step)})
         os.replace(tmp, ckpt_dir / f"{point}.safetensors")
     write_json(
         ckpt_dir / "state.json",
         {
             "step": step,
+            "source": source,
             "config": asdict(cfg),
             "scales": {p: t.scale for p, t in trainers.items()},
             "stats": {p: asdict(s) for p, s in stats.items()},
@@ -393,7 +401,9 @@ def _checkpoint(
     )
 
 
-def _resume(ckpt_dir: Path, cfg: TrainConfig, trainers: dict[str, LayerTrainer]) -> int:
+def _resume(
+    ckpt_dir: Path, cfg: TrainConfig, trainers: dict[str, LayerTrainer], source: dict[str, Any]
+) -> int:
     state_file = ckpt_dir / "state.json"
     if not state_file.exists():
         return 0
@@ -403,9 +413,22 @@ def _resume(ckpt_dir: Path, cfg: TrainConfig, trainers: dict[str, LayerTrainer])
             f"{ckpt_dir} holds a checkpoint of a run with other training settings; use another "
             "--out or delete that folder"
         )
+    if state.get("source") != source:
+        raise UserError(
+            f"{ckpt_dir} holds a checkpoint trained on other activations (cache or hook points); "
+            "use another --out or delete that folder"
+        )
     for point, trainer in trainers.items():
+        path = ckpt_dir / f"{point}.safetensors"
+        with safe_open(path, "pt") as handle:
+            saved_step = (handle.metadata() or {}).get("step")
+        if saved_step != str(state["step"]):
+            raise UserError(
+                f"{path} is from step {saved_step}, not {state['step']} (the run was killed while "
+                "checkpointing); delete the checkpoint folder to restart training"
+            )
         trainer.scale = float(state["scales"][point])
-        trainer.load_state_tensors(load_file(ckpt_dir / f"{point}.safetensors"))
+        trainer.load_state_tensors(load_file(path))
     log.info("resuming SAE training at step %d", state["step"])
     return int(state["step"])
 
