@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..hooks import HookPoint, add_hooks
 from ..models import LoadedModel
+from ..models.partial import LayerCalls
 from .activations import TokenMask, _length_batches, _sink_mask, truncated_forward
 from .mixture import (
     MixtureSource,
@@ -115,6 +116,20 @@ def _forward(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, hooks: list
     return out.logits.float().cpu()
 
 
+def _logits_after(
+    calls: LayerCalls,
+    point: HookPoint,
+    clean: torch.Tensor,
+    keep: torch.Tensor,
+    new: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """Logits with `new` spliced into `point`, rerunning only the layers above it."""
+    hidden = clean.to(device).clone()
+    hidden[keep.to(device)] = new.to(device=device, dtype=hidden.dtype)
+    return calls.logits_after(point.layer, hidden).float().cpu()
+
+
 def _kl(clean: torch.Tensor, new: torch.Tensor, valid: torch.Tensor) -> tuple[float, int]:
     p = F.log_softmax(clean.float(), -1)
     q = F.log_softmax(new.float(), -1)
@@ -148,12 +163,19 @@ def evaluate_text_set(
     identity_gap = dict.fromkeys(points, 0.0)
     pad = lm.tokenizer.pad_token_id or 0
     means = _means(lm, saes, seqs[: 4 * batch_size], mask, pad)
+    calls = LayerCalls(lm.model)
+    partial: bool | None = None
     batches = _length_batches(seqs, batch_size)
     for number, batch in enumerate(tqdm(batches, desc=f"eval {name}", disable=not progress)):
         ids, attn, kinds = pad_batch(batch, pad)
         real = attn.bool()
-        acts = _record_full(lm, points, ids, attn)
+        acts = _record_full(lm, points, ids, attn, calls)
         clean_logits = acts.pop("logits")
+        if partial is None:  # checked once: can the upper layers be rerun on their own?
+            first = points[0]
+            partial = all(p.kind == "resid_post" for p in points) and calls.matches_full_forward(
+                first.layer, acts[first].to(lm.device), clean_logits.to(lm.device), real
+            )
         keep = _sink_mask({p: acts[p] for p in points}, mask.keep(kinds), mask.sink_factor)
         clean = _next_token_loss(clean_logits, ids, real)
         clean_loss += float(clean.sum())
@@ -172,7 +194,10 @@ def evaluate_text_set(
                 "mean": means[point].expand_as(x),
             }
             for variant, new in variants.items():
-                logits = _forward(lm, ids, attn, _splice(point, keep, new))
+                if partial:
+                    logits = _logits_after(calls, point, acts[point], keep, new, lm.device)
+                else:
+                    logits = _forward(lm, ids, attn, _splice(point, keep, new))
                 losses[variant][point] += float(_next_token_loss(logits, ids, real).sum())
                 if variant == "recon":
                     kl, _ = _kl(clean_logits[:, :-1], logits[:, :-1], valid)
@@ -205,7 +230,11 @@ def _recovered(clean: float, recon: float, ablated: float) -> float:
 
 
 def _record_full(
-    lm: LoadedModel, points: Sequence[HookPoint], ids: torch.Tensor, mask: torch.Tensor
+    lm: LoadedModel,
+    points: Sequence[HookPoint],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    calls: LayerCalls,
 ) -> dict[Any, torch.Tensor]:
     store: dict[Any, torch.Tensor] = {}
 
@@ -213,7 +242,8 @@ def _record_full(
         store[point] = act.detach().cpu().clone()
 
     device = lm.device
-    with torch.inference_mode(), add_hooks(lm.model, [(p, reader) for p in points]):
+    hooks = [(p, reader) for p in points]
+    with torch.inference_mode(), add_hooks(lm.model, hooks), calls.capture():
         out = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
     store["logits"] = out.logits.float().cpu()
     return store
