@@ -53,6 +53,21 @@ def test_any_leading_dims_and_error_term(arch: str) -> None:
     assert recon.shape == x.shape
     torch.testing.assert_close(sae.decode(latents), recon, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(recon + sae.error(x), x)
+    both = sae.encode_and_reconstruct(x)
+    torch.testing.assert_close(both[0], latents)
+    torch.testing.assert_close(both[1], recon, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["constant_norm_rescale", "layer_norm"])
+def test_input_normalisation_is_undone_by_forward(norm: str) -> None:
+    sae = random_sae("topk")
+    sae.cfg.normalize_activations = norm
+    x = torch.randn(4, 16) * 7 + 3
+    latents, recon = sae.encode_and_reconstruct(x)
+    torch.testing.assert_close(latents, sae.encode(x))
+    torch.testing.assert_close(recon, sae(x), atol=1e-5, rtol=1e-5)
+    # the decoder output alone is in normalised units, not the model's
+    assert not torch.allclose(sae.decode(latents), recon, atol=1e-3)
 
 
 def test_topk_selects_over_latents_not_positions() -> None:

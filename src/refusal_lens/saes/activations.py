@@ -343,7 +343,7 @@ def collect_activations(
             if not torch.isfinite(stored).all():
                 raise UserError(
                     f"activations at {point.name} overflow {dtype}; use --cache-dtype float32"
-                )  # the train-saes flag
+                )
             pending[point.name].append(stored.repeat_interleave(repeat, dim=0))
         pending_kinds.append(kinds[keep].repeat_interleave(repeat))
         added = int(repeat.sum())

@@ -111,6 +111,14 @@ class SparseAutoencoder(nn.Module):
         recon = self._decode_flat(sae_in)
         return self._denormalize(recon, norm).reshape(*lead, self.d_in)
 
+    def encode_and_reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(encode(x), forward(x))` from one encoder pass."""
+        flat, lead = self._flatten(x)
+        sae_in, norm = self._normalize(flat)
+        latents = self.activation(self.pre_activation(sae_in))
+        recon = self._denormalize(latents @ self.W_dec + self.b_dec, norm)
+        return latents.reshape(*lead, self.d_sae), recon.reshape(*lead, self.d_in)
+
     def error(self, x: torch.Tensor) -> torch.Tensor:
         """`x - forward(x)`: what the SAE misses; `forward(x) + error(x) == x` exactly."""
         return x - self.forward(x)

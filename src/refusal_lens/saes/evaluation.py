@@ -18,7 +18,7 @@ averaged over real next tokens only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,12 @@ REQUEST_SETS = {"harmful_post": "harmful_requests", "harmless_post": "harmless_r
 
 @dataclass
 class _Accumulator:
-    d_sae: int
     n: int = 0
     sq_err: float = 0.0
     sum_x: torch.Tensor | None = None
     sum_sq: float = 0.0
     l0: float = 0.0
-    fires: torch.Tensor = field(default=torch.zeros(0))
+    fires: torch.Tensor | None = None  # per-latent count of tokens it fired on
 
     def add(self, x: torch.Tensor, recon: torch.Tensor, latents: torch.Tensor) -> None:
         x64 = x.double()
@@ -70,7 +69,7 @@ class _Accumulator:
         active = latents > 0
         self.l0 += float(active.sum())
         counts = active.sum(0).long()
-        self.fires = counts if self.fires.numel() == 0 else self.fires + counts
+        self.fires = counts if self.fires is None else self.fires + counts
 
     def metrics(self, fired: dict[str, torch.Tensor] | None = None, key: str = "") -> dict:
         if self.n == 0 or self.sum_x is None:
@@ -130,11 +129,12 @@ def _logits_after(
     return calls.logits_after(point.layer, hidden).float().cpu()
 
 
-def _kl(clean: torch.Tensor, new: torch.Tensor, valid: torch.Tensor) -> tuple[float, int]:
+def _kl(clean: torch.Tensor, new: torch.Tensor, valid: torch.Tensor) -> float:
+    """Summed KL(clean || new) of the next-token distributions over the `valid` positions."""
     p = F.log_softmax(clean.float(), -1)
     q = F.log_softmax(new.float(), -1)
     kl = (p.exp() * (p - q)).sum(-1)
-    return float((kl * valid).sum()), int(valid.sum())
+    return float((kl * valid).sum())
 
 
 def evaluate_text_set(
@@ -153,7 +153,7 @@ def evaluate_text_set(
     tok = Tokenizer(lm.tokenizer, context=context)
     seqs = sample_sequences(TEXT_SETS[name], tok, n_tokens, data_dir, "eval", seed)
     points = saes.points
-    acc = {p: _Accumulator(saes[p].d_sae) for p in points}
+    acc = {p: _Accumulator() for p in points}
     losses: dict[str, dict[HookPoint, float]] = {
         k: dict.fromkeys(points, 0.0) for k in ("recon", "zero", "mean")
     }
@@ -185,8 +185,7 @@ def evaluate_text_set(
             sae = saes[point]
             x = acts[point][keep].float()
             with torch.no_grad():
-                latents = sae.encode(x)
-                recon = sae(x)  # forward() also undoes any input normalisation
+                latents, recon = sae.encode_and_reconstruct(x)
             acc[point].add(x, recon, latents)
             variants = {
                 "recon": recon,
@@ -200,8 +199,7 @@ def evaluate_text_set(
                     logits = _forward(lm, ids, attn, _splice(point, keep, new))
                 losses[variant][point] += float(_next_token_loss(logits, ids, real).sum())
                 if variant == "recon":
-                    kl, _ = _kl(clean_logits[:, :-1], logits[:, :-1], valid)
-                    kl_sum[point] += kl
+                    kl_sum[point] += _kl(clean_logits[:, :-1], logits[:, :-1], valid)
             if number == 0:  # the identity check: reconstruction + error spliced back = clean
                 logits = _forward(lm, ids, attn, _splice(point, keep, recon + sae.error(x)))
                 spliced = float(_next_token_loss(logits, ids, real).sum())
@@ -272,7 +270,7 @@ def evaluate_requests(
     pad = lm.tokenizer.pad_token_id or 0
     for name, source in REQUEST_SETS.items():
         seqs = _requests(tok, source, data_dir, n_prompts)
-        acc = {p: _Accumulator(saes[p].d_sae) for p in saes.points}
+        acc = {p: _Accumulator() for p in saes.points}
         clean_last: dict[HookPoint, list[torch.Tensor]] = {p: [] for p in saes.points}
         recon_last: dict[HookPoint, list[torch.Tensor]] = {p: [] for p in saes.points}
         for start in tqdm(
@@ -287,8 +285,8 @@ def evaluate_requests(
                 sae = saes[point]
                 with torch.no_grad():
                     x = acts[point][post].float()
-                    latents = sae.encode(x)
-                    acc[point].add(x, sae(x), latents)
+                    latents, recon = sae.encode_and_reconstruct(x)
+                    acc[point].add(x, recon, latents)
                     final = acts[point][rows, last_index].float()
                     clean_last[point].append(final)
                     recon_last[point].append(sae(final))

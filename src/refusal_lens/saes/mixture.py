@@ -17,8 +17,9 @@ import json
 import random
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -235,7 +236,6 @@ class Tokenizer:
     tokenizer: PreTrainedTokenizerBase
     context: int = 256
     system: str | None = None
-    _header: int | None = field(default=None, init=False)
 
     def _render(self, messages: Sequence[tuple[str, str]], generation_prompt: bool) -> str:
         chat = [{"role": role, "content": content} for role, content in messages]
@@ -284,7 +284,7 @@ class Tokenizer:
                     break
             else:
                 if end <= first_user and doc.messages[0][0] != "system":
-                    kind = int(TokenKind.SYSTEM_HEADER) if self._in_header(start) else kind
+                    kind = int(TokenKind.SYSTEM_HEADER) if start < self.header_chars else kind
                 elif request and start >= last_content_end:
                     kind = int(TokenKind.POST_INSTRUCTION)
             kinds.append(kind)
@@ -293,22 +293,15 @@ class Tokenizer:
             ids, kinds = ids[-self.context :], kinds[-self.context :]
         return TokenSequence(list(ids[: self.context]), kinds[: self.context], source)
 
-    def _in_header(self, char_start: int) -> bool:
-        return char_start < self.header_chars
-
-    @property
+    @cached_property
     def header_chars(self) -> int:
-        """Characters of the fixed text before the first user message (system turn included)."""
-        if self._header is None:
-            marker = "\x00USER\x00"
-            self._header = self._render((("user", marker),), False).find(marker)
-            # the user-role marker itself ("<|im_start|>user\n") is template, not header
-            prefix = self._render((("user", marker),), False)[: self._header]
-            role = prefix.rfind("user")
-            start = prefix.rfind("<", 0, role) if role >= 0 else -1
-            if start > 0:
-                self._header = start
-        return self._header
+        """Characters of the fixed text before the first user turn (the system turn); the
+        user-role marker itself (`<|im_start|>user\n`) counts as template, not header."""
+        marker = "\x00USER\x00"
+        prefix = self._render((("user", marker),), False).split(marker, 1)[0]
+        role = prefix.rfind("user")
+        start = prefix.rfind("<", 0, role) if role >= 0 else -1
+        return start if start > 0 else len(prefix)
 
 
 def sample_sequences(

@@ -160,12 +160,12 @@ class LayerTrainer:
             elif self.cfg.b_dec_init == "mean":
                 sae.b_dec.copy_(x.mean(0))
             if isinstance(getattr(sae, "threshold", None), torch.Tensor):
-                initial = self.cfg.init_threshold if sae_arch(sae) == "jumprelu" else 0.0
+                initial = self.cfg.init_threshold if sae.cfg.architecture == "jumprelu" else 0.0
                 sae.threshold.fill_(initial)
 
     def step(self, x: torch.Tensor, lr: float) -> StepStats:
         x = x / self.scale
-        arch = sae_arch(self.sae)
+        arch = self.sae.cfg.architecture
         if arch in ("topk", "batchtopk"):
             loss, recon_err, n_active, fired = self._sparse_loss(x, arch)
         else:
@@ -287,10 +287,6 @@ class LayerTrainer:
             }
             if state:
                 self.optimizer.state[param] = state
-
-
-def sae_arch(sae: SparseAutoencoder) -> str:
-    return sae.cfg.architecture
 
 
 ProgressFn = Callable[[int, dict[str, StepStats]], None]
@@ -431,8 +427,3 @@ def _resume(
         trainer.load_state_tensors(load_file(path))
     log.info("resuming SAE training at step %d", state["step"])
     return int(state["step"])
-
-
-def fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
-    """Fraction of variance unexplained: `sum ||x - x̂||^2 / sum ||x - mean(x)||^2`."""
-    return float((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
