@@ -134,3 +134,28 @@ def mixture_jsonl(tmp_path: Path) -> Path:
         rows.append({"text": f"The quick brown fox jumps over the lazy dog {i} times."})
     path.write_text("\n".join(json.dumps(row) for row in rows))
     return path
+
+
+def random_sae_set(lm: LoadedModel, arch: str = "topk", d_sae: int = 256, seed: int = 0):
+    """An SAE at every layer of `lm` with random weights (decoder rows unit norm)."""
+    from refusal_lens.hooks import HookPoint
+    from refusal_lens.saes import SAEConfig, SAESet, build_sae
+
+    torch.manual_seed(seed)
+    saes = {}
+    for layer in range(lm.n_layers):
+        k = 8 if arch in ("topk", "batchtopk") else None
+        sae = build_sae(SAEConfig(arch, lm.d_model, d_sae, k=k))
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn_like(sae.W_enc) / lm.d_model**0.5)
+            sae.W_dec.copy_(torch.randn_like(sae.W_dec))
+            sae.normalize_decoder()
+            if hasattr(sae, "threshold"):
+                sae.threshold.fill_(0.05)
+        saes[HookPoint(layer, "resid_post")] = sae
+    return SAESet({"name": lm.name, "weights_sha256": lm.weights_sha256}, saes, {})
+
+
+@pytest.fixture(scope="session")
+def tiny_saes(tiny: LoadedModel):
+    return random_sae_set(tiny)

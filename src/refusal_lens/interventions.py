@@ -7,11 +7,12 @@ the `to_dict()` of the interventions that produced it.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -19,6 +20,9 @@ from torch import nn
 
 from .errors import UserError
 from .hooks import HookFn, HookPoint, add_hooks, check_layer, decoder_layers
+
+if TYPE_CHECKING:
+    from .saes import SAESet, SparseAutoencoder
 
 
 def vector_sha256(vector: torch.Tensor) -> str:
@@ -104,7 +108,111 @@ class AddDirection:
         }
 
 
-Intervention = AblateDirection | AddDirection
+LATENT_POSITIONS = ("all", "prompt", "generated")
+
+
+@dataclass(frozen=True)
+class EditLatents:
+    """Scale SAE latents by `value` (`mode="scale"`) or set them to `value` (`mode="set"`).
+
+    At each layer with selected latents, `h <- h + D(f') - D(f)`: the SAE error is kept, so an
+    edit that changes nothing is the identity. Layers run in forward order, so an upstream edit
+    changes the downstream latents. Positions: `all` (prompt and every generated token, KV cache
+    on), `prompt` (the forward over the prompt only), `generated` (decoding steps only);
+    `last_prompt_tokens=n` edits only the last n prompt tokens (plus generated ones, unless
+    `positions="prompt"`). A forward over more than one token is the prompt; one token is a
+    decoding step. Attention-sink tokens (norm above `sink_factor` x the median of the prompt's
+    tokens) were never in the SAE's training data and stay untouched unless `edit_sinks`.
+    """
+
+    saes: SAESet
+    latents: tuple[tuple[int, int], ...]  # (layer, latent index)
+    mode: str = "scale"
+    value: float = 0.0
+    positions: str = "all"
+    last_prompt_tokens: int | None = None
+    edit_sinks: bool = False
+    sink_factor: float = 10.0
+    kind: ClassVar[str] = "edit_latents"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("scale", "set"):
+            raise UserError(f"latent edit mode {self.mode!r} is unknown; use scale or set")
+        if self.positions not in LATENT_POSITIONS:
+            raise UserError(
+                f"latent edit positions {self.positions!r} unknown; use one of "
+                + ", ".join(LATENT_POSITIONS)
+            )
+        if not math.isfinite(self.value):
+            raise UserError(f"latent edit value {self.value} is not a finite number")
+
+    def by_layer(self) -> dict[int, list[int]]:
+        layers: dict[int, list[int]] = {}
+        for layer, latent in sorted(set(self.latents)):
+            layers.setdefault(layer, []).append(latent)
+        return layers
+
+    def hooks(self, model: nn.Module) -> list[tuple[HookPoint, HookFn]]:
+        n_layers = len(decoder_layers(model))
+        d_model = int(model.config.hidden_size)
+        hooks: list[tuple[HookPoint, HookFn]] = []
+        for layer, indices in self.by_layer().items():
+            point = HookPoint(layer, "resid_post")
+            check_layer(layer, n_layers)
+            sae = self.saes[point]
+            if sae.d_in != d_model:
+                raise UserError(
+                    f"the SAE at {point.name} has d_in={sae.d_in} but the model has "
+                    f"d_model={d_model}; use SAEs trained for this model"
+                )
+            bad = [i for i in indices if not 0 <= i < sae.d_sae]
+            if bad:
+                raise UserError(
+                    f"latent {bad[0]} does not exist at {point.name} (the SAE has {sae.d_sae})"
+                )
+            hooks.append((point, self._hook(sae, torch.tensor(indices))))
+        return hooks
+
+    def _hook(self, sae: SparseAutoencoder, indices: torch.Tensor) -> HookFn:
+        value = self.value
+        edit = (lambda f: f * value) if self.mode == "scale" else (lambda f: torch.full_like(f, value))
+        state: dict[str, torch.Tensor] = {}
+
+        def hook(act: torch.Tensor, _point: HookPoint) -> torch.Tensor | None:
+            is_prompt = act.shape[1] > 1
+            if (self.positions == "prompt" and not is_prompt) or (
+                self.positions == "generated" and is_prompt
+            ):
+                return None
+            keep = torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
+            if is_prompt and self.last_prompt_tokens is not None:
+                keep[:, : max(0, act.shape[1] - self.last_prompt_tokens)] = False
+            if not self.edit_sinks:
+                norms = act.float().norm(dim=-1)
+                if is_prompt:
+                    state["median"] = norms.median()
+                reference = state.get("median", norms.median())
+                keep &= norms <= self.sink_factor * reference
+            with torch.no_grad():
+                return sae.steer(act, indices.to(act.device), edit, keep)
+
+        return hook
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "saes": {"path": self.saes.path, "fingerprint": self.saes.fingerprint()},
+            "latents": [list(pair) for pair in self.latents],
+            "mode": self.mode,
+            "value": self.value,
+            "positions": self.positions,
+            "last_prompt_tokens": self.last_prompt_tokens,
+            "edit_sinks": self.edit_sinks,
+            "sink_factor": self.sink_factor,
+        }
+
+
+Intervention = AblateDirection | AddDirection | EditLatents
 
 
 @dataclass(frozen=True)
@@ -128,7 +236,34 @@ def from_dict(data: dict[str, Any]) -> Intervention:
     if kind == AddDirection.kind:
         vector, source = _vector_from_json(data["direction"])
         return AddDirection(vector, int(data["layer"]), float(data.get("coeff", 1.0)), source)
-    raise UserError(f"unknown intervention kind {kind!r}; known: ablate_direction, add_direction")
+    if kind == EditLatents.kind:
+        return _edit_latents_from_dict(data)
+    raise UserError(
+        f"unknown intervention kind {kind!r}; known: ablate_direction, add_direction, "
+        "edit_latents"
+    )
+
+
+def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
+    from .saes import SAESet
+
+    saes = SAESet.load(data["saes"]["path"])
+    expected = data["saes"].get("fingerprint")
+    if expected and saes.fingerprint() != expected:
+        raise UserError(
+            f"the SAE set at {data['saes']['path']} is not the one this intervention was made "
+            "with; point it at the original SAEs"
+        )
+    return EditLatents(
+        saes,
+        tuple((int(a), int(b)) for a, b in data["latents"]),
+        data.get("mode", "scale"),
+        float(data.get("value", 0.0)),
+        data.get("positions", "all"),
+        data.get("last_prompt_tokens"),
+        bool(data.get("edit_sinks", False)),
+        float(data.get("sink_factor", 10.0)),
+    )
 
 
 @contextmanager

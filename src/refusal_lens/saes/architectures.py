@@ -123,6 +123,31 @@ class SparseAutoencoder(nn.Module):
         """`x - forward(x)`: what the SAE misses; `forward(x) + error(x) == x` exactly."""
         return x - self.forward(x)
 
+    def steer(
+        self,
+        x: torch.Tensor,
+        latents: torch.Tensor,
+        edit: Callable[[torch.Tensor], torch.Tensor],
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`x + D(f') - D(f)`, with `f' = f` except `f'[latents] = edit(f[latents])`.
+
+        The SAE error is kept, so an edit that changes nothing is the identity. Only the
+        decoder rows of `latents` are touched; `keep` (`[...]` bool) leaves other rows alone.
+        """
+        flat, _ = self._flatten(x)
+        sae_in, norm = self._normalize(flat)
+        values = self.latent_values(sae_in, latents)
+        delta = (edit(values) - values) @ self.W_dec[latents]
+        delta = self._denormalize_delta(delta, norm).reshape(x.shape)
+        if keep is not None:
+            delta = delta * keep.unsqueeze(-1).to(delta.dtype)
+        return x + delta.to(x.dtype)
+
+    def latent_values(self, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Activations `[N, len(latents)]` of the given latents for normalised inputs."""
+        return self.activation(self.pre_activation(sae_in))[:, latents]
+
     def active(self, x: torch.Tensor) -> ActiveLatents:
         """The non-zero latents of `x` (flattened to rows) as sparse triples."""
         flat, _ = self._flatten(x)
@@ -171,6 +196,17 @@ class SparseAutoencoder(nn.Module):
             return recon * norm[1] + norm[0]
         return recon
 
+    def _denormalize_delta(
+        self, delta: torch.Tensor, norm: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """A difference of two reconstructions, back in the model's units."""
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            return delta / norm[0]
+        if mode == "layer_norm":
+            return delta * norm[1]
+        return delta
+
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
         """Make an SAE trained on `x / scale` act on `x` itself (same latents, exact)."""
@@ -190,6 +226,9 @@ class ReluSAE(SparseAutoencoder):
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
 
+    def latent_values(self, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return torch.relu(_selected_pre(self, sae_in, latents))
+
 
 @register_sae_class("jumprelu")
 class JumpReluSAE(SparseAutoencoder):
@@ -201,6 +240,10 @@ class JumpReluSAE(SparseAutoencoder):
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre) * (pre > self.threshold)
+
+    def latent_values(self, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        pre = _selected_pre(self, sae_in, latents)
+        return torch.relu(pre) * (pre > self.threshold[latents])
 
 
 @register_sae_class("topk")
@@ -215,6 +258,13 @@ class TopKSAE(SparseAutoencoder):
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         values, indices = self.topk(pre)
         return torch.zeros_like(pre).scatter_(-1, indices, values)
+
+    def latent_values(self, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        assert self.cfg.k is not None
+        pre = self.pre_activation(sae_in)
+        kth = pre.topk(self.cfg.k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True).values
+        selected = pre[:, latents]
+        return torch.relu(selected) * (selected >= kth)
 
     def active(self, x: torch.Tensor) -> ActiveLatents:
         flat, _ = self._flatten(x)
@@ -232,3 +282,10 @@ class BatchTopKSAE(JumpReluSAE):
     """Trained with the top `k * batch` latents over the whole batch; at inference a JumpReLU
     with one global threshold (the running minimum selected activation), as BatchTopK SAEs are
     used and as SAELens saves them."""
+
+
+def _selected_pre(sae: SparseAutoencoder, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """Pre-activations of a few latents only (element-wise activations need no others)."""
+    if sae.cfg.apply_b_dec_to_input:
+        sae_in = sae_in - sae.b_dec
+    return sae_in @ sae.W_enc[:, latents] + sae.b_enc[latents]

@@ -90,8 +90,8 @@ def preset(name: str, lm: LoadedModel) -> SAERecipe:
     if name == "full":
         return SAERecipe(
             layers=tuple(range(n)),
-            train=TrainConfig(expansion=8, k=32, total_tokens=2_000_000, lr=1e-3),
-            collect_tokens=600_000,
+            train=TrainConfig(expansion=8, k=64, total_tokens=1_000_000, lr=2e-3),
+            collect_tokens=300_000,
         )
     raise UserError(f"unknown preset {name!r}; use quick or full")
 

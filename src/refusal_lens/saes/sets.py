@@ -7,6 +7,7 @@ each SAE also loads on its own in SAELens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 from ..errors import UserError
 from ..hooks import HookPoint, parse_hook_point
 from ..models import LoadedModel
-from ..runs import write_json
+from ..runs import stable_hash, write_json
 from .architectures import SparseAutoencoder
 from .io import load_sae, save_sae
 
@@ -28,6 +29,7 @@ class SAESet:
     model: dict[str, Any]  # {"name", "weights_sha256"}
     saes: dict[HookPoint, SparseAutoencoder]
     info: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None  # the folder it was loaded from or saved to
 
     @property
     def points(self) -> list[HookPoint]:
@@ -49,6 +51,22 @@ class SAESet:
 
     def __len__(self) -> int:
         return len(self.saes)
+
+    def fingerprint(self) -> str:
+        """Identifies the set in result keys: its model, hook points and training recipe (or,
+        for a set made elsewhere, its weights' first bytes)."""
+        parts: dict[str, Any] = {"model": self.model, "points": [p.name for p in self.points]}
+        if "recipe_key" in self.info:
+            parts["recipe"] = self.info["recipe_key"]
+        else:
+            parts["weights"] = [
+                hashlib.sha256(
+                    sae.W_dec[:8].detach().float().numpy().tobytes()
+                    + sae.b_enc.detach().float().numpy().tobytes()
+                ).hexdigest()
+                for _, sae in self
+            ]
+        return stable_hash(parts)
 
     def check_model(self, lm: LoadedModel) -> None:
         """One-line errors for a set used with another model, a missing layer, a wrong width."""
@@ -87,6 +105,7 @@ class SAESet:
                 "info": self.info,
             },
         )
+        self.path = str(out)
         return out
 
     @classmethod
@@ -104,7 +123,7 @@ class SAESet:
         except json.JSONDecodeError as exc:
             raise UserError(f"{index} is not valid JSON ({exc.msg})") from exc
         saes = {parse_hook_point(name): load_sae(path / name) for name in data["points"]}
-        return cls(data["model"], saes, data.get("info", {}))
+        return cls(data["model"], saes, data.get("info", {}), str(path))
 
     @classmethod
     def from_single(cls, folder: Path) -> SAESet:
@@ -114,4 +133,4 @@ class SAESet:
         if not hook:
             raise UserError(f"the SAE at {folder} does not record its hook_name")
         model = {"name": sae.cfg.metadata.get("model_name"), "weights_sha256": None}
-        return cls(model, {parse_hook_point(str(hook)): sae}, {"source": str(folder)})
+        return cls(model, {parse_hook_point(str(hook)): sae}, {"source": str(folder)}, str(folder))

@@ -1,0 +1,143 @@
+"""Latent edits: `h + D(f') - D(f)` at the SAE layers, prompt and generated tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from refusal_lens.errors import UserError
+from refusal_lens.hooks import HookPoint, add_hooks, record
+from refusal_lens.interventions import EditLatents, apply, from_dict
+from refusal_lens.models import ChatFormatter, LoadedModel
+from refusal_lens.saes import SAE_CLASSES, SAESet
+
+from conftest import random_sae_set
+
+PROMPTS = ["Write a poem about the sea.", "Explain how to hack a computer."]
+
+
+@pytest.mark.parametrize("arch", sorted(SAE_CLASSES))
+def test_latent_values_match_encode_and_unit_edit_is_identity(
+    arch: str, tiny: LoadedModel
+) -> None:
+    sae = random_sae_set(tiny, arch)[HookPoint(1, "resid_post")]
+    x = torch.randn(2, 5, tiny.d_model) * 3
+    latents = torch.tensor([3, 17, 200])
+    dense = sae.encode(x).reshape(-1, sae.d_sae)[:, latents]
+    torch.testing.assert_close(sae.latent_values(x.reshape(-1, tiny.d_model), latents), dense)
+    assert torch.equal(sae.steer(x, latents, lambda f: f), x)
+    doubled = sae.steer(x, latents, lambda f: 2 * f)
+    expected = x + (dense @ sae.W_dec[latents]).reshape(x.shape)
+    torch.testing.assert_close(doubled, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_steer_keep_mask_leaves_rows_alone(tiny_saes: SAESet, tiny: LoadedModel) -> None:
+    sae = tiny_saes[HookPoint(0, "resid_post")]
+    x = torch.randn(1, 4, tiny.d_model)
+    keep = torch.tensor([[True, False, True, False]])
+    out = sae.steer(x, torch.arange(sae.d_sae), lambda f: torch.full_like(f, 5.0), keep)
+    assert torch.equal(out[0, 1], x[0, 1]) and torch.equal(out[0, 3], x[0, 3])
+    assert not torch.allclose(out[0, 0], x[0, 0])
+
+
+def _logits(lm: LoadedModel, formatter: ChatFormatter, interventions=()) -> torch.Tensor:
+    batch = formatter.encode(PROMPTS)
+    with apply(lm.model, interventions), torch.no_grad():
+        return lm.model(**batch.forward_kwargs()).logits
+
+
+def test_empty_and_unit_edits_are_the_identity(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    clean = _logits(tiny, formatter)
+    assert torch.equal(_logits(tiny, formatter, [EditLatents(tiny_saes, ())]), clean)
+    every = tuple((layer, i) for layer in range(3) for i in range(0, 256, 7))
+    unit = _logits(tiny, formatter, [EditLatents(tiny_saes, every, "scale", 1.0)])
+    torch.testing.assert_close(unit, clean, atol=1e-6, rtol=0)
+    changed = _logits(tiny, formatter, [EditLatents(tiny_saes, every, "set", 4.0)])
+    assert (changed - clean).abs().max() > 1e-2
+
+
+def _pre_and_post(
+    lm: LoadedModel, formatter: ChatFormatter, edit: EditLatents, point: HookPoint
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Activations at `point` before and after the edit, for the prompt and 5 decoding steps."""
+    before: list[torch.Tensor] = []
+    batch = formatter.encode(PROMPTS)
+    with (
+        add_hooks(lm.model, [(point, lambda a, p: before.append(a.detach().clone()))]),
+        apply(lm.model, [edit]),
+        record(lm.model, [point]) as after,
+    ):
+        lm.model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=6,
+            min_new_tokens=6,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
+    return before, after[point]
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_generated_tokens_are_steered(
+    positions: str, tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    point = HookPoint(1, "resid_post")
+    latents = torch.tensor([5, 9])
+    edit = EditLatents(tiny_saes, ((1, 5), (1, 9)), "set", 3.0, positions, edit_sinks=True)
+    before, after = _pre_and_post(tiny, formatter, edit, point)
+    assert len(before) == len(after) == 6 and after[-1].shape[1] == 1
+    sae = tiny_saes[point]
+    for step, (pre, post) in enumerate(zip(before, after, strict=True)):
+        is_prompt = step == 0
+        edited = positions == "all" or (positions == "prompt") == is_prompt
+        values = sae.encode(pre)[..., latents]
+        expected = pre + (3.0 - values) @ sae.W_dec[latents] if edited else pre
+        torch.testing.assert_close(post, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_last_prompt_tokens_and_layers_in_order(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    point = HookPoint(2, "resid_post")
+    edit = EditLatents(tiny_saes, ((2, 1),), "set", 2.0, last_prompt_tokens=3, edit_sinks=True)
+    before, after = _pre_and_post(tiny, formatter, edit, point)
+    prompt_before, prompt_after = before[0], after[0]
+    assert torch.equal(prompt_after[:, :-3], prompt_before[:, :-3])
+    assert not torch.allclose(prompt_after[:, -3:], prompt_before[:, -3:])
+    # an upstream edit changes what the downstream layer sees
+    upstream = EditLatents(tiny_saes, ((0, 4),), "set", 6.0, edit_sinks=True)
+    clean, _ = _pre_and_post(tiny, formatter, EditLatents(tiny_saes, ()), point)
+    edited, _ = _pre_and_post(tiny, formatter, upstream, point)
+    assert not torch.allclose(clean[0], edited[0])
+
+
+def test_sink_tokens_are_left_alone_by_default(tiny_saes: SAESet, tiny: LoadedModel) -> None:
+    (point, hook), = EditLatents(tiny_saes, ((1, 5),), "set", 3.0).hooks(tiny.model)
+    act = torch.randn(1, 6, tiny.d_model)
+    act[0, 0] *= 100  # an attention-sink-like norm
+    out = hook(act, point)
+    assert out is not None and torch.equal(out[0, 0], act[0, 0])
+    assert not torch.allclose(out[0, 1:], act[0, 1:])
+
+
+def test_edit_round_trip_and_bad_input(tiny: LoadedModel, tiny_saes: SAESet, tmp_path) -> None:
+    tiny_saes.save(tmp_path / "saes")
+    edit = EditLatents(tiny_saes, ((1, 5), (0, 2)), "scale", -3.0, "prompt", 4)
+    data = json.loads(json.dumps(edit.to_dict()))
+    again = from_dict(data)
+    assert isinstance(again, EditLatents) and again.to_dict() == data
+    with pytest.raises(UserError, match="does not exist"):
+        EditLatents(tiny_saes, ((1, 9999),)).hooks(tiny.model)
+    with pytest.raises(UserError, match="out of range"):
+        EditLatents(tiny_saes, ((7, 1),)).hooks(tiny.model)
+    with pytest.raises(UserError, match="mode"):
+        EditLatents(tiny_saes, (), "multiply")
+    other = random_sae_set(tiny, seed=1)
+    other.save(tmp_path / "saes")
+    with pytest.raises(UserError, match="not the one"):
+        from_dict(data)
