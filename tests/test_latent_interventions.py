@@ -7,21 +7,18 @@ import json
 import pytest
 import torch
 
+from conftest import random_sae_set
 from refusal_lens.errors import UserError
 from refusal_lens.hooks import HookPoint, add_hooks, record
 from refusal_lens.interventions import EditLatents, apply, from_dict
 from refusal_lens.models import ChatFormatter, LoadedModel
 from refusal_lens.saes import SAE_CLASSES, SAESet
 
-from conftest import random_sae_set
-
 PROMPTS = ["Write a poem about the sea.", "Explain how to hack a computer."]
 
 
 @pytest.mark.parametrize("arch", sorted(SAE_CLASSES))
-def test_latent_values_match_encode_and_unit_edit_is_identity(
-    arch: str, tiny: LoadedModel
-) -> None:
+def test_latent_values_match_encode_and_unit_edit_is_identity(arch: str, tiny: LoadedModel) -> None:
     sae = random_sae_set(tiny, arch)[HookPoint(1, "resid_post")]
     x = torch.randn(2, 5, tiny.d_model) * 3
     latents = torch.tensor([3, 17, 200])
@@ -117,7 +114,7 @@ def test_last_prompt_tokens_and_layers_in_order(
 
 
 def test_sink_tokens_are_left_alone_by_default(tiny_saes: SAESet, tiny: LoadedModel) -> None:
-    (point, hook), = EditLatents(tiny_saes, ((1, 5),), "set", 3.0).hooks(tiny.model)
+    ((point, hook),) = EditLatents(tiny_saes, ((1, 5),), "set", 3.0).hooks(tiny.model)
     act = torch.randn(1, 6, tiny.d_model)
     act[0, 0] *= 100  # an attention-sink-like norm
     out = hook(act, point)

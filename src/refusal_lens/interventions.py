@@ -175,7 +175,10 @@ class EditLatents:
 
     def _hook(self, sae: SparseAutoencoder, indices: torch.Tensor) -> HookFn:
         value = self.value
-        edit = (lambda f: f * value) if self.mode == "scale" else (lambda f: torch.full_like(f, value))
+
+        def edit(f: torch.Tensor) -> torch.Tensor:
+            return f * value if self.mode == "scale" else torch.full_like(f, value)
+
         state: dict[str, torch.Tensor] = {}
 
         def hook(act: torch.Tensor, _point: HookPoint) -> torch.Tensor | None:
@@ -239,8 +242,7 @@ def from_dict(data: dict[str, Any]) -> Intervention:
     if kind == EditLatents.kind:
         return _edit_latents_from_dict(data)
     raise UserError(
-        f"unknown intervention kind {kind!r}; known: ablate_direction, add_direction, "
-        "edit_latents"
+        f"unknown intervention kind {kind!r}; known: ablate_direction, add_direction, edit_latents"
     )
 
 

@@ -284,7 +284,9 @@ class BatchTopKSAE(JumpReluSAE):
     used and as SAELens saves them."""
 
 
-def _selected_pre(sae: SparseAutoencoder, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+def _selected_pre(
+    sae: SparseAutoencoder, sae_in: torch.Tensor, latents: torch.Tensor
+) -> torch.Tensor:
     """Pre-activations of a few latents only (element-wise activations need no others)."""
     if sae.cfg.apply_b_dec_to_input:
         sae_in = sae_in - sae.b_dec
