@@ -74,6 +74,12 @@ class ChatFormatter:
         suffix = rendered.split(_SENTINEL, 1)[1]
         return list(self.tokenizer(suffix, add_special_tokens=False)["input_ids"])
 
+    @cached_property
+    def n_pre_instruction(self) -> int:
+        """Template tokens before the instruction: the fixed header (system turn, user tag)."""
+        prefix = self.render(_SENTINEL).split(_SENTINEL, 1)[0]
+        return len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+
     @property
     def n_post_instruction(self) -> int:
         return len(self.post_instruction_ids)
