@@ -42,9 +42,24 @@ EXAMPLES = {
         refusal-lens eval-saes saes/quick --data-dir DATA
         refusal-lens eval-saes saes/quick --data-dir DATA --json > eval.json
     """,
+    "find-latents": """
+        refusal-lens find-latents --saes saes/quick --direction runs/quickstart --out runs/latents
+        refusal-lens find-latents --method cossim --direction runs/quickstart --out runs/cossim
+        refusal-lens find-latents --method random --match runs/latents/latents.json \\
+            --direction runs/quickstart --out runs/random-0 --seed 0
+    """,
+    "steer": """
+        refusal-lens steer --latents runs/latents/latents.json --dataset jailbreakbench \\
+            --limit 100 --json --out runs/steer-jbb
+        refusal-lens steer --latents runs/latents/latents.json --set-value 12 --dataset alpaca \\
+            --limit 100 --out runs/induce
+    """,
     "models": "refusal-lens models",
     "datasets": "refusal-lens datasets",
 }
+
+
+METHOD_CHOICES = ("ours", "cossim", "actdiff", "ap", "random")
 
 
 def _examples(name: str) -> str:
@@ -294,6 +309,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.add_argument("--out", help="folder for eval.json and eval.png (default: the set)")
+
+    find = command(
+        "find-latents",
+        "Select the SAE latents that mediate refusal (LA-IG or a baseline) on train prompts and "
+        "write them as a feature set (RUN/latents.json).",
+    )
+    _add_model_args(find)
+    _add_data_arg(find)
+    find.add_argument("--out", required=True, help="run folder (reused when rerun)")
+    find.add_argument("--saes", help="SAE set folder (default: this model's cached quick SAEs)")
+    find.add_argument(
+        "--direction", metavar="RUN", help="refusal direction run (default: found into OUT)"
+    )
+    find.add_argument("--method", choices=METHOD_CHOICES, default="ours")
+    find.add_argument("--protocol", choices=("heldout", "transductive"), default="heldout")
+    find.add_argument("--train", help="harmful prompts to select on (default: harmful_train)")
+    find.add_argument(
+        "--harmless", help="harmless prompts (actdiff, random; default: harmless_train)"
+    )
+    find.add_argument("--n-prompts", type=_positive, default=128, help="prompts used per class")
+    find.add_argument("--per-layer", type=_positive, default=10, help="cosine prefilter K")
+    find.add_argument("--k", type=_positive, default=20, help="latents in the set (K*)")
+    find.add_argument("--steps", type=_positive, default=10, help="integrated-gradient steps")
+    find.add_argument("--estimator", choices=("path", "paper"), default="path")
+    find.add_argument(
+        "--positions",
+        choices=("prompt", "post_instruction", "last", "all"),
+        default="prompt",
+        help="prompt positions attributions are averaged over",
+    )
+    find.add_argument("--refusal-token", help="the refusal token r (default: measured)")
+    find.add_argument(
+        "--all-prompts", action="store_true", help="keep prompts the model does not refuse"
+    )
+    find.add_argument("--match", help="feature set the random control matches (method random)")
+    find.add_argument("--scale", type=float, default=-3.0, help="default scale saved in the set")
+
+    steer = command(
+        "steer",
+        "Generate with SAE latents scaled or set (a feature set from find-latents) and measure "
+        "the refusal rate.",
+    )
+    _add_model_args(steer)
+    _add_data_arg(steer)
+    steer.add_argument("--latents", required=True, help="feature set (latents.json)")
+    steer.add_argument("--saes", help="SAE set folder (default: the one the feature set names)")
+    steer.add_argument("--dataset", required=True, help="dataset name or local file")
+    steer.add_argument("--column", default=None)
+    steer.add_argument("--limit", type=_positive, default=None, help="first N prompts only")
+    steer.add_argument("--k", type=_positive, help="use the top K latents (default: the set's)")
+    how = steer.add_mutually_exclusive_group()
+    how.add_argument("--scale", type=float, help="multiply the latents by this")
+    how.add_argument("--set-value", type=float, help="set the latents to this value")
+    steer.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    steer.add_argument("--max-new-tokens", type=_positive, default=64)
+    steer.add_argument("--out", default=None, help="run folder for completions (resumable)")
+    steer.add_argument("--json", action="store_true", help="print one JSON object")
 
     command("models", "List the registered models.")
     command("datasets", "List the dataset names that --dataset accepts.")
@@ -617,7 +689,115 @@ def cmd_eval_saes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_find_latents(args: argparse.Namespace) -> int:
+    from .attribution import AttributionSettings
+    from .features import SelectionSettings
+    from .pipeline import LatentsChoice, latents_job
+
+    lm, formatter = _load(args)
+    settings = SelectionSettings(
+        method=args.method,
+        protocol=args.protocol,
+        per_layer=args.per_layer,
+        k=args.k,
+        value=args.scale,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        attribution=AttributionSettings(
+            steps=args.steps,
+            estimator=args.estimator,
+            positions=args.positions,
+            batch_size=max(1, args.batch_size // 2),
+        ),
+    )
+    choice = LatentsChoice(
+        saes=args.saes,
+        direction=args.direction,
+        harmful=args.train,
+        harmless=args.harmless,
+        n_prompts=args.n_prompts,
+        refusal_token=args.refusal_token,
+        all_prompts=args.all_prompts,
+        match=args.match,
+    )
+    features = latents_job(
+        lm,
+        formatter,
+        args.out,
+        choice=choice,
+        settings=settings,
+        data_dir=args.data_dir,
+        seed=args.seed,
+    )
+    top = ", ".join(f"{layer}:{latent}" for layer, latent in features.top())
+    print(
+        f"{features.method} ({features.protocol}): {len(features.top())} latents on "
+        f"{features.selected_on['harmful']['n']} prompts of "
+        f"{features.selected_on['harmful']['name']}: {top}"
+    )
+    print(f"written: {Path(args.out) / 'latents.json'}")
+    return 0
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    from .data import load_prompts
+    from .evaluation.refusal import measure_refusal
+    from .features import FeatureSet
+    from .runs import RunDir
+    from .saes import SAESet
+
+    features = FeatureSet.load(args.latents)
+    prompts = load_prompts(
+        args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
+    )
+    features.check_held_out(prompts)
+    lm, formatter = _load(args)
+    features.check_model(lm)
+    saes = SAESet.load(args.saes or features.saes["path"])
+    saes.check_model(lm)
+    mode, value = ("set", args.set_value) if args.set_value is not None else ("scale", args.scale)
+    if value is None:
+        mode, value = features.intervention["mode"], features.intervention["value"]
+    edit = features.edit(saes, k=args.k, mode=mode, value=value, positions=args.positions)
+    condition = f"{features.method}-{mode}{value:g}-k{len(edit.latents)}"
+    run = RunDir(args.out) if args.out else None
+    if run is not None:
+        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json")}
+        run.write_manifest("steer", config, lm.identity(), args.seed)
+    result = measure_refusal(
+        lm,
+        formatter,
+        prompts,
+        condition=condition,
+        interventions=[edit],
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        run=run,
+        seed=args.seed,
+    )
+    data = {
+        **result.to_dict(),
+        "method": features.method,
+        "protocol": features.protocol,
+        "mode": mode,
+        mode if mode == "scale" else "value": value,
+        "k": len(edit.latents),
+        "model": lm.identity(),
+    }
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(
+            f"{prompts.name} ({condition}): refusal rate {result.rate.mean:.3f} "
+            f"[{result.rate.low:.3f}, {result.rate.high:.3f}] n={result.rate.n} "
+            f"judge={result.judge['name']}"
+        )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "find-latents": cmd_find_latents,
+    "steer": cmd_steer,
     "train-saes": cmd_train_saes,
     "eval-saes": cmd_eval_saes,
     "direction": cmd_direction,

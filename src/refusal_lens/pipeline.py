@@ -1,20 +1,30 @@
-"""Jobs that chain stages: the direction job (find, save, evaluate the refusal direction)."""
+"""Jobs that chain stages: the direction job (find, save, evaluate the refusal direction) and
+the latents job (select a feature set on held-out-safe prompts)."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .attribution import choose_refusal_token
 from .data import PromptSet, builtin_prompts, load_prompts, resolve_data_dir
 from .direction import Direction, DirectionData, DirectionSettings, find_direction
+from .errors import UserError
 from .evaluation.refusal import RefusalResult, measure_refusal
+from .features import FeatureSet, SelectionSettings, keep_refused, select_features
 from .judges import RefusalTokens
 from .models import ChatFormatter, LoadedModel
-from .runs import RunDir, write_json
+from .runs import RunDir, stable_hash, write_json
+from .saes import SAESet
+from .saes.presets import default_sae_set
+
+log = logging.getLogger(__name__)
 
 NEAR_DUPLICATE_JACCARD = 0.6
 
@@ -220,3 +230,152 @@ def evaluate_direction(
             **common,
         ),
     }
+
+
+# Benchmarks the latents are evaluated on: prompts in them never select latents (held-out).
+DEFAULT_EVAL_SETS = ("jailbreakbench", "harmbench_test", "advbench")
+
+
+@dataclass(frozen=True)
+class LatentsChoice:
+    """Where find-latents gets its inputs; None = the default."""
+
+    saes: str | None = None
+    direction: str | None = None
+    harmful: str | None = None
+    harmless: str | None = None
+    n_prompts: int | None = 128
+    refusal_token: str | None = None  # the token's text; None: measured on the harmful prompts
+    all_prompts: bool = False  # keep prompts the model does not refuse (ours/ap)
+    exclude: tuple[str, ...] = DEFAULT_EVAL_SETS
+    match: str | None = None  # feature set the random control is matched to
+
+
+def latents_job(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    out: str | Path,
+    *,
+    choice: LatentsChoice,
+    settings: SelectionSettings,
+    data_dir: str | Path | None,
+    seed: int = 0,
+) -> FeatureSet:
+    """Select a feature set and write it to OUT/latents.json (every step resumes)."""
+    run = RunDir(out)
+    run.write_manifest(
+        "find-latents",
+        {"choice": asdict(choice), "settings": asdict(settings)},
+        lm.identity(),
+        seed,
+    )
+    saes = SAESet.load(choice.saes) if choice.saes else default_sae_set(lm, data_dir)
+    saes.check_model(lm)
+    direction = _direction_for(lm, formatter, choice, run, data_dir, seed)
+    shared = resolve_data_dir(data_dir) is not None
+    harmful, harmless = (
+        load_prompts(name, data_dir=data_dir)
+        for name in (
+            choice.harmful or ("harmful_train" if shared else "builtin_harmful_train"),
+            choice.harmless or ("harmless_train" if shared else "builtin_harmless_train"),
+        )
+    )
+    if settings.protocol == "heldout":
+        harmful, harmless = (
+            _without_eval_sets(p, choice.exclude, data_dir) for p in (harmful, harmless)
+        )
+    token = _refusal_token(lm, formatter, harmful, choice, run, settings.batch_size)
+    if settings.method in ("ours", "ap") and not choice.all_prompts:
+        harmful = keep_refused(lm, formatter, harmful, int(token["id"]), settings.batch_size)
+    harmful = _sample(harmful, choice.n_prompts, seed)
+    harmless = _sample(harmless, choice.n_prompts, seed)
+    reference = FeatureSet.load(choice.match) if choice.match else None
+    features = select_features(
+        lm,
+        formatter,
+        saes,
+        direction,
+        harmful,
+        harmless,
+        token,
+        settings,
+        reference=reference,
+        out=run.path,
+    )
+    features.info["direction"] = {"layer": direction.layer, "source": direction.source}
+    features.save(run.path)
+    return features
+
+
+def _direction_for(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    choice: LatentsChoice,
+    run: RunDir,
+    data_dir: str | Path | None,
+    seed: int,
+) -> Direction:
+    if choice.direction:
+        direction = Direction.load(choice.direction)
+    else:
+        folder = run.path / "direction"
+        if not (folder / "direction.json").is_file():
+            log.warning("no --direction: finding the refusal direction first (into %s)", folder)
+            direction_job(
+                lm,
+                formatter,
+                folder,
+                datasets=DatasetChoice(),
+                data_dir=data_dir,
+                settings=DirectionSettings(),
+                evaluation=EvalSettings(enabled=False),
+                seed=seed,
+            )
+        direction = Direction.load(folder)
+    direction.check_model(lm)
+    return direction
+
+
+def _without_eval_sets(
+    prompts: PromptSet, names: Sequence[str], data_dir: str | Path | None
+) -> PromptSet:
+    if resolve_data_dir(data_dir) is None:
+        return prompts
+    others = [load_prompts(name, data_dir=data_dir) for name in names]
+    kept = prompts
+    for other in others:
+        kept = kept.without(other)
+    kept = drop_near_duplicates(kept, others)
+    if len(kept) < len(prompts):
+        log.info(
+            "%s: dropped %d prompts found in the test sets", prompts.name, len(prompts) - len(kept)
+        )
+    return PromptSet(prompts.name, tuple(kept))
+
+
+def _refusal_token(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    harmful: PromptSet,
+    choice: LatentsChoice,
+    run: RunDir,
+    batch_size: int,
+) -> dict[str, Any]:
+    if choice.refusal_token is not None:
+        ids = lm.tokenizer(choice.refusal_token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise UserError(
+                f"--refusal-token {choice.refusal_token!r} is {len(ids)} tokens; give one token"
+            )
+        return {"id": int(ids[0]), "string": choice.refusal_token, "chosen_by": "user"}
+    sample = _sample(harmful, 64, 0)
+    key = stable_hash({"model": lm.weights_sha256, "prompts": sample.texts()})
+    cached = run.load_stage("refusal_token.json", key)
+    if cached is not None:
+        return cached["token"]
+    token = {
+        **choose_refusal_token(lm, formatter, sample.texts(), batch_size=batch_size),
+        "chosen_by": f"most common first token of refusals on {sample.name}",
+    }
+    run.save_stage("refusal_token.json", key, {"token": token})
+    return token

@@ -1,0 +1,419 @@
+"""Feature sets: which SAE latents to intervene on, how they were chosen, and on what data.
+
+Methods (method.md section 3): `ours` (per layer the K latents whose decoder rows are closest
+in cosine to the refusal direction, ranked over all layers by LA-IG), `cossim` (cosine only),
+`actdiff` (harmful-minus-harmless mean of each prompt's max activation), `ap` (LA-IG over every
+latent, no prefilter), `random` (a control matched to another set by layer and by activation
+frequency). A feature set is one JSON file every later command accepts: the model and SAE set
+it belongs to, the method and protocol, the prompts it was selected on (hashes, so that a
+held-out evaluation can refuse to run on them), the ranked latents, per-prompt lists aligned
+with their prompts, and the intervention to apply (scale or value, how many latents).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .attribution import AttributionSettings, attribute, position_mask
+from .data import PromptSet
+from .data.promptset import normalize_text
+from .direction import Direction
+from .errors import UserError
+from .generation import length_sorted_batches
+from .hooks import record
+from .interventions import EditLatents
+from .judges.first_token import last_position_logits
+from .models import ChatFormatter, LoadedModel
+from .runs import write_json
+from .saes import SAESet
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ours", "cossim", "actdiff", "ap", "random")
+PROTOCOLS = ("heldout", "transductive")
+FEATURES_FILE = "latents.json"
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(normalize_text(text).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FeatureSet:
+    model: dict[str, Any]
+    saes: dict[str, Any]  # {"path", "fingerprint"}
+    method: str
+    protocol: str
+    selected_on: dict[str, Any]  # per role: name, n, prompt hashes
+    latents: list[tuple[int, int, float]]  # ranked (layer, latent, score), best first
+    intervention: dict[str, Any]  # {"mode": "scale"|"set", "value": float, "k": int, ...}
+    per_prompt: list[dict[str, Any]] | None = None  # [{"prompt", "latents": [[l, i, s]]}]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def top(self, k: int | None = None) -> tuple[tuple[int, int], ...]:
+        k = self.intervention.get("k", len(self.latents)) if k is None else k
+        if k > len(self.latents):
+            raise UserError(
+                f"the feature set ranks {len(self.latents)} latents; asked for the top {k}"
+            )
+        return tuple((layer, latent) for layer, latent, _ in self.latents[:k])
+
+    def edit(
+        self,
+        saes: SAESet,
+        *,
+        k: int | None = None,
+        mode: str | None = None,
+        value: float | None = None,
+        positions: str = "all",
+    ) -> EditLatents:
+        """The intervention this set stands for (its saved scale/value unless overridden)."""
+        if saes.fingerprint() != self.saes.get("fingerprint"):
+            raise UserError(
+                "this feature set was selected with another SAE set; pass the --saes it names "
+                f"({self.saes.get('path')})"
+            )
+        return EditLatents(
+            saes,
+            self.top(k),
+            mode or self.intervention["mode"],
+            float(self.intervention["value"] if value is None else value),
+            positions,
+        )
+
+    def selection_hashes(self) -> set[str]:
+        return {h for role in self.selected_on.values() for h in role.get("prompt_hashes", [])}
+
+    def check_held_out(self, prompts: PromptSet) -> None:
+        """A held-out set must not be evaluated on the prompts it was selected on."""
+        if self.protocol != "heldout":
+            return
+        overlap = [p.text for p in prompts if prompt_hash(p.text) in self.selection_hashes()]
+        if overlap:
+            raise UserError(
+                f"{len(overlap)} of the {len(prompts)} prompts of {prompts.name} were used to "
+                "select these latents (held-out protocol); evaluate on other prompts or select "
+                "with --protocol transductive"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "saes": self.saes,
+            "method": self.method,
+            "protocol": self.protocol,
+            "selected_on": self.selected_on,
+            "intervention": self.intervention,
+            "latents": [
+                {"layer": layer, "latent": latent, "score": score}
+                for layer, latent, score in self.latents
+            ],
+            "per_prompt": self.per_prompt,
+            "info": self.info,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        target = Path(path)
+        target = target / FEATURES_FILE if target.suffix != ".json" else target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, self.to_dict())
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        target = Path(path)
+        target = target / FEATURES_FILE if target.is_dir() else target
+        if not target.is_file():
+            raise UserError(f"no feature set at {target}; run refusal-lens find-latents first")
+        try:
+            data = json.loads(target.read_text())
+            latents = [
+                (int(d["layer"]), int(d["latent"]), float(d["score"])) for d in data["latents"]
+            ]
+            return cls(
+                data["model"],
+                data["saes"],
+                data["method"],
+                data["protocol"],
+                data["selected_on"],
+                latents,
+                data["intervention"],
+                data.get("per_prompt"),
+                data.get("info", {}),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(
+                f"{target} is not a feature set ({type(exc).__name__}: {exc}); rerun find-latents"
+            ) from exc
+
+    def check_model(self, lm: LoadedModel) -> None:
+        expected = self.model.get("weights_sha256")
+        if expected and expected != lm.weights_sha256:
+            raise UserError(
+                f"this feature set was selected on {self.model.get('name')}, not on {lm.name}"
+            )
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    method: str = "ours"
+    protocol: str = "heldout"
+    per_layer: int = 10  # K: cosine prefilter per layer (ours)
+    k: int = 20  # K*: latents in the set
+    keep_ranked: int = 200  # how many ranked latents the file keeps (for a later search)
+    mode: str = "scale"
+    value: float = -3.0  # the paper's c for Gemma; a search on validation data replaces it
+    seed: int = 0
+    batch_size: int = 16
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol {self.protocol!r}; use heldout or transductive")
+
+
+def cosine_scores(saes: SAESet, direction: Direction) -> dict[int, torch.Tensor]:
+    """Per layer, the cosine of every decoder row with the refusal direction."""
+    unit = direction.vector.float() / direction.vector.float().norm()
+    scores = {}
+    for point, sae in saes:
+        rows = sae.W_dec.detach().float()
+        scores[point.layer] = rows @ unit / rows.norm(dim=1).clamp_min(1e-8)
+    return scores
+
+
+def cosine_candidates(
+    saes: SAESet, direction: Direction, per_layer: int
+) -> dict[int, torch.Tensor]:
+    return {
+        layer: cos.topk(min(per_layer, cos.numel())).indices.sort().values
+        for layer, cos in cosine_scores(saes, direction).items()
+    }
+
+
+@dataclass
+class LatentStatistics:
+    """Per layer: each latent's mean (over prompts) of its max activation over the chosen
+    positions, and the fraction of those positions where it fires."""
+
+    mean_max: dict[int, torch.Tensor]
+    frequency: dict[int, torch.Tensor]
+    n_prompts: int
+
+
+@torch.inference_mode()
+def latent_statistics(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    instructions: Sequence[str],
+    *,
+    positions: str = "prompt",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> LatentStatistics:
+    if not instructions:
+        raise UserError("no prompts for latent statistics: the prompt list is empty")
+    points = saes.points
+    sums = {p.layer: torch.zeros(saes[p].d_sae) for p in points}
+    fires = {p.layer: torch.zeros(saes[p].d_sae) for p in points}
+    n_positions = 0.0
+    for indices in tqdm(
+        length_sorted_batches(list(instructions), batch_size),
+        desc="latent statistics",
+        disable=not progress,
+        unit="batch",
+    ):
+        batch = formatter.encode([instructions[i] for i in indices]).to(lm.device)
+        mask = position_mask(batch, formatter, positions)
+        with record(lm.model, points) as acts:
+            lm.model(**batch.forward_kwargs(), use_cache=False, logits_to_keep=1)
+        n_positions += float(mask.sum())
+        for point in points:
+            latents = saes[point].encode(acts[point][0].float())  # [batch, seq, d_sae]
+            latents = latents * mask.unsqueeze(-1)
+            sums[point.layer] += latents.amax(dim=1).sum(dim=0).cpu()
+            fires[point.layer] += (latents > 0).sum(dim=(0, 1)).float().cpu()
+    n = len(instructions)
+    return LatentStatistics(
+        {layer: s / n for layer, s in sums.items()},
+        {layer: f / max(n_positions, 1.0) for layer, f in fires.items()},
+        n,
+    )
+
+
+def _ranked(scores: dict[int, torch.Tensor], keep: int) -> list[tuple[int, int, float]]:
+    """(layer, latent, score), best first, over all layers."""
+    rows = [
+        (layer, latent, float(value))
+        for layer, values in scores.items()
+        for latent, value in enumerate(values.tolist())
+    ]
+    rows.sort(key=lambda row: -row[2])
+    return rows[:keep]
+
+
+def matched_random(
+    reference: Sequence[tuple[int, int]],
+    frequency: dict[int, torch.Tensor],
+    seed: int,
+    neighbours: int = 20,
+) -> list[tuple[int, int, float]]:
+    """For each reference latent, a random other latent of the same layer among the
+    `neighbours` closest to it in (log) activation frequency."""
+    rng = random.Random(seed)
+    taken = set(reference)
+    chosen = []
+    for layer, latent in reference:
+        log_freq = frequency[layer].clamp_min(1e-6).log()
+        distance = (log_freq - log_freq[latent]).abs()
+        order = [int(i) for i in distance.argsort().tolist() if (layer, int(i)) not in taken]
+        pick = rng.choice(order[:neighbours])
+        taken.add((layer, pick))
+        chosen.append((layer, pick, float(frequency[layer][pick])))
+    return chosen
+
+
+def select_features(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    direction: Direction,
+    harmful: PromptSet,
+    harmless: PromptSet | None,
+    refusal_token: dict[str, Any],
+    settings: SelectionSettings,
+    *,
+    reference: FeatureSet | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Select latents with `settings.method` on `harmful` (and `harmless` for actdiff and the
+    random control's frequencies)."""
+    saes.check_model(lm)
+    direction.check_model(lm)
+    method = settings.method
+    per_prompt = None
+    info: dict[str, Any] = {"refusal_token": refusal_token, "settings": _settings_dict(settings)}
+    selected_on = {"harmful": _describe(harmful)}
+    if method == "cossim":
+        latents = _ranked(cosine_scores(saes, direction), settings.keep_ranked)
+    elif method in ("ours", "ap"):
+        candidates = (
+            cosine_candidates(saes, direction, settings.per_layer) if method == "ours" else None
+        )
+        result = attribute(
+            lm,
+            formatter,
+            saes,
+            direction,
+            harmful.texts(),
+            int(refusal_token["id"]),
+            candidates=candidates,
+            settings=settings.attribution,
+            out=Path(out) / "attribution" if out is not None else None,
+            progress=progress,
+        )
+        if out is not None:
+            result.save(Path(out) / "attribution")
+        latents = result.global_top(settings.keep_ranked)
+        per_prompt = [
+            {"prompt": text, "latents": [list(row) for row in top]}
+            for text, top in zip(harmful.texts(), result.per_prompt_top(settings.k), strict=True)
+        ]
+        gap = result.completeness_gap()
+        info["attribution"] = {
+            "metric_clean_mean": float(result.metric_clean.mean()),
+            "metric_ablated_mean": float(result.metric_ablated.mean()),
+            "completeness_gap_mean": float(gap.mean()),
+            "candidate_score_sum_mean": float(
+                sum(scores.sum(dim=1) for scores in result.scores.values()).mean()
+            ),
+            "error_score_mean": {
+                str(layer): float(e.mean()) for layer, e in result.error_scores.items()
+            },
+        }
+    else:
+        if harmless is None or len(harmless) == 0:
+            raise UserError(f"method {method} needs harmless prompts (--harmless)")
+        selected_on["harmless"] = _describe(harmless)
+        harm_stats = latent_statistics(
+            lm, formatter, saes, harmful.texts(), batch_size=settings.batch_size, progress=progress
+        )
+        safe_stats = latent_statistics(
+            lm, formatter, saes, harmless.texts(), batch_size=settings.batch_size, progress=progress
+        )
+        if method == "actdiff":
+            diff = {
+                layer: harm_stats.mean_max[layer] - safe_stats.mean_max[layer]
+                for layer in harm_stats.mean_max
+            }
+            latents = _ranked(diff, settings.keep_ranked)
+        else:
+            if reference is None:
+                raise UserError("the random control needs --match FEATURES (the set to match)")
+            frequency = {
+                layer: (harm_stats.frequency[layer] + safe_stats.frequency[layer]) / 2
+                for layer in harm_stats.frequency
+            }
+            latents = matched_random(reference.top(settings.k), frequency, settings.seed)
+            info["matched_to"] = {"method": reference.method, "k": settings.k}
+    return FeatureSet(
+        model={"name": lm.name, "weights_sha256": lm.weights_sha256},
+        saes={"path": saes.path, "fingerprint": saes.fingerprint()},
+        method=method,
+        protocol=settings.protocol,
+        selected_on=selected_on,
+        latents=latents,
+        intervention={
+            "mode": settings.mode,
+            "value": settings.value,
+            "k": min(settings.k, len(latents)),
+            "chosen_by": "default (not searched)",
+        },
+        per_prompt=per_prompt,
+        info=info,
+    )
+
+
+def _describe(prompts: PromptSet) -> dict[str, Any]:
+    return {
+        "name": prompts.name,
+        "n": len(prompts),
+        "content_hash": prompts.content_hash(),
+        "prompt_hashes": [prompt_hash(t) for t in prompts.texts()],
+    }
+
+
+def _settings_dict(settings: SelectionSettings) -> dict[str, Any]:
+    return asdict(settings)
+
+
+def keep_refused(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    prompts: PromptSet,
+    token: int,
+    batch_size: int = 16,
+) -> PromptSet:
+    """The prompts whose greedy first token is the refusal token (what LA-IG explains)."""
+    first = last_position_logits(lm, formatter, prompts.texts(), batch_size=batch_size).argmax(-1)
+    kept = [p for p, t in zip(prompts, first.tolist(), strict=True) if t == token]
+    if not kept:
+        raise UserError(
+            f"the model refuses none of the {len(prompts)} prompts of {prompts.name} with its "
+            "refusal token; use prompts it refuses or --all-prompts"
+        )
+    return PromptSet(f"{prompts.name}[refused]", tuple(kept))
