@@ -345,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     find.add_argument("--match", help="feature set the random control matches (method random)")
     find.add_argument("--scale", type=float, default=-3.0, help="default scale saved in the set")
+    find.add_argument(
+        "--search",
+        action="store_true",
+        help="choose K* and the scale on validation prompts (refusal rate + harmless KL)",
+    )
+    find.add_argument("--search-ks", default="10,20,40", help="K* grid for --search")
+    find.add_argument("--search-scales", default="-1,-2,-4,-8", help="scale grid for --search")
+    find.add_argument("--kl-limit", type=float, default=0.1, help="harmless KL a choice may cost")
+    find.add_argument("--n-val", type=_positive, default=32, help="validation prompts per class")
 
     steer = command(
         "steer",
@@ -364,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--set-value", type=float, help="set the latents to this value")
     steer.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
     steer.add_argument("--max-new-tokens", type=_positive, default=64)
+    steer.add_argument(
+        "--harmless-kl",
+        metavar="DATASET",
+        help="also report the KL the edit costs on these harmless prompts",
+    )
+    steer.add_argument("--kl-prompts", type=_positive, default=32, help="prompts for --harmless-kl")
     steer.add_argument("--out", default=None, help="run folder for completions (resumable)")
     steer.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -735,8 +750,20 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
         f"{features.selected_on['harmful']['n']} prompts of "
         f"{features.selected_on['harmful']['name']}: {top}"
     )
+    chosen = features.intervention
+    print(
+        f"intervention: {chosen['mode']} {chosen['value']:g}, K*={chosen['k']} "
+        f"({chosen['chosen_by']})"
+    )
     print(f"written: {Path(args.out) / 'latents.json'}")
     return 0
+
+
+def _number_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
@@ -784,6 +811,14 @@ def cmd_steer(args: argparse.Namespace) -> int:
         "k": len(edit.latents),
         "model": lm.identity(),
     }
+    if args.harmless_kl:
+        from .evaluation.side_effects import base_completions, completion_kl
+
+        harmless = load_prompts(args.harmless_kl, data_dir=args.data_dir, limit=args.kl_prompts)
+        features.check_held_out(harmless)
+        base = base_completions(lm, formatter, harmless.texts(), batch_size=args.batch_size)
+        kl = completion_kl(lm, formatter, harmless.texts(), base, [edit], seed=args.seed)
+        data["harmless_kl"] = {"dataset": harmless.name, **kl.to_dict()}
     if args.json:
         print(json.dumps(data))
     else:
@@ -792,6 +827,10 @@ def cmd_steer(args: argparse.Namespace) -> int:
             f"[{result.rate.low:.3f}, {result.rate.high:.3f}] n={result.rate.n} "
             f"judge={result.judge['name']}"
         )
+        if "harmless_kl" in data:
+            print(
+                f"harmless KL ({data['harmless_kl']['dataset']}): {data['harmless_kl']['mean']:.4f}"
+            )
     return 0
 
 

@@ -29,10 +29,13 @@ from .data import PromptSet
 from .data.promptset import normalize_text
 from .direction import Direction
 from .errors import UserError
-from .generation import length_sorted_batches
+from .evaluation.side_effects import base_completions, completion_kl
+from .evaluation.statistics import bootstrap_mean
+from .generation import generate, length_sorted_batches
 from .hooks import record
 from .interventions import EditLatents
 from .judges.first_token import last_position_logits
+from .judges.substring import SubstringJudge
 from .models import ChatFormatter, LoadedModel
 from .runs import write_json
 from .saes import SAESet
@@ -417,3 +420,87 @@ def keep_refused(
             "refusal token; use prompts it refuses or --all-prompts"
         )
     return PromptSet(f"{prompts.name}[refused]", tuple(kept))
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The grid searched on validation prompts, and the side-effect limit."""
+
+    ks: tuple[int, ...] = (10, 20, 40)
+    values: tuple[float, ...] = (-1.0, -2.0, -4.0, -8.0)
+    kl_limit: float = 0.1  # mean KL on harmless prompts a chosen setting may cost
+    max_new_tokens: int = 32
+    batch_size: int = 16
+
+
+def search_intervention(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    features: FeatureSet,
+    harmful_val: PromptSet,
+    harmless_val: PromptSet,
+    settings: SearchSettings = SearchSettings(),
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score every (K*, c) of the grid by refusal rate on harmful validation prompts and KL
+    on harmless ones; choose the lowest refusal rate whose KL stays under the limit (ties:
+    the smaller |c|, then the smaller K*). Writes the choice into `features.intervention`."""
+    features.check_held_out(harmful_val)
+    features.check_held_out(harmless_val)
+    judge = SubstringJudge()
+    base = base_completions(
+        lm,
+        formatter,
+        harmless_val.texts(),
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+    )
+    grid = [
+        (k, value) for k in settings.ks if k <= len(features.latents) for value in settings.values
+    ]
+    if not grid:
+        raise UserError(f"no K* of {settings.ks} fits the {len(features.latents)} ranked latents")
+    rows = []
+    for k, value in tqdm(grid, desc="search K*, c", disable=not progress, unit="setting"):
+        edit = features.edit(saes, k=k, mode="scale", value=value)
+        completions = generate(
+            lm,
+            formatter,
+            harmful_val.texts(),
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            interventions=[edit],
+            progress=False,
+        )
+        refusal = bootstrap_mean(judge.judge(completions))
+        kl = completion_kl(lm, formatter, harmless_val.texts(), base, [edit])
+        rows.append({"k": k, "value": value, "refusal_rate": refusal.to_dict(), "kl": kl.to_dict()})
+    allowed = [r for r in rows if r["kl"]["mean"] <= settings.kl_limit]
+    pool = allowed or rows
+    best = min(
+        pool,
+        key=lambda r: (
+            (r["refusal_rate"]["mean"], abs(r["value"]), r["k"])
+            if allowed
+            else (r["kl"]["mean"], r["refusal_rate"]["mean"])
+        ),
+    )
+    features.intervention = {
+        "mode": "scale",
+        "value": best["value"],
+        "k": best["k"],
+        "chosen_by": (
+            f"search on {harmful_val.name} / {harmless_val.name}: lowest refusal rate with "
+            f"harmless KL <= {settings.kl_limit}"
+            if allowed
+            else f"search: no setting kept KL <= {settings.kl_limit}; lowest KL chosen"
+        ),
+    }
+    return {
+        "settings": asdict(settings),
+        "grid": rows,
+        "chosen": best,
+        "met_kl_limit": bool(allowed),
+    }

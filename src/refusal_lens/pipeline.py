@@ -17,7 +17,14 @@ from .data import PromptSet, builtin_prompts, load_prompts, resolve_data_dir
 from .direction import Direction, DirectionData, DirectionSettings, find_direction
 from .errors import UserError
 from .evaluation.refusal import RefusalResult, measure_refusal
-from .features import FeatureSet, SelectionSettings, keep_refused, select_features
+from .features import (
+    FeatureSet,
+    SearchSettings,
+    SelectionSettings,
+    keep_refused,
+    search_intervention,
+    select_features,
+)
 from .judges import RefusalTokens
 from .models import ChatFormatter, LoadedModel
 from .runs import RunDir, stable_hash, write_json
@@ -249,6 +256,10 @@ class LatentsChoice:
     all_prompts: bool = False  # keep prompts the model does not refuse (ours/ap)
     exclude: tuple[str, ...] = DEFAULT_EVAL_SETS
     match: str | None = None  # feature set the random control is matched to
+    search: bool = False  # choose K* and c on validation prompts (refusal rate + harmless KL)
+    harmful_val: str | None = None
+    harmless_val: str | None = None
+    n_val: int = 32
 
 
 def latents_job(
@@ -259,6 +270,7 @@ def latents_job(
     choice: LatentsChoice,
     settings: SelectionSettings,
     data_dir: str | Path | None,
+    search_settings: SearchSettings | None = None,
     seed: int = 0,
 ) -> FeatureSet:
     """Select a feature set and write it to OUT/latents.json (every step resumes)."""
@@ -304,6 +316,29 @@ def latents_job(
     )
     features.info["direction"] = {"layer": direction.layer, "source": direction.source}
     features.save(run.path)
+    if choice.search:
+        harmful_val, harmless_val = (
+            _sample(
+                _without_eval_sets(load_prompts(name, data_dir=data_dir), choice.exclude, data_dir),
+                choice.n_val,
+                seed,
+            )
+            for name in (
+                choice.harmful_val or ("harmful_val" if shared else "builtin_harmful_val"),
+                choice.harmless_val or ("harmless_val" if shared else "builtin_harmless_val"),
+            )
+        )
+        search = search_intervention(
+            lm,
+            formatter,
+            saes,
+            features,
+            harmful_val,
+            harmless_val,
+            search_settings or SearchSettings(),
+        )
+        write_json(run.file("search.json"), search)
+        features.save(run.path)
     return features
 
 

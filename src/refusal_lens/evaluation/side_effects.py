@@ -1,0 +1,103 @@
+"""Side effects of an intervention on prompts it should leave alone.
+
+`completion_kl`: the base model's own greedy completions of harmless prompts, teacher-forced
+through the base and the intervened model; per prompt the mean over completion tokens of
+`KL(p_base || p_intervened)` of the next-token distributions, averaged over prompts with a
+bootstrap interval. Padding never counts (explicit masks), and both conditions see exactly the
+same token sequences, so the number measures the intervention and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..generation import generate, length_sorted_batches
+from ..interventions import Intervention, InterventionSet, apply
+from ..models import ChatFormatter, LoadedModel
+from .statistics import Estimate, bootstrap_mean
+
+
+def base_completions(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    instructions: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+) -> list[str]:
+    return generate(
+        lm,
+        formatter,
+        instructions,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=False,
+    )
+
+
+def _teacher_forced(
+    lm: LoadedModel, formatter: ChatFormatter, instructions: list[str], completions: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ids, attention mask, and a mask of the positions that predict a
+    completion token."""
+    rows, scored = [], []
+    for instruction, completion in zip(instructions, completions, strict=True):
+        prompt = lm.tokenizer(formatter.render(instruction), add_special_tokens=False)["input_ids"]
+        answer = lm.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        rows.append(prompt + answer)
+        # the last prompt position always counts: it predicts the first answer token (or EOS)
+        scored.append((len(prompt) - 1, len(prompt) + max(len(answer), 1) - 1))
+    width = max(len(r) for r in rows)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    predicts = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (row, (start, end)) in enumerate(zip(rows, scored, strict=True)):
+        offset = width - len(row)
+        ids[i, offset:] = torch.tensor(row)
+        attention[i, offset:] = 1
+        predicts[i, offset + start : offset + end] = True
+    return ids, attention, predicts
+
+
+@torch.inference_mode()
+def completion_kl(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    interventions: Sequence[Intervention] | InterventionSet,
+    *,
+    batch_size: int = 4,
+    seed: int = 0,
+    progress: bool = False,
+) -> Estimate:
+    """Mean per-prompt KL(base || intervened) over the base model's completion tokens."""
+    if not instructions:
+        raise UserError("no prompts for the KL side-effect measure: the prompt list is empty")
+    per_prompt: list[float] = [0.0] * len(instructions)
+    for indices in tqdm(
+        length_sorted_batches(list(instructions), batch_size),
+        desc="harmless KL",
+        disable=not progress,
+        unit="batch",
+    ):
+        ids, attention, predicts = _teacher_forced(
+            lm, formatter, [instructions[i] for i in indices], [completions[i] for i in indices]
+        )
+        ids, attention = ids.to(lm.device), attention.to(lm.device)
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        kwargs = {"input_ids": ids, "attention_mask": attention, "position_ids": positions}
+        base = F.log_softmax(lm.model(**kwargs).logits.float(), dim=-1)
+        with apply(lm.model, interventions):
+            edited = F.log_softmax(lm.model(**kwargs).logits.float(), dim=-1)
+        kl = (base.exp() * (base - edited)).sum(dim=-1).cpu()  # [batch, seq]
+        for row, index in enumerate(indices):
+            mask = predicts[row]
+            per_prompt[index] = float(kl[row][mask].mean()) if mask.any() else 0.0
+    return bootstrap_mean(per_prompt, seed=seed)
