@@ -198,3 +198,52 @@ def test_bad_settings_are_one_line_errors() -> None:
         AttributionSettings(estimator="left")
     with pytest.raises(UserError, match="positions"):
         AttributionSettings(positions="middle")
+
+
+def test_patching_clean_values_back_is_the_identity(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    from refusal_lens.interventions import PatchLatents
+
+    point = HookPoint(1, "resid_post")
+    batch = formatter.encode(PROMPTS)
+    with record(tiny.model, [point]) as clean, torch.no_grad():
+        tiny.model(**batch.forward_kwargs())
+    idx = torch.tensor([1, 2, 3, 50])
+    values = tiny_saes[point].encode(clean[point][0])[..., idx]
+    patch = PatchLatents(tiny_saes, {1: idx}, {1: values})
+    torch.testing.assert_close(
+        _logits(tiny, formatter, [patch]), _logits(tiny, formatter), atol=1e-5, rtol=1e-5
+    )
+    moved = PatchLatents(tiny_saes, {1: idx}, {1: values + 3.0})
+    assert not torch.allclose(_logits(tiny, formatter, [moved]), _logits(tiny, formatter))
+
+
+def test_attribution_ranks_agree_with_patching_near_the_output(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet, direction: Direction
+) -> None:
+    from refusal_lens.attribution import validate_attribution
+
+    saes = _subset(tiny_saes, [2])
+    point = HookPoint(2, "resid_post")
+    batch = formatter.encode(PROMPTS[:1])
+    with apply(tiny.model, [direction.ablation()]), record(tiny.model, [point]) as acts:
+        tiny.model(**batch.forward_kwargs())
+    with torch.no_grad():
+        active = saes[point].encode(acts[point][0])[0, -1].nonzero().flatten()
+    latents = [(2, int(i)) for i in active[:8]]
+    report = validate_attribution(
+        tiny,
+        formatter,
+        saes,
+        direction,
+        PROMPTS[:2],
+        REFUSAL,
+        latents,
+        settings=AttributionSettings(steps=8, positions="last"),
+        top_k=3,
+        progress=False,
+    )
+    assert report["n_latents"] == len(latents) >= 4
+    assert report["spearman_mean"] > 0.5, report
+    assert 0 <= report["top_k_overlap_mean"] <= 1

@@ -221,6 +221,23 @@ def test_find_latents_then_steer_on_a_tiny_model(
     assert result["n"] == 3 and result["scale"] == -3.0 and result["k"] == 4
     assert result["interventions"][0]["kind"] == "edit_latents"
     assert {"refusal_rate", "ci95", "judge", "method", "protocol"} <= set(result)
+    code, out, err = _cli(
+        capsys,
+        "validate-attribution",
+        "--model",
+        str(model),
+        "--latents",
+        str(tmp_path / "run"),
+        "--n-prompts",
+        "2",
+        "--top",
+        "4",
+        "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["n_prompts"] == 2 and report["n_latents"] == 4
+    assert (tmp_path / "run" / "validation.json").is_file()
     # held-out: the prompts it was selected on are refused as an evaluation set
     code, _, err = _cli(
         capsys,

@@ -502,3 +502,138 @@ def path_logits(
     )
     with torch.no_grad(), add_hooks(lm.model, path.hooks()):
         return lm.model(**kwargs).logits[:, -1].float()
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rho (ties broken by order; NaN for fewer than 3 points)."""
+    if a.numel() < 3:
+        return float("nan")
+    ra = a.argsort().argsort().double()
+    rb = b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
+
+
+@torch.no_grad()
+def patching_effects(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    direction: Direction,
+    instruction: str,
+    refusal_token: int,
+    target_token: int,
+    latents: Sequence[tuple[int, int]],
+    positions: str,
+) -> tuple[torch.Tensor, float]:
+    """The metric change from patching each latent alone, then all together, from its clean to
+    its direction-ablated value at the chosen positions (one forward, one row per patch)."""
+    from .interventions import PatchLatents
+
+    n = len(latents)
+    batch = formatter.encode([instruction] * (n + 1)).to(lm.device)
+    kwargs = {**batch.forward_kwargs(), "use_cache": False, "logits_to_keep": 1}
+    layers = sorted({layer for layer, _ in latents})
+    points = [HookPoint(layer, "resid_post") for layer in layers]
+    with apply(lm.model, [direction.ablation()]), record(lm.model, points) as ablated:
+        lm.model(**kwargs)
+    clean_logits = lm.model(**kwargs).logits[0, -1].float()
+    columns = {layer: [j for j, (at, _) in enumerate(latents) if at == layer] for layer in layers}
+    indices, values, rows = {}, {}, {}
+    for point in points:
+        layer = point.layer
+        idx = torch.tensor([latents[j][1] for j in columns[layer]])
+        indices[layer] = idx
+        values[layer] = saes[point].encode(ablated[point][0].float())[..., idx]
+        chooser = torch.zeros(n + 1, len(idx), dtype=torch.bool)
+        for local, j in enumerate(columns[layer]):
+            chooser[j, local] = True
+        chooser[n] = True  # the last row patches the whole set
+        rows[layer] = chooser
+    patch = PatchLatents(saes, indices, values, position_mask(batch, formatter, positions), rows)
+    with apply(lm.model, [patch]):
+        logits = lm.model(**kwargs).logits[:, -1].float()
+    metric = logits[:, target_token] - logits[:, refusal_token]
+    base = clean_logits[target_token] - clean_logits[refusal_token]
+    effects = (metric - base).cpu()
+    return effects[:n], float(effects[n])
+
+
+def validate_attribution(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    direction: Direction,
+    instructions: Sequence[str],
+    refusal_token: int,
+    latents: Sequence[tuple[int, int]],
+    *,
+    settings: AttributionSettings = AttributionSettings(),
+    top_k: int = 5,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Attribution scores against the real effect of patching each latent (clean -> ablated)
+    on each prompt: Spearman correlation, top-k overlap, and the whole set's effect against
+    the sum of its attributions."""
+    candidates: dict[int, torch.Tensor] = {}
+    for layer, latent in latents:
+        candidates.setdefault(layer, torch.empty(0, dtype=torch.long))
+        candidates[layer] = torch.cat([candidates[layer], torch.tensor([latent])])
+    result = attribute(
+        lm,
+        formatter,
+        saes,
+        direction,
+        instructions,
+        refusal_token,
+        candidates=candidates,
+        settings=settings,
+        progress=progress,
+    )
+    keys, scores = result.flat()
+    order = [keys.index((layer, latent)) for layer, latent in latents]
+    scores = scores[:, order]
+    per_prompt = []
+    all_predicted, all_actual = [], []
+    for i, text in enumerate(tqdm(instructions, desc="patching", disable=not progress)):
+        batch = formatter.encode([text])
+        n_pos = int(position_mask(batch, formatter, settings.positions).sum())
+        predicted = scores[i] * n_pos  # scores are means over the positions
+        actual, together = patching_effects(
+            lm,
+            formatter,
+            saes,
+            direction,
+            text,
+            refusal_token,
+            int(result.target_tokens[i]),
+            latents,
+            settings.positions,
+        )
+        all_predicted.append(predicted)
+        all_actual.append(actual)
+        k = min(top_k, len(latents))
+        top_pred = set(predicted.topk(k).indices.tolist())
+        top_real = set(actual.topk(k).indices.tolist())
+        per_prompt.append(
+            {
+                "spearman": rank_correlation(predicted, actual),
+                "top_k_overlap": len(top_pred & top_real) / k,
+                "set_effect": together,
+                "set_attribution": float(predicted.sum()),
+                "metric_change": float(result.metric_ablated[i] - result.metric_clean[i]),
+            }
+        )
+    rhos = torch.tensor([p["spearman"] for p in per_prompt])
+    return {
+        "n_prompts": len(instructions),
+        "n_latents": len(latents),
+        "top_k": top_k,
+        "spearman_mean": float(rhos.nanmean()),
+        "top_k_overlap_mean": sum(p["top_k_overlap"] for p in per_prompt) / len(per_prompt),
+        "set_effect_mean": sum(p["set_effect"] for p in per_prompt) / len(per_prompt),
+        "set_attribution_mean": sum(p["set_attribution"] for p in per_prompt) / len(per_prompt),
+        "spearman_pooled": rank_correlation(torch.cat(all_predicted), torch.cat(all_actual)),
+        "per_prompt": per_prompt,
+        "settings": asdict(settings),
+    }

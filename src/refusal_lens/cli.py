@@ -54,6 +54,9 @@ EXAMPLES = {
         refusal-lens steer --latents runs/latents/latents.json --set-value 12 --dataset alpaca \\
             --limit 100 --out runs/induce
     """,
+    "validate-attribution": """
+        refusal-lens validate-attribution --latents runs/latents/latents.json --n-prompts 16
+    """,
     "models": "refusal-lens models",
     "datasets": "refusal-lens datasets",
 }
@@ -354,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--search-scales", default="-1,-2,-4,-8", help="scale grid for --search")
     find.add_argument("--kl-limit", type=float, default=0.1, help="harmless KL a choice may cost")
     find.add_argument("--n-val", type=_positive, default=32, help="validation prompts per class")
+
+    check = command(
+        "validate-attribution",
+        "Compare a feature set's attribution scores with the real effect of patching each "
+        "latent from its clean to its direction-ablated value (rank correlation, top-k overlap).",
+    )
+    _add_model_args(check)
+    check.add_argument("--latents", required=True, help="feature set from find-latents (ours/ap)")
+    check.add_argument("--saes", help="SAE set folder (default: the one the feature set names)")
+    check.add_argument("--n-prompts", type=_positive, default=16)
+    check.add_argument("--top", type=_positive, default=20, help="latents compared per prompt")
+    check.add_argument("--top-k", type=_positive, default=5, help="k of the top-k overlap")
+    check.add_argument("--out", help="JSON file for the report (default: next to the set)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
 
     steer = command(
         "steer",
@@ -766,6 +783,56 @@ def _number_list(text: str, flag: str) -> list[float]:
         raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
+def cmd_validate_attribution(args: argparse.Namespace) -> int:
+    from .attribution import AttributionSettings, validate_attribution
+    from .direction import Direction
+    from .features import FeatureSet
+    from .runs import write_json
+    from .saes import SAESet
+
+    features = FeatureSet.load(args.latents)
+    if not features.per_prompt:
+        raise UserError(
+            f"the {features.method} feature set has no attributions; validate a set made with "
+            "--method ours or ap"
+        )
+    lm, formatter = _load(args)
+    features.check_model(lm)
+    saes = SAESet.load(args.saes or features.saes["path"])
+    saes.check_model(lm)
+    direction = Direction.load(features.info["direction"]["source"])
+    saved = features.info["settings"]["attribution"]
+    settings = AttributionSettings(**{**saved, "batch_size": max(1, args.batch_size // 2)})
+    prompts = [row["prompt"] for row in features.per_prompt][: args.n_prompts]
+    report = validate_attribution(
+        lm,
+        formatter,
+        saes,
+        direction,
+        prompts,
+        int(features.info["refusal_token"]["id"]),
+        list(features.top(min(args.top, len(features.latents)))),
+        settings=settings,
+        top_k=args.top_k,
+    )
+    target = Path(args.out) if args.out else Path(args.latents).with_name("validation.json")
+    if Path(args.latents).is_dir() and not args.out:
+        target = Path(args.latents) / "validation.json"
+    write_json(target, report)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(
+            f"attribution vs patching on {report['n_prompts']} prompts x {report['n_latents']} "
+            f"latents: Spearman {report['spearman_mean']:.3f} per prompt, "
+            f"{report['spearman_pooled']:.3f} pooled; top-{report['top_k']} overlap "
+            f"{report['top_k_overlap_mean']:.2f}; whole set: effect "
+            f"{report['set_effect_mean']:.3f} vs attribution {report['set_attribution_mean']:.3f}"
+        )
+        print(f"written: {target}")
+    return 0
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
     from .data import load_prompts
     from .evaluation.refusal import measure_refusal
@@ -837,6 +904,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "find-latents": cmd_find_latents,
     "steer": cmd_steer,
+    "validate-attribution": cmd_validate_attribution,
     "train-saes": cmd_train_saes,
     "eval-saes": cmd_eval_saes,
     "direction": cmd_direction,
