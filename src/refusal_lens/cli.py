@@ -57,6 +57,9 @@ EXAMPLES = {
     "validate-attribution": """
         refusal-lens validate-attribution --latents runs/latents/latents.json --n-prompts 16
     """,
+    "latent-cards": """
+        refusal-lens latent-cards --latents runs/latents/latents.json --out runs/latents/cards
+    """,
     "models": "refusal-lens models",
     "datasets": "refusal-lens datasets",
 }
@@ -371,6 +374,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--top-k", type=_positive, default=5, help="k of the top-k overlap")
     check.add_argument("--out", help="JSON file for the report (default: next to the set)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    cards = command(
+        "latent-cards",
+        "Latent cards for a feature set: top contexts (corpus, harmful, harmless), logit lens, "
+        "cosine with the refusal direction, firing rates; JSON and a self-contained HTML page.",
+    )
+    _add_model_args(cards)
+    _add_data_arg(cards)
+    cards.add_argument("--latents", required=True, help="feature set (latents.json)")
+    cards.add_argument("--saes", help="SAE set folder (default: the one the feature set names)")
+    cards.add_argument(
+        "--k", type=_positive, help="cards for the top K latents (default: the set's)"
+    )
+    cards.add_argument("--harmful", help="harmful prompts (default: harmful_val)")
+    cards.add_argument("--harmless", help="harmless prompts (default: harmless_val)")
+    cards.add_argument("--n-prompts", type=_positive, default=64)
+    cards.add_argument("--corpus-tokens", type=_positive, default=20_000)
+    cards.add_argument("--out", required=True, help="folder for cards.json and cards.html")
 
     steer = command(
         "steer",
@@ -833,6 +854,44 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latent_cards(args: argparse.Namespace) -> int:
+    from .cards import CardSettings, build_cards, write_cards
+    from .data import load_prompts, resolve_data_dir
+    from .direction import Direction
+    from .features import FeatureSet
+    from .saes import SAESet
+
+    features = FeatureSet.load(args.latents)
+    lm, formatter = _load(args)
+    features.check_model(lm)
+    saes = SAESet.load(args.saes or features.saes["path"])
+    saes.check_model(lm)
+    direction = Direction.load(features.info["direction"]["source"])
+    shared = resolve_data_dir(args.data_dir) is not None
+    harmful, harmless = (
+        load_prompts(name, data_dir=args.data_dir, limit=args.n_prompts)
+        for name in (
+            args.harmful or ("harmful_val" if shared else "builtin_harmful_val"),
+            args.harmless or ("harmless_val" if shared else "builtin_harmless_val"),
+        )
+    )
+    cards = build_cards(
+        lm,
+        formatter,
+        saes,
+        features.top(args.k),
+        direction,
+        harmful,
+        harmless,
+        data_dir=resolve_data_dir(args.data_dir),
+        settings=CardSettings(corpus_tokens=args.corpus_tokens, batch_size=args.batch_size),
+    )
+    title = f"{lm.name}: {features.method} latents ({features.protocol})"
+    json_path, html_path = write_cards(cards, args.out, title)
+    print(f"{len(cards)} latent cards: {json_path}, {html_path}")
+    return 0
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
     from .data import load_prompts
     from .evaluation.refusal import measure_refusal
@@ -904,6 +963,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "find-latents": cmd_find_latents,
     "steer": cmd_steer,
+    "latent-cards": cmd_latent_cards,
     "validate-attribution": cmd_validate_attribution,
     "train-saes": cmd_train_saes,
     "eval-saes": cmd_eval_saes,

@@ -144,6 +144,12 @@ class SparseAutoencoder(nn.Module):
             delta = delta * keep.unsqueeze(-1).to(delta.dtype)
         return x + delta.to(x.dtype)
 
+    def encode_latents(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """`encode(x)[..., latents]`, computing no more of the encoder than needed."""
+        flat, lead = self._flatten(x)
+        sae_in, _ = self._normalize(flat)
+        return self.latent_values(sae_in, latents).reshape(*lead, len(latents))
+
     def latent_values(self, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Activations `[N, len(latents)]` of the given latents for normalised inputs."""
         return self.activation(self.pre_activation(sae_in))[:, latents]
