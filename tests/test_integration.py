@@ -55,11 +55,46 @@ def test_real_model_ablation_zero_projection(qwen: LoadedModel) -> None:
             assert relative < 1e-5, point
 
 
-def test_direction_job_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's main job on the built-in prompts, with shorter completions."""
-    out = tmp_path / "run"
-    argv = ["direction", "--out", str(out), "--max-new-tokens", "32"]
+DIRECTION_ARGV = ["direction", "--max-new-tokens", "32"]
+
+
+@pytest.fixture(scope="module")
+def direction_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's main job on the built-in prompts, with shorter completions (run once)."""
+    out = tmp_path_factory.mktemp("direction") / "run"
+    assert cli.main([*DIRECTION_ARGV, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def sae_run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A small SAE set on the real model (plumbing, not quality)."""
+    out = tmp_path_factory.mktemp("saes") / "saes"
+    argv = [
+        "train-saes",
+        "--data-dir",
+        str(shared_data),
+        "--layers",
+        "13",
+        "--width",
+        "2x",
+        "--collect-tokens",
+        "3000",
+        "--tokens",
+        "12k",
+        "--sae-batch-size",
+        "1024",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
+    return out
+
+
+def test_direction_job_end_to_end(direction_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = direction_run
+    argv = [*DIRECTION_ARGV, "--out", str(out)]
+    capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layer"] < int(24 * 0.8)
     evaluation = summary["evaluation"]
@@ -70,11 +105,10 @@ def test_direction_job_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
         evaluation["harmless_added"]["refusal_rate"] > evaluation["harmless_base"]["refusal_rate"]
     )
     assert (out / "direction.safetensors").is_file() and (out / "manifest.json").is_file()
-    printed = capsys.readouterr().out
-    assert "refusal direction: layer" in printed
 
     # rerun: everything is reused (completions included), same answer
     assert cli.main(argv) == 0
+    assert "refusal direction: layer" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["layer"] == summary["layer"]
 
     # the saved direction drives refusal-rate
@@ -100,28 +134,10 @@ def test_direction_job_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_sae_training_and_evaluation_end_to_end(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+    sae_run: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
 ) -> None:
     """train-saes then eval-saes on the real model, with a small budget (plumbing, not quality)."""
-    out = tmp_path / "saes"
-    argv = [
-        "train-saes",
-        "--data-dir",
-        str(shared_data),
-        "--layers",
-        "13",
-        "--width",
-        "2x",
-        "--collect-tokens",
-        "3000",
-        "--tokens",
-        "12k",
-        "--sae-batch-size",
-        "1024",
-        "--out",
-        str(out),
-    ]
-    assert cli.main(argv) == 0
+    out = sae_run
     capsys.readouterr()
     assert (
         cli.main(
@@ -144,3 +160,65 @@ def test_sae_training_and_evaluation_end_to_end(
     assert chat["identity_ok"]
     assert chat["fvu"] < 1.0 and chat["ce_recovered_mean"] > 0
     assert report["sets"]["harmful_post"]["resid_post.13"]["tokens"] == 8 * 5
+
+
+def test_latents_end_to_end(
+    direction_run: Path,
+    sae_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    shared_data: Path,
+) -> None:
+    """find-latents (LA-IG) -> validate-attribution -> latent-cards -> steer, on the real model."""
+    run = tmp_path / "latents"
+    common = ["--data-dir", str(shared_data), "--saes", str(sae_run)]
+    argv = [
+        "find-latents",
+        *common,
+        "--direction",
+        str(direction_run),
+        "--n-prompts",
+        "8",
+        "--steps",
+        "4",
+        "--k",
+        "5",
+        "--out",
+        str(run),
+    ]
+    assert cli.main(argv) == 0
+    features = json.loads((run / "latents.json").read_text())
+    assert features["method"] == "ours" and features["protocol"] == "heldout"
+    assert features["info"]["refusal_token"]["string"].strip()  # measured, e.g. "I"
+    attribution = features["info"]["attribution"]
+    change = abs(attribution["metric_ablated_mean"] - attribution["metric_clean_mean"])
+    assert change > 1.0  # ablating the direction moves the metric on prompts the model refuses
+    assert attribution["completeness_gap_mean"] < 0.1 * change
+    assert len(features["per_prompt"]) == 8
+    capsys.readouterr()
+    check = ["validate-attribution", "--saes", str(sae_run), "--latents", str(run)]
+    assert cli.main([*check, "--n-prompts", "2", "--top", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_latents"] == 5 and -1 <= report["spearman_mean"] <= 1
+    cards = ["latent-cards", *common, "--latents", str(run), "--n-prompts", "8"]
+    assert cli.main([*cards, "--corpus-tokens", "2000", "--out", str(run / "cards")]) == 0
+    assert "latent" in (run / "cards" / "cards.html").read_text()
+    capsys.readouterr()
+    steer = [
+        "steer",
+        *common,
+        "--latents",
+        str(run),
+        "--dataset",
+        "jailbreakbench",
+        "--limit",
+        "8",
+        "--max-new-tokens",
+        "24",
+        "--json",
+        "--out",
+        str(tmp_path / "steer"),
+    ]
+    assert cli.main(steer) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 8 and result["k"] == 5 and result["scale"] == -3.0

@@ -341,6 +341,8 @@ def select_features(
             "metric_clean_mean": float(result.metric_clean.mean()),
             "metric_ablated_mean": float(result.metric_ablated.mean()),
             "completeness_gap_mean": float(gap.mean()),
+            # the part of the effect that enters after the last SAE layer (no latents there)
+            "after_last_sae_mean": float(result.ablation_scores.mean()),
             "candidate_score_sum_mean": float(
                 sum(scores.sum(dim=1) for scores in result.scores.values()).mean()
             ),
