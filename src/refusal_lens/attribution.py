@@ -243,8 +243,9 @@ class _PathForward:
         self.saes, self.layers, self.unit = saes, layers, unit
         self.n_layers, self.ablated, self.clean = n_layers, ablated, clean
         self.alpha, self.estimator = alpha, estimator
-        batch = next(iter(ablated.values())).shape[0]
-        self.alpha_t = torch.full((batch, 1, 1), alpha, requires_grad=True)
+        first = next(iter(ablated.values()))
+        self.alpha_t = torch.full((first.shape[0], 1, 1), alpha, device=first.device)
+        self.alpha_t.requires_grad_(True)
         self.nodes: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def hooks(self) -> list[tuple[HookPoint, HookFn]]:
@@ -322,6 +323,8 @@ def attribute(
                 f"the SAE at {point.name} normalises its input ({sae.cfg.normalize_activations}); "
                 "attribution needs SAEs that act on the residual stream itself"
             )
+    for _, sae in saes:
+        sae.to(lm.device)
     layers = saes.layers
     if candidates is None:
         candidates = {p.layer: torch.arange(sae.d_sae) for p, sae in saes}

@@ -170,6 +170,7 @@ class EditLatents:
                 raise UserError(
                     f"latent {bad[0]} does not exist at {point.name} (the SAE has {sae.d_sae})"
                 )
+            sae.to(next(model.parameters()).device)
             hooks.append((point, self._hook(sae, torch.tensor(indices))))
         return hooks
 
