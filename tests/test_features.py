@@ -238,6 +238,38 @@ def test_find_latents_then_steer_on_a_tiny_model(
     report = json.loads(out)
     assert report["n_prompts"] == 2 and report["n_latents"] == 4
     assert (tmp_path / "run" / "validation.json").is_file()
+    code, out, err = _cli(
+        capsys,
+        "compare",
+        "--model",
+        str(model),
+        str(tmp_path / "run" / "latents.json"),
+        "--direction",
+        str(tmp_path),
+        "--datasets",
+        "builtin_harmful_test",
+        "--limit",
+        "2",
+        "--harmless-kl",
+        "builtin_harmless_test",
+        "--kl-prompts",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--induce-on",
+        "builtin_harmless_test",
+        "--induce-values",
+        "2,4",
+        "--out",
+        str(tmp_path / "compare"),
+    )
+    assert code == 0, err
+    table = json.loads((tmp_path / "compare" / "compare.json").read_text())["rows"]
+    labels = [row["condition"] for row in table]
+    assert labels[:3] == ["base", "direction ablation", "ours (run)"] and len(table) == 5
+    assert table[1]["harmless_kl"]["n"] == 2 and "harmless_kl" not in table[0]
+    assert table[0]["builtin_harmful_test"]["n"] == 2
+    assert "| condition |" in out
     # held-out: the prompts it was selected on are refused as an evaluation set
     code, _, err = _cli(
         capsys,

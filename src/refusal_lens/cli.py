@@ -60,6 +60,12 @@ EXAMPLES = {
     "latent-cards": """
         refusal-lens latent-cards --latents runs/latents/latents.json --out runs/latents/cards
     """,
+    "compare": """
+        refusal-lens compare runs/ours/latents.json runs/cossim/latents.json \\
+            runs/random-0/latents.json --direction runs/quickstart --out runs/compare
+        refusal-lens compare runs/ours/latents.json --datasets jailbreakbench --limit 100 \\
+            --induce-on alpaca --induce-values 4,8,16 --out runs/induce
+    """,
     "models": "refusal-lens models",
     "datasets": "refusal-lens datasets",
 }
@@ -392,6 +398,29 @@ def build_parser() -> argparse.ArgumentParser:
     cards.add_argument("--n-prompts", type=_positive, default=64)
     cards.add_argument("--corpus-tokens", type=_positive, default=20_000)
     cards.add_argument("--out", required=True, help="folder for cards.json and cards.html")
+
+    compare = command(
+        "compare",
+        "Refusal rates (95% bootstrap intervals) of base, direction ablation and feature sets on "
+        "benchmark datasets, each with its KL on harmless prompts; optional refusal induction.",
+    )
+    _add_model_args(compare)
+    _add_data_arg(compare)
+    compare.add_argument("latents", nargs="*", help="feature sets (latents.json) to compare")
+    compare.add_argument("--direction", metavar="RUN", help="also ablate this refusal direction")
+    compare.add_argument("--saes", help="SAE set folder (default: the one each set names)")
+    compare.add_argument(
+        "--datasets", default="jailbreakbench,harmbench_test,advbench", help="comma list"
+    )
+    compare.add_argument("--limit", type=_positive, default=100, help="first N prompts of each")
+    compare.add_argument("--harmless-kl", default="alpaca", help="harmless set for the KL ('' off)")
+    compare.add_argument("--kl-prompts", type=_positive, default=32)
+    compare.add_argument("--induce-on", help="harmless set for refusal induction, e.g. alpaca")
+    compare.add_argument(
+        "--induce-values", default="", help="values v to set latents to, e.g. 4,8,16"
+    )
+    compare.add_argument("--max-new-tokens", type=_positive, default=64)
+    compare.add_argument("--out", required=True, help="run folder (reused when rerun)")
 
     steer = command(
         "steer",
@@ -892,6 +921,38 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .pipeline import CompareSettings, compare_job
+
+    if not args.latents and not args.direction:
+        raise UserError("nothing to compare: give feature sets (latents.json) or --direction RUN")
+    lm, formatter = _load(args)
+    settings = CompareSettings(
+        datasets=tuple(d for d in args.datasets.split(",") if d),
+        limit=args.limit,
+        harmless_kl=args.harmless_kl or None,
+        kl_prompts=args.kl_prompts,
+        induce_on=args.induce_on,
+        induce_values=tuple(_number_list(args.induce_values, "--induce-values")),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    compare_job(
+        lm,
+        formatter,
+        args.out,
+        feature_sets=args.latents,
+        direction=args.direction,
+        settings=settings,
+        data_dir=args.data_dir,
+        saes=args.saes,
+        seed=args.seed,
+    )
+    print((Path(args.out) / "compare.md").read_text(), end="")
+    print(f"written: {Path(args.out) / 'compare.json'}, {Path(args.out) / 'compare.md'}")
+    return 0
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
     from .data import load_prompts
     from .evaluation.refusal import measure_refusal
@@ -963,6 +1024,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "find-latents": cmd_find_latents,
     "steer": cmd_steer,
+    "compare": cmd_compare,
     "latent-cards": cmd_latent_cards,
     "validate-attribution": cmd_validate_attribution,
     "train-saes": cmd_train_saes,

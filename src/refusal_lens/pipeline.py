@@ -17,6 +17,7 @@ from .data import PromptSet, builtin_prompts, load_prompts, resolve_data_dir
 from .direction import Direction, DirectionData, DirectionSettings, find_direction
 from .errors import UserError
 from .evaluation.refusal import RefusalResult, measure_refusal
+from .evaluation.side_effects import base_completions, completion_kl
 from .features import (
     FeatureSet,
     SearchSettings,
@@ -414,3 +415,166 @@ def _refusal_token(
     }
     run.save_stage("refusal_token.json", key, {"token": token})
     return token
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    datasets: tuple[str, ...] = DEFAULT_EVAL_SETS
+    limit: int | None = 100  # the paper's "first 100"
+    harmless_kl: str | None = "alpaca"
+    kl_prompts: int = 32
+    induce_on: str | None = None  # harmless set for refusal induction (set latents to v)
+    induce_values: tuple[float, ...] = ()
+    max_new_tokens: int = 64
+    batch_size: int = 16
+
+
+def compare_job(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    out: str | Path,
+    *,
+    feature_sets: Sequence[str],
+    direction: str | None,
+    settings: CompareSettings,
+    data_dir: str | Path | None,
+    saes: str | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Refusal rate (with intervals) of base, direction ablation and each feature set's saved
+    intervention on each dataset, plus each condition's KL on harmless prompts, and optionally
+    refusal induction with the latents set to each value. Completions are kept per condition
+    and reused by a rerun; the table goes to OUT/compare.json and OUT/compare.md."""
+    run = RunDir(out)
+    run.write_manifest(
+        "compare",
+        {"feature_sets": list(feature_sets), "direction": direction, **asdict(settings)},
+        lm.identity(),
+        seed,
+    )
+    conditions: list[tuple[str, list[Any], FeatureSet | None]] = [("base", [], None)]
+    if direction:
+        ablation = Direction.load(direction)
+        ablation.check_model(lm)
+        conditions.append(("direction ablation", [ablation.ablation()], None))
+    loaded: dict[str, SAESet] = {}
+    for path in feature_sets:
+        features = FeatureSet.load(path)
+        features.check_model(lm)
+        sae_path = saes or features.saes["path"]
+        sae_set = loaded.setdefault(sae_path, SAESet.load(sae_path))
+        edit = features.edit(sae_set)
+        label = f"{features.method} ({Path(path).parent.name})"
+        conditions.append((label, [edit], features))
+    prompts = [
+        load_prompts(name, data_dir=data_dir, limit=settings.limit) for name in settings.datasets
+    ]
+    rows: list[dict[str, Any]] = []
+    harmless = (
+        load_prompts(settings.harmless_kl, data_dir=data_dir, limit=settings.kl_prompts)
+        if settings.harmless_kl
+        else None
+    )
+    base_harmless = (
+        base_completions(lm, formatter, harmless.texts(), batch_size=settings.batch_size)
+        if harmless is not None
+        else None
+    )
+    for label, interventions, features in conditions:
+        row: dict[str, Any] = {
+            "condition": label,
+            "interventions": [i.to_dict() for i in interventions],
+        }
+        for dataset in prompts:
+            if features is not None:
+                features.check_held_out(dataset)
+            result = measure_refusal(
+                lm,
+                formatter,
+                dataset,
+                condition=_slug(label),
+                interventions=interventions,
+                max_new_tokens=settings.max_new_tokens,
+                batch_size=settings.batch_size,
+                run=run,
+                seed=seed,
+            )
+            row[dataset.name] = _rate_cell(result)
+        if harmless is not None and base_harmless is not None and interventions:
+            if features is not None:
+                features.check_held_out(harmless)
+            kl = completion_kl(
+                lm, formatter, harmless.texts(), base_harmless, interventions, seed=seed
+            )
+            row["harmless_kl"] = {"dataset": harmless.name, **kl.to_dict()}
+        rows.append(row)
+        write_json(run.file("compare.json"), {"rows": rows, "settings": asdict(settings)})
+    if settings.induce_on and settings.induce_values:
+        targets = load_prompts(settings.induce_on, data_dir=data_dir, limit=settings.limit)
+        for label, _interventions, features in conditions:
+            if features is None:
+                continue
+            features.check_held_out(targets)
+            sae_set = loaded[saes or features.saes["path"]]
+            for value in settings.induce_values:
+                edit = features.edit(sae_set, mode="set", value=value)
+                result = measure_refusal(
+                    lm,
+                    formatter,
+                    targets,
+                    condition=_slug(f"{label} set {value:g}"),
+                    interventions=[edit],
+                    max_new_tokens=settings.max_new_tokens,
+                    batch_size=settings.batch_size,
+                    run=run,
+                    seed=seed,
+                )
+                rows.append(
+                    {
+                        "condition": f"{label}, set to {value:g}",
+                        targets.name: _rate_cell(result),
+                    }
+                )
+                write_json(run.file("compare.json"), {"rows": rows, "settings": asdict(settings)})
+    run.file("compare.md").write_text(compare_markdown(rows))
+    return rows
+
+
+def _rate_cell(result: RefusalResult) -> dict[str, Any]:
+    return {
+        "refusal_rate": result.rate.mean,
+        "ci95": [result.rate.low, result.rate.high],
+        "n": result.rate.n,
+        "completions": result.completions_file,
+    }
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9.-]+", "-", label.lower()).strip("-")
+
+
+def compare_markdown(rows: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [
+            k
+            for k in row
+            if k not in ("condition", "interventions", "harmless_kl") and k not in columns
+        ]
+    lines = [
+        "| condition | " + " | ".join(columns) + " | harmless KL |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for row in rows:
+        cells = []
+        for column in columns:
+            cell = row.get(column)
+            cells.append(
+                f"{cell['refusal_rate']:.2f} [{cell['ci95'][0]:.2f}, {cell['ci95'][1]:.2f}]"
+                if cell
+                else ""
+            )
+        kl = row.get("harmless_kl")
+        cells.append(f"{kl['mean']:.3f} [{kl['low']:.3f}, {kl['high']:.3f}]" if kl else "")
+        lines.append(f"| {row['condition']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
