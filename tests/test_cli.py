@@ -228,6 +228,28 @@ def test_train_and_eval_saes(
     assert set(report["sets"]) == {"generic", "chat", "harmful_post", "harmless_post"}
     assert set(report["direction_cosine"]) == {"resid_post.1", "resid_post.2"}
     assert (out / "eval.png").is_file() and (out / "eval.json").is_file()
+    code, printed, err = run(
+        capsys,
+        "eval-saes",
+        str(out),
+        "--model",
+        str(model),
+        "--data-dir",
+        str(shared_data),
+        "--text-tokens",
+        "300",
+        "--prompts",
+        "4",
+        "--layers",
+        "2",
+        "--json",
+        "--out",
+        str(tmp_path / "eval2"),
+    )
+    assert code == 0, err
+    assert set(json.loads(printed)["direction_cosine"]) == {"resid_post.2"}
+    code, _, err = run(capsys, "eval-saes", str(out), "--model", str(model), "--layers", "0")
+    assert_one_line_error(code, err, "no SAE at layer 0")
 
 
 def test_train_saes_bad_input(

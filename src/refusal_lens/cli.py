@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="held-out requests per class (default: %(default)s)",
     )
+    evaluate.add_argument("--layers", help="evaluate these layers only, e.g. 8-16 or 9,12,15")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.add_argument("--out", help="folder for eval.json and eval.png (default: the set)")
 
@@ -759,6 +760,10 @@ def cmd_eval_saes(args: argparse.Namespace) -> int:
                 "--data-dir DATA, or pass an SAE set folder"
             )
     sae_set = SAESet.load(folder)
+    if args.layers:
+        from .saes.presets import parse_layers
+
+        sae_set = sae_set.subset(parse_layers(args.layers, lm.n_layers))
     cfg = EvalConfig(text_tokens=args.text_tokens, n_prompts=args.prompts)
     report = evaluate_sae_set(lm, sae_set, args.data_dir, cfg)
     out = Path(args.out or folder)

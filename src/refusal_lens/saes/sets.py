@@ -52,6 +52,15 @@ class SAESet:
     def __len__(self) -> int:
         return len(self.saes)
 
+    def subset(self, layers: list[int] | tuple[int, ...]) -> SAESet:
+        """The SAEs of some layers only (same model, info and folder)."""
+        missing = sorted(set(layers) - set(self.layers))
+        if missing:
+            have = ", ".join(str(layer) for layer in self.layers)
+            raise UserError(f"this SAE set has no SAE at layer {missing[0]}; it has {have}")
+        chosen = {p: s for p, s in self.saes.items() if p.layer in set(layers)}
+        return SAESet(self.model, chosen, self.info, self.path)
+
     def fingerprint(self) -> str:
         """Identifies the set in result keys: its model, hook points and training recipe (or,
         for a set made elsewhere, its weights' first bytes)."""
