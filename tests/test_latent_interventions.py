@@ -138,3 +138,33 @@ def test_edit_round_trip_and_bad_input(tiny: LoadedModel, tiny_saes: SAESet, tmp
     other.save(tmp_path / "saes")
     with pytest.raises(UserError, match="not the one"):
         from_dict(data)
+
+
+def test_twin_greedy_matches_generate_and_retain_only_is_the_identity(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    from refusal_lens.generation import generate
+
+    plain = generate(tiny, formatter, PROMPTS, max_new_tokens=6, progress=False)
+    pin_only = EditLatents(tiny_saes, (), retain=((1, 5), (2, 9)), edit_sinks=True)
+    assert pin_only.needs_twin
+    assert (
+        generate(
+            tiny, formatter, PROMPTS, max_new_tokens=6, interventions=[pin_only], progress=False
+        )
+        == plain
+    )
+
+
+def test_retain_pins_latents_to_the_clean_twin(tiny: LoadedModel, tiny_saes: SAESet) -> None:
+    edit = EditLatents(tiny_saes, ((1, 3),), "set", 4.0, retain=((1, 7),), edit_sinks=True)
+    ((point, hook),) = edit.hooks(tiny.model)
+    sae = tiny_saes[point]
+    clean = torch.randn(2, 5, tiny.d_model)
+    act = torch.cat([clean, clean + 0.5 * torch.randn_like(clean)])
+    out = hook(act, point)
+    assert out is not None and torch.equal(out[:2], clean)
+    edited = sae.steer(act[2:], torch.tensor([3]), lambda f: torch.full_like(f, 4.0))
+    target = sae.encode_latents(clean, torch.tensor([7])).reshape(-1, 1)
+    expected = sae.steer(edited, torch.tensor([7]), lambda f: target)
+    torch.testing.assert_close(out[2:], expected)

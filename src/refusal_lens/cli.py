@@ -440,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--scale", type=float, help="multiply the latents by this")
     how.add_argument("--set-value", type=float, help="set the latents to this value")
     steer.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    steer.add_argument(
+        "--retain",
+        metavar="FEATURES",
+        help="pin this other feature set's latents to their clean values (a clean twin of each "
+        "prompt runs beside it: twice the compute)",
+    )
     steer.add_argument("--max-new-tokens", type=_positive, default=64)
     steer.add_argument(
         "--harmless-kl",
@@ -977,7 +983,10 @@ def cmd_steer(args: argparse.Namespace) -> int:
     mode, value = ("set", args.set_value) if args.set_value is not None else ("scale", args.scale)
     if value is None:
         mode, value = features.intervention["mode"], features.intervention["value"]
-    edit = features.edit(saes, k=args.k, mode=mode, value=value, positions=args.positions)
+    retain = FeatureSet.load(args.retain).top() if args.retain else ()
+    edit = features.edit(
+        saes, k=args.k, mode=mode, value=value, positions=args.positions, retain=retain
+    )
     condition = f"{features.method}-{mode}{value:g}-k{len(edit.latents)}"
     run = RunDir(args.out) if args.out else None
     if run is not None:

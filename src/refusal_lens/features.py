@@ -79,6 +79,7 @@ class FeatureSet:
         mode: str | None = None,
         value: float | None = None,
         positions: str = "all",
+        retain: tuple[tuple[int, int], ...] = (),
     ) -> EditLatents:
         """The intervention this set stands for (its saved scale/value unless overridden)."""
         if saes.fingerprint() != self.saes.get("fingerprint"):
@@ -92,6 +93,7 @@ class FeatureSet:
             mode or self.intervention["mode"],
             float(self.intervention["value"] if value is None else value),
             positions,
+            retain=tuple(pair for pair in retain if pair not in set(self.top(k))),
         )
 
     def selection_hashes(self) -> set[str]:

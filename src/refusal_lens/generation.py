@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
-from .interventions import Intervention, InterventionSet, apply
-from .models import ChatFormatter, LoadedModel
+from .interventions import Intervention, InterventionSet, apply, needs_twin
+from .models import ChatFormatter, EncodedBatch, LoadedModel
 
 
 def greedy_config(
@@ -57,18 +57,60 @@ def generate(
     config = greedy_config(lm, formatter, max_new_tokens)
     completions: list[str] = [""] * len(instructions)
     batches = length_sorted_batches(instructions, batch_size)
+    twin = needs_twin(interventions)
     with apply(lm.model, interventions):
         for indices in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
             batch = formatter.encode([instructions[i] for i in indices]).to(lm.device)
-            output = lm.model.generate(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                generation_config=config,
-            )
-            new_tokens = output[:, batch.input_ids.shape[1] :]
+            if twin:
+                new_tokens = twin_greedy(lm, formatter, batch, max_new_tokens)
+            else:
+                output = lm.model.generate(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    generation_config=config,
+                )
+                new_tokens = output[:, batch.input_ids.shape[1] :]
             texts = lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for i, text in zip(indices, texts, strict=True):
                 completions[i] = text
             if on_batch is not None:
                 on_batch(indices, texts)
     return completions
+
+
+def twin_greedy(
+    lm: LoadedModel, formatter: ChatFormatter, batch: EncodedBatch, max_new_tokens: int
+) -> torch.Tensor:
+    """Greedy decoding of a twin batch: a clean copy of every prompt runs beside the edited one
+    and is fed the edited row's tokens, so that interventions can compare each edited position
+    with its clean counterpart (latent `retain`). Returns the edited rows' new tokens, padded
+    after an end-of-turn token as `generate` does."""
+    n = batch.input_ids.shape[0]
+    ids = torch.cat([batch.input_ids, batch.input_ids])
+    mask = torch.cat([batch.attention_mask, batch.attention_mask])
+    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    stops = torch.tensor(formatter.stop_token_ids or [-1], device=ids.device)
+    finished = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    past = DynamicCache()
+    chosen: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        out = lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        past = out.past_key_values
+        token = out.logits[n:, -1].argmax(dim=-1)
+        token = torch.where(finished, torch.full_like(token, pad), token)
+        chosen.append(token)
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()):
+            break
+        ids = torch.cat([token, token]).unsqueeze(1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+    return torch.stack(chosen, dim=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +133,7 @@ class EditLatents:
     last_prompt_tokens: int | None = None
     edit_sinks: bool = False
     sink_factor: float = 10.0
+    retain: tuple[tuple[int, int], ...] = ()  # pinned to their clean values (twin batch)
     kind: ClassVar[str] = "edit_latents"
 
     def __post_init__(self) -> None:
@@ -146,35 +147,33 @@ class EditLatents:
         if not math.isfinite(self.value):
             raise UserError(f"latent edit value {self.value} is not a finite number")
 
+    @property
+    def needs_twin(self) -> bool:
+        """`retain` compares with a clean copy of each prompt run in the same batch."""
+        return bool(self.retain)
+
     def by_layer(self) -> dict[int, list[int]]:
-        layers: dict[int, list[int]] = {}
-        for layer, latent in sorted(set(self.latents)):
-            layers.setdefault(layer, []).append(latent)
-        return layers
+        return _group(self.latents)
 
     def hooks(self, model: nn.Module) -> list[tuple[HookPoint, HookFn]]:
-        n_layers = len(decoder_layers(model))
-        d_model = int(model.config.hidden_size)
+        edits, pins = self.by_layer(), _group(self.retain)
         hooks: list[tuple[HookPoint, HookFn]] = []
-        for layer, indices in self.by_layer().items():
+        for layer in sorted(set(edits) | set(pins)):
             point = HookPoint(layer, "resid_post")
-            check_layer(layer, n_layers)
-            sae = self.saes[point]
-            if sae.d_in != d_model:
-                raise UserError(
-                    f"the SAE at {point.name} has d_in={sae.d_in} but the model has "
-                    f"d_model={d_model}; use SAEs trained for this model"
+            sae = _checked_sae(self.saes, point, model, edits.get(layer, []) + pins.get(layer, []))
+            hooks.append(
+                (
+                    point,
+                    self._hook(
+                        sae,
+                        torch.tensor(edits.get(layer, []), dtype=torch.long),
+                        torch.tensor(pins.get(layer, []), dtype=torch.long),
+                    ),
                 )
-            bad = [i for i in indices if not 0 <= i < sae.d_sae]
-            if bad:
-                raise UserError(
-                    f"latent {bad[0]} does not exist at {point.name} (the SAE has {sae.d_sae})"
-                )
-            sae.to(next(model.parameters()).device)
-            hooks.append((point, self._hook(sae, torch.tensor(indices))))
+            )
         return hooks
 
-    def _hook(self, sae: SparseAutoencoder, indices: torch.Tensor) -> HookFn:
+    def _hook(self, sae: SparseAutoencoder, indices: torch.Tensor, pins: torch.Tensor) -> HookFn:
         value = self.value
 
         def edit(f: torch.Tensor) -> torch.Tensor:
@@ -198,9 +197,31 @@ class EditLatents:
                 reference = state.get("median", norms.median())
                 keep &= norms <= self.sink_factor * reference
             with torch.no_grad():
-                return sae.steer(act, indices.to(act.device), edit, keep)
+                if not pins.numel():
+                    return sae.steer(act, indices.to(act.device), edit, keep)
+                return self._edit_and_pin(sae, act, indices, pins, edit, keep)
 
         return hook
+
+    @staticmethod
+    def _edit_and_pin(
+        sae: SparseAutoencoder,
+        act: torch.Tensor,
+        indices: torch.Tensor,
+        pins: torch.Tensor,
+        edit: Callable[[torch.Tensor], torch.Tensor],
+        keep: torch.Tensor,
+    ) -> torch.Tensor:
+        """Twin batch: rows [:half] are the clean prompts, rows [half:] the same prompts edited;
+        the retained latents of the edited rows get the clean rows' values."""
+        half = act.shape[0] // 2
+        clean, edited = act[:half], act[half:]
+        pins = pins.to(act.device)
+        if indices.numel():
+            edited = sae.steer(edited, indices.to(act.device), edit, keep[half:])
+        target = sae.encode_latents(clean, pins).reshape(-1, len(pins))
+        edited = sae.steer(edited, pins, lambda f: target.to(f.dtype), keep[half:])
+        return torch.cat([clean, edited])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -213,6 +234,7 @@ class EditLatents:
             "last_prompt_tokens": self.last_prompt_tokens,
             "edit_sinks": self.edit_sinks,
             "sink_factor": self.sink_factor,
+            "retain": [list(pair) for pair in self.retain],
         }
 
 
@@ -276,6 +298,31 @@ class PatchLatents:
         }
 
 
+def _group(pairs: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    layers: dict[int, list[int]] = {}
+    for layer, latent in sorted(set(pairs)):
+        layers.setdefault(layer, []).append(latent)
+    return layers
+
+
+def _checked_sae(
+    saes: SAESet, point: HookPoint, model: nn.Module, indices: list[int]
+) -> SparseAutoencoder:
+    check_layer(point.layer, len(decoder_layers(model)))
+    sae = saes[point]
+    d_model = int(model.config.hidden_size)
+    if sae.d_in != d_model:
+        raise UserError(
+            f"the SAE at {point.name} has d_in={sae.d_in} but the model has "
+            f"d_model={d_model}; use SAEs trained for this model"
+        )
+    bad = [i for i in indices if not 0 <= i < sae.d_sae]
+    if bad:
+        raise UserError(f"latent {bad[0]} does not exist at {point.name} (the SAE has {sae.d_sae})")
+    sae.to(next(model.parameters()).device)
+    return sae
+
+
 Intervention = AblateDirection | AddDirection | EditLatents | PatchLatents
 
 
@@ -290,6 +337,12 @@ class InterventionSet:
 
     def label(self) -> str:
         return "+".join(item.kind for item in self.items) or "none"
+
+
+def needs_twin(interventions: Sequence[Intervention] | InterventionSet) -> bool:
+    """Whether a forward must carry a clean copy of every prompt (latent `retain`)."""
+    items = interventions.items if isinstance(interventions, InterventionSet) else interventions
+    return any(getattr(item, "needs_twin", False) for item in items)
 
 
 def from_dict(data: dict[str, Any]) -> Intervention:
@@ -326,6 +379,7 @@ def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
         data.get("last_prompt_tokens"),
         bool(data.get("edit_sinks", False)),
         float(data.get("sink_factor", 10.0)),
+        tuple((int(a), int(b)) for a, b in data.get("retain", [])),
     )
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..generation import generate, length_sorted_batches
-from ..interventions import Intervention, InterventionSet, apply
+from ..interventions import Intervention, InterventionSet, apply, needs_twin
 from ..models import ChatFormatter, LoadedModel
 from .statistics import Estimate, bootstrap_mean
 
@@ -81,6 +81,7 @@ def completion_kl(
     if not instructions:
         raise UserError("no prompts for the KL side-effect measure: the prompt list is empty")
     per_prompt: list[float] = [0.0] * len(instructions)
+    twin = needs_twin(interventions)
     for indices in tqdm(
         length_sorted_batches(list(instructions), batch_size),
         desc="harmless KL",
@@ -95,7 +96,12 @@ def completion_kl(
         kwargs = {"input_ids": ids, "attention_mask": attention, "position_ids": positions}
         base = F.log_softmax(lm.model(**kwargs).logits.float(), dim=-1)
         with apply(lm.model, interventions):
-            edited = F.log_softmax(lm.model(**kwargs).logits.float(), dim=-1)
+            if twin:  # a clean copy of each row rides along (latent `retain`)
+                doubled = {k: torch.cat([v, v]) for k, v in kwargs.items()}
+                logits = lm.model(**doubled).logits[ids.shape[0] :]
+            else:
+                logits = lm.model(**kwargs).logits
+            edited = F.log_softmax(logits.float(), dim=-1)
         kl = (base.exp() * (base - edited)).sum(dim=-1).cpu()  # [batch, seq]
         for row, index in enumerate(indices):
             mask = predicts[row]
