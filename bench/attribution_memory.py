@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from refusal_lens.attribution import AttributionSettings, _PathForward, attribute
+from refusal_lens.attribution import AttributionSettings, _endpoints, _path_at, attribute
 from refusal_lens.data import builtin_prompts, load_prompts
 from refusal_lens.direction import Direction
 from refusal_lens.features import cosine_candidates
 from refusal_lens.generation import length_sorted_batches
-from refusal_lens.hooks import HookPoint, add_hooks, record
-from refusal_lens.interventions import apply
+from refusal_lens.hooks import add_hooks
 from refusal_lens.models import ChatFormatter, LoadedModel, load_model
 from refusal_lens.saes import SAESet
 
@@ -50,30 +49,16 @@ def dense_attribute(
 ) -> list[dict[int, torch.Tensor]]:
     """The same path and estimator, storing everything dense."""
     stored = []
-    unit = (direction.vector / direction.vector.norm()).float()
-    points = [HookPoint(layer, "resid_post") for layer in saes.layers]
     for indices in length_sorted_batches(texts, settings.batch_size):
         batch = formatter.encode([texts[i] for i in indices])
         kwargs = {**batch.forward_kwargs(), "use_cache": False, "logits_to_keep": 1}
         rows = torch.arange(len(indices))
-        with torch.no_grad():
-            with record(lm.model, points) as clean:
-                lm.model(**kwargs)
-            with apply(lm.model, [direction.ablation()]), record(lm.model, points) as ablated:
-                target = lm.model(**kwargs).logits[:, -1].argmax(-1)
+        ends = _endpoints(lm, kwargs, saes, direction)
+        target = ends.ablated_logits.argmax(-1)
         grads: dict[int, list[torch.Tensor]] = {layer: [] for layer in saes.layers}
         velocity: dict[int, list[torch.Tensor]] = {layer: [] for layer in saes.layers}
         for alpha in settings.alphas():
-            path = _PathForward(
-                saes,
-                saes.layers,
-                unit,
-                lm.n_layers,
-                {p.layer: a[0].float() for p, a in ablated.items()},
-                {p.layer: a[0].float() for p, a in clean.items()},
-                alpha,
-                settings.estimator,
-            )
+            path = _path_at(lm, saes, direction, ends, alpha, settings.estimator)
             with torch.enable_grad(), add_hooks(lm.model, path.hooks()):
                 logits = lm.model(**kwargs).logits[:, -1].float()
                 (logits[rows, target] - logits[:, token]).sum().backward()

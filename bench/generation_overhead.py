@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -44,6 +45,18 @@ def plain_generate(
             )
             new_tokens += out[:, batch.input_ids.shape[1] :].numel()
     return new_tokens
+
+
+def time_arms(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per arm; one warm-up of the first arm, then the arms interleaved."""
+    next(iter(arms.values()))()
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name, arm in arms.items():
+            start = time.perf_counter()
+            arm()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -94,15 +107,8 @@ def main() -> None:
         "hooks": run_hooks,
         "ablation": lambda: through_refusal_lens([AblateDirection(direction)]),
     }
-    arms["plain"]()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    for _ in range(args.repeats):
-        for name, arm in arms.items():
-            start = time.perf_counter()
-            arm()
-            times[name].append(time.perf_counter() - start)
+    median = time_arms(arms, args.repeats)
     tokens = len(texts) * args.max_new_tokens
-    median = {name: statistics.median(values) for name, values in times.items()}
     result = {
         "model": lm.name,
         "dtype": str(lm.dtype),

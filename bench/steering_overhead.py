@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
-from generation_overhead import plain_generate
+from generation_overhead import plain_generate, time_arms
 from refusal_lens.data import builtin_prompts
 from refusal_lens.features import FeatureSet
 from refusal_lens.generation import generate
@@ -81,15 +79,8 @@ def main() -> None:
             interventions=[edit],
         ),
     }
-    arms["plain"]()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    for _ in range(args.repeats):
-        for name, arm in arms.items():
-            start = time.perf_counter()
-            arm()
-            times[name].append(time.perf_counter() - start)
+    median = time_arms(arms, args.repeats)
     tokens = len(texts) * args.max_new_tokens
-    median = {name: statistics.median(values) for name, values in times.items()}
     result = {
         "model": lm.name,
         "dtype": str(lm.dtype),

@@ -286,6 +286,47 @@ class _PathForward:
         return hook
 
 
+@dataclass
+class _Endpoints:
+    """Activations at the SAE layers and last-position logits of the clean and ablated runs."""
+
+    clean: dict[int, torch.Tensor]
+    ablated: dict[int, torch.Tensor]
+    clean_logits: torch.Tensor
+    ablated_logits: torch.Tensor
+
+
+@torch.no_grad()
+def _endpoints(
+    lm: LoadedModel, kwargs: dict[str, Any], saes: SAESet, direction: Direction
+) -> _Endpoints:
+    points = [HookPoint(layer, "resid_post") for layer in saes.layers]
+    with record(lm.model, points) as clean:
+        clean_logits = lm.model(**kwargs).logits[:, -1].float()
+    with apply(lm.model, [direction.ablation()]), record(lm.model, points) as ablated:
+        ablated_logits = lm.model(**kwargs).logits[:, -1].float()
+    return _Endpoints(
+        {p.layer: acts[0].float() for p, acts in clean.items()},
+        {p.layer: acts[0].float() for p, acts in ablated.items()},
+        clean_logits,
+        ablated_logits,
+    )
+
+
+def _path_at(
+    lm: LoadedModel,
+    saes: SAESet,
+    direction: Direction,
+    ends: _Endpoints,
+    alpha: float,
+    estimator: str,
+) -> _PathForward:
+    unit = (direction.vector / direction.vector.norm()).float().to(lm.device)
+    return _PathForward(
+        saes, saes.layers, unit, lm.n_layers, ends.ablated, ends.clean, alpha, estimator
+    )
+
+
 def _node(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor whose gradient we read after backward, whether or not upstream needs grad."""
     if tensor.requires_grad:
@@ -417,19 +458,13 @@ def _attribute_batch(
 ) -> dict[str, torch.Tensor]:
     batch = formatter.encode(instructions).to(lm.device)
     kwargs = {**batch.forward_kwargs(), "use_cache": False, "logits_to_keep": 1}
-    points = [HookPoint(layer, "resid_post") for layer in saes.layers]
     rows = torch.arange(len(instructions))
-    with torch.no_grad():
-        with record(lm.model, points) as clean_acts:
-            clean_logits = lm.model(**kwargs).logits[:, -1].float()
-        with apply(lm.model, [direction.ablation()]), record(lm.model, points) as ablated_acts:
-            ablated_logits = lm.model(**kwargs).logits[:, -1].float()
-    target = ablated_logits.argmax(dim=-1)
-    metric_clean = clean_logits[rows, target] - clean_logits[:, refusal_token]
-    metric_ablated = ablated_logits[rows, target] - ablated_logits[:, refusal_token]
+    ends = _endpoints(lm, kwargs, saes, direction)
+    target = ends.ablated_logits.argmax(dim=-1)
+    metric_clean = ends.clean_logits[rows, target] - ends.clean_logits[:, refusal_token]
+    metric_ablated = ends.ablated_logits[rows, target] - ends.ablated_logits[:, refusal_token]
     mask = position_mask(batch, formatter, settings.positions).float()
     n_pos = mask.sum(dim=1).clamp_min(1)
-    unit = (direction.vector / direction.vector.norm()).float().to(lm.device)
 
     scores = {layer: torch.zeros(len(instructions), len(c)) for layer, c in candidates.items()}
     errors = {layer: torch.zeros(len(instructions)) for layer in candidates}
@@ -437,16 +472,7 @@ def _attribute_batch(
     ablation = torch.zeros(len(instructions))
     weight = 1.0 / settings.steps
     for alpha in settings.alphas():
-        path = _PathForward(
-            saes,
-            saes.layers,
-            unit,
-            lm.n_layers,
-            {p.layer: acts[0].float() for p, acts in ablated_acts.items()},
-            {p.layer: acts[0].float() for p, acts in clean_acts.items()},
-            alpha,
-            settings.estimator,
-        )
+        path = _path_at(lm, saes, direction, ends, alpha, settings.estimator)
         with torch.enable_grad(), add_hooks(lm.model, path.hooks()):
             logits = lm.model(**kwargs).logits[:, -1].float()
             metric = logits[rows, target] - logits[:, refusal_token]
@@ -486,23 +512,7 @@ def path_logits(
     """Last-position logits at one point of the attribution path (for checks and tests)."""
     batch = formatter.encode(instructions).to(lm.device)
     kwargs = {**batch.forward_kwargs(), "use_cache": False, "logits_to_keep": 1}
-    points = [HookPoint(layer, "resid_post") for layer in saes.layers]
-    with torch.no_grad():
-        with record(lm.model, points) as clean_acts:
-            lm.model(**kwargs)
-        with apply(lm.model, [direction.ablation()]), record(lm.model, points) as ablated_acts:
-            lm.model(**kwargs)
-    unit = (direction.vector / direction.vector.norm()).float().to(lm.device)
-    path = _PathForward(
-        saes,
-        saes.layers,
-        unit,
-        lm.n_layers,
-        {p.layer: acts[0].float() for p, acts in ablated_acts.items()},
-        {p.layer: acts[0].float() for p, acts in clean_acts.items()},
-        alpha,
-        estimator,
-    )
+    path = _path_at(lm, saes, direction, _endpoints(lm, kwargs, saes, direction), alpha, estimator)
     with torch.no_grad(), add_hooks(lm.model, path.hooks()):
         return lm.model(**kwargs).logits[:, -1].float()
 

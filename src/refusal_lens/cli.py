@@ -896,9 +896,10 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
 
 def cmd_latent_cards(args: argparse.Namespace) -> int:
     from .cards import CardSettings, build_cards, write_cards
-    from .data import load_prompts, resolve_data_dir
+    from .data import resolve_data_dir
     from .direction import Direction
     from .features import FeatureSet
+    from .pipeline import split_prompts
     from .saes import SAESet
 
     features = FeatureSet.load(args.latents)
@@ -907,14 +908,8 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
     saes = SAESet.load(args.saes or features.saes["path"])
     saes.check_model(lm)
     direction = Direction.load(features.info["direction"]["source"])
-    shared = resolve_data_dir(args.data_dir) is not None
-    harmful, harmless = (
-        load_prompts(name, data_dir=args.data_dir, limit=args.n_prompts)
-        for name in (
-            args.harmful or ("harmful_val" if shared else "builtin_harmful_val"),
-            args.harmless or ("harmless_val" if shared else "builtin_harmless_val"),
-        )
-    )
+    harmful = split_prompts("harmful", "val", args.data_dir, args.harmful, args.n_prompts)
+    harmless = split_prompts("harmless", "val", args.data_dir, args.harmless, args.n_prompts)
     cards = build_cards(
         lm,
         formatter,

@@ -263,6 +263,21 @@ class LatentsChoice:
     n_val: int = 32
 
 
+def split_prompts(
+    role: str,
+    split: str,
+    data_dir: str | Path | None,
+    name: str | None = None,
+    limit: int | None = None,
+) -> PromptSet:
+    """`name`, or by default the `role`_`split` prompts (`harmful_train`, `harmless_val`...):
+    the refusal_direction splits with a data directory, the built-in ones without."""
+    if name is None:
+        shared = resolve_data_dir(data_dir) is not None
+        name = f"{role}_{split}" if shared else f"builtin_{role}_{split}"
+    return load_prompts(name, data_dir=data_dir, limit=limit)
+
+
 def latents_job(
     lm: LoadedModel,
     formatter: ChatFormatter,
@@ -285,14 +300,8 @@ def latents_job(
     saes = SAESet.load(choice.saes) if choice.saes else default_sae_set(lm, data_dir)
     saes.check_model(lm)
     direction = _direction_for(lm, formatter, choice, run, data_dir, seed)
-    shared = resolve_data_dir(data_dir) is not None
-    harmful, harmless = (
-        load_prompts(name, data_dir=data_dir)
-        for name in (
-            choice.harmful or ("harmful_train" if shared else "builtin_harmful_train"),
-            choice.harmless or ("harmless_train" if shared else "builtin_harmless_train"),
-        )
-    )
+    harmful = split_prompts("harmful", "train", data_dir, choice.harmful)
+    harmless = split_prompts("harmless", "train", data_dir, choice.harmless)
     if settings.protocol == "heldout":
         harmful, harmless = (
             _without_eval_sets(p, choice.exclude, data_dir) for p in (harmful, harmless)
@@ -320,14 +329,13 @@ def latents_job(
     if choice.search:
         harmful_val, harmless_val = (
             _sample(
-                _without_eval_sets(load_prompts(name, data_dir=data_dir), choice.exclude, data_dir),
+                _without_eval_sets(
+                    split_prompts(role, "val", data_dir, name), choice.exclude, data_dir
+                ),
                 choice.n_val,
                 seed,
             )
-            for name in (
-                choice.harmful_val or ("harmful_val" if shared else "builtin_harmful_val"),
-                choice.harmless_val or ("harmless_val" if shared else "builtin_harmless_val"),
-            )
+            for role, name in (("harmful", choice.harmful_val), ("harmless", choice.harmless_val))
         )
         search = search_intervention(
             lm,
