@@ -306,9 +306,11 @@ def latents_job(
         harmful, harmless = (
             _without_eval_sets(p, choice.exclude, data_dir) for p in (harmful, harmless)
         )
-    token = _refusal_token(lm, formatter, harmful, choice, run, settings.batch_size)
-    if settings.method in ("ours", "ap") and not choice.all_prompts:
-        harmful = keep_refused(lm, formatter, harmful, int(token["id"]), settings.batch_size)
+    token: dict[str, Any] = {"id": None, "chosen_by": f"not needed by {settings.method}"}
+    if settings.method in ("ours", "ap"):
+        token = _refusal_token(lm, formatter, harmful, choice, run, settings.batch_size)
+        if not choice.all_prompts:
+            harmful = keep_refused(lm, formatter, harmful, int(token["id"]), settings.batch_size)
     harmful = _sample(harmful, choice.n_prompts, seed)
     harmless = _sample(harmless, choice.n_prompts, seed)
     reference = FeatureSet.load(choice.match) if choice.match else None
