@@ -421,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--induce-values", default="", help="values v to set latents to, e.g. 4,8,16"
     )
     compare.add_argument("--max-new-tokens", type=_positive, default=64)
+    compare.add_argument("--k", type=_positive, help="use every set's top K (default: its own K*)")
+    compare.add_argument("--scale", type=float, help="use this scale for every set")
     compare.add_argument("--out", required=True, help="run folder (reused when rerun)")
 
     steer = command(
@@ -942,6 +944,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         induce_values=tuple(_number_list(args.induce_values, "--induce-values")),
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        k=args.k,
+        scale=args.scale,
     )
     compare_job(
         lm,

@@ -437,6 +437,8 @@ class CompareSettings:
     induce_values: tuple[float, ...] = ()
     max_new_tokens: int = 64
     batch_size: int = 16
+    k: int | None = None  # override every set's K* (None: each set's own)
+    scale: float | None = None  # override every set's scale (None: each set's own)
 
 
 def compare_job(
@@ -473,7 +475,8 @@ def compare_job(
         features.check_model(lm)
         sae_path = saes or features.saes["path"]
         sae_set = loaded.setdefault(sae_path, SAESet.load(sae_path))
-        edit = features.edit(sae_set)
+        mode = "scale" if settings.scale is not None else None
+        edit = features.edit(sae_set, k=settings.k, mode=mode, value=settings.scale)
         label = f"{features.method} ({Path(path).parent.name})"
         conditions.append((label, [edit], features))
     prompts = [
@@ -527,7 +530,7 @@ def compare_job(
             features.check_held_out(targets)
             sae_set = loaded[saes or features.saes["path"]]
             for value in settings.induce_values:
-                edit = features.edit(sae_set, mode="set", value=value)
+                edit = features.edit(sae_set, k=settings.k, mode="set", value=value)
                 result = measure_refusal(
                     lm,
                     formatter,
