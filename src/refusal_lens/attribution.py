@@ -29,6 +29,7 @@ on the fly, never `[prompts, positions, d_sae]`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ from .direction import Direction
 from .errors import UserError
 from .generation import generate, length_sorted_batches
 from .hooks import HookFn, HookPoint, add_hooks, record
-from .interventions import apply
+from .interventions import apply, vector_sha256
 from .judges.first_token import last_position_logits
 from .judges.substring import SubstringJudge
 from .models import ChatFormatter, EncodedBatch, LoadedModel
@@ -155,8 +156,6 @@ class Attribution:
             raise UserError(
                 f"no readable attribution at {path} ({exc}); rerun find-latents"
             ) from exc
-        import json
-
         info = json.loads((Path(folder) / "attribution.json").read_text())
         layers = sorted(int(k.split(".")[1]) for k in t if k.startswith("candidates."))
         return cls(
@@ -376,7 +375,7 @@ def attribute(
         {
             "model": lm.weights_sha256,
             "saes": saes.fingerprint(),
-            "direction": direction.vector.float().sum().item(),
+            "direction": vector_sha256(direction.vector),
             "prompts": list(instructions),
             "token": refusal_token,
             "candidates": {str(k): v.tolist() for k, v in candidates.items()},
@@ -460,6 +459,8 @@ def _attribute_batch(
     kwargs = {**batch.forward_kwargs(), "use_cache": False, "logits_to_keep": 1}
     rows = torch.arange(len(instructions))
     ends = _endpoints(lm, kwargs, saes, direction)
+    if not (torch.isfinite(ends.clean_logits).all() and torch.isfinite(ends.ablated_logits).all()):
+        raise UserError("the model produced NaN or inf logits; try --dtype float32")
     target = ends.ablated_logits.argmax(dim=-1)
     metric_clean = ends.clean_logits[rows, target] - ends.clean_logits[:, refusal_token]
     metric_ablated = ends.ablated_logits[rows, target] - ends.ablated_logits[:, refusal_token]
