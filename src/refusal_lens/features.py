@@ -375,8 +375,17 @@ def select_features(
                 layer: (harm_stats.frequency[layer] + safe_stats.frequency[layer]) / 2
                 for layer in harm_stats.frequency
             }
-            latents = matched_random(reference.top(settings.k), frequency, settings.seed)
-            info["matched_to"] = {"method": reference.method, "k": settings.k}
+            n = min(len(reference.latents), max(settings.k, reference.intervention.get("k", 0)))
+            latents = matched_random(reference.top(n), frequency, settings.seed)
+            info["matched_to"] = {"method": reference.method, "k": n}
+    intervention = {
+        "mode": settings.mode,
+        "value": settings.value,
+        "k": min(settings.k, len(latents)),
+        "chosen_by": "default (not searched)",
+    }
+    if method == "random" and reference is not None:
+        intervention = {**reference.intervention, "chosen_by": "the matched set's"}
     return FeatureSet(
         model={"name": lm.name, "weights_sha256": lm.weights_sha256},
         saes={"path": saes.path, "fingerprint": saes.fingerprint()},
@@ -384,12 +393,7 @@ def select_features(
         protocol=settings.protocol,
         selected_on=selected_on,
         latents=latents,
-        intervention={
-            "mode": settings.mode,
-            "value": settings.value,
-            "k": min(settings.k, len(latents)),
-            "chosen_by": "default (not searched)",
-        },
+        intervention=intervention,
         per_prompt=per_prompt,
         info=info,
     )
