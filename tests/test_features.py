@@ -337,3 +337,27 @@ def test_search_picks_the_lowest_refusal_within_the_kl_limit(
     )
     lowest_kl = min(r["kl"]["mean"] for r in strict["grid"])
     assert not strict["met_kl_limit"] and strict["chosen"]["kl"]["mean"] == lowest_kl
+
+
+def test_random_feature_set_mirrors_the_matched_set(
+    tiny: LoadedModel, saes: SAESet, direction: Direction
+) -> None:
+    reference = _select(tiny, saes, direction, "cossim")
+    reference.intervention = {"mode": "scale", "value": -2.0, "k": 5, "chosen_by": "test"}
+    control = select_features(
+        tiny,
+        ChatFormatter(tiny.tokenizer),
+        saes,
+        direction,
+        _prompts("harm", HARMFUL),
+        _prompts("safe", HARMLESS),
+        TOKEN,
+        SelectionSettings(method="random", k=5, seed=3),
+        reference=reference,
+        progress=False,
+    )
+    assert [layer for layer, _ in control.top()] == [layer for layer, _ in reference.top()]
+    assert not set(control.top()) & set(reference.top())
+    assert control.intervention["value"] == -2.0 and control.intervention["k"] == 5
+    with pytest.raises(UserError, match="--match"):
+        _select(tiny, saes, direction, "random")
