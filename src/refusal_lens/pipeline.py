@@ -477,7 +477,8 @@ def compare_job(
         sae_set = loaded.setdefault(sae_path, SAESet.load(sae_path))
         mode = "scale" if settings.scale is not None else None
         edit = features.edit(sae_set, k=settings.k, mode=mode, value=settings.scale)
-        label = f"{features.method} ({Path(path).parent.name})"
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        label = f"{features.method} ({folder.name})"
         conditions.append((label, [edit], features))
     prompts = [
         load_prompts(name, data_dir=data_dir, limit=settings.limit) for name in settings.datasets
