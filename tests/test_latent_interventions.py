@@ -168,3 +168,44 @@ def test_retain_pins_latents_to_the_clean_twin(tiny: LoadedModel, tiny_saes: SAE
     target = sae.encode_latents(clean, torch.tensor([7])).reshape(-1, 1)
     expected = sae.steer(edited, torch.tensor([7]), lambda f: target)
     torch.testing.assert_close(out[2:], expected)
+
+
+def test_per_row_sets_edit_only_their_own_latents(tiny: LoadedModel, tiny_saes: SAESet) -> None:
+    rows = (((1, 3), (1, 8)), ((1, 8), (1, 20)))
+    union = tuple(sorted({p for row in rows for p in row}))
+    edit = EditLatents(tiny_saes, union, "set", 4.0, rows=rows, edit_sinks=True)
+    ((point, hook),) = edit.hooks(tiny.model)
+    act = torch.randn(2, 5, tiny.d_model)
+    out = hook(act, point)
+    for r, row in enumerate(rows):
+        alone = EditLatents(tiny_saes, row, "set", 4.0, edit_sinks=True)
+        ((_, single),) = alone.hooks(tiny.model)
+        torch.testing.assert_close(out[r : r + 1], single(act[r : r + 1], point))
+    with pytest.raises(UserError, match="bound to 2 prompts"):
+        hook(torch.randn(3, 5, tiny.d_model), point)
+
+
+def test_per_prompt_sets_follow_their_prompts_into_batches(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    from refusal_lens.generation import generate
+    from refusal_lens.interventions import PerPromptLatents, bind
+
+    sets = {
+        "write a poem about the sea.": ((1, 5), (2, 9)),
+        "explain how to hack a computer.": ((0, 2),),
+    }
+    per_prompt = PerPromptLatents(tiny_saes, sets, "set", 6.0)
+    (bound,) = bind([per_prompt], list(reversed(PROMPTS)))
+    assert isinstance(bound, EditLatents) and bound.rows == (((0, 2),), ((1, 5), (2, 9)))
+    together = generate(
+        tiny, formatter, PROMPTS, max_new_tokens=5, interventions=[per_prompt], progress=False
+    )
+    for prompt, text in zip(PROMPTS, together, strict=True):
+        alone = EditLatents(tiny_saes, sets[prompt.lower()], "set", 6.0)
+        single = generate(
+            tiny, formatter, [prompt], max_new_tokens=5, interventions=[alone], progress=False
+        )
+        assert single == [text]
+    with pytest.raises(UserError, match="no per-prompt latent set"):
+        bind([per_prompt], ["Something else."])

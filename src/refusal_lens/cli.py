@@ -423,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-new-tokens", type=_positive, default=64)
     compare.add_argument("--k", type=_positive, help="use every set's top K (default: its own K*)")
     compare.add_argument("--scale", type=float, help="use this scale for every set")
+    compare.add_argument(
+        "--per-prompt",
+        action="store_true",
+        help="each prompt with its own latent set (sets selected on these prompts)",
+    )
     compare.add_argument("--out", required=True, help="run folder (reused when rerun)")
 
     steer = command(
@@ -442,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--scale", type=float, help="multiply the latents by this")
     how.add_argument("--set-value", type=float, help="set the latents to this value")
     steer.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    steer.add_argument(
+        "--per-prompt",
+        action="store_true",
+        help="each prompt with its own latent set (only for the prompts the set was selected "
+        "on: transductive)",
+    )
     steer.add_argument(
         "--retain",
         metavar="FEATURES",
@@ -946,6 +957,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         k=args.k,
         scale=args.scale,
+        per_prompt=args.per_prompt,
     )
     compare_job(
         lm,
@@ -983,10 +995,21 @@ def cmd_steer(args: argparse.Namespace) -> int:
     if value is None:
         mode, value = features.intervention["mode"], features.intervention["value"]
     retain = FeatureSet.load(args.retain).top() if args.retain else ()
-    edit = features.edit(
-        saes, k=args.k, mode=mode, value=value, positions=args.positions, retain=retain
+    if args.per_prompt:
+        if retain:
+            raise UserError("--per-prompt and --retain cannot be combined")
+        edit: Any = features.per_prompt_edit(
+            saes, k=args.k, mode=mode, value=value, positions=args.positions
+        )
+    else:
+        edit = features.edit(
+            saes, k=args.k, mode=mode, value=value, positions=args.positions, retain=retain
+        )
+    k_used = (
+        int(args.k or features.intervention.get("k", 20)) if args.per_prompt else len(edit.latents)
     )
-    condition = f"{features.method}-{mode}{value:g}-k{len(edit.latents)}"
+    scope = "-per-prompt" if args.per_prompt else ""
+    condition = f"{features.method}{scope}-{mode}{value:g}-k{k_used}"
     run = RunDir(args.out) if args.out else None
     if run is not None:
         config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json")}
@@ -1008,7 +1031,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
         "protocol": features.protocol,
         "mode": mode,
         mode if mode == "scale" else "value": value,
-        "k": len(edit.latents),
+        "k": k_used,
+        "per_prompt": args.per_prompt,
         "model": lm.identity(),
     }
     if args.harmless_kl:

@@ -33,7 +33,7 @@ from .evaluation.side_effects import base_completions, completion_kl
 from .evaluation.statistics import bootstrap_mean
 from .generation import generate, length_sorted_batches
 from .hooks import record
-from .interventions import EditLatents
+from .interventions import EditLatents, PerPromptLatents
 from .judges.first_token import last_position_logits
 from .judges.substring import SubstringJudge
 from .models import ChatFormatter, LoadedModel
@@ -94,6 +94,33 @@ class FeatureSet:
             float(self.intervention["value"] if value is None else value),
             positions,
             retain=tuple(pair for pair in retain if pair not in set(self.top(k))),
+        )
+
+    def per_prompt_edit(
+        self,
+        saes: SAESet,
+        *,
+        k: int | None = None,
+        mode: str | None = None,
+        value: float | None = None,
+        positions: str = "all",
+    ) -> PerPromptLatents:
+        """Each selection prompt with its own top-k latents (transductive evaluation)."""
+        if not self.per_prompt:
+            raise UserError(f"the {self.method} feature set has no per-prompt latent sets")
+        if saes.fingerprint() != self.saes.get("fingerprint"):
+            raise UserError("this feature set was selected with another SAE set")
+        k = self.intervention.get("k", 20) if k is None else k
+        by_prompt = {
+            normalize_text(row["prompt"]): tuple((int(a), int(b)) for a, b, _ in row["latents"][:k])
+            for row in self.per_prompt
+        }
+        return PerPromptLatents(
+            saes,
+            by_prompt,
+            mode or self.intervention["mode"],
+            float(self.intervention["value"] if value is None else value),
+            positions,
         )
 
     def selection_hashes(self) -> set[str]:

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig
 
-from .interventions import Intervention, InterventionSet, apply, needs_twin
+from .interventions import Intervention, InterventionSet, apply, bind, needs_twin
 from .models import ChatFormatter, EncodedBatch, LoadedModel
 
 
@@ -58,9 +58,11 @@ def generate(
     completions: list[str] = [""] * len(instructions)
     batches = length_sorted_batches(instructions, batch_size)
     twin = needs_twin(interventions)
-    with apply(lm.model, interventions):
-        for indices in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-            batch = formatter.encode([instructions[i] for i in indices]).to(lm.device)
+    for indices in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+        prompts = [instructions[i] for i in indices]
+        batch = formatter.encode(prompts).to(lm.device)
+        # bound per batch: per-prompt latent sets follow their prompts into the batch
+        with apply(lm.model, bind(interventions, prompts)):
             if twin:
                 new_tokens = twin_greedy(lm, formatter, batch, max_new_tokens)
             else:
@@ -70,11 +72,11 @@ def generate(
                     generation_config=config,
                 )
                 new_tokens = output[:, batch.input_ids.shape[1] :]
-            texts = lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for i, text in zip(indices, texts, strict=True):
-                completions[i] = text
-            if on_batch is not None:
-                on_batch(indices, texts)
+        texts = lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for i, text in zip(indices, texts, strict=True):
+            completions[i] = text
+        if on_batch is not None:
+            on_batch(indices, texts)
     return completions
 
 

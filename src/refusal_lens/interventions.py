@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .data.promptset import normalize_text
 from .errors import UserError
 from .hooks import HookFn, HookPoint, add_hooks, check_layer, decoder_layers
 
@@ -134,6 +135,8 @@ class EditLatents:
     edit_sinks: bool = False
     sink_factor: float = 10.0
     retain: tuple[tuple[int, int], ...] = ()  # pinned to their clean values (twin batch)
+    # one latent list per batch row (per-prompt sets); `latents` is then their union
+    rows: tuple[tuple[tuple[int, int], ...], ...] | None = None
     kind: ClassVar[str] = "edit_latents"
 
     def __post_init__(self) -> None:
@@ -146,6 +149,8 @@ class EditLatents:
             )
         if not math.isfinite(self.value):
             raise UserError(f"latent edit value {self.value} is not a finite number")
+        if self.rows is not None and self.retain:
+            raise UserError("per-prompt latent sets cannot be combined with retain")
 
     @property
     def needs_twin(self) -> bool:
@@ -161,27 +166,60 @@ class EditLatents:
         for layer in sorted(set(edits) | set(pins)):
             point = HookPoint(layer, "resid_post")
             sae = _checked_sae(self.saes, point, model, edits.get(layer, []) + pins.get(layer, []))
+            indices = edits.get(layer, [])
             hooks.append(
                 (
                     point,
                     self._hook(
                         sae,
-                        torch.tensor(edits.get(layer, []), dtype=torch.long),
+                        torch.tensor(indices, dtype=torch.long),
                         torch.tensor(pins.get(layer, []), dtype=torch.long),
+                        self._row_chooser(layer, indices),
                     ),
                 )
             )
         return hooks
 
-    def _hook(self, sae: SparseAutoencoder, indices: torch.Tensor, pins: torch.Tensor) -> HookFn:
+    def _row_chooser(self, layer: int, indices: list[int]) -> torch.Tensor | None:
+        """`[rows, len(indices)]` bool: which row edits which of this layer's latents."""
+        if self.rows is None:
+            return None
+        chooser = torch.zeros(len(self.rows), len(indices), dtype=torch.bool)
+        column = {latent: j for j, latent in enumerate(indices)}
+        for r, row in enumerate(self.rows):
+            for at, latent in row:
+                if at == layer:
+                    chooser[r, column[latent]] = True
+        return chooser
+
+    def _hook(
+        self,
+        sae: SparseAutoencoder,
+        indices: torch.Tensor,
+        pins: torch.Tensor,
+        chooser: torch.Tensor | None = None,
+    ) -> HookFn:
         value = self.value
 
-        def edit(f: torch.Tensor) -> torch.Tensor:
+        def edit_all(f: torch.Tensor) -> torch.Tensor:
             return f * value if self.mode == "scale" else torch.full_like(f, value)
 
         state: dict[str, torch.Tensor] = {}
 
         def hook(act: torch.Tensor, _point: HookPoint) -> torch.Tensor | None:
+            edit = edit_all
+            if chooser is not None:
+                if act.shape[0] != chooser.shape[0]:
+                    raise UserError(
+                        f"per-prompt latent sets were bound to {chooser.shape[0]} prompts but "
+                        f"the batch has {act.shape[0]}"
+                    )
+                pick = chooser.to(act.device).unsqueeze(1).expand(-1, act.shape[1], -1)
+                pick = pick.reshape(-1, chooser.shape[1])
+
+                def edit(f: torch.Tensor) -> torch.Tensor:
+                    return torch.where(pick, edit_all(f), f)
+
             is_prompt = act.shape[1] > 1
             if (self.positions == "prompt" and not is_prompt) or (
                 self.positions == "generated" and is_prompt
@@ -235,7 +273,61 @@ class EditLatents:
             "edit_sinks": self.edit_sinks,
             "sink_factor": self.sink_factor,
             "retain": [list(pair) for pair in self.retain],
+            "rows": None if self.rows is None else [[list(p) for p in row] for row in self.rows],
         }
+
+
+@dataclass(frozen=True)
+class PerPromptLatents:
+    """Each prompt gets its own latent set (per-prompt feature sets): bound to a batch's
+    prompts by `for_batch` (which `generate` calls) as an `EditLatents` with one list per row.
+    A prompt without a set is an error, not a silent base run."""
+
+    saes: SAESet
+    by_prompt: dict[str, tuple[tuple[int, int], ...]]  # normalised prompt text -> latents
+    mode: str = "scale"
+    value: float = 0.0
+    positions: str = "all"
+    kind: ClassVar[str] = "per_prompt_latents"
+
+    def for_batch(self, texts: Sequence[str]) -> EditLatents:
+        rows = []
+        for text in texts:
+            found = self.by_prompt.get(normalize_text(text))
+            if found is None:
+                raise UserError(
+                    f"no per-prompt latent set for the prompt {text[:60]!r}; per-prompt sets "
+                    "exist only for the prompts they were selected on (--protocol transductive)"
+                )
+            rows.append(found)
+        union = tuple(sorted({pair for row in rows for pair in row}))
+        return EditLatents(
+            self.saes, union, self.mode, self.value, self.positions, rows=tuple(rows)
+        )
+
+    def hooks(self, model: nn.Module) -> list[tuple[HookPoint, HookFn]]:
+        raise UserError("per-prompt latent sets apply through generate(), which binds each batch")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "saes": {"path": self.saes.path, "fingerprint": self.saes.fingerprint()},
+            "mode": self.mode,
+            "value": self.value,
+            "positions": self.positions,
+            "by_prompt_sha256": hashlib.sha256(
+                repr(sorted(self.by_prompt.items())).encode()
+            ).hexdigest(),
+            "n_prompts": len(self.by_prompt),
+        }
+
+
+def bind(
+    interventions: Sequence[Intervention] | InterventionSet, texts: Sequence[str]
+) -> list[Intervention]:
+    """Interventions for one batch: per-prompt ones bound to its prompts."""
+    items = interventions.items if isinstance(interventions, InterventionSet) else interventions
+    return [item.for_batch(texts) if isinstance(item, PerPromptLatents) else item for item in items]
 
 
 @dataclass(frozen=True)
@@ -323,7 +415,7 @@ def _checked_sae(
     return sae
 
 
-Intervention = AblateDirection | AddDirection | EditLatents | PatchLatents
+Intervention = AblateDirection | AddDirection | EditLatents | PatchLatents | PerPromptLatents
 
 
 @dataclass(frozen=True)
@@ -380,6 +472,9 @@ def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
         bool(data.get("edit_sinks", False)),
         float(data.get("sink_factor", 10.0)),
         tuple((int(a), int(b)) for a, b in data.get("retain", [])),
+        None
+        if data.get("rows") is None
+        else tuple(tuple((int(a), int(b)) for a, b in row) for row in data["rows"]),
     )
 
 

@@ -26,6 +26,7 @@ from .features import (
     search_intervention,
     select_features,
 )
+from .interventions import PerPromptLatents
 from .judges import RefusalTokens
 from .models import ChatFormatter, LoadedModel
 from .runs import RunDir, stable_hash, write_json
@@ -439,6 +440,7 @@ class CompareSettings:
     batch_size: int = 16
     k: int | None = None  # override every set's K* (None: each set's own)
     scale: float | None = None  # override every set's scale (None: each set's own)
+    per_prompt: bool = False  # each prompt with its own set where the set has per-prompt lists
 
 
 def compare_job(
@@ -479,6 +481,9 @@ def compare_job(
         edit = features.edit(sae_set, k=settings.k, mode=mode, value=settings.scale)
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         label = f"{features.method} ({folder.name})"
+        if settings.per_prompt and features.per_prompt:
+            label += ", per prompt"
+            edit = features.per_prompt_edit(sae_set, k=settings.k, mode=mode, value=settings.scale)
         conditions.append((label, [edit], features))
     prompts = [
         load_prompts(name, data_dir=data_dir, limit=settings.limit) for name in settings.datasets
@@ -517,6 +522,13 @@ def compare_job(
         if harmless is not None and base_harmless is not None and interventions:
             if features is not None:
                 features.check_held_out(harmless)
+                # harmless prompts have no per-prompt sets: the global set stands in for the KL
+                interventions = [
+                    features.edit(i.saes, k=settings.k, mode=i.mode, value=i.value)
+                    if isinstance(i, PerPromptLatents)
+                    else i
+                    for i in interventions
+                ]
             kl = completion_kl(
                 lm, formatter, harmless.texts(), base_harmless, interventions, seed=seed
             )
