@@ -270,6 +270,63 @@ def test_find_latents_then_steer_on_a_tiny_model(
     assert table[1]["harmless_kl"]["n"] == 2 and "harmless_kl" not in table[0]
     assert table[0]["builtin_harmful_test"]["n"] == 2
     assert "| condition |" in out
+    # transductive: selected on the first prompts of the evaluation set, each with its own set
+    code, _, err = _cli(
+        capsys,
+        "find-latents",
+        *common,
+        "--direction",
+        str(tmp_path),
+        "--method",
+        "ap",
+        "--protocol",
+        "transductive",
+        "--train",
+        "builtin_harmful_test",
+        "--refusal-token",
+        "I",
+        "--n-prompts",
+        "3",
+        "--steps",
+        "2",
+        "--k",
+        "4",
+        "--out",
+        str(tmp_path / "trans"),
+    )
+    assert code == 0, err
+    code, out, err = _cli(
+        capsys,
+        "steer",
+        "--model",
+        str(model),
+        "--latents",
+        str(tmp_path / "trans"),
+        "--dataset",
+        "builtin_harmful_test",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--per-prompt",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["per_prompt"] is True
+    code, _, err = _cli(
+        capsys,
+        "steer",
+        "--model",
+        str(model),
+        "--latents",
+        str(tmp_path / "trans"),
+        "--dataset",
+        "builtin_harmful_test",
+        "--limit",
+        "4",
+        "--per-prompt",
+    )
+    assert code == 2 and "no per-prompt latent set" in err
     # held-out: the prompts it was selected on are refused as an evaluation set
     code, _, err = _cli(
         capsys,

@@ -308,9 +308,12 @@ def latents_job(
             _without_eval_sets(p, choice.exclude, data_dir) for p in (harmful, harmless)
         )
     token: dict[str, Any] = {"id": None, "chosen_by": f"not needed by {settings.method}"}
+    transductive = settings.protocol == "transductive"
+    if transductive:  # the evaluation prompts themselves: the first N, every one of them
+        harmful = harmful.head(choice.n_prompts)
     if settings.method in ("ours", "ap"):
         token = _refusal_token(lm, formatter, harmful, choice, run, settings.batch_size)
-        if not choice.all_prompts:
+        if not (choice.all_prompts or transductive):
             harmful = keep_refused(lm, formatter, harmful, int(token["id"]), settings.batch_size)
     harmful = _sample(harmful, choice.n_prompts, seed)
     harmless = _sample(harmless, choice.n_prompts, seed)
