@@ -1041,7 +1041,11 @@ def cmd_steer(args: argparse.Namespace) -> int:
         harmless = load_prompts(args.harmless_kl, data_dir=args.data_dir, limit=args.kl_prompts)
         features.check_held_out(harmless)
         base = base_completions(lm, formatter, harmless.texts(), batch_size=args.batch_size)
-        kl = completion_kl(lm, formatter, harmless.texts(), base, [edit], seed=args.seed)
+        # harmless prompts have no per-prompt sets: the global set stands in for the KL
+        global_edit = (
+            features.edit(saes, k=args.k, mode=mode, value=value) if args.per_prompt else edit
+        )
+        kl = completion_kl(lm, formatter, harmless.texts(), base, [global_edit], seed=args.seed)
         data["harmless_kl"] = {"dataset": harmless.name, **kl.to_dict()}
     if args.json:
         print(json.dumps(data))
