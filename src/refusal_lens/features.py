@@ -82,11 +82,7 @@ class FeatureSet:
         retain: tuple[tuple[int, int], ...] = (),
     ) -> EditLatents:
         """The intervention this set stands for (its saved scale/value unless overridden)."""
-        if saes.fingerprint() != self.saes.get("fingerprint"):
-            raise UserError(
-                "this feature set was selected with another SAE set; pass the --saes it names "
-                f"({self.saes.get('path')})"
-            )
+        self.check_saes(saes)
         return EditLatents(
             saes,
             self.top(k),
@@ -95,6 +91,13 @@ class FeatureSet:
             positions,
             retain=tuple(pair for pair in retain if pair not in set(self.top(k))),
         )
+
+    def check_saes(self, saes: SAESet) -> None:
+        if saes.fingerprint() != self.saes.get("fingerprint"):
+            raise UserError(
+                "this feature set was selected with another SAE set; pass the --saes it names "
+                f"({self.saes.get('path')})"
+            )
 
     def per_prompt_edit(
         self,
@@ -108,8 +111,7 @@ class FeatureSet:
         """Each selection prompt with its own top-k latents (transductive evaluation)."""
         if not self.per_prompt:
             raise UserError(f"the {self.method} feature set has no per-prompt latent sets")
-        if saes.fingerprint() != self.saes.get("fingerprint"):
-            raise UserError("this feature set was selected with another SAE set")
+        self.check_saes(saes)
         k = self.intervention.get("k", 20) if k is None else k
         by_prompt = {
             normalize_text(row["prompt"]): tuple((int(a), int(b)) for a, b, _ in row["latents"][:k])
