@@ -51,7 +51,7 @@ from .judges.first_token import last_position_logits
 from .judges.substring import SubstringJudge
 from .models import ChatFormatter, EncodedBatch, LoadedModel
 from .runs import stable_hash, write_json
-from .saes import SAESet
+from .saes import SAESet, SparseAutoencoder
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,9 @@ class _PathForward:
         clean: dict[int, torch.Tensor],
         alpha: float,
         estimator: str,
+        cache: dict[tuple[int, str], tuple[torch.Tensor, ...]] | None = None,
     ) -> None:
+        self.cache = {} if cache is None else cache
         self.saes, self.layers, self.unit = saes, layers, unit
         self.n_layers, self.ablated, self.clean = n_layers, ablated, clean
         self.alpha, self.estimator = alpha, estimator
@@ -263,6 +265,16 @@ class _PathForward:
         d = self.unit.to(act.dtype)
         return act - self.alpha_t.to(act.dtype) * (act @ d).unsqueeze(-1) * d
 
+    def _split(self, sae: SparseAutoencoder, layer: int, run: str) -> tuple[torch.Tensor, ...]:
+        """Latents and SAE error of the clean or ablated run: constant along the path, so
+        computed once per batch and shared by every step."""
+        key = (layer, run)
+        if key not in self.cache:
+            x = (self.ablated if run == "ablated" else self.clean)[layer]
+            latents, recon = sae.encode_and_reconstruct(x)
+            self.cache[key] = (latents, x - recon)
+        return self.cache[key]
+
     def _sae_hook(self, layer: int) -> HookFn:
         def hook(act: torch.Tensor, point: HookPoint) -> torch.Tensor:
             sae = self.saes[point]
@@ -270,11 +282,10 @@ class _PathForward:
             f_x, recon_x = sae.encode_and_reconstruct(act)
             e_x = act.to(recon_x.dtype) - recon_x
             with torch.no_grad():
-                f_p, recon_p = sae.encode_and_reconstruct(self.ablated[layer])
-                e_p = self.ablated[layer] - recon_p
+                f_p, e_p = self._split(sae, layer, "ablated")
                 if self.estimator == "paper":
-                    f_c, recon_c = sae.encode_and_reconstruct(self.clean[layer])
-                    v_f, v_e = f_p - f_c, e_p - (self.clean[layer] - recon_c)
+                    f_c, e_c = self._split(sae, layer, "clean")
+                    v_f, v_e = f_p - f_c, e_p - e_c
                 else:
                     v_f, v_e = f_p - f_x, e_p - e_x
             f_a = _node((1 - a) * f_x + a * f_p)
@@ -293,6 +304,7 @@ class _Endpoints:
     ablated: dict[int, torch.Tensor]
     clean_logits: torch.Tensor
     ablated_logits: torch.Tensor
+    sae_parts: dict[tuple[int, str], tuple[torch.Tensor, ...]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -322,7 +334,15 @@ def _path_at(
 ) -> _PathForward:
     unit = (direction.vector / direction.vector.norm()).float().to(lm.device)
     return _PathForward(
-        saes, saes.layers, unit, lm.n_layers, ends.ablated, ends.clean, alpha, estimator
+        saes,
+        saes.layers,
+        unit,
+        lm.n_layers,
+        ends.ablated,
+        ends.clean,
+        alpha,
+        estimator,
+        ends.sae_parts,
     )
 
 
