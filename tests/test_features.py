@@ -165,8 +165,13 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 
 def test_find_latents_then_steer_on_a_tiny_model(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny: LoadedModel, direction: Direction
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tiny: LoadedModel,
+    direction: Direction,
 ) -> None:
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)  # the built-in set, whatever the environment
     model = tmp_path / "tiny"
     tiny.model.save_pretrained(model)
     tiny.tokenizer.save_pretrained(model)
