@@ -171,7 +171,9 @@ def test_find_latents_then_steer_on_a_tiny_model(
     tiny: LoadedModel,
     direction: Direction,
 ) -> None:
-    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)  # the built-in set, whatever the environment
+    monkeypatch.delenv(
+        "REFUSAL_LENS_DATA", raising=False
+    )  # the built-in set, whatever the environment
     model = tmp_path / "tiny"
     tiny.model.save_pretrained(model)
     tiny.tokenizer.save_pretrained(model)
@@ -226,6 +228,26 @@ def test_find_latents_then_steer_on_a_tiny_model(
     assert result["n"] == 3 and result["scale"] == -3.0 and result["k"] == 4
     assert result["interventions"][0]["kind"] == "edit_latents"
     assert {"refusal_rate", "ci95", "judge", "method", "protocol"} <= set(result)
+    for position, field, expected in (("5", "from_position", 5), ("-2", "last_prompt_tokens", 2)):
+        code, out, err = _cli(
+            capsys,
+            "steer",
+            "--model",
+            str(model),
+            "--latents",
+            str(tmp_path / "run"),
+            "--dataset",
+            "builtin_harmful_test",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "2",
+            "--from-position",
+            position,
+            "--json",
+        )
+        assert code == 0, err
+        assert json.loads(out)["interventions"][0][field] == expected
     code, out, err = _cli(
         capsys,
         "validate-attribution",

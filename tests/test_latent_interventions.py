@@ -9,8 +9,9 @@ import torch
 
 from conftest import random_sae_set
 from refusal_lens.errors import UserError
+from refusal_lens.generation import generate
 from refusal_lens.hooks import HookPoint, add_hooks, record
-from refusal_lens.interventions import EditLatents, apply, from_dict
+from refusal_lens.interventions import EditLatents, apply, bind, from_dict
 from refusal_lens.models import ChatFormatter, LoadedModel
 from refusal_lens.saes import SAE_CLASSES, SAESet
 
@@ -111,6 +112,43 @@ def test_last_prompt_tokens_and_layers_in_order(
     clean, _ = _pre_and_post(tiny, formatter, EditLatents(tiny_saes, ()), point)
     edited, _ = _pre_and_post(tiny, formatter, upstream, point)
     assert not torch.allclose(clean[0], edited[0])
+
+
+def test_from_position_counts_from_each_prompts_start_under_left_padding(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    point = HookPoint(2, "resid_post")
+    edit = EditLatents(tiny_saes, ((2, 1),), "set", 2.0, from_position=4, edit_sinks=True)
+    batch = formatter.encode(PROMPTS)
+    pads = (batch.attention_mask == 0).sum(dim=1).tolist()
+    assert len(set(pads)) > 1  # the two prompts pad differently
+    (bound,) = bind([edit], PROMPTS, batch.attention_mask)
+    before, after = _pre_and_post(tiny, formatter, bound, point)
+    for row, pad in enumerate(pads):
+        start = pad + 4
+        assert torch.equal(after[0][row, :start], before[0][row, :start])
+        assert not torch.allclose(after[0][row, start:], before[0][row, start:])
+    assert not torch.allclose(after[-1], before[-1])  # generated tokens are edited too
+    with pytest.raises(UserError, match="padding"):
+        _pre_and_post(tiny, formatter, edit, point)  # unbound: the padding is unknown
+    with pytest.raises(UserError, match="negative"):
+        EditLatents(tiny_saes, ((2, 1),), from_position=-1)
+
+
+def test_from_position_zero_through_generate_equals_every_position(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    every = EditLatents(tiny_saes, ((1, 5), (2, 1)), "set", 4.0, edit_sinks=True)
+    start = EditLatents(tiny_saes, every.latents, "set", 4.0, edit_sinks=True, from_position=0)
+    plain = generate(tiny, formatter, PROMPTS, max_new_tokens=5, progress=False)
+    edited = generate(
+        tiny, formatter, PROMPTS, max_new_tokens=5, interventions=[every], progress=False
+    )
+    assert (
+        generate(tiny, formatter, PROMPTS, max_new_tokens=5, interventions=[start], progress=False)
+        == edited
+    )
+    assert edited != plain
 
 
 def test_sink_tokens_are_left_alone_by_default(tiny_saes: SAESet, tiny: LoadedModel) -> None:

@@ -448,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--set-value", type=float, help="set the latents to this value")
     steer.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
     steer.add_argument(
+        "--from-position",
+        type=int,
+        metavar="P",
+        help="edit prompt tokens from index P of the formatted prompt on (template included); "
+        "negative: only the last -P prompt tokens (generated tokens follow --positions)",
+    )
+    steer.add_argument(
         "--per-prompt",
         action="store_true",
         help="each prompt with its own latent set (only for the prompts the set was selected "
@@ -975,6 +982,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_position(edit: Any, position: int | None) -> Any:
+    """`--from-position P`: P >= 0 counts from the prompt's start, P < 0 from its end."""
+    from dataclasses import replace
+
+    from .interventions import EditLatents
+
+    if position is None:
+        return edit
+    if position < 0 and isinstance(edit, EditLatents):
+        return replace(edit, last_prompt_tokens=-position)
+    if position < 0:
+        raise UserError("--from-position with a negative P cannot be combined with --per-prompt")
+    return replace(edit, from_position=position)
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
     from .data import load_prompts
     from .evaluation.refusal import measure_refusal
@@ -1005,6 +1027,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         edit = features.edit(
             saes, k=args.k, mode=mode, value=value, positions=args.positions, retain=retain
         )
+    edit = _from_position(edit, args.from_position)
     k_used = (
         int(args.k or features.intervention.get("k", 20)) if args.per_prompt else len(edit.latents)
     )
@@ -1042,9 +1065,10 @@ def cmd_steer(args: argparse.Namespace) -> int:
         features.check_held_out(harmless)
         base = base_completions(lm, formatter, harmless.texts(), batch_size=args.batch_size)
         # harmless prompts have no per-prompt sets: the global set stands in for the KL
-        global_edit = (
-            features.edit(saes, k=args.k, mode=mode, value=value) if args.per_prompt else edit
-        )
+        global_edit = edit
+        if args.per_prompt:
+            global_edit = features.edit(saes, k=args.k, mode=mode, value=value)
+            global_edit = _from_position(global_edit, args.from_position)
         kl = completion_kl(lm, formatter, harmless.texts(), base, [global_edit], seed=args.seed)
         data["harmless_kl"] = {"dataset": harmless.name, **kl.to_dict()}
     if args.json:

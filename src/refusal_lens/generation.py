@@ -62,7 +62,7 @@ def generate(
         prompts = [instructions[i] for i in indices]
         batch = formatter.encode(prompts).to(lm.device)
         # bound per batch: per-prompt latent sets follow their prompts into the batch
-        with apply(lm.model, bind(interventions, prompts)):
+        with apply(lm.model, bind(interventions, prompts, batch.attention_mask)):
             if twin:
                 new_tokens = twin_greedy(lm, formatter, batch, max_new_tokens)
             else:

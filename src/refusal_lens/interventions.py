@@ -10,7 +10,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -120,8 +120,11 @@ class EditLatents:
     edit that changes nothing is the identity. Layers run in forward order, so an upstream edit
     changes the downstream latents. Positions: `all` (prompt and every generated token, KV cache
     on), `prompt` (the forward over the prompt only), `generated` (decoding steps only);
-    `last_prompt_tokens=n` edits only the last n prompt tokens (plus generated ones, unless
-    `positions="prompt"`). A forward over more than one token is the prompt; one token is a
+    `last_prompt_tokens=n` edits only the last n prompt tokens, `from_position=p` only the
+    prompt tokens from index p of the formatted prompt on (template tokens count; padding does
+    not), plus the generated ones unless `positions="prompt"`. `from_position` needs each row's
+    left padding, which `bind` supplies per batch (`generate` does this); an unbound batch of
+    one row has none. A forward over more than one token is the prompt; one token is a
     decoding step. Attention-sink tokens (norm above `sink_factor` x the median of the prompt's
     tokens) were never in the SAE's training data and stay untouched unless `edit_sinks`.
     """
@@ -137,6 +140,8 @@ class EditLatents:
     retain: tuple[tuple[int, int], ...] = ()  # pinned to their clean values (twin batch)
     # one latent list per batch row (per-prompt sets); `latents` is then their union
     rows: tuple[tuple[tuple[int, int], ...], ...] | None = None
+    from_position: int | None = None
+    left_pad: tuple[int, ...] | None = None  # per row, bound per batch (`bind`)
     kind: ClassVar[str] = "edit_latents"
 
     def __post_init__(self) -> None:
@@ -151,6 +156,11 @@ class EditLatents:
             raise UserError(f"latent edit value {self.value} is not a finite number")
         if self.rows is not None and self.retain:
             raise UserError("per-prompt latent sets cannot be combined with retain")
+        if self.from_position is not None and self.from_position < 0:
+            raise UserError(
+                f"from_position {self.from_position} is negative; count from the prompt's "
+                "start, or use last_prompt_tokens to count from its end"
+            )
 
     @property
     def needs_twin(self) -> bool:
@@ -228,6 +238,8 @@ class EditLatents:
             keep = torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
             if is_prompt and self.last_prompt_tokens is not None:
                 keep[:, : max(0, act.shape[1] - self.last_prompt_tokens)] = False
+            if is_prompt and self.from_position is not None:
+                keep &= self._from_position_mask(act)
             if not self.edit_sinks:
                 norms = act.float().norm(dim=-1)
                 if is_prompt:
@@ -240,6 +252,25 @@ class EditLatents:
                 return self._edit_and_pin(sae, act, indices, pins, edit, keep)
 
         return hook
+
+    def _from_position_mask(self, act: torch.Tensor) -> torch.Tensor:
+        """`[batch, seq]`: True from token `from_position` of each (left-padded) prompt on."""
+        pads = self.left_pad
+        if pads is None:
+            if act.shape[0] != 1:
+                raise UserError(
+                    "from_position needs each prompt's padding; generate through "
+                    "refusal_lens.generation.generate, or bind(interventions, prompts, mask)"
+                )
+            pads = (0,)
+        if act.shape[0] == 2 * len(pads):  # a twin batch (retain): clean rows, then edited
+            pads = pads + pads
+        if act.shape[0] != len(pads):
+            raise UserError(
+                f"padding was bound for {len(pads)} prompts, the batch has {act.shape[0]}"
+            )
+        start = torch.tensor(pads, device=act.device).unsqueeze(1) + self.from_position
+        return torch.arange(act.shape[1], device=act.device).unsqueeze(0) >= start
 
     @staticmethod
     def _edit_and_pin(
@@ -270,6 +301,7 @@ class EditLatents:
             "value": self.value,
             "positions": self.positions,
             "last_prompt_tokens": self.last_prompt_tokens,
+            "from_position": self.from_position,
             "edit_sinks": self.edit_sinks,
             "sink_factor": self.sink_factor,
             "retain": [list(pair) for pair in self.retain],
@@ -288,6 +320,7 @@ class PerPromptLatents:
     mode: str = "scale"
     value: float = 0.0
     positions: str = "all"
+    from_position: int | None = None
     kind: ClassVar[str] = "per_prompt_latents"
 
     def for_batch(self, texts: Sequence[str]) -> EditLatents:
@@ -302,7 +335,13 @@ class PerPromptLatents:
             rows.append(found)
         union = tuple(sorted({pair for row in rows for pair in row}))
         return EditLatents(
-            self.saes, union, self.mode, self.value, self.positions, rows=tuple(rows)
+            self.saes,
+            union,
+            self.mode,
+            self.value,
+            self.positions,
+            rows=tuple(rows),
+            from_position=self.from_position,
         )
 
     def hooks(self, model: nn.Module) -> list[tuple[HookPoint, HookFn]]:
@@ -315,6 +354,7 @@ class PerPromptLatents:
             "mode": self.mode,
             "value": self.value,
             "positions": self.positions,
+            "from_position": self.from_position,
             "by_prompt_sha256": hashlib.sha256(
                 repr(sorted(self.by_prompt.items())).encode()
             ).hexdigest(),
@@ -323,11 +363,25 @@ class PerPromptLatents:
 
 
 def bind(
-    interventions: Sequence[Intervention] | InterventionSet, texts: Sequence[str]
+    interventions: Sequence[Intervention] | InterventionSet,
+    texts: Sequence[str],
+    attention_mask: torch.Tensor | None = None,
 ) -> list[Intervention]:
-    """Interventions for one batch: per-prompt ones bound to its prompts."""
+    """Interventions for one batch: per-prompt ones bound to its prompts, and latent edits
+    that start at a prompt position told each row's left padding (from `attention_mask`)."""
     items = interventions.items if isinstance(interventions, InterventionSet) else interventions
-    return [item.for_batch(texts) if isinstance(item, PerPromptLatents) else item for item in items]
+    bound = [
+        item.for_batch(texts) if isinstance(item, PerPromptLatents) else item for item in items
+    ]
+    if attention_mask is None:
+        return bound
+    pads = tuple(int(n) for n in (attention_mask == 0).sum(dim=1).tolist())
+    return [
+        replace(item, left_pad=pads)
+        if isinstance(item, EditLatents) and item.from_position is not None
+        else item
+        for item in bound
+    ]
 
 
 @dataclass(frozen=True)
@@ -475,6 +529,7 @@ def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
         None
         if data.get("rows") is None
         else tuple(tuple((int(a), int(b)) for a, b in row) for row in data["rows"]),
+        from_position=data.get("from_position"),
     )
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..generation import generate, length_sorted_batches
-from ..interventions import Intervention, InterventionSet, apply, needs_twin
+from ..interventions import Intervention, InterventionSet, apply, bind, needs_twin
 from ..models import ChatFormatter, LoadedModel
 from .statistics import Estimate, bootstrap_mean
 
@@ -95,7 +95,8 @@ def completion_kl(
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         kwargs = {"input_ids": ids, "attention_mask": attention, "position_ids": positions}
         base = F.log_softmax(lm.model(**kwargs).logits.float(), dim=-1)
-        with apply(lm.model, interventions):
+        batch_texts = [instructions[i] for i in indices]
+        with apply(lm.model, bind(interventions, batch_texts, attention)):
             if twin:  # a clean copy of each row rides along (latent `retain`)
                 doubled = {k: torch.cat([v, v]) for k, v in kwargs.items()}
                 logits = lm.model(**doubled).logits[ids.shape[0] :]

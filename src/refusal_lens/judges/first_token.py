@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..generation import length_sorted_batches
-from ..interventions import Intervention, InterventionSet, apply
+from ..interventions import Intervention, InterventionSet, apply, bind
 from ..models import ChatFormatter, LoadedModel
 from .substring import REFUSAL_PHRASES
 
@@ -63,14 +63,15 @@ def last_position_logits(
 ) -> torch.Tensor:
     """Next-token logits (float32) at the last prompt position, in input order."""
     out: torch.Tensor | None = None
-    with apply(lm.model, interventions):
-        for indices in tqdm(
-            length_sorted_batches(instructions, batch_size),
-            desc=desc,
-            disable=not progress,
-            unit="batch",
-        ):
-            batch = formatter.encode([instructions[i] for i in indices]).to(lm.device)
+    for indices in tqdm(
+        length_sorted_batches(instructions, batch_size),
+        desc=desc,
+        disable=not progress,
+        unit="batch",
+    ):
+        texts = [instructions[i] for i in indices]
+        batch = formatter.encode(texts).to(lm.device)
+        with apply(lm.model, bind(interventions, texts, batch.attention_mask)):
             logits = lm.model(**batch.forward_kwargs(), logits_to_keep=1).logits[:, -1]
             if not torch.isfinite(logits).all():
                 raise UserError("the model produced NaN or inf logits; try --dtype float32")
