@@ -199,11 +199,27 @@ def test_find_latents_then_steer_on_a_tiny_model(
         "2",
         "--k",
         "4",
+        "--search",
+        "--search-ks",
+        "2,4",
+        "--search-scales=-1,-4",
+        "--n-val",
+        "3",
         "--out",
         str(tmp_path / "run"),
     )
     assert code == 0, err
     features = FeatureSet.load(tmp_path / "run" / "latents.json")
+    assert features.intervention["chosen_by"].startswith("search")
+    searched = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert {(row["k"], row["value"]) for row in searched["grid"]} == {
+        (2, -1.0),
+        (2, -4.0),
+        (4, -1.0),
+        (4, -4.0),
+    }
+    features.intervention.update(mode="scale", value=-3.0, k=4)  # what the steps below expect
+    features.save(tmp_path / "run")
     assert features.method == "ours" and len(features.top()) == 4
     assert features.selected_on["harmful"]["name"].startswith("builtin_harmful_train")
     code, out, err = _cli(

@@ -364,7 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose K* and the scale on validation prompts (refusal rate + harmless KL)",
     )
     find.add_argument("--search-ks", default="10,20,40", help="K* grid for --search")
-    find.add_argument("--search-scales", default="-1,-2,-4,-8", help="scale grid for --search")
+    find.add_argument(
+        "--search-scales",
+        default="-1,-2,-4,-8",
+        help="scale grid for --search (write it with =: --search-scales=-1,-2)",
+    )
     find.add_argument("--kl-limit", type=float, default=0.1, help="harmless KL a choice may cost")
     find.add_argument("--n-val", type=_positive, default=32, help="validation prompts per class")
 
@@ -804,7 +808,7 @@ def cmd_eval_saes(args: argparse.Namespace) -> int:
 
 def cmd_find_latents(args: argparse.Namespace) -> int:
     from .attribution import AttributionSettings
-    from .features import SelectionSettings
+    from .features import SearchSettings, SelectionSettings
     from .pipeline import LatentsChoice, latents_job
 
     lm, formatter = _load(args)
@@ -832,7 +836,17 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
         refusal_token=args.refusal_token,
         all_prompts=args.all_prompts,
         match=args.match,
+        search=args.search,
+        n_val=args.n_val,
     )
+    search = SearchSettings(
+        ks=tuple(int(k) for k in _number_list(args.search_ks, "--search-ks")),
+        values=tuple(_number_list(args.search_scales, "--search-scales")),
+        kl_limit=args.kl_limit,
+        batch_size=args.batch_size,
+    )
+    if args.search and (not search.ks or not search.values):
+        raise UserError("--search needs a K* grid and a scale grid (--search-ks, --search-scales)")
     features = latents_job(
         lm,
         formatter,
@@ -841,6 +855,7 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
         settings=settings,
         data_dir=args.data_dir,
         seed=args.seed,
+        search_settings=search,
     )
     top = ", ".join(f"{layer}:{latent}" for layer, latent in features.top())
     print(
