@@ -244,6 +244,31 @@ def test_find_latents_then_steer_on_a_tiny_model(
     assert result["n"] == 3 and result["scale"] == -3.0 and result["k"] == 4
     assert result["interventions"][0]["kind"] == "edit_latents"
     assert {"refusal_rate", "ci95", "judge", "method", "protocol"} <= set(result)
+    # the printed intervention is data: refusal-rate replays it from the file
+    (tmp_path / "steer.json").write_text(out)
+    code, again, err = _cli(
+        capsys,
+        "refusal-rate",
+        "--model",
+        str(model),
+        "--dataset",
+        "builtin_harmful_test",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--intervention",
+        str(tmp_path / "steer.json"),
+        "--json",
+    )
+    assert code == 0, err
+    replay = json.loads(again)
+    assert replay["interventions"] == result["interventions"]
+    assert replay["refusal_rate"] == result["refusal_rate"]
+    code, _, err = _cli(
+        capsys, "refusal-rate", "--dataset", "builtin_harmful_test", "--intervention", "nope.json"
+    )
+    assert code != 0 and "does not exist" in err and len(err.strip().splitlines()) == 1
     for position, field, expected in (("5", "from_position", 5), ("-2", "last_prompt_tokens", 2)):
         code, out, err = _cli(
             capsys,

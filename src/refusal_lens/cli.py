@@ -129,6 +129,12 @@ def _add_intervention_args(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="scale of the added direction (with --add-direction)",
     )
+    parser.add_argument(
+        "--intervention",
+        metavar="FILE",
+        help="JSON intervention(s) to apply (one object, a list, or an object with an "
+        "'interventions' list, as `steer --json` prints)",
+    )
 
 
 def _positive(value: str) -> int:
@@ -516,6 +522,24 @@ def _interventions(args: argparse.Namespace, lm: Any) -> list[Any]:
     return [direction.ablation() if args.ablate_direction else direction.addition(args.coeff)]
 
 
+def _interventions_from_file(path: str) -> list[Any]:
+    from .interventions import from_dict
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"intervention file {path!r} does not exist; pass a JSON file")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"intervention file {path!r} is not valid JSON ({error})") from None
+    if isinstance(data, dict) and "interventions" in data:
+        data = data["interventions"]
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(item, dict) for item in items):
+        raise UserError(f"intervention file {path!r} holds no intervention objects")
+    return [from_dict(item) for item in items]
+
+
 def cmd_direction(args: argparse.Namespace) -> int:
     if not 0 <= args.prune_layer_fraction < 1:
         raise UserError(
@@ -594,8 +618,9 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
     prompts = load_prompts(
         args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
     )
+    from_file = _interventions_from_file(args.intervention) if args.intervention else []
     lm, formatter = _load(args)
-    interventions = _interventions(args, lm)
+    interventions = from_file + _interventions(args, lm)
     condition = "ablated" if args.ablate_direction else "added" if args.add_direction else "base"
     run = RunDir(args.out) if args.out else None
     if run is not None:
@@ -638,8 +663,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--output {output} is a folder; give a .jsonl file path")
     if output.parent and not output.parent.exists():
         raise UserError(f"folder {output.parent} does not exist; create it or pick --output")
+    from_file = _interventions_from_file(args.intervention) if args.intervention else []
     lm, formatter = _load(args)
-    interventions = _interventions(args, lm)
+    interventions = from_file + _interventions(args, lm)
     described = [item.to_dict() for item in interventions]
     with output.open("w") as handle:
 
