@@ -212,6 +212,7 @@ def test_find_latents_then_steer_on_a_tiny_model(
     features = FeatureSet.load(tmp_path / "run" / "latents.json")
     assert features.intervention["chosen_by"].startswith("search")
     searched = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert searched["base_refusal_rate"]["n"] == 3
     assert {(row["k"], row["value"]) for row in searched["grid"]} == {
         (2, -1.0),
         (2, -4.0),

@@ -494,6 +494,14 @@ def search_intervention(
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.batch_size,
     )
+    base_harmful = generate(
+        lm,
+        formatter,
+        harmful_val.texts(),
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        progress=False,
+    )
     grid = [
         (k, value) for k in settings.ks if k <= len(features.latents) for value in settings.values
     ]
@@ -537,6 +545,7 @@ def search_intervention(
     }
     return {
         "settings": asdict(settings),
+        "base_refusal_rate": bootstrap_mean(judge.judge(base_harmful)).to_dict(),
         "grid": rows,
         "chosen": best,
         "met_kl_limit": bool(allowed),
