@@ -487,20 +487,15 @@ def search_intervention(
     features.check_held_out(harmful_val)
     features.check_held_out(harmless_val)
     judge = SubstringJudge()
-    base = base_completions(
-        lm,
-        formatter,
-        harmless_val.texts(),
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.batch_size,
-    )
-    base_harmful = generate(
-        lm,
-        formatter,
-        harmful_val.texts(),
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.batch_size,
-        progress=False,
+    base, base_harmful = (
+        base_completions(
+            lm,
+            formatter,
+            prompts.texts(),
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+        )
+        for prompts in (harmless_val, harmful_val)
     )
     grid = [
         (k, value) for k in settings.ks if k <= len(features.latents) for value in settings.values
