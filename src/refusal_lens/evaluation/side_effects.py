@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..generation import generate, length_sorted_batches
 from ..interventions import Intervention, InterventionSet, apply, bind, needs_twin
 from ..models import ChatFormatter, LoadedModel
+from ..teacher_forcing import teacher_forced_batch
 from .statistics import Estimate, bootstrap_mean
 
 
@@ -38,31 +39,6 @@ def base_completions(
         batch_size=batch_size,
         progress=False,
     )
-
-
-def _teacher_forced(
-    lm: LoadedModel, formatter: ChatFormatter, instructions: list[str], completions: list[str]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded ids, attention mask, and a mask of the positions that predict a
-    completion token."""
-    rows, scored = [], []
-    for instruction, completion in zip(instructions, completions, strict=True):
-        prompt = lm.tokenizer(formatter.render(instruction), add_special_tokens=False)["input_ids"]
-        answer = lm.tokenizer(completion, add_special_tokens=False)["input_ids"]
-        rows.append(prompt + answer)
-        # the last prompt position always counts: it predicts the first answer token (or EOS)
-        scored.append((len(prompt) - 1, len(prompt) + max(len(answer), 1) - 1))
-    width = max(len(r) for r in rows)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    predicts = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (row, (start, end)) in enumerate(zip(rows, scored, strict=True)):
-        offset = width - len(row)
-        ids[i, offset:] = torch.tensor(row)
-        attention[i, offset:] = 1
-        predicts[i, offset + start : offset + end] = True
-    return ids, attention, predicts
 
 
 @torch.inference_mode()
@@ -88,7 +64,7 @@ def completion_kl(
         disable=not progress,
         unit="batch",
     ):
-        ids, attention, predicts = _teacher_forced(
+        ids, attention, predicts = teacher_forced_batch(
             lm, formatter, [instructions[i] for i in indices], [completions[i] for i in indices]
         )
         ids, attention = ids.to(lm.device), attention.to(lm.device)

@@ -63,3 +63,32 @@ def paired_difference(
     centered = means - diff.mean()
     p_value = float((np.abs(centered) >= abs(diff.mean())).mean())
     return estimate, p_value
+
+
+def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Agreement of two binary raters beyond chance; 0 when chance agreement is total."""
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError("kappa needs two equally long, non-empty label lists")
+    observed = float((x == y).mean())
+    chance = float(x.mean() * y.mean() + (1 - x.mean()) * (1 - y.mean()))
+    return 0.0 if chance >= 1.0 else (observed - chance) / (1.0 - chance)
+
+
+def bootstrap_kappa(
+    a: Sequence[bool],
+    b: Sequence[bool],
+    *,
+    n_boot: int = 2_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """Cohen's kappa with a percentile-bootstrap interval over resampled pairs."""
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if x.size == 0:
+        raise UserError("cannot measure agreement on zero items: the labelled set is empty")
+    rng = np.random.default_rng(seed)
+    draws = [cohen_kappa(x[i], y[i]) for i in rng.integers(0, x.size, size=(n_boot, x.size))]
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return Estimate(cohen_kappa(x, y), float(low), float(high), int(x.size), confidence)

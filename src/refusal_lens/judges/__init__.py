@@ -1,6 +1,29 @@
-"""Refusal judges: substring matching on completions, first-token refusal score on logits."""
+"""Judges: one interface (`Judge.verdicts(prompts, completions)`), a registry built from spec
+strings (`make_judge("harmbench:model=...")`), and the built-in judges."""
 
-from .first_token import RefusalTokens, refusal_scores
+from .base import (
+    Judge,
+    JudgeContext,
+    Verdict,
+    judge_names,
+    make_judge,
+    parse_judge_spec,
+    register_judge,
+)
+from .first_token import FirstTokenJudge, RefusalTokens, refusal_scores
 from .substring import REFUSAL_PHRASES, SubstringJudge
 
-__all__ = ["REFUSAL_PHRASES", "RefusalTokens", "SubstringJudge", "refusal_scores"]
+__all__ = [
+    "REFUSAL_PHRASES",
+    "FirstTokenJudge",
+    "Judge",
+    "JudgeContext",
+    "RefusalTokens",
+    "SubstringJudge",
+    "Verdict",
+    "judge_names",
+    "make_judge",
+    "parse_judge_spec",
+    "refusal_scores",
+    "register_judge",
+]

@@ -1,0 +1,123 @@
+"""How far to trust a judge: its verdicts against human labels (XSTest, GPTFuzz).
+
+Each judge's verdict is read as "complied" (for a refusal-only judge: not refused, which is
+what its jailbreak rate means) and compared with the human label: accuracy and Cohen's kappa,
+each with a 95% bootstrap interval, plus the confusion counts. Verdicts are saved per
+(judge, set) in the run folder as they are computed, so a rerun with one more judge only
+computes that judge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..data.labelled import LabelledResponse, load_labelled
+from ..judges import Judge
+from ..runs import RunDir, stable_hash
+from .statistics import bootstrap_kappa, bootstrap_mean
+
+
+def judge_on_labelled(
+    judge: Judge, rows: Sequence[LabelledResponse], *, batch_size: int = 64
+) -> list[bool | None]:
+    predictions: list[bool | None] = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=judge.name, unit="batch"):
+        chunk = rows[start : start + batch_size]
+        verdicts = judge.verdicts([r.prompt for r in chunk], [r.response for r in chunk])
+        predictions.extend(v.complied_or_not_refused() for v in verdicts)
+    return predictions
+
+
+def agreement_row(
+    judge: dict[str, Any], dataset: str, labels: Sequence[bool], predictions: Sequence[bool | None]
+) -> dict[str, Any]:
+    pairs = [(y, p) for y, p in zip(labels, predictions, strict=True) if p is not None]
+    gold = [y for y, _ in pairs]
+    said = [bool(p) for _, p in pairs]
+    accuracy = bootstrap_mean([float(y == p) for y, p in pairs])
+    kappa = bootstrap_kappa(gold, said)
+    return {
+        "judge": judge,
+        "dataset": dataset,
+        "n": len(pairs),
+        "unjudged": len(labels) - len(pairs),
+        "accuracy": accuracy.mean,
+        "accuracy_ci95": [accuracy.low, accuracy.high],
+        "kappa": kappa.mean,
+        "kappa_ci95": [kappa.low, kappa.high],
+        "confusion": {
+            "complied_said_complied": sum(y and p for y, p in zip(gold, said, strict=True)),
+            "complied_said_not": sum(y and not p for y, p in zip(gold, said, strict=True)),
+            "not_said_complied": sum(p and not y for y, p in zip(gold, said, strict=True)),
+            "not_said_not": sum(not y and not p for y, p in zip(gold, said, strict=True)),
+        },
+        "gold_complied_rate": sum(gold) / len(gold) if gold else None,
+    }
+
+
+def judge_agreement(
+    judges: dict[str, Judge],
+    datasets: Sequence[str],
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Agreement of every judge with the human labels of every set; writes
+    OUT/agreement.json and OUT/agreement.md."""
+    run = RunDir(out)
+    rows: list[dict[str, Any]] = []
+    for dataset in datasets:
+        labelled = load_labelled(dataset, data_dir, limit=limit, seed=seed)
+        labels = [r.complied for r in labelled]
+        for spec, judge in judges.items():
+            described = judge.describe()
+            if not judge.reads_completions:
+                rows.append(
+                    {
+                        "judge": described,
+                        "dataset": dataset,
+                        "skipped": "scores the evaluated model's own next token, not a given "
+                        "completion",
+                    }
+                )
+                continue
+            key = stable_hash(
+                {"judge": described, "items": [(r.prompt, r.response) for r in labelled]}
+            )
+            safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in spec)
+            stage = f"judges/{dataset}.{safe}.json"
+            saved = run.load_stage(stage, key)
+            if saved is None:
+                saved = {"predictions": judge_on_labelled(judge, labelled)}
+                run.save_stage(stage, key, saved)
+            rows.append(agreement_row(described, dataset, labels, saved["predictions"]))
+            run.save_stage("agreement.json", "all", {"rows": rows})
+    run.save_stage("agreement.json", "all", {"rows": rows})
+    (run.path / "agreement.md").write_text(agreement_markdown(rows))
+    return rows
+
+
+def agreement_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| judge | dataset | n | accuracy [95% CI] | Cohen's kappa [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        name = row["judge"]["name"]
+        if "model" in row["judge"]:
+            name += f" ({row['judge']['model']})"
+        if "skipped" in row:
+            lines.append(f"| {name} | {row['dataset']} | - | not applicable: {row['skipped']} | |")
+            continue
+        acc, kap = row["accuracy_ci95"], row["kappa_ci95"]
+        lines.append(
+            f"| {name} | {row['dataset']} | {row['n']} | {row['accuracy']:.3f} "
+            f"[{acc[0]:.3f}, {acc[1]:.3f}] | {row['kappa']:.3f} [{kap[0]:.3f}, {kap[1]:.3f}] |"
+        )
+    return "\n".join(lines) + "\n"

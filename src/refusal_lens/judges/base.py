@@ -1,0 +1,121 @@
+"""The judge interface and its registry.
+
+A judge reads (prompt, completion) pairs and returns one `Verdict` per pair. Two questions are
+kept apart, because a steered model can stop refusing without doing what was asked:
+`refused` (did it decline?) and `complied` (did it carry out the request?). A judge answers
+the questions it can and leaves the other `None`. Every verdict set records the judge's
+`describe()` (name, version, settings), and results are keyed by it.
+
+Judges are built from a spec string, `name` or `name:key=value,key=value` (for example
+`harmbench:model=qwen2.5-coder-1.5b-instruct`), through `make_judge`; `register_judge` adds one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Verdict:
+    refused: bool | None = None  # the completion declines the request
+    complied: bool | None = None  # the completion carries out the request
+    score: float | None = None  # the judge's continuous score, where it has one
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def complied_or_not_refused(self) -> bool:
+        """The jailbreak reading of a verdict: `complied` where the judge says it, else not
+        refused (what a refusal-only judge's jailbreak rate means)."""
+        if self.complied is not None:
+            return self.complied
+        if self.refused is None:
+            raise ValueError("a verdict with neither refused nor complied")
+        return not self.refused
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "refused": self.refused,
+            "complied": self.complied,
+            "score": self.score,
+            "detail": self.detail,
+        }
+
+
+@runtime_checkable
+class Judge(Protocol):
+    name: str
+    version: str
+    # False for judges that score the model's own next token rather than a given completion.
+    reads_completions: bool
+
+    def verdicts(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Verdict]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class JudgeContext:
+    """What judges may share with the run that uses them: the evaluated model (the first-token
+    and compliance judges read it), where models load from, and the device."""
+
+    lm: Any = None  # LoadedModel of the evaluated (unsteered) model
+    formatter: Any = None  # its ChatFormatter
+    device: str = "auto"
+    cache_dir: str | None = None
+    batch_size: int = 8
+
+
+JudgeFactory = Callable[..., Judge]  # factory(context, **options)
+_REGISTRY: dict[str, tuple[JudgeFactory, str]] = {}
+
+
+def register_judge(name: str, factory: JudgeFactory, summary: str) -> None:
+    _REGISTRY[name] = (factory, summary)
+
+
+def judge_names() -> dict[str, str]:
+    """Registered judges and a one-line summary of each."""
+    _load_builtin_judges()
+    return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}
+
+
+def parse_judge_spec(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = spec.strip().partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"judge option {item!r} in {spec!r} is not key=value")
+        options[key.strip().replace("-", "_")] = value.strip()
+    return name, options
+
+
+def make_judge(spec: str, context: JudgeContext | None = None) -> Judge:
+    """Build a judge from `name[:key=value,...]`; `context` carries shared objects (for example
+    the evaluated model, which the first-token and compliance judges need)."""
+    _load_builtin_judges()
+    name, options = parse_judge_spec(spec)
+    if name not in _REGISTRY:
+        raise UserError(f"unknown judge {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    factory, _ = _REGISTRY[name]
+    accepted = [p for p in inspect.signature(factory).parameters if p != "context"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(
+            f"judge {name!r} has no option {', '.join(unknown)}; "
+            f"its options: {', '.join(accepted) or 'none'}"
+        )
+    return factory(context or JudgeContext(), **options)
+
+
+def _load_builtin_judges() -> None:
+    from . import builtin  # noqa: F401  (registers on import)
+
+
+def check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
+    if len(prompts) != len(completions):
+        raise UserError(f"{len(prompts)} prompts but {len(completions)} completions to judge")

@@ -1,0 +1,97 @@
+"""Teacher forcing: a prompt (in its chat template) followed by a given completion, scored
+token by token. Used by the harmless-KL side effect, cross-entropy on rollouts, and the
+fluency part of the compliance judge."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .generation import length_sorted_batches
+from .interventions import Intervention, InterventionSet, apply, bind
+from .models import ChatFormatter, LoadedModel
+
+
+def teacher_forced_batch(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    *,
+    max_completion_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ids, attention mask, and a mask of the positions that predict a
+    completion token (the last prompt position predicts the first one)."""
+    rows, scored = [], []
+    for instruction, completion in zip(instructions, completions, strict=True):
+        prompt = lm.tokenizer(formatter.render(instruction), add_special_tokens=False)["input_ids"]
+        answer = lm.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if max_completion_tokens is not None:
+            answer = answer[:max_completion_tokens]
+        rows.append(prompt + answer)
+        # the last prompt position always counts: it predicts the first answer token (or EOS)
+        scored.append((len(prompt) - 1, len(prompt) + max(len(answer), 1) - 1))
+    width = max(len(r) for r in rows)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    predicts = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (row, (start, end)) in enumerate(zip(rows, scored, strict=True)):
+        offset = width - len(row)
+        ids[i, offset:] = torch.tensor(row)
+        attention[i, offset:] = 1
+        predicts[i, offset + start : offset + end] = True
+    return ids, attention, predicts
+
+
+@torch.inference_mode()
+def completion_nll(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    *,
+    interventions: Sequence[Intervention] | InterventionSet = (),
+    batch_size: int = 8,
+    max_completion_tokens: int | None = 256,
+    progress: bool = False,
+) -> list[float]:
+    """Per pair, the mean negative log-likelihood (nats per token) of the completion given the
+    prompt; exp of it is the completion's perplexity. An empty completion has no tokens to
+    score and gets `inf` (it is not fluent text)."""
+    if not instructions:
+        raise UserError("no prompt/completion pairs to score: the list is empty")
+    if len(instructions) != len(completions):
+        raise UserError(f"{len(instructions)} prompts but {len(completions)} completions")
+    out = [0.0] * len(instructions)
+    keyed = [p + "\x00" + c for p, c in zip(instructions, completions, strict=True)]
+    for indices in tqdm(
+        length_sorted_batches(keyed, batch_size), desc="score", disable=not progress, unit="batch"
+    ):
+        prompts = [instructions[i] for i in indices]
+        ids, attention, predicts = teacher_forced_batch(
+            lm,
+            formatter,
+            prompts,
+            [completions[i] for i in indices],
+            max_completion_tokens=max_completion_tokens,
+        )
+        ids, attention = ids.to(lm.device), attention.to(lm.device)
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        with apply(lm.model, bind(interventions, prompts, attention)):
+            logits = lm.model(
+                input_ids=ids, attention_mask=attention, position_ids=positions
+            ).logits
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()  # predicts token t+1
+        mask = predicts[:, :-1]
+        if not torch.isfinite(nll[mask]).all():
+            raise UserError("the model produced NaN or inf logits; try --dtype float32")
+        for row, index in enumerate(indices):
+            scored = nll[row][mask[row]]
+            out[index] = float(scored.mean()) if scored.numel() else float("inf")
+    return out
