@@ -278,6 +278,32 @@ class ResultStore:
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 
+    def add_measurement_rows(
+        self,
+        condition: Condition,
+        task: str,
+        rows: Iterable[tuple[str, str, float, Mapping[str, Any]]],
+    ) -> None:
+        """(item, metric, value, detail) rows of several metrics, in one transaction."""
+        now = time.time()
+        records = [
+            (
+                *condition.key(),
+                task,
+                item,
+                metric,
+                condition.label,
+                float(value),
+                json.dumps(dict(detail)),
+                now,
+            )
+            for item, metric, value, detail in rows
+        ]
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", records
+            )
+
     # ------------------------------------------------------------------ queries
 
     def query(self, table: str, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:

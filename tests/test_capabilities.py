@@ -1,0 +1,177 @@
+"""Capabilities through lm-eval on a tiny model: local task configs, items stored and resumed,
+interventions active inside lm-eval, and the same numbers as our own scorer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from refusal_lens.errors import UserError
+from refusal_lens.evaluation.capabilities import (
+    CapabilityRunner,
+    CapabilitySettings,
+    TaskSpec,
+    _check_applicable,
+    direct_multiple_choice,
+    numeric_equal,
+    sample_metrics,
+    task_specs,
+)
+from refusal_lens.evaluation.store import Condition, ResultStore
+from refusal_lens.interventions import AddDirection, EditLatents
+from refusal_lens.models import LoadedModel
+
+if os.environ.get("REFUSAL_LENS_REQUIRE_EXTRAS") != "1":
+    pytest.importorskip("lm_eval")
+
+ARC = [
+    {
+        "id": f"q{i}",
+        "question": question,
+        "choices": {"text": options, "label": ["A", "B", "C"]},
+        "answerKey": "ABC"[i % 3],
+    }
+    for i, (question, options) in enumerate(
+        [
+            ("Which bakes bread?", ["an oven", "a fox", "the sea"]),
+            ("What is quick?", ["a brown fox", "a lazy dog", "flour"]),
+            ("What does a poem describe?", ["the sea", "salt", "a computer"]),
+        ]
+    )
+]
+
+
+def write_capability_data(root: Path) -> Path:
+    cap = root / "capability"
+    (cap / "arc_challenge").mkdir(parents=True)
+    (cap / "arc_challenge" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in ARC))
+    (cap / "openbookqa").mkdir()
+    obqa = {
+        "id": "1",
+        "question": {
+            "stem": "Bread needs",
+            "choices": [{"text": "flour", "label": "A"}, {"text": "a fox", "label": "B"}],
+        },
+        "answerKey": "A",
+    }
+    (cap / "openbookqa" / "openbookqa.jsonl").write_text(json.dumps(obqa) + "\n")
+    for split in ("test", "dev"):
+        (cap / "mmlu" / split).mkdir(parents=True)
+        (cap / "mmlu" / split / f"baking_{split}.csv").write_text(
+            "question,choice0,choice1,choice2,choice3,answer\n"
+            "What is bread made of?,flour,sea,fox,dog,0\n"
+        )
+    (cap / "gsm8k").mkdir()
+    gsm = {"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"}
+    (cap / "gsm8k" / "test.jsonl").write_text(json.dumps(gsm) + "\n")
+    (cap / "truthfulqa").mkdir()
+    (cap / "truthfulqa" / "TruthfulQA.csv").write_text(
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+        "A,B,What is bread?,Food,Food,A fox; The sea,s\n"
+    )
+    return root
+
+
+def test_task_configs_read_the_local_files(tmp_path: Path) -> None:
+    root = write_capability_data(tmp_path / "data")
+    settings = CapabilitySettings(
+        tasks=("arc_challenge", "openbookqa", "mmlu", "gsm8k", "truthfulqa_mc1")
+    )
+    specs = {s.family: s for s in task_specs(settings, root, tmp_path / "work")}
+    assert (
+        specs["arc_challenge"].config["dataset_kwargs"]["data_files"]["test"].startswith(str(root))
+    )
+    assert specs["arc_challenge"].n_items == 3
+    assert specs["mmlu"].name == "rl_mmlu_baking" and specs["mmlu"].config["fewshot_split"] == "dev"
+    assert specs["gsm8k"].config["num_fewshot"] == 8  # lm-eval's 8-shot chain of thought
+    assert "numeric_match,flexible-extract" in specs["gsm8k"].metrics
+    derived = (tmp_path / "work" / "truthfulqa_mc1.jsonl").read_text()
+    assert json.loads(derived)["mc1_targets"] == {
+        "choices": ["Food", "A fox", "The sea"],
+        "labels": [1, 0, 0],
+    }
+    with pytest.raises(UserError, match="unknown capability task 'hellaswag'"):
+        task_specs(CapabilitySettings(tasks=("hellaswag",)), root, tmp_path / "w")
+    with pytest.raises(UserError, match="unknown MMLU subject"):
+        task_specs(CapabilitySettings(tasks=("mmlu",), mmlu_subjects=("x",)), root, tmp_path / "w")
+    with pytest.raises(UserError, match="GSM8K data not found"):
+        task_specs(CapabilitySettings(tasks=("gsm8k",)), tmp_path, tmp_path / "w")
+
+
+def test_numeric_match_normalises_numbers() -> None:
+    assert numeric_equal("18.0", "18") and numeric_equal("$1,000.", "1000")
+    assert not numeric_equal("17", "18") and numeric_equal("[invalid]", "[invalid]")
+    assert not numeric_equal("[invalid]", "18")
+
+
+def test_gsm8k_samples_become_exact_and_numeric_rows() -> None:
+    spec = TaskSpec("rl_gsm8k_cot", "gsm8k", {}, 1, [])
+    sample = {
+        "doc_id": 3,
+        "filter": "strict-match",
+        "filtered_resps": ["18.0"],
+        "target": "18",
+        "exact_match": 0.0,
+    }
+    rows = sample_metrics(spec, [sample])
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("3", "exact_match,strict-match", 0.0),
+        ("3", "numeric_match,strict-match", 1.0),
+    ]
+
+
+def test_position_dependent_edits_are_refused(tiny_saes) -> None:
+    edit = EditLatents(tiny_saes, ((1, 0),), positions="prompt")
+    with pytest.raises(UserError, match="at all positions"):
+        _check_applicable([edit])
+    with pytest.raises(UserError, match="retain"):
+        _check_applicable([EditLatents(tiny_saes, ((1, 0),), retain=((1, 1),))])
+
+
+def test_lm_eval_runs_our_model_under_our_intervention(tiny: LoadedModel, tmp_path: Path) -> None:
+    root = write_capability_data(tmp_path / "data")
+    settings = CapabilitySettings(tasks=("arc_challenge",), limit=None, chunk=2, batch_size=4)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        runner = CapabilityRunner(tiny, store, settings, root, tmp_path / "work")
+        base = Condition(tiny.weights_sha256, store.intervention_id([]), label="base")
+        torch.manual_seed(0)
+        push = AddDirection(torch.randn(tiny.d_model), layer=1, coeff=8.0)
+        edited = Condition(
+            tiny.weights_sha256, store.intervention_id([push.to_dict()]), label="add"
+        )
+        progress: list[int] = []
+        runner.evaluate(base, [], on_progress=lambda _t, n, _m: progress.append(n))
+        assert progress == [2, 1]  # two chunks, each stored as it finished
+        runner.evaluate(edited, [push])
+        contexts = [f"Question: {r['question']}\nAnswer:" for r in ARC]
+        options = [r["choices"]["text"] for r in ARC]
+        for condition, edits in ((base, []), (edited, [push])):
+            direct = direct_multiple_choice(tiny, contexts, options, interventions=edits)
+            stored = store.query(
+                "measurements", {"intervention": condition.intervention, "metric": "acc"}
+            )
+            by_item = {row["item"]: json.loads(row["detail"]) for row in stored}
+            for i, mine in enumerate(direct):
+                assert by_item[str(i)]["loglikelihoods"] == pytest.approx(
+                    mine["loglikelihoods"], abs=1e-3
+                )
+        base_ll = json.loads(
+            store.query("measurements", {"intervention": "base", "item": "0", "metric": "acc"})[0][
+                "detail"
+            ]
+        )
+        edit_ll = json.loads(
+            store.query(
+                "measurements", {"intervention": edited.intervention, "item": "0", "metric": "acc"}
+            )[0]["detail"]
+        )
+        assert base_ll["loglikelihoods"] != pytest.approx(edit_ll["loglikelihoods"], abs=1e-3)
+        progress.clear()
+        runner.evaluate(base, [], on_progress=lambda _t, n, _m: progress.append(n))
+        assert progress == []  # everything was already stored
+        results = {r.metric: r for r in runner.results(edited, base)}
+        assert results["acc"].estimate.n == 3 and results["acc"].difference_vs_base is not None
