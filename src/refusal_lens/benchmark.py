@@ -1,0 +1,751 @@
+"""The paper's benchmark, done properly, behind one function (and `refusal-lens benchmark`).
+
+For each method (base, direction ablation, ours, cossim, actdiff, ap, random) it measures the
+refusal and jailbreak rates on the harmful benchmarks with every configured judge, and, for
+the global interventions, the side effects (harmless KL, cross-entropy on the base model's own
+rollouts and on generic text, over-refusal on XSTest's safe prompts), capabilities (lm-eval)
+and refusal induction, each with a 95% bootstrap interval and a paired test against base.
+Protocols: `heldout` (feature sets selected on train prompts, evaluated on the benchmarks) and
+`transductive` (the paper's: per-prompt sets selected on the benchmark prompts themselves).
+
+Everything computed goes into `RUN/results.sqlite` keyed by (model, SAE set, intervention,
+generation settings, judge, prompt), so a killed benchmark resumes where it stopped and a rerun
+with one more method computes only that method. The tables go to `RUN/benchmark.json` and
+`RUN/benchmark.md`; `refusal-lens report RUN` draws them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .attribution import AttributionSettings
+from .config import settings_dict
+from .data import PromptSet, load_prompts, resolve_data_dir
+from .direction import Direction, DirectionSettings
+from .errors import UserError
+from .evaluation.capabilities import CapabilityRunner, CapabilitySettings
+from .evaluation.side_effects import completion_kl_per_prompt
+from .evaluation.statistics import bootstrap_mean, paired_difference
+from .evaluation.store import Condition, ResultStore, StoredVerdict, stored
+from .features import FeatureSet, SearchSettings, SelectionSettings
+from .generation import generate
+from .interventions import Intervention
+from .judges import FirstTokenJudge, Judge, JudgeContext, make_judge
+from .models import DEFAULT_MODEL, ChatFormatter, LoadedModel
+from .pipeline import DatasetChoice, EvalSettings, LatentsChoice, direction_job, latents_job
+from .runs import RunDir, write_json
+from .saes import SAESet
+from .saes.presets import default_sae_set
+from .teacher_forcing import completion_nll, text_nll
+
+log = logging.getLogger(__name__)
+
+FEATURE_METHODS = ("ours", "cossim", "actdiff", "ap", "random")
+METHODS = ("base", "direction", *FEATURE_METHODS)
+TRANSDUCTIVE_METHODS = ("ours", "cossim", "actdiff", "ap")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    model: str = DEFAULT_MODEL
+    saes: str | None = None  # SAE set folder (None: this model's cached quick set)
+    direction: str | None = None  # direction run folder (None: found into RUN/direction)
+    methods: tuple[str, ...] = METHODS
+    protocols: tuple[str, ...] = ("heldout",)
+    datasets: tuple[str, ...] = ("jailbreakbench", "harmbench_test", "advbench")
+    limit: int | None = 30  # first N prompts of each harmful benchmark
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    judges: tuple[str, ...] = ("substring", "compliance")
+    k: int = 20  # K*: latents each method clamps
+    scale: float | None = None  # None: the scale the search chose for `ours`, for every method
+    search: bool = True  # choose ours' scale on validation prompts
+    random_seeds: tuple[int, ...] = (0,)
+    n_select: int = 128  # prompts per class that select the held-out feature sets
+    harmless: str = "alpaca"  # harmless prompts of the side effects and of refusal induction
+    n_harmless: int = 32
+    rollout_tokens: int = 64  # length of the base model's harmless rollouts (KL, CE)
+    generic_text: str = "gutenberg"
+    n_generic: int = 32
+    xstest_limit: int = 50  # XSTest safe prompts for over-refusal (0: off)
+    induce_values: tuple[float, ...] = (4.0, 8.0, 16.0)
+    n_induce: int = 32
+    seed: int = 0
+    capabilities: CapabilitySettings = field(default_factory=CapabilitySettings)
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            if method not in METHODS:
+                raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        for protocol in self.protocols:
+            if protocol not in ("heldout", "transductive"):
+                raise UserError(f"unknown protocol {protocol!r}; use heldout or transductive")
+        if not self.datasets:
+            raise UserError("the benchmark needs at least one harmful dataset")
+        if not self.judges:
+            raise UserError("the benchmark needs at least one judge")
+
+
+QUICK: dict[str, Any] = {
+    "limit": 8,
+    "max_new_tokens": 64,
+    "methods": "base,direction,ours,cossim,random",
+    "judges": "substring",
+    "n_select": 32,
+    "search": False,
+    "n_harmless": 8,
+    "n_generic": 8,
+    "xstest_limit": 16,
+    "induce_values": "8",
+    "n_induce": 8,
+    "capabilities.tasks": "arc_challenge",
+    "capabilities.limit": 20,
+}
+
+
+@dataclass
+class Arm:
+    """One condition of the benchmark: a label, its interventions and where it applies."""
+
+    label: str
+    method: str
+    protocol: str
+    interventions: list[Intervention]
+    condition: Condition
+    datasets: tuple[str, ...]  # harmful sets it is evaluated on
+    global_: bool = True  # one intervention for every prompt (side effects apply)
+
+
+@dataclass
+class Context:
+    lm: LoadedModel
+    formatter: ChatFormatter
+    store: ResultStore
+    config: BenchmarkConfig
+    run: RunDir
+    data_dir: str | Path | None
+    judges: dict[str, Judge]
+    generation: str  # id of the harmful-benchmark generation settings
+    log: Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- store-backed work
+
+
+def stored_completions(
+    ctx: Context,
+    arm: Arm,
+    prompts: PromptSet,
+    *,
+    generation: str | None = None,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """Completions of `prompts` under the arm, generating (and storing per batch) only the
+    missing ones."""
+    texts = prompts.texts()
+    gen = generation or ctx.generation
+    have = ctx.store.completions(arm.condition, gen, texts)
+    missing = [i for i in range(len(texts)) if i not in have]
+    if missing:
+
+        def keep(batch: list[int], outputs: list[str]) -> None:
+            rows = [
+                (missing[b], texts[missing[b]], out) for b, out in zip(batch, outputs, strict=True)
+            ]
+            ctx.store.add_completions(arm.condition, gen, prompts.name, rows)
+            have.update({index: text for index, _, text in rows})
+
+        generate(
+            ctx.lm,
+            ctx.formatter,
+            [texts[i] for i in missing],
+            max_new_tokens=max_new_tokens or ctx.config.max_new_tokens,
+            batch_size=ctx.config.batch_size,
+            interventions=arm.interventions,
+            on_batch=keep,
+            desc=f"{prompts.name} · {arm.label}",
+        )
+    return [have[i] for i in range(len(texts))]
+
+
+def _judge_for(ctx: Context, spec: str, arm: Arm) -> Judge:
+    judge = ctx.judges[spec]
+    if isinstance(judge, FirstTokenJudge):  # it reads the model under this arm's intervention
+        return FirstTokenJudge(ctx.lm, ctx.formatter, judge.tokens, interventions=arm.interventions)
+    return judge
+
+
+def stored_verdicts(
+    ctx: Context,
+    arm: Arm,
+    spec: str,
+    texts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    generation: str | None = None,
+) -> tuple[str, list[StoredVerdict]]:
+    judge = _judge_for(ctx, spec, arm)
+    judge_id = ctx.store.judge_id(judge.describe())
+    gen = generation or ctx.generation
+    have = ctx.store.verdicts(arm.condition, gen, judge_id, texts)
+    missing = [i for i in range(len(texts)) if i not in have]
+    for start in range(0, len(missing), 64):
+        chunk = missing[start : start + 64]
+        verdicts = judge.verdicts([texts[i] for i in chunk], [completions[i] for i in chunk])
+        rows = [(texts[i], stored(v)) for i, v in zip(chunk, verdicts, strict=True)]
+        ctx.store.add_verdicts(arm.condition, gen, judge_id, rows)
+        have.update({i: row[1] for i, row in zip(chunk, rows, strict=True)})
+    return judge.describe()["name"], [have[i] for i in range(len(texts))]
+
+
+def stored_measure(
+    ctx: Context,
+    arm: Arm,
+    task: str,
+    metric: str,
+    items: Sequence[str],
+    compute: Callable[[list[int]], list[float]],
+) -> list[float]:
+    """Per-item values of a metric, computing only the items the store does not have."""
+    have = ctx.store.measurements(arm.condition, task, metric)
+    missing = [i for i, item in enumerate(items) if item not in have]
+    if missing:
+        values = compute(missing)
+        ctx.store.add_measurements(
+            arm.condition,
+            task,
+            metric,
+            [(items[i], v, {}) for i, v in zip(missing, values, strict=True)],
+        )
+        have.update({items[i]: v for i, v in zip(missing, values, strict=True)})
+    return [have[item] for item in items]
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _direction(ctx: Context, seed: int) -> Direction:
+    if ctx.config.direction:
+        direction = Direction.load(ctx.config.direction)
+    else:
+        folder = ctx.run.path / "direction"
+        if not (folder / "direction.json").exists():
+            ctx.log("direction: not given, finding it")
+            direction_job(
+                ctx.lm,
+                ctx.formatter,
+                folder,
+                datasets=DatasetChoice(),
+                data_dir=ctx.data_dir,
+                settings=DirectionSettings(),
+                evaluation=EvalSettings(enabled=False),
+                seed=seed,
+            )
+        direction = Direction.load(folder)
+    direction.check_model(ctx.lm)
+    return direction
+
+
+def _saes(ctx: Context) -> SAESet:
+    saes = (
+        SAESet.load(ctx.config.saes) if ctx.config.saes else default_sae_set(ctx.lm, ctx.data_dir)
+    )
+    saes.check_model(ctx.lm)
+    return saes
+
+
+def _selection(ctx: Context, method: str, protocol: str, seed: int) -> SelectionSettings:
+    return SelectionSettings(
+        method=method,
+        protocol=protocol,
+        k=ctx.config.k,
+        seed=seed,
+        batch_size=ctx.config.batch_size,
+        attribution=AttributionSettings(batch_size=max(1, ctx.config.batch_size // 2)),
+    )
+
+
+def _feature_set(
+    ctx: Context,
+    folder: Path,
+    method: str,
+    protocol: str,
+    choice: LatentsChoice,
+    seed: int = 0,
+) -> FeatureSet:
+    done = (folder / "latents.json").exists() and (
+        not choice.search or (folder / "search.json").exists()
+    )
+    if not done:
+        ctx.log(f"latents: {method} ({protocol}) -> {folder}")
+        latents_job(
+            ctx.lm,
+            ctx.formatter,
+            folder,
+            choice=choice,
+            settings=_selection(ctx, method, protocol, seed),
+            data_dir=ctx.data_dir,
+            search_settings=SearchSettings(batch_size=ctx.config.batch_size),
+            seed=seed,
+        )
+    return FeatureSet.load(folder)
+
+
+def _arm(
+    ctx: Context,
+    label: str,
+    method: str,
+    protocol: str,
+    interventions: list[Intervention],
+    datasets: tuple[str, ...],
+    saes: SAESet | None,
+    global_: bool = True,
+) -> Arm:
+    spec = [item.to_dict() for item in interventions]
+    condition = Condition(
+        ctx.lm.weights_sha256,
+        ctx.store.intervention_id(spec),
+        saes.fingerprint() if saes is not None else "",
+        label,
+    )
+    return Arm(label, method, protocol, interventions, condition, datasets, global_)
+
+
+def build_arms(
+    ctx: Context, direction: Direction, saes: SAESet | None
+) -> tuple[list[Arm], FeatureSet | None]:
+    config = ctx.config
+    arms = [_arm(ctx, "base", "base", "-", [], config.datasets, None)]
+    if "direction" in config.methods:
+        arms.append(
+            _arm(
+                ctx,
+                "direction ablation",
+                "direction",
+                "-",
+                [direction.ablation()],
+                config.datasets,
+                None,
+            )
+        )
+    ours: FeatureSet | None = None
+    if saes is None:
+        return arms, ours
+    common = {
+        "saes": config.saes,
+        "direction": _direction_source(ctx),
+        "n_prompts": config.n_select,
+    }
+    latents_root = ctx.run.path / "latents"
+    scale = config.scale
+    if "heldout" in config.protocols:
+        sets: dict[str, FeatureSet] = {}
+        for method in ("ours", "cossim", "actdiff", "ap"):
+            if method in config.methods or (method == "ours" and "random" in config.methods):
+                choice = LatentsChoice(**common, search=config.search and method == "ours")
+                sets[method] = _feature_set(
+                    ctx, latents_root / "heldout" / method, method, "heldout", choice
+                )
+        ours = sets.get("ours")
+        if scale is None:
+            scale = float(ours.intervention["value"]) if ours is not None else -3.0
+        for method, features in sets.items():
+            if method in config.methods:
+                edit = features.edit(saes, k=config.k, mode="scale", value=scale)
+                arms.append(_arm(ctx, method, method, "heldout", [edit], config.datasets, saes))
+        if "random" in config.methods and ours is not None:
+            for seed in config.random_seeds:
+                folder = latents_root / "heldout" / f"random-{seed}"
+                match = str(latents_root / "heldout" / "ours" / "latents.json")
+                choice = LatentsChoice(**common, match=match)
+                features = _feature_set(ctx, folder, "random", "heldout", choice, seed)
+                edit = features.edit(saes, k=config.k, mode="scale", value=scale)
+                arms.append(
+                    _arm(ctx, f"random {seed}", "random", "heldout", [edit], config.datasets, saes)
+                )
+    if "transductive" in config.protocols:
+        scale = -3.0 if scale is None else scale
+        for dataset in config.datasets:
+            for method in TRANSDUCTIVE_METHODS:
+                if method not in config.methods:
+                    continue
+                choice = LatentsChoice(**common | {"n_prompts": config.limit}, harmful=dataset)
+                folder = latents_root / "transductive" / dataset / method
+                features = _feature_set(ctx, folder, method, "transductive", choice)
+                edit = features.per_prompt_edit(saes, k=config.k, mode="scale", value=scale)
+                arms.append(
+                    _arm(
+                        ctx,
+                        f"{method} (per prompt)",
+                        method,
+                        "transductive",
+                        [edit],
+                        (dataset,),
+                        saes,
+                        global_=False,
+                    )
+                )
+    return arms, ours
+
+
+def _direction_source(ctx: Context) -> str:
+    return ctx.config.direction or str(ctx.run.path / "direction")
+
+
+def harmful_stage(ctx: Context, arm: Arm) -> list[dict[str, Any]]:
+    rows = []
+    for name in arm.datasets:
+        prompts = load_prompts(name, data_dir=ctx.data_dir, limit=ctx.config.limit)
+        completions = stored_completions(ctx, arm, prompts)
+        for spec in ctx.config.judges:
+            judge_name, verdicts = stored_verdicts(ctx, arm, spec, prompts.texts(), completions)
+            rows.append(
+                {
+                    "condition": arm.label,
+                    "method": arm.method,
+                    "protocol": arm.protocol,
+                    "dataset": name,
+                    "judge": judge_name,
+                    "judge_spec": spec,
+                    "refused": [v.refused for v in verdicts],
+                    "jailbroken": [_jailbroken(v) for v in verdicts],
+                }
+            )
+    return rows
+
+
+def _jailbroken(verdict: StoredVerdict) -> bool | None:
+    if verdict.complied is not None:
+        return verdict.complied
+    return None if verdict.refused is None else not verdict.refused
+
+
+def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float]]:
+    config = ctx.config
+    out: dict[str, list[float]] = {}
+    harmless = load_prompts(config.harmless, data_dir=ctx.data_dir, limit=config.n_harmless)
+    rollout_gen = ctx.store.generation_id(
+        {"max_new_tokens": config.rollout_tokens, "kind": "rollout"}
+    )
+    rollouts = stored_completions(
+        ctx, base, harmless, generation=rollout_gen, max_new_tokens=config.rollout_tokens
+    )
+    texts = harmless.texts()
+    items = [f"{harmless.name}/{i}" for i in range(len(texts))]
+    if arm is not base:
+        out["harmless_kl"] = stored_measure(
+            ctx,
+            arm,
+            "harmless_kl",
+            "kl",
+            items,
+            lambda idx: completion_kl_per_prompt(
+                ctx.lm,
+                ctx.formatter,
+                [texts[i] for i in idx],
+                [rollouts[i] for i in idx],
+                arm.interventions,
+            ),
+        )
+    out["rollout_ce"] = stored_measure(
+        ctx,
+        arm,
+        "rollout_ce",
+        "nll",
+        items,
+        lambda idx: completion_nll(
+            ctx.lm,
+            ctx.formatter,
+            [texts[i] for i in idx],
+            [rollouts[i] for i in idx],
+            interventions=arm.interventions,
+        ),
+    )
+    documents = generic_documents(config.generic_text, ctx.data_dir, config.n_generic)
+    out["generic_ce"] = stored_measure(
+        ctx,
+        arm,
+        "generic_ce",
+        "nll",
+        [f"{config.generic_text}/{i}" for i in range(len(documents))],
+        lambda idx: text_nll(ctx.lm, [documents[i] for i in idx], interventions=arm.interventions),
+    )
+    if config.xstest_limit > 0 and resolve_data_dir(ctx.data_dir) is not None:
+        safe = load_prompts("xstest_safe", data_dir=ctx.data_dir, limit=config.xstest_limit)
+        completions = stored_completions(ctx, arm, safe)
+        _, verdicts = stored_verdicts(ctx, arm, "substring", safe.texts(), completions)
+        out["xstest_over_refusal"] = [float(bool(v.refused)) for v in verdicts]
+    return out
+
+
+def generic_documents(name: str, data_dir: str | Path | None, n: int) -> list[str]:
+    """Held-out generic text: paragraphs of the gutenberg split the SAEs never trained on, or
+    a local .txt/.jsonl file; the same documents for every condition."""
+    from .saes.mixture import documents
+
+    if resolve_data_dir(data_dir) is None and not Path(name).exists():
+        prompts = load_prompts("builtin_harmless_test")  # no data directory: plain requests
+        return prompts.texts()[:n]
+    texts = []
+    for doc in documents(name, data_dir, "eval"):
+        text = doc.text or " ".join(content for _, content in doc.messages)
+        if len(text) > 200:
+            texts.append(text)
+        if len(texts) >= n:
+            break
+    if not texts:
+        raise UserError(f"no generic text documents in {name!r}")
+    return texts
+
+
+def induction_stage(
+    ctx: Context, ours: FeatureSet, saes: SAESet, direction: Direction
+) -> list[dict[str, Any]]:
+    config = ctx.config
+    prompts = load_prompts(config.harmless, data_dir=ctx.data_dir, limit=config.n_induce)
+    rows = []
+    arms = [
+        (f"ours set to {v:g}", v, [ours.edit(saes, k=config.k, mode="set", value=v)])
+        for v in config.induce_values
+    ]
+    arms.insert(0, ("base", None, []))
+    arms.append(("direction addition", None, [direction.addition()]))
+    for label, value, interventions in arms:
+        arm = _arm(ctx, label, "induce", "heldout", interventions, (prompts.name,), saes)
+        completions = stored_completions(ctx, arm, prompts)
+        _, verdicts = stored_verdicts(ctx, arm, "substring", prompts.texts(), completions)
+        rows.append(
+            {
+                "condition": label,
+                "value": value,
+                "dataset": prompts.name,
+                **_rate([float(bool(v.refused)) for v in verdicts]),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _rate(values: Sequence[float]) -> dict[str, Any]:
+    estimate = bootstrap_mean(values)
+    return {"mean": estimate.mean, "ci95": [estimate.low, estimate.high], "n": estimate.n}
+
+
+def _paired(values: Sequence[float], base: Sequence[float]) -> dict[str, Any]:
+    diff, p_value = paired_difference(values, base)
+    return {"difference": diff.mean, "difference_ci95": [diff.low, diff.high], "p_value": p_value}
+
+
+def harmful_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    base = {(r["dataset"], r["judge_spec"]): r for r in rows if r["condition"] == "base"}
+    table = []
+    for row in rows:
+        entry: dict[str, Any] = {
+            k: row[k] for k in ("condition", "method", "protocol", "dataset", "judge")
+        }
+        reference = base.get((row["dataset"], row["judge_spec"]))
+        for key, values in (
+            ("refusal_rate", row["refused"]),
+            ("jailbreak_rate", row["jailbroken"]),
+        ):
+            if any(v is None for v in values):
+                continue
+            entry[key] = _rate([float(v) for v in values])
+            if reference is not None and row is not reference:
+                ref = reference["refused" if key == "refusal_rate" else "jailbroken"]
+                if len(ref) == len(values) and not any(v is None for v in ref):
+                    entry[key] |= _paired([float(v) for v in values], [float(v) for v in ref])
+        table.append(entry)
+    return table
+
+
+def side_effect_table(values: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    base = values.get("base", {})
+    table = []
+    for label, measures in values.items():
+        entry: dict[str, Any] = {"condition": label}
+        for name, series in measures.items():
+            entry[name] = _rate(series)
+            if label != "base" and name in base and len(base[name]) == len(series):
+                entry[name] |= _paired(series, base[name])
+        table.append(entry)
+    return table
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def benchmark_job(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    config: BenchmarkConfig,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    run = RunDir(out)
+    run.write_manifest("benchmark", settings_dict(config), lm.identity(), config.seed)
+    timings: dict[str, float] = {}
+    with ResultStore(run.path / "results.sqlite") as store:
+        judge_context = JudgeContext(
+            lm=lm, formatter=formatter, device=device, cache_dir=cache_dir, batch_size=8
+        )
+        judges = {spec: make_judge(spec, judge_context) for spec in config.judges}
+        generation = store.generation_id(
+            {"max_new_tokens": config.max_new_tokens, "system": formatter.system, "greedy": True}
+        )
+        ctx = Context(lm, formatter, store, config, run, data_dir, judges, generation, echo)
+
+        def stage(name: str, fn: Callable[[], Any]) -> Any:
+            echo(f"[{name}] ...")
+            t0 = time.perf_counter()
+            result = fn()
+            timings[name] = round(time.perf_counter() - t0, 1)
+            echo(f"[{name}] done in {timings[name]:.0f} s")
+            return result
+
+        direction = stage("direction", lambda: _direction(ctx, config.seed))
+        needs_saes = any(m in FEATURE_METHODS for m in config.methods)
+        saes = stage("saes", lambda: _saes(ctx)) if needs_saes else None
+        arms, ours = stage("latents", lambda: build_arms(ctx, direction, saes))
+        base = arms[0]
+        harmful_rows: list[dict[str, Any]] = []
+        for arm in arms:
+            harmful_rows += stage(
+                f"harmful · {arm.label} ({arm.protocol})", lambda a=arm: harmful_stage(ctx, a)
+            )
+        side: dict[str, dict[str, list[float]]] = {}
+        for arm in [a for a in arms if a.global_]:
+            side[arm.label] = stage(
+                f"side effects · {arm.label}", lambda a=arm: side_effect_stage(ctx, a, base)
+            )
+        capabilities: list[dict[str, Any]] = []
+        if config.capabilities.tasks and resolve_data_dir(data_dir) is not None:
+            runner = CapabilityRunner(
+                lm, store, config.capabilities, data_dir, run.path / "capabilities"
+            )
+            for arm in [a for a in arms if a.global_]:
+                stage(
+                    f"capabilities · {arm.label}",
+                    lambda a=arm: runner.evaluate(a.condition, a.interventions),
+                )
+                capabilities += [r.to_dict() for r in runner.results(arm.condition, base.condition)]
+        induction = (
+            stage("induction", lambda: induction_stage(ctx, ours, saes, direction))
+            if ours is not None and saes is not None and config.induce_values
+            else []
+        )
+        summary = {
+            "model": lm.identity(),
+            "config": settings_dict(config),
+            "direction": {"layer": direction.layer, "source": _direction_source(ctx)},
+            "saes": None
+            if saes is None
+            else {"path": str(saes.path), "fingerprint": saes.fingerprint()},
+            "max_new_tokens": config.max_new_tokens,
+            "harmful": harmful_table(harmful_rows),
+            "side_effects": side_effect_table(side),
+            "capabilities": capabilities,
+            "induction": induction,
+            "store_counts": store.counts(),
+            "stage_seconds": timings,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
+    write_json(run.file("benchmark.json"), summary)
+    (run.path / "benchmark.md").write_text(benchmark_markdown(summary))
+    return summary
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
+    if not entry:
+        return "-"
+    low, high = entry["ci95"]
+    return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def benchmark_markdown(summary: dict[str, Any]) -> str:
+    config = summary["config"]
+    lines = [
+        f"# Benchmark: {summary['model']['name']}",
+        "",
+        f"Greedy generation, {summary['max_new_tokens']} new tokens; first {config['limit']} "
+        f"prompts of each set; K* = {config['k']}; 95% bootstrap intervals.",
+        "",
+        "## Jailbreak rate (1 - refusal for refusal-only judges)",
+        "",
+    ]
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary["harmful"]))
+    judges = list(dict.fromkeys(r["judge"] for r in summary["harmful"]))
+    for judge in judges:
+        lines += [
+            f"### judge: {judge}",
+            "",
+            "| condition | protocol | " + " | ".join(datasets) + " |",
+        ]
+        lines.append("|---|---|" + "---|" * len(datasets))
+        seen = dict.fromkeys(
+            (r["condition"], r["protocol"]) for r in summary["harmful"] if r["judge"] == judge
+        )
+        for condition, protocol in seen:
+            cells = []
+            for dataset in datasets:
+                match = [
+                    r
+                    for r in summary["harmful"]
+                    if (r["condition"], r["protocol"], r["dataset"], r["judge"])
+                    == (condition, protocol, dataset, judge)
+                ]
+                cells.append(_cell(match[0].get("jailbreak_rate")) if match else "")
+            lines.append(f"| {condition} | {protocol} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if summary["side_effects"]:
+        names = list(
+            dict.fromkeys(k for row in summary["side_effects"] for k in row if k != "condition")
+        )
+        lines += [
+            "## Side effects",
+            "",
+            "| condition | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for row in summary["side_effects"]:
+            lines.append(
+                f"| {row['condition']} | " + " | ".join(_cell(row.get(n), 3) for n in names) + " |"
+            )
+        lines.append("")
+    if summary["capabilities"]:
+        lines += [
+            "## Capabilities (lm-eval)",
+            "",
+            "| condition | task | metric | score | vs base |",
+            "|---|---|---|---|---|",
+        ]
+        for row in summary["capabilities"]:
+            diff = row.get("difference_vs_base")
+            delta = "" if diff is None else f"{diff:+.3f} (p={row['p_value']:.3f})"
+            entry = {"mean": row["mean"], "ci95": row["ci95"]}
+            lines.append(
+                f"| {row['condition']} | {row['task']} | {row['metric']} | "
+                f"{_cell(entry, 3)} | {delta} |"
+            )
+        lines.append("")
+    if summary["induction"]:
+        lines += ["## Refusal induction", "", "| condition | refusal rate |", "|---|---|"]
+        for row in summary["induction"]:
+            lines.append(f"| {row['condition']} | {_cell(row)} |")
+        lines.append("")
+    return "\n".join(lines)

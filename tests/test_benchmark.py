@@ -1,0 +1,234 @@
+"""The benchmark: typed settings (file < environment < flags), the job on a tiny model, and
+resumption (a rerun computes nothing; one more method computes only that method; a killed
+run resumes without recomputing finished items)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+import refusal_lens.benchmark as benchmark_module
+from conftest import random_sae_set
+from refusal_lens.benchmark import BenchmarkConfig, benchmark_job
+from refusal_lens.config import load_settings
+from refusal_lens.direction import Direction
+from refusal_lens.errors import UserError
+from refusal_lens.evaluation.capabilities import CapabilitySettings
+from refusal_lens.models import ChatFormatter, LoadedModel, load_model
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Inner:
+    limit: int | None = 5
+    tasks: tuple[str, ...] = ("a",)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    rate: float = 0.5
+    flag: bool = False
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_settings_layers_file_then_environment_then_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text('[t]\nname = "file"\nrate = 1\n[t.inner]\nlimit = 7\ntasks = ["b", "c"]\n')
+    monkeypatch.setenv("P_RATE", "2.5")
+    monkeypatch.setenv("P_INNER__TASKS", "d")
+    got = load_settings(Outer, file=toml, table="t", env_prefix="P_", overrides=["flag=true"])
+    assert got == Outer("file", 2.5, True, Inner(7, ("d",)))
+    got = load_settings(
+        Outer, file=toml, table="t", env_prefix="P_", overrides=["inner.limit=none"]
+    )
+    assert got.inner.limit is None
+    assert load_settings(Outer, defaults={"name": "preset"}).name == "preset"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["nope=1"], "unknown setting 'nope'; known: flag, inner, name, rate"),
+        (["rate=fast"], "rate = 'fast' is not a valid float"),
+        (["flag=maybe"], "flag = 'maybe' is not a valid bool"),
+        (["inner.limit=2.5"], "limit = '2.5' is not a valid int"),
+        (["inner=3"], "inner is a table of settings"),
+        (["name.x=1"], "name is a value, not a table"),
+        (["justaname"], "is not NAME=VALUE"),
+    ],
+)
+def test_settings_errors_name_the_setting(overrides: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(Outer, overrides=overrides)
+
+
+def test_settings_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_settings(Outer, file=tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed")
+    with pytest.raises(UserError, match="is not valid TOML"):
+        load_settings(Outer, file=bad)
+
+
+def test_benchmark_config_checks_its_values() -> None:
+    with pytest.raises(UserError, match="unknown method 'magic'"):
+        BenchmarkConfig(methods=("magic",))
+    with pytest.raises(UserError, match="unknown protocol"):
+        BenchmarkConfig(protocols=("both",))
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+@pytest.fixture()
+def bench_inputs(tiny: LoadedModel, tmp_path: Path) -> tuple[str, str]:
+    saes = random_sae_set(tiny)
+    saes.save(tmp_path / "saes")
+    torch.manual_seed(3)
+    (tmp_path / "direction").mkdir()
+    Direction(torch.randn(tiny.d_model) * 4, 1, -1, tiny.identity()).save(tmp_path / "direction")
+    return str(tmp_path / "saes"), str(tmp_path / "direction")
+
+
+def tiny_config(saes: str, direction: str, **changes: object) -> BenchmarkConfig:
+    values: dict = {
+        "model": "tiny",
+        "saes": saes,
+        "direction": direction,
+        "methods": ("base", "direction", "cossim"),
+        "datasets": ("builtin_harmful_test",),
+        "limit": 4,
+        "max_new_tokens": 4,
+        "batch_size": 4,
+        "judges": ("substring", "first-token"),
+        "n_select": 8,
+        "search": False,
+        "harmless": "builtin_harmless_test",
+        "n_harmless": 3,
+        "rollout_tokens": 3,
+        "n_generic": 3,
+        "xstest_limit": 0,
+        "induce_values": (),
+        "capabilities": CapabilitySettings(tasks=()),
+    }
+    values.update(changes)
+    return BenchmarkConfig(**values)
+
+
+def counting_generate(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = benchmark_module.generate
+
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs.get("desc", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark_module, "generate", wrapper)
+    return calls
+
+
+def test_benchmark_on_a_tiny_model_resumes_and_adds_one_method(
+    tiny: LoadedModel,
+    formatter: ChatFormatter,
+    bench_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    calls = counting_generate(monkeypatch)
+    config = tiny_config(*bench_inputs)
+    out = tmp_path / "run"
+    summary = benchmark_job(tiny, formatter, config, out, data_dir=None, echo=lambda _m: None)
+    conditions = {(r["condition"], r["judge"]) for r in summary["harmful"]}
+    assert conditions == {
+        (c, j)
+        for c in ("base", "direction ablation", "cossim")
+        for j in ("substring", "first-token")
+    }
+    cossim = next(r for r in summary["harmful"] if r["condition"] == "cossim")
+    assert cossim["refusal_rate"]["n"] == 4 and "p_value" in cossim["refusal_rate"]
+    effects = {r["condition"]: r for r in summary["side_effects"]}
+    assert "harmless_kl" not in effects["base"] and effects["cossim"]["harmless_kl"]["n"] == 3
+    assert effects["cossim"]["generic_ce"]["n"] == 3
+    assert (out / "benchmark.md").read_text().startswith("# Benchmark: tiny-qwen2")
+    first = len(calls)
+    assert first > 0
+    counts = summary["store_counts"]
+    again = benchmark_job(tiny, formatter, config, out, data_dir=None, echo=lambda _m: None)
+    assert len(calls) == first  # a rerun generates nothing
+    assert again["store_counts"] == counts
+    assert again["harmful"] == summary["harmful"]
+    more = tiny_config(*bench_inputs, methods=("base", "direction", "cossim", "actdiff"))
+    benchmark_job(tiny, formatter, more, out, data_dir=None, echo=lambda _m: None)
+    assert calls[first:] and all("actdiff" in desc for desc in calls[first:])
+
+
+KILLED_RUN = """
+import sys
+from refusal_lens.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_benchmark_resumes_without_recomputing(tiny: LoadedModel, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    tiny.model.save_pretrained(model_dir)
+    tiny.tokenizer.save_pretrained(model_dir)
+    saved = load_model(str(model_dir), device="cpu")  # its identity is the folder's weights
+    saes, direction = str(tmp_path / "saes"), tmp_path / "direction"
+    random_sae_set(saved).save(saes)
+    direction.mkdir()
+    torch.manual_seed(3)
+    Direction(torch.randn(saved.d_model) * 4, 1, -1, saved.identity()).save(direction)
+    out = tmp_path / "run"
+    argv = [
+        "benchmark", "--model", str(model_dir), "--saes", saes, "--direction", str(direction),
+        "--out", str(out), "--batch-size", "2",
+        "--set", "methods=base,direction", "--set", "datasets=builtin_harmful_test",
+        "--set", "limit=12", "--set", "max_new_tokens=24", "--set", "batch_size=2",
+        "--set", "judges=substring", "--set", "harmless=builtin_harmless_test",
+        "--set", "n_harmless=2", "--set", "n_generic=2", "--set", "xstest_limit=0",
+        "--set", "induce_values=", "--set", "capabilities.tasks=",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("REFUSAL_LENS_DATA", None)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, *argv], env=env)
+    db = out / "results.sqlite"
+    deadline = time.time() + 120
+    before = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            with sqlite3.connect(db) as conn:
+                before = conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            if before >= 2:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= before < 26, "kill the run after some completions, before the end"
+    with sqlite3.connect(db) as conn:
+        kept = dict(conn.execute("SELECT prompt_id || intervention, created FROM completions"))
+    done = subprocess.run([sys.executable, "-c", KILLED_RUN, *argv], env=env, check=False)
+    assert done.returncode == 0
+    with sqlite3.connect(db) as conn:
+        after = dict(conn.execute("SELECT prompt_id || intervention, created FROM completions"))
+    assert all(after[key] == created for key, created in kept.items())  # nothing redone
+    assert len(after) == 12 * 2 + 2  # base and ablated on 12 prompts, plus 2 harmless rollouts
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert {r["condition"] for r in summary["harmful"]} == {"base", "direction ablation"}
