@@ -73,6 +73,8 @@ class BenchmarkConfig:
     generic_text: str = "gutenberg"
     n_generic: int = 32
     xstest_limit: int = 50  # XSTest safe prompts for over-refusal (0: off)
+    cards: bool = True  # latent cards of ours' global set, for the report
+    cards_corpus_tokens: int = 5_000
     induce_values: tuple[float, ...] = (4.0, 8.0, 16.0)
     n_induce: int = 32
     seed: int = 0
@@ -102,6 +104,7 @@ QUICK: dict[str, Any] = {
     "n_generic": 8,
     "xstest_limit": 16,
     "induce_values": "8",
+    "cards_corpus_tokens": 1000,
     "n_induce": 8,
     "capabilities.tasks": "arc_challenge",
     "capabilities.limit": 20,
@@ -414,6 +417,7 @@ def harmful_stage(ctx: Context, arm: Arm) -> list[dict[str, Any]]:
                     "judge_spec": spec,
                     "refused": [v.refused for v in verdicts],
                     "jailbroken": [_jailbroken(v) for v in verdicts],
+                    "categories": [p.category for p in prompts],
                 }
             )
     return rows
@@ -530,6 +534,30 @@ def induction_stage(
     return rows
 
 
+def cards_stage(ctx: Context, ours: FeatureSet, saes: SAESet, direction: Direction) -> None:
+    from .cards import CardSettings, build_cards, write_cards
+    from .pipeline import split_prompts
+
+    folder = ctx.run.path / "cards"
+    if (folder / "cards.json").exists():
+        return
+    config = ctx.config
+    cards = build_cards(
+        ctx.lm,
+        ctx.formatter,
+        saes,
+        ours.top(config.k),
+        direction,
+        split_prompts("harmful", "val", ctx.data_dir, limit=32),
+        split_prompts("harmless", "val", ctx.data_dir, limit=32),
+        data_dir=resolve_data_dir(ctx.data_dir),
+        settings=CardSettings(
+            corpus_tokens=config.cards_corpus_tokens, batch_size=config.batch_size
+        ),
+    )
+    write_cards(cards, folder, f"{ctx.lm.name}: ours latents (held-out)")
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -562,8 +590,18 @@ def harmful_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ref = reference["refused" if key == "refusal_rate" else "jailbroken"]
                 if len(ref) == len(values) and not any(v is None for v in ref):
                     entry[key] |= _paired([float(v) for v in values], [float(v) for v in ref])
+        if "jailbreak_rate" in entry and any(row["categories"]):
+            entry["by_category"] = _by_category(row["categories"], row["jailbroken"])
         table.append(entry)
     return table
+
+
+def _by_category(categories: Sequence[str | None], values: Sequence[bool | None]) -> dict:
+    groups: dict[str, list[float]] = {}
+    for category, value in zip(categories, values, strict=True):
+        if category and value is not None:
+            groups.setdefault(category, []).append(float(value))
+    return {name: _rate(series) for name, series in sorted(groups.items())}
 
 
 def side_effect_table(values: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
@@ -646,6 +684,8 @@ def benchmark_job(
             if ours is not None and saes is not None and config.induce_values
             else []
         )
+        if config.cards and ours is not None and saes is not None:
+            stage("latent cards", lambda: cards_stage(ctx, ours, saes, direction))
         summary = {
             "model": lm.identity(),
             "config": settings_dict(config),

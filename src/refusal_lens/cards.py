@@ -282,22 +282,13 @@ def _context_html(context: dict[str, Any]) -> str:
     return f'<div class="ctx"><b>{context["max"]:.2f}</b> {"".join(spans)}</div>'
 
 
-def render_html(cards: list[dict[str, Any]], title: str) -> str:
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>",
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}",
-        ".card{border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0}",
-        ".ctx{font-family:monospace;white-space:pre-wrap;margin:.2em 0;font-size:13px}",
-        "td,th{padding:2px 8px;text-align:left}.tok{font-family:monospace}",
-        "</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        "<p>Research material: contexts include harmful prompts.</p>",
-    ]
+def card_fragments(cards: list[dict[str, Any]]) -> str:
+    """The cards as HTML divs (what the standalone page and the report both show)."""
+    parts = []
     for card in cards:
         fires = card["fires_on"]
         lens = card["logit_lens"]
-        parts.append(f"<div class='card'><h2>layer {card['layer']}, latent {card['latent']}</h2>")
+        parts.append(f"<div class='card'><h3>layer {card['layer']}, latent {card['latent']}</h3>")
         parts.append(
             f"<p>cosine with the refusal direction {card['cosine_with_refusal_direction']:.3f}; "
             f"fires on {fires['harmful_prompts']:.0%} of harmful and "
@@ -313,8 +304,24 @@ def render_html(cards: list[dict[str, Any]], title: str) -> str:
         parts.append(f"<p>promotes: {promotes}<br>suppresses: {suppresses}</p>")
         for name, contexts in card["contexts"].items():
             if contexts:
-                parts.append(f"<h3>{html.escape(name)}</h3>")
+                parts.append(f"<h4>{html.escape(name)}</h4>")
                 parts.extend(_context_html(c) for c in contexts)
         parts.append("</div>")
-    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_html(cards: list[dict[str, Any]], title: str) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>",
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}",
+        ".card{border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0}",
+        ".ctx{font-family:monospace;white-space:pre-wrap;margin:.2em 0;font-size:13px}",
+        "td,th{padding:2px 8px;text-align:left}.tok{font-family:monospace}",
+        "</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p>Research material: contexts include harmful prompts.</p>",
+        card_fragments(cards),
+        "</body></html>",
+    ]
     return "\n".join(parts)

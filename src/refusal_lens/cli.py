@@ -74,6 +74,10 @@ EXAMPLES = {
             endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
     """,
     "judges": "refusal-lens judges",
+    "report": """
+        refusal-lens report runs/bench                 # runs/bench/report/report.html
+        refusal-lens report runs/bench --agreement runs/judges/agreement.json
+    """,
     "benchmark": """
         refusal-lens benchmark --quick --data-dir DATA --out runs/bench-quick
         refusal-lens benchmark --config bench.toml --data-dir DATA --out runs/bench
@@ -569,6 +573,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", required=True, help="run folder (reused when rerun)")
 
+    report = command(
+        "report",
+        "Write RUN/report/report.html (self-contained, figures embedded) and report.md from a "
+        "benchmark run folder.",
+    )
+    report.add_argument("run", help="benchmark run folder")
+    report.add_argument(
+        "--agreement",
+        default=None,
+        help="agreement.json of a judge-agreement run (default: RUN/judges/agreement.json)",
+    )
+
     command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")
     command("datasets", "List the dataset names that --dataset accepts.")
@@ -845,6 +861,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     print(
         f"wall time {summary['wall_seconds']:.0f} s; results: {Path(args.out) / 'results.sqlite'}"
     )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    page, markdown = write_report(args.run, agreement=args.agreement)
+    print(f"report: {page} (and {markdown})")
     return 0
 
 
@@ -1358,6 +1382,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "judges": cmd_judges,
     "results": cmd_results,
     "benchmark": cmd_benchmark,
+    "report": cmd_report,
     "models": cmd_models,
     "datasets": cmd_datasets,
 }

@@ -1,0 +1,129 @@
+"""The report's figures (matplotlib, PNG bytes): one function per figure, each reading the
+plain data of `benchmark.json` (or a search grid) and nothing else."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _errors(entries: Sequence[dict[str, Any]]) -> list[list[float]]:
+    low = [max(0.0, e["mean"] - e["ci95"][0]) for e in entries]
+    high = [max(0.0, e["ci95"][1] - e["mean"]) for e in entries]
+    return [low, high]
+
+
+def grouped_bars(
+    groups: Sequence[str],
+    series: dict[str, list[dict[str, Any] | None]],
+    *,
+    title: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+) -> bytes:
+    """Bars per group (x) and series (colour), with 95% interval whiskers."""
+    figure, axes = plt.subplots(
+        figsize=(max(6.0, 1.2 * len(groups) * max(1, len(series)) / 3), 3.6)
+    )
+    width = 0.8 / max(1, len(series))
+    for s, (name, entries) in enumerate(series.items()):
+        xs = [g + (s - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        present = [(x, e) for x, e in zip(xs, entries, strict=True) if e is not None]
+        if not present:
+            continue
+        axes.bar(
+            [x for x, _ in present],
+            [e["mean"] for _, e in present],
+            width,
+            yerr=_errors([e for _, e in present]),
+            capsize=2,
+            label=name,
+            color=COLORS[s % len(COLORS)],
+        )
+    axes.set_xticks(range(len(groups)), groups, rotation=15, ha="right")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    if ylim:
+        axes.set_ylim(*ylim)
+    axes.legend(fontsize=7, ncols=2)
+    return _png(figure)
+
+
+def line_with_band(
+    xs: Sequence[float],
+    entries: Sequence[dict[str, Any]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    references: dict[str, dict[str, Any]] | None = None,
+    logx: bool = False,
+) -> bytes:
+    figure, axes = plt.subplots(figsize=(5.5, 3.4))
+    axes.plot(xs, [e["mean"] for e in entries], marker="o", color=COLORS[0], label="latents")
+    axes.fill_between(
+        xs, [e["ci95"][0] for e in entries], [e["ci95"][1] for e in entries], alpha=0.2
+    )
+    for i, (name, entry) in enumerate((references or {}).items(), start=1):
+        axes.axhline(entry["mean"], linestyle="--", color=COLORS[i % len(COLORS)], label=name)
+    if logx:
+        axes.set_xscale("log", base=2)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize=7)
+    return _png(figure)
+
+
+def search_grid(search: dict[str, Any]) -> bytes:
+    """Refusal rate and harmless KL over c, one line per K*, from a feature set's search."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.4))
+    ks = sorted({row["k"] for row in search["grid"]})
+    for i, k in enumerate(ks):
+        rows = sorted((r for r in search["grid"] if r["k"] == k), key=lambda r: r["value"])
+        cs = [r["value"] for r in rows]
+        left.plot(
+            cs,
+            [r["refusal_rate"]["mean"] for r in rows],
+            marker="o",
+            color=COLORS[i],
+            label=f"K*={k}",
+        )
+        right.plot(
+            cs, [r["kl"]["mean"] for r in rows], marker="o", color=COLORS[i], label=f"K*={k}"
+        )
+    chosen = search.get("chosen")
+    if chosen:
+        left.scatter(
+            [chosen["value"]],
+            [chosen["refusal_rate"]["mean"]],
+            s=120,
+            facecolors="none",
+            edgecolors="k",
+        )
+        right.scatter(
+            [chosen["value"]], [chosen["kl"]["mean"]], s=120, facecolors="none", edgecolors="k"
+        )
+    right.axhline(search["settings"]["kl_limit"], linestyle=":", color="grey", label="KL limit")
+    left.set(xlabel="scale c", ylabel="refusal rate (validation)", title="refusal vs c and K*")
+    right.set(xlabel="scale c", ylabel="harmless KL", title="side effect vs c and K*")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    return _png(figure)

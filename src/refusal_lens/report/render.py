@@ -1,0 +1,396 @@
+"""`refusal-lens report RUN`: a self-contained HTML page (figures embedded as PNG) and the same
+content in Markdown, from what a benchmark run folder holds.
+
+Sections: the method-by-dataset table in the layout of the paper's table with the paper's
+numbers beside ours, figures of the same, per-category bars, capabilities, side effects,
+refusal induction over v, refusal and KL over K* and c (the search), latent cards, judge
+agreement, and the run's manifest. Everything shown is read from the run folder: the report
+computes no result of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from . import plots
+
+# method.md section 7: HarmBench-classifier jailbreak rate on HarmBench / JBB / AdvBench,
+# transductive protocol (per-prompt sets selected on the evaluation prompts).
+PAPER_DATASETS = ("harmbench_test", "jailbreakbench", "advbench")
+PAPER_TABLE: dict[str, dict[str, tuple[float, float, float]]] = {
+    "Gemma-2-2B-IT": {
+        "base": (0.00, 0.01, 0.00),
+        "cossim": (0.10, 0.13, 0.04),
+        "actdiff": (0.12, 0.26, 0.44),
+        "ap": (0.27, 0.26, 0.29),
+        "ours": (0.72, 0.57, 0.82),
+        "direction": (0.86, 0.83, 0.86),
+    },
+    "Llama-3.1-8B-IT": {
+        "base": (0.12, 0.02, 0.04),
+        "cossim": (0.87, 0.87, 0.82),
+        "actdiff": (0.45, 0.67, 0.77),
+        "ap": (0.71, 0.63, 0.63),
+        "ours": (0.82, 0.83, 0.74),
+        "direction": (0.93, 0.91, 0.98),
+    },
+}
+METHOD_NAMES = {
+    "base": "Base",
+    "cossim": "CosSim",
+    "actdiff": "ActDiff",
+    "ap": "AP",
+    "ours": "CosSim+LA-IG (ours)",
+    "direction": "AS (direction ablation)",
+    "random": "Random (control)",
+}
+METHOD_ORDER = ("base", "cossim", "actdiff", "ap", "ours", "direction", "random")
+
+
+class Page:
+    """Markdown and HTML built side by side, so the two always say the same thing."""
+
+    def __init__(self, title: str) -> None:
+        self.md: list[str] = [f"# {title}", ""]
+        self.html: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+        self.figures: dict[str, bytes] = {}
+
+    def heading(self, text: str) -> None:
+        self.md += [f"## {text}", ""]
+        self.html.append(f"<h2>{html.escape(text)}</h2>")
+
+    def paragraph(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "---|" * len(header))
+        self.md += ["| " + " | ".join(row) + " |" for row in rows]
+        self.md.append("")
+        cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        )
+        self.html.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>")
+
+    def figure(self, name: str, png: bytes, caption: str) -> None:
+        self.figures[name] = png
+        self.md += [f"![{caption}](figures/{name})", ""]
+        data = base64.b64encode(png).decode()
+        self.html.append(
+            f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+    def raw_html(self, fragment: str, markdown: str) -> None:
+        self.html.append(fragment)
+        self.md += [markdown, ""]
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:14px}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f4f4f4}
+figure{margin:1em 0}img{max-width:100%}figcaption{font-size:13px;color:#555}
+.card{border:1px solid #ccc;border-radius:6px;padding:.5em 1em;margin:1em 0}
+.ctx{font-family:monospace;white-space:pre-wrap;margin:.2em 0;font-size:12px}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
+"""
+
+
+def _cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
+    if not entry:
+        return "-"
+    low, high = entry["ci95"]
+    return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _harmful(summary: dict[str, Any], protocol: str, judge: str) -> dict[str, dict[str, Any]]:
+    """method (first row of it) -> dataset -> jailbreak-rate entry."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in summary["harmful"]:
+        if row["judge"] != judge or row["protocol"] not in (protocol, "-"):
+            continue
+        if "jailbreak_rate" in row:
+            out.setdefault(row["condition"], {})[row["dataset"]] = row["jailbreak_rate"] | {
+                "method": row["method"]
+            }
+    return out
+
+
+def paper_table(page: Page, summary: dict[str, Any]) -> None:
+    judges = list(dict.fromkeys(r["judge"] for r in summary["harmful"]))
+    protocols = list(
+        dict.fromkeys(r["protocol"] for r in summary["harmful"] if r["protocol"] != "-")
+    )
+    datasets = [d for d in PAPER_DATASETS if any(r["dataset"] == d for r in summary["harmful"])]
+    datasets += [
+        d for d in dict.fromkeys(r["dataset"] for r in summary["harmful"]) if d not in datasets
+    ]
+    for protocol in protocols or ["heldout"]:
+        for judge in judges:
+            rows_by = _harmful(summary, protocol, judge)
+            header = ["method", *(f"ours: {d}" for d in datasets)]
+            header += [f"paper {model} (HB / JBB / AdvB)" for model in PAPER_TABLE]
+            rows = []
+            for condition, cells in sorted(
+                rows_by.items(),
+                key=lambda kv: (
+                    METHOD_ORDER.index(next(iter(kv[1].values()))["method"])
+                    if next(iter(kv[1].values()))["method"] in METHOD_ORDER
+                    else 99
+                ),
+            ):
+                method = next(iter(cells.values()))["method"]
+                paper = [
+                    " / ".join(f"{x:.2f}" for x in table[method]) if method in table else "-"
+                    for table in PAPER_TABLE.values()
+                ]
+                rows.append(
+                    [
+                        f"{METHOD_NAMES.get(method, method)} [{condition}]",
+                        *(_cell(cells.get(d)) for d in datasets),
+                        *paper,
+                    ]
+                )
+            page.paragraph(
+                f"Jailbreak rate, protocol {protocol}, judge {judge} (a refusal-only judge's "
+                "jailbreak rate is 1 - its refusal rate); the paper's numbers use the HarmBench "
+                "Llama-2-13B classifier and the transductive protocol."
+            )
+            page.table(header, rows)
+
+
+def harmful_figures(page: Page, summary: dict[str, Any]) -> None:
+    judges = list(dict.fromkeys(r["judge"] for r in summary["harmful"]))
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary["harmful"]))
+    for judge in judges:
+        rows = [r for r in summary["harmful"] if r["judge"] == judge and "jailbreak_rate" in r]
+        labels = list(dict.fromkeys(f"{r['condition']} ({r['protocol']})" for r in rows))
+        series = {
+            label: [
+                next(
+                    (
+                        r["jailbreak_rate"]
+                        for r in rows
+                        if f"{r['condition']} ({r['protocol']})" == label and r["dataset"] == d
+                    ),
+                    None,
+                )
+                for d in datasets
+            ]
+            for label in labels
+        }
+        png = plots.grouped_bars(
+            datasets, series, title=f"jailbreak rate ({judge} judge)", ylabel="jailbreak rate"
+        )
+        page.figure(f"jailbreak_{judge}.png", png, f"Jailbreak rate by condition, {judge} judge")
+
+
+def category_figure(page: Page, summary: dict[str, Any]) -> None:
+    rows = [r for r in summary["harmful"] if r.get("by_category")]
+    if not rows:
+        return
+    judge = rows[0]["judge"]
+    dataset = rows[0]["dataset"]
+    chosen = [r for r in rows if r["judge"] == judge and r["dataset"] == dataset]
+    categories = sorted({c for r in chosen for c in r["by_category"]})
+    series = {
+        f"{r['condition']} ({r['protocol']})": [r["by_category"].get(c) for c in categories]
+        for r in chosen
+    }
+    png = plots.grouped_bars(
+        categories, series, title=f"jailbreak rate by category: {dataset}", ylabel="jailbreak rate"
+    )
+    page.figure("categories.png", png, f"Jailbreak rate per category of {dataset} ({judge} judge)")
+
+
+def capability_section(page: Page, summary: dict[str, Any]) -> None:
+    rows = summary.get("capabilities") or []
+    if not rows:
+        return
+    page.heading("Capabilities (lm-eval, same items for every condition)")
+    table = []
+    for row in rows:
+        diff = row.get("difference_vs_base")
+        delta = "" if diff is None else f"{diff:+.3f} (p={row['p_value']:.3f})"
+        table.append([row["condition"], row["task"], row["metric"], _cell(row, 3), delta])
+    page.table(["condition", "task", "metric", "score [95% CI]", "vs base"], table)
+    primary = {}
+    for row in rows:
+        primary.setdefault((row["task"], row["condition"]), row)
+    tasks = list(dict.fromkeys(t for t, _ in primary))
+    conditions = list(dict.fromkeys(c for _, c in primary))
+    series = {c: [primary.get((t, c)) for t in tasks] for c in conditions}
+    page.figure(
+        "capabilities.png",
+        plots.grouped_bars(tasks, series, title="capabilities", ylabel="score"),
+        "Capability scores (first metric of each task) with 95% intervals",
+    )
+
+
+def side_effect_section(page: Page, summary: dict[str, Any]) -> None:
+    rows = summary.get("side_effects") or []
+    if not rows:
+        return
+    page.heading("Side effects")
+    names = list(dict.fromkeys(k for row in rows for k in row if k != "condition"))
+    page.paragraph(
+        "harmless_kl: KL(base || intervened) per token over the base model's own harmless "
+        "rollouts; rollout_ce / generic_ce: cross-entropy (nats per token) of those rollouts and "
+        "of held-out generic text; xstest_over_refusal: refusal rate on XSTest's safe prompts."
+    )
+    page.table(
+        ["condition", *names],
+        [[r["condition"], *(_cell(r.get(n), 3) for n in names)] for r in rows],
+    )
+
+
+def induction_section(page: Page, summary: dict[str, Any]) -> None:
+    rows = summary.get("induction") or []
+    values = [r for r in rows if r.get("value") is not None]
+    if not values:
+        return
+    page.heading("Refusal induction (latents set to v on harmless prompts)")
+    page.table(["condition", "refusal rate [95% CI]"], [[r["condition"], _cell(r)] for r in rows])
+    references = {r["condition"]: r for r in rows if r.get("value") is None}
+    page.figure(
+        "induction.png",
+        plots.line_with_band(
+            [r["value"] for r in values],
+            values,
+            title="refusal induction",
+            xlabel="value v of the selected latents",
+            ylabel="refusal rate",
+            references=references,
+            logx=all(r["value"] > 0 for r in values),
+        ),
+        "Refusal rate on harmless prompts over v (dashed: base and direction addition)",
+    )
+
+
+def search_section(page: Page, run: Path) -> None:
+    path = run / "latents" / "heldout" / "ours" / "search.json"
+    if not path.exists():
+        return
+    search = json.loads(path.read_text())
+    page.heading("Choosing K* and c (validation prompts)")
+    chosen = search.get("chosen") or {}
+    page.paragraph(
+        f"Chosen: K* = {chosen.get('k')}, c = {chosen.get('value')} (lowest refusal rate whose "
+        f"harmless KL stays under {search['settings']['kl_limit']})."
+    )
+    page.figure("search.png", plots.search_grid(search), "Refusal rate and KL over c and K*")
+
+
+def cards_section(page: Page, run: Path) -> None:
+    path = run / "cards" / "cards.json"
+    if not path.exists():
+        return
+    from ..cards import card_fragments
+
+    cards = json.loads(path.read_text())["cards"]
+    page.heading(f"Latent cards ({len(cards)} latents of the global set)")
+    lines = [
+        f"- layer {c['layer']} latent {c['latent']}: "
+        f"cosine {c['cosine_with_refusal_direction']:.3f}, "
+        f"fires on {c['fires_on']['harmful_prompts']:.0%} harmful / "
+        f"{c['fires_on']['harmless_prompts']:.0%} harmless prompts"
+        for c in cards
+    ]
+    page.raw_html(card_fragments(cards), "\n".join(lines))
+
+
+def agreement_section(page: Page, paths: Sequence[Path]) -> None:
+    for path in paths:
+        if not path.exists():
+            continue
+        rows = json.loads(path.read_text())["rows"]
+        page.heading("Judge agreement with human labels")
+        table = []
+        for row in rows:
+            name = row["judge"]["name"] + (
+                f" ({row['judge']['model']})" if "model" in row["judge"] else ""
+            )
+            if "skipped" in row:
+                table.append([name, row["dataset"], "-", "not applicable", ""])
+                continue
+            table.append(
+                [
+                    name,
+                    row["dataset"],
+                    str(row["n"]),
+                    _cell({"mean": row["accuracy"], "ci95": row["accuracy_ci95"]}, 3),
+                    _cell({"mean": row["kappa"], "ci95": row["kappa_ci95"]}, 3),
+                ]
+            )
+        page.table(["judge", "labels", "n", "accuracy [95% CI]", "Cohen's kappa [95% CI]"], table)
+        return
+
+
+def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Page:
+    folder = Path(run)
+    summary_path = folder / "benchmark.json"
+    if not summary_path.is_file():
+        raise UserError(
+            f"no benchmark.json in {folder}; run `refusal-lens benchmark --out {folder}` first"
+        )
+    summary = json.loads(summary_path.read_text())
+    config = summary["config"]
+    page = Page(f"refusal-lens report: {summary['model']['name']}")
+    model = summary["model"]
+    page.paragraph(
+        f"Model {model['name']} (weights sha256 {model['weights_sha256'][:12]}), "
+        f"direction layer {summary['direction']['layer']}, SAE set "
+        f"{(summary.get('saes') or {}).get('path', '-')}. Greedy generation, "
+        f"{summary['max_new_tokens']} new tokens, first {config['limit']} prompts of each set, "
+        f"K* = {config['k']}; 95% bootstrap intervals; p-values are paired bootstrap tests "
+        "against base on the same prompts."
+    )
+    page.heading("Harmful benchmarks: method by dataset (the paper's layout)")
+    paper_table(page, summary)
+    harmful_figures(page, summary)
+    category_figure(page, summary)
+    capability_section(page, summary)
+    side_effect_section(page, summary)
+    induction_section(page, summary)
+    search_section(page, folder)
+    cards_section(page, folder)
+    agreement_section(
+        page, [Path(agreement)] if agreement else [folder / "judges" / "agreement.json"]
+    )
+    page.heading("Run")
+    manifest = folder / "manifest.json"
+    details = {
+        "stage_seconds": summary.get("stage_seconds"),
+        "wall_seconds": summary.get("wall_seconds"),
+        "store_counts": summary.get("store_counts"),
+        "manifest": json.loads(manifest.read_text()) if manifest.exists() else None,
+    }
+    text = json.dumps(details, indent=2)
+    page.raw_html(f"<pre>{html.escape(text)}</pre>", f"```json\n{text}\n```")
+    return page
+
+
+def write_report(run: str | Path, *, agreement: str | Path | None = None) -> tuple[Path, Path]:
+    page = build_report(run, agreement=agreement)
+    folder = Path(run) / "report"
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    for name, png in page.figures.items():
+        (folder / "figures" / name).write_bytes(png)
+    markdown = folder / "report.md"
+    markdown.write_text("\n".join(page.md), encoding="utf-8")
+    document = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>refusal-lens report</title>"
+        f"<style>{STYLE}</style></head><body>" + "\n".join(page.html) + "</body></html>"
+    )
+    page_path = folder / "report.html"
+    page_path.write_text(document, encoding="utf-8")
+    return page_path, markdown
