@@ -222,3 +222,52 @@ def test_latents_end_to_end(
     assert cli.main(steer) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n"] == 8 and result["k"] == 5 and result["scale"] == -3.0
+
+
+def test_benchmark_and_report_end_to_end(
+    direction_run: Path,
+    sae_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    shared_data: Path,
+) -> None:
+    """benchmark (two judges, side effects, lm-eval capabilities) -> report on the real model."""
+    out = tmp_path / "bench"
+    sets = {
+        "methods": "base,direction,cossim",
+        "datasets": "jailbreakbench",
+        "limit": "4",
+        "max_new_tokens": "16",
+        "judges": "substring,compliance",
+        "n_select": "8",
+        "n_harmless": "3",
+        "rollout_tokens": "8",
+        "n_generic": "3",
+        "xstest_limit": "3",
+        "cards": "false",
+        "capabilities.tasks": "arc_challenge,gsm8k",
+        "capabilities.limit": "2",
+        "capabilities.gsm8k_max_tokens": "24",
+    }
+    argv = ["benchmark", "--data-dir", str(shared_data), "--saes", str(sae_run)]
+    argv += ["--direction", str(direction_run), "--out", str(out)]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
+    assert cli.main(argv) == 0
+    summary = json.loads((out / "benchmark.json").read_text())
+    judges = {(r["condition"], r["judge"]) for r in summary["harmful"]}
+    assert ("cossim", "compliance") in judges and ("base", "substring") in judges
+    base = next(r for r in summary["harmful"] if r["condition"] == "base")
+    assert base["refusal_rate"]["n"] == 4
+    tasks = {(r["task"], r["condition"]) for r in summary["capabilities"]}
+    assert ("arc_challenge", "direction ablation") in tasks and ("gsm8k", "base") in tasks
+    effects = {r["condition"]: r for r in summary["side_effects"]}
+    assert effects["direction ablation"]["harmless_kl"]["mean"] > 0
+    assert effects["base"]["xstest_over_refusal"]["n"] == 3
+    counts = summary["store_counts"]
+    assert cli.main(argv) == 0  # a rerun computes nothing new
+    assert json.loads((out / "benchmark.json").read_text())["store_counts"] == counts
+    capsys.readouterr()
+    assert cli.main(["report", str(out)]) == 0
+    html = (out / "report" / "report.html").read_text()
+    assert "Capabilities (lm-eval" in html and "data:image/png;base64," in html

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,35 @@ QUICK: dict[str, Any] = {
     "capabilities.tasks": "arc_challenge",
     "capabilities.limit": 20,
 }
+
+
+BUILTIN_FALLBACK: dict[str, Any] = {
+    "datasets": ("builtin_harmful_test",),
+    "harmless": "builtin_harmless_test",
+    "xstest_limit": 0,
+    "capabilities": CapabilitySettings(tasks=()),
+}
+
+
+def without_data_dir(
+    config: BenchmarkConfig, data_dir: str | Path | None
+) -> tuple[BenchmarkConfig, list[str]]:
+    """With no data directory the benchmarks, XSTest and the capability tasks are not there:
+    use the built-in prompt sets instead, and say what was left out."""
+    if resolve_data_dir(data_dir) is not None:
+        return config, []
+    notes = [
+        "no data directory: harmful prompts from the built-in test split instead of "
+        + ", ".join(config.datasets),
+    ]
+    if config.xstest_limit:
+        notes.append("no data directory: XSTest over-refusal skipped")
+    if config.capabilities.tasks:
+        notes.append("no data directory: capability tasks skipped")
+    changes = dict(BUILTIN_FALLBACK)
+    if config.harmless != "alpaca":
+        changes.pop("harmless")
+    return replace(config, **changes), notes
 
 
 @dataclass

@@ -74,6 +74,11 @@ EXAMPLES = {
             endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
     """,
     "judges": "refusal-lens judges",
+    "run": """
+        refusal-lens run --quick                              # the embedded default, minutes
+        refusal-lens run --data-dir ../shared/datasets        # the full benchmark
+        refusal-lens run --model qwen2.5-coder-1.5b-instruct --data-dir DATA --out runs/q15
+    """,
     "report": """
         refusal-lens report runs/bench                 # runs/bench/report/report.html
         refusal-lens report runs/bench --agreement runs/judges/agreement.json
@@ -585,6 +590,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="agreement.json of a judge-agreement run (default: RUN/judges/agreement.json)",
     )
 
+    pipeline = command(
+        "run",
+        "The whole pipeline on one model: refusal direction -> SAEs (the cached quick set, "
+        "trained on first use) -> refusal latents -> benchmark -> report, each stage reusing "
+        "what the run folder already has.",
+    )
+    _add_model_args(pipeline)
+    _add_data_arg(pipeline)
+    pipeline.add_argument("--quick", action="store_true", help="small sizes (minutes)")
+    pipeline.add_argument("--config", default=None, help="TOML file (a [benchmark] table)")
+    pipeline.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    pipeline.add_argument("--saes", default=None, help="SAE set folder (default: cached quick set)")
+    pipeline.add_argument("--direction", metavar="RUN", default=None)
+    pipeline.add_argument("--out", default=None, help="run folder (default: runs/MODEL[-quick])")
+
     command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")
     command("datasets", "List the dataset names that --dataset accepts.")
@@ -869,6 +889,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     page, markdown = write_report(args.run, agreement=args.agreement)
     print(f"report: {page} (and {markdown})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from .benchmark import benchmark_job, without_data_dir
+    from .report import write_report
+
+    started = time.perf_counter()
+    config, notes = without_data_dir(benchmark_settings(args), args.data_dir)
+    args.model = config.model
+    out = Path(args.out or f"runs/{Path(config.model).name}{'-quick' if args.quick else ''}")
+    for note in notes:
+        print(note)
+    lm, formatter = _load(args)
+    summary = benchmark_job(
+        lm,
+        formatter,
+        config,
+        out,
+        data_dir=args.data_dir,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    page, _ = write_report(out)
+    print((out / "benchmark.md").read_text(), end="")
+    print(
+        f"pipeline done in {time.perf_counter() - started:.0f} s "
+        f"(benchmark {summary['wall_seconds']:.0f} s); report: {page}"
+    )
     return 0
 
 
@@ -1383,6 +1434,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "results": cmd_results,
     "benchmark": cmd_benchmark,
     "report": cmd_report,
+    "run": cmd_run,
     "models": cmd_models,
     "datasets": cmd_datasets,
 }
