@@ -248,6 +248,7 @@ def test_benchmark_and_report_end_to_end(
         "capabilities.tasks": "arc_challenge,gsm8k",
         "capabilities.limit": "2",
         "capabilities.gsm8k_max_tokens": "24",
+        "capabilities.gsm8k_limit": "1",
     }
     argv = ["benchmark", "--data-dir", str(shared_data), "--saes", str(sae_run)]
     argv += ["--direction", str(direction_run), "--out", str(out)]

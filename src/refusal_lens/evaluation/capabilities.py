@@ -83,6 +83,7 @@ class CapabilitySettings:
     chunk: int = 50  # items per lm-eval call (and per store transaction)
     chat_template: bool = False  # lm-eval's default: plain text prompts
     gsm8k_max_tokens: int = 256
+    gsm8k_limit: int | None = 20  # generation is the slow part: GSM8K has its own item count
 
 
 @dataclass
@@ -392,8 +393,8 @@ class CapabilityRunner:
         )
 
     def items(self, spec: TaskSpec) -> list[int]:
-        n = spec.n_items if self.settings.limit is None else min(spec.n_items, self.settings.limit)
-        return list(range(n))
+        limit = self.settings.gsm8k_limit if spec.family == "gsm8k" else self.settings.limit
+        return list(range(spec.n_items if limit is None else min(spec.n_items, limit)))
 
     def evaluate(
         self,
