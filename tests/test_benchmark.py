@@ -232,3 +232,9 @@ def test_a_killed_benchmark_resumes_without_recomputing(tiny: LoadedModel, tmp_p
     assert len(after) == 12 * 2 + 2  # base and ablated on 12 prompts, plus 2 harmless rollouts
     summary = json.loads((out / "benchmark.json").read_text())
     assert {r["condition"] for r in summary["harmful"]} == {"base", "direction ablation"}
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")))
+def test_shipped_configs_load(path: Path) -> None:
+    config = load_settings(BenchmarkConfig, file=path, table="benchmark")
+    assert config.datasets and config.judges
