@@ -487,3 +487,24 @@ def test_random_feature_set_mirrors_the_matched_set(
     assert control.intervention["value"] == -2.0 and control.intervention["k"] == 5
     with pytest.raises(UserError, match="--match"):
         _select(tiny, saes, direction, "random")
+
+
+def test_completion_kl_per_prompt_matches_a_direct_computation(
+    tiny: LoadedModel, direction: Direction
+) -> None:
+    from refusal_lens.evaluation.side_effects import completion_kl_per_prompt
+    from refusal_lens.interventions import apply
+
+    formatter = ChatFormatter(tiny.tokenizer)
+    prompts, answers = ["Write a poem about the sea", "Bake bread"], ["The sea is wide.", "Mix"]
+    edit = [direction.addition(2.0)]
+    batched = completion_kl_per_prompt(tiny, formatter, prompts, answers, edit, batch_size=2)
+    for prompt, answer, value in zip(prompts, answers, batched, strict=True):
+        head = tiny.tokenizer(formatter.render(prompt), add_special_tokens=False)["input_ids"]
+        tail = tiny.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([head + tail])
+        p = torch.log_softmax(tiny.model(input_ids=ids).logits[0].float(), -1)
+        with apply(tiny.model, edit):
+            q = torch.log_softmax(tiny.model(input_ids=ids).logits[0].float(), -1)
+        kl = (p.exp() * (p - q)).sum(-1)[len(head) - 1 : len(head) - 1 + len(tail)]
+        assert value == pytest.approx(float(kl.mean()), rel=1e-3, abs=1e-5)

@@ -48,6 +48,16 @@ def teacher_forced_batch(
     return ids, attention, predicts
 
 
+def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`-log p(target)` per position, `[batch, seq]`, one row at a time in float32 (a full
+    float32 log-softmax of a batch over a 150k vocabulary would take gigabytes)."""
+    rows = [
+        F.cross_entropy(logits[r].float(), targets[r], reduction="none")
+        for r in range(logits.shape[0])
+    ]
+    return torch.stack(rows) if rows else logits.new_zeros((0, targets.shape[1]))
+
+
 @torch.inference_mode()
 def completion_nll(
     lm: LoadedModel,
@@ -82,15 +92,18 @@ def completion_nll(
         )
         ids, attention = ids.to(lm.device), attention.to(lm.device)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        # rows are left-padded, so every scored position lies in the last `keep` positions
+        keep = int(predicts.sum(dim=1).max()) + 1
         with apply(lm.model, bind(interventions, prompts, attention)):
             logits = lm.model(
-                input_ids=ids, attention_mask=attention, position_ids=positions
+                input_ids=ids,
+                attention_mask=attention,
+                position_ids=positions,
+                logits_to_keep=keep,
             ).logits
-        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()  # predicts token t+1
-        mask = predicts[:, :-1]
-        if not torch.isfinite(nll[mask]).all():
-            raise UserError("the model produced NaN or inf logits; try --dtype float32")
+        targets = ids[:, -keep + 1 :] if keep > 1 else ids[:, :0]
+        nll = next_token_nll(logits[:, :-1], targets).cpu()  # position t predicts token t+1
+        mask = predicts[:, -keep:-1]
         for row, index in enumerate(indices):
             scored = nll[row][mask[row]]
             out[index] = float(scored.mean()) if scored.numel() else float("inf")
@@ -134,8 +147,7 @@ def text_nll(
             logits = lm.model(
                 input_ids=ids, attention_mask=attention, position_ids=positions
             ).logits
-        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
+        nll = next_token_nll(logits[:, :-1], ids[:, 1:]).cpu()
         scored = (attention[:, :-1] * attention[:, 1:]).bool().cpu()
         for k, index in enumerate(indices):
             out[index] = float(nll[k][scored[k]].mean())

@@ -93,18 +93,31 @@ def completion_kl_per_prompt(
         )
         ids, attention = ids.to(lm.device), attention.to(lm.device)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
-        kwargs = {"input_ids": ids, "attention_mask": attention, "position_ids": positions}
-        base = F.log_softmax(lm.model(**kwargs).logits.float(), dim=-1)
+        # left padding: every scored position lies in the last `keep` positions (the very
+        # last one predicts past the completion and is never scored)
+        keep = int(predicts.sum(dim=1).max()) + 1
+        kwargs = {
+            "input_ids": ids,
+            "attention_mask": attention,
+            "position_ids": positions,
+            "logits_to_keep": keep,
+        }
+        base = lm.model(**kwargs).logits
         batch_texts = [instructions[i] for i in indices]
         with apply(lm.model, bind(interventions, batch_texts, attention)):
             if twin:  # a clean copy of each row rides along (latent `retain`)
-                doubled = {k: torch.cat([v, v]) for k, v in kwargs.items()}
-                logits = lm.model(**doubled).logits[ids.shape[0] :]
+                doubled = {
+                    k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kwargs.items()
+                }
+                edited = lm.model(**doubled).logits[ids.shape[0] :]
             else:
-                logits = lm.model(**kwargs).logits
-            edited = F.log_softmax(logits.float(), dim=-1)
-        kl = (base.exp() * (base - edited)).sum(dim=-1).cpu()  # [batch, seq]
+                edited = lm.model(**kwargs).logits
+        scored = predicts[:, -keep:]
         for row, index in enumerate(indices):
-            mask = predicts[row]
-            per_prompt[index] = float(kl[row][mask].mean()) if mask.any() else 0.0
+            if not scored[row].any():
+                continue
+            p_log = F.log_softmax(base[row].float(), dim=-1)
+            q_log = F.log_softmax(edited[row].float(), dim=-1)
+            kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1).cpu()
+            per_prompt[index] = float(kl[scored[row]].mean())
     return per_prompt

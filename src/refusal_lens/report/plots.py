@@ -61,7 +61,13 @@ def grouped_bars(
     axes.set_title(title)
     if ylim:
         axes.set_ylim(*ylim)
-    axes.legend(fontsize=7, ncols=2)
+    axes.legend(
+        fontsize=7,
+        ncols=min(4, max(1, len(series))),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.28),
+        frameon=False,
+    )
     return _png(figure)
 
 
