@@ -77,7 +77,7 @@ TRUTHFULQA_PRIMER = (
 @dataclass(frozen=True)
 class CapabilitySettings:
     tasks: tuple[str, ...] = ("arc_challenge", "gsm8k")
-    limit: int | None = 200  # first N items of each task (of each MMLU subject)
+    limit: int | None = 100  # first N items of each task (of each MMLU subject)
     mmlu_subjects: tuple[str, ...] = ()  # () = every subject in the data directory
     batch_size: int = 8
     chunk: int = 50  # items per lm-eval call (and per store transaction)
