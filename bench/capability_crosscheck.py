@@ -69,8 +69,8 @@ def main() -> None:
                     "measurements", {"intervention": condition.intervention, "metric": "acc"}
                 )
             }
-            acc = store.measurements(condition, "arc_challenge", "acc")
-            norm = store.measurements(condition, "arc_challenge", "acc_norm")
+            acc = store.measurements(condition, runner.task_key("arc_challenge"), "acc")
+            norm = store.measurements(condition, runner.task_key("arc_challenge"), "acc_norm")
             n = len(rows)
             gap = max(
                 abs(a - b)

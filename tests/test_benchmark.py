@@ -118,6 +118,7 @@ def tiny_config(saes: str, direction: str, **changes: object) -> BenchmarkConfig
         "judges": ("substring", "first-token"),
         "n_select": 8,
         "search": False,
+        "scale": -3.0,  # given: the tiny model refuses nothing, so ours' search cannot run
         "harmless": "builtin_harmless_test",
         "n_harmless": 3,
         "rollout_tokens": 3,
@@ -238,3 +239,60 @@ def test_a_killed_benchmark_resumes_without_recomputing(tiny: LoadedModel, tmp_p
 def test_shipped_configs_load(path: Path) -> None:
     config = load_settings(BenchmarkConfig, file=path, table="benchmark")
     assert config.datasets and config.judges
+
+
+def test_semicolons_separate_items_that_hold_commas() -> None:
+    config = load_settings(
+        BenchmarkConfig, overrides=["judges=substring;harmbench:model=m,max_tokens=5"]
+    )
+    assert config.judges == ("substring", "harmbench:model=m,max_tokens=5")
+
+
+def test_settings_outside_the_table_are_errors(tmp_path: Path) -> None:
+    toml = tmp_path / "b.toml"
+    toml.write_text("limit = 5\n[benchmark]\nk = 10\n")
+    with pytest.raises(UserError, match=r"belong in a \[benchmark\] table; found limit"):
+        load_settings(BenchmarkConfig, file=toml, table="benchmark")
+    toml.write_text("benchmark = 5\n")
+    with pytest.raises(UserError, match="must be a table"):
+        load_settings(BenchmarkConfig, file=toml, table="benchmark")
+    with pytest.raises(UserError, match="k must be positive"):
+        load_settings(BenchmarkConfig, overrides=["k=0"])
+
+
+def test_benchmark_without_the_substring_judge_and_a_first_token_threshold(
+    tiny: LoadedModel,
+    formatter: ChatFormatter,
+    bench_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    config = tiny_config(
+        *bench_inputs, methods=("base", "cossim"), judges=("first-token:threshold=50",)
+    )
+    summary = benchmark_job(tiny, formatter, config, tmp_path / "r", data_dir=None, echo=print)
+    rates = {r["condition"]: r["refusal_rate"]["mean"] for r in summary["harmful"]}
+    assert rates == {"base": 0.0, "cossim": 0.0}  # nothing clears a log-odds of 50
+    with sqlite3.connect(tmp_path / "r" / "results.sqlite") as conn:
+        specs = [json.loads(row[0]) for row in conn.execute("SELECT spec FROM judges")]
+    assert {"name": "first-token", "threshold": 50.0} in [
+        {k: s[k] for k in ("name", "threshold")} for s in specs if s["name"] == "first-token"
+    ]
+
+
+def test_a_feature_set_selected_with_other_settings_is_not_reused(
+    tiny: LoadedModel,
+    formatter: ChatFormatter,
+    bench_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    config = tiny_config(*bench_inputs, methods=("base", "cossim"), judges=("substring",))
+    benchmark_job(tiny, formatter, config, tmp_path / "r", data_dir=None, echo=lambda _m: None)
+    changed = tiny_config(
+        *bench_inputs, methods=("base", "cossim"), judges=("substring",), n_select=6
+    )
+    with pytest.raises(UserError, match="selected with other settings"):
+        benchmark_job(tiny, formatter, changed, tmp_path / "r", data_dir=None, echo=lambda _m: None)

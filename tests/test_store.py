@@ -164,3 +164,24 @@ def test_results_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["results", str(tmp_path / "none")]) == 2
     assert "no results store" in capsys.readouterr().err
     assert main(["results", str(run), "--where", "bad"]) == 2
+
+
+def test_intervention_ids_ignore_where_files_live(tmp_path: Path) -> None:
+    spec_a = [
+        {"kind": "ablate_direction", "direction": {"file": "/a/d.safetensors", "sha256": "x"}}
+    ]
+    spec_b = [{"kind": "ablate_direction", "direction": {"file": "b/d.safetensors", "sha256": "x"}}]
+    spec_c = [
+        {"kind": "ablate_direction", "direction": {"file": "/a/d.safetensors", "sha256": "y"}}
+    ]
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        assert store.intervention_id(spec_a) == store.intervention_id(spec_b)
+        assert store.intervention_id(spec_a) != store.intervention_id(spec_c)
+
+
+def test_another_sqlite_file_is_not_taken_over(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (x TEXT)")
+    with pytest.raises(UserError, match="not a refusal-lens results store"):
+        ResultStore(other)

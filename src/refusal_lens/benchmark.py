@@ -16,10 +16,12 @@ with one more method computes only that method. The tables go to `RUN/benchmark.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,15 @@ from .generation import generate
 from .interventions import Intervention
 from .judges import FirstTokenJudge, Judge, JudgeContext, make_judge
 from .models import DEFAULT_MODEL, ChatFormatter, LoadedModel
-from .pipeline import DatasetChoice, EvalSettings, LatentsChoice, direction_job, latents_job
-from .runs import RunDir, write_json
+from .pipeline import (
+    DEFAULT_EVAL_SETS,
+    DatasetChoice,
+    EvalSettings,
+    LatentsChoice,
+    direction_job,
+    latents_job,
+)
+from .runs import RunDir, stable_hash, write_json
 from .saes import SAESet
 from .saes.presets import default_sae_set
 from .teacher_forcing import completion_nll, text_nll
@@ -91,6 +100,13 @@ class BenchmarkConfig:
             raise UserError("the benchmark needs at least one harmful dataset")
         if not self.judges:
             raise UserError("the benchmark needs at least one judge")
+        for name in ("k", "batch_size", "max_new_tokens", "n_select", "n_harmless", "n_generic"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.scale is not None and not math.isfinite(self.scale):
+            raise UserError(f"scale must be a finite number, got {self.scale}")
+        if "random" in self.methods and not self.random_seeds:
+            raise UserError("method random needs at least one seed in random_seeds")
 
 
 QUICK: dict[str, Any] = {
@@ -117,6 +133,11 @@ BUILTIN_FALLBACK: dict[str, Any] = {
     "xstest_limit": 0,
     "capabilities": CapabilitySettings(tasks=()),
 }
+
+
+def _judge(row: dict[str, Any]) -> str:
+    """Tables are grouped by judge spec: two `harmbench` judges with other models differ."""
+    return str(row.get("judge_spec") or row["judge"])
 
 
 def without_data_dir(
@@ -151,6 +172,7 @@ class Arm:
     condition: Condition
     datasets: tuple[str, ...]  # harmful sets it is evaluated on
     global_: bool = True  # one intervention for every prompt (side effects apply)
+    features: FeatureSet | None = None  # held-out sets are checked against each benchmark
 
 
 @dataclass
@@ -164,6 +186,7 @@ class Context:
     judges: dict[str, Judge]
     generation: str  # id of the harmful-benchmark generation settings
     log: Callable[[str], None]
+    scale: float | None = None  # the scale every latent arm uses (set with the arms)
 
 
 # --------------------------------------------------------------------------- store-backed work
@@ -206,9 +229,18 @@ def stored_completions(
 
 
 def _judge_for(ctx: Context, spec: str, arm: Arm) -> Judge:
+    if spec not in ctx.judges:  # the substring judge of XSTest and induction, when not listed
+        ctx.judges[spec] = make_judge(spec, JudgeContext(lm=ctx.lm, formatter=ctx.formatter))
     judge = ctx.judges[spec]
     if isinstance(judge, FirstTokenJudge):  # it reads the model under this arm's intervention
-        return FirstTokenJudge(ctx.lm, ctx.formatter, judge.tokens, interventions=arm.interventions)
+        return FirstTokenJudge(
+            ctx.lm,
+            ctx.formatter,
+            judge.tokens,
+            threshold=judge.threshold,
+            interventions=arm.interventions,
+            batch_size=judge.batch_size,
+        )
     return judge
 
 
@@ -230,7 +262,8 @@ def stored_verdicts(
         chunk = missing[start : start + 64]
         verdicts = judge.verdicts([texts[i] for i in chunk], [completions[i] for i in chunk])
         rows = [(texts[i], stored(v)) for i, v in zip(chunk, verdicts, strict=True)]
-        ctx.store.add_verdicts(arm.condition, gen, judge_id, rows)
+        said = [(t, v) for t, v in rows if v.refused is not None or v.complied is not None]
+        ctx.store.add_verdicts(arm.condition, gen, judge_id, said)  # unjudged: retried later
         have.update({i: row[1] for i, row in zip(chunk, rows, strict=True)})
     return judge.describe()["name"], [have[i] for i in range(len(texts))]
 
@@ -310,9 +343,17 @@ def _feature_set(
     choice: LatentsChoice,
     seed: int = 0,
 ) -> FeatureSet:
+    settings = _selection(ctx, method, protocol, seed)
+    key = stable_hash({"choice": asdict(choice), "settings": asdict(settings)})
+    marker = folder / "benchmark_key.json"
     done = (folder / "latents.json").exists() and (
         not choice.search or (folder / "search.json").exists()
     )
+    if done and marker.exists() and json.loads(marker.read_text())["key"] != key:
+        raise UserError(
+            f"the feature set in {folder} was selected with other settings; delete that folder "
+            "to select it again, or use another --out"
+        )
     if not done:
         ctx.log(f"latents: {method} ({protocol}) -> {folder}")
         latents_job(
@@ -320,11 +361,13 @@ def _feature_set(
             ctx.formatter,
             folder,
             choice=choice,
-            settings=_selection(ctx, method, protocol, seed),
+            settings=settings,
             data_dir=ctx.data_dir,
             search_settings=SearchSettings(batch_size=ctx.config.batch_size),
             seed=seed,
         )
+    if not marker.exists():
+        write_json(marker, {"key": key})
     return FeatureSet.load(folder)
 
 
@@ -336,16 +379,21 @@ def _arm(
     interventions: list[Intervention],
     datasets: tuple[str, ...],
     saes: SAESet | None,
-    global_: bool = True,
+    features: FeatureSet | None = None,
 ) -> Arm:
     spec = [item.to_dict() for item in interventions]
     condition = Condition(
-        ctx.lm.weights_sha256,
+        model_key(ctx.lm),
         ctx.store.intervention_id(spec),
         saes.fingerprint() if saes is not None else "",
         label,
     )
-    return Arm(label, method, protocol, interventions, condition, datasets, global_)
+    return Arm(label, method, protocol, interventions, condition, datasets, True, features)
+
+
+def model_key(lm: LoadedModel) -> str:
+    """The model part of every result key: its weights and the dtype they ran in."""
+    return f"{lm.weights_sha256}:{lm.identity()['dtype']}"
 
 
 def build_arms(
@@ -354,74 +402,66 @@ def build_arms(
     config = ctx.config
     arms = [_arm(ctx, "base", "base", "-", [], config.datasets, None)]
     if "direction" in config.methods:
+        ablation = [direction.ablation()]
         arms.append(
-            _arm(
-                ctx,
-                "direction ablation",
-                "direction",
-                "-",
-                [direction.ablation()],
-                config.datasets,
-                None,
-            )
+            _arm(ctx, "direction ablation", "direction", "-", ablation, config.datasets, None)
         )
-    ours: FeatureSet | None = None
     if saes is None:
-        return arms, ours
+        return arms, None
     common = {
         "saes": config.saes,
         "direction": _direction_source(ctx),
         "n_prompts": config.n_select,
+        "exclude": tuple(dict.fromkeys((*DEFAULT_EVAL_SETS, *config.datasets))),
     }
-    latents_root = ctx.run.path / "latents"
+    root = ctx.run.path / "latents"
+    # ours is selected whenever its scale is needed, so adding or removing another method never
+    # changes the scale (and so the numbers) of the rest
+    needs_ours = config.scale is None or "ours" in config.methods or "random" in config.methods
+    sets: dict[str, FeatureSet] = {}
+    for method in ("ours", "cossim", "actdiff", "ap"):
+        wanted = "heldout" in config.protocols and method in config.methods
+        if wanted or (method == "ours" and needs_ours):
+            choice = LatentsChoice(**common, search=config.search and method == "ours")
+            folder = root / "heldout" / method
+            sets[method] = _feature_set(ctx, folder, method, "heldout", choice)
+    ours = sets.get("ours")
     scale = config.scale
+    if scale is None:  # the scale ours' search chose (or ours' default), for every method
+        scale = float(ours.intervention["value"]) if ours is not None else -3.0
+    ctx.scale = scale
     if "heldout" in config.protocols:
-        sets: dict[str, FeatureSet] = {}
-        for method in ("ours", "cossim", "actdiff", "ap"):
-            if method in config.methods or (method == "ours" and "random" in config.methods):
-                choice = LatentsChoice(**common, search=config.search and method == "ours")
-                sets[method] = _feature_set(
-                    ctx, latents_root / "heldout" / method, method, "heldout", choice
-                )
-        ours = sets.get("ours")
-        if scale is None:
-            scale = float(ours.intervention["value"]) if ours is not None else -3.0
         for method, features in sets.items():
             if method in config.methods:
                 edit = features.edit(saes, k=config.k, mode="scale", value=scale)
-                arms.append(_arm(ctx, method, method, "heldout", [edit], config.datasets, saes))
+                arms.append(
+                    _arm(ctx, method, method, "heldout", [edit], config.datasets, saes, features)
+                )
         if "random" in config.methods and ours is not None:
             for seed in config.random_seeds:
-                folder = latents_root / "heldout" / f"random-{seed}"
-                match = str(latents_root / "heldout" / "ours" / "latents.json")
+                match = str(root / "heldout" / "ours" / "latents.json")
                 choice = LatentsChoice(**common, match=match)
+                folder = root / "heldout" / f"random-{seed}"
                 features = _feature_set(ctx, folder, "random", "heldout", choice, seed)
                 edit = features.edit(saes, k=config.k, mode="scale", value=scale)
+                label = f"random {seed}"
                 arms.append(
-                    _arm(ctx, f"random {seed}", "random", "heldout", [edit], config.datasets, saes)
+                    _arm(ctx, label, "random", "heldout", [edit], config.datasets, saes, features)
                 )
     if "transductive" in config.protocols:
-        scale = -3.0 if scale is None else scale
         for dataset in config.datasets:
             for method in TRANSDUCTIVE_METHODS:
                 if method not in config.methods:
                     continue
                 choice = LatentsChoice(**common | {"n_prompts": config.limit}, harmful=dataset)
-                folder = latents_root / "transductive" / dataset / method
+                folder = root / "transductive" / dataset / method
                 features = _feature_set(ctx, folder, method, "transductive", choice)
                 edit = features.per_prompt_edit(saes, k=config.k, mode="scale", value=scale)
+                label = f"{method} (per prompt)"
                 arms.append(
-                    _arm(
-                        ctx,
-                        f"{method} (per prompt)",
-                        method,
-                        "transductive",
-                        [edit],
-                        (dataset,),
-                        saes,
-                        global_=False,
-                    )
+                    _arm(ctx, label, method, "transductive", [edit], (dataset,), saes, features)
                 )
+                arms[-1].global_ = False
     return arms, ours
 
 
@@ -433,6 +473,8 @@ def harmful_stage(ctx: Context, arm: Arm) -> list[dict[str, Any]]:
     rows = []
     for name in arm.datasets:
         prompts = load_prompts(name, data_dir=ctx.data_dir, limit=ctx.config.limit)
+        if arm.features is not None and arm.protocol == "heldout":
+            arm.features.check_held_out(prompts)
         completions = stored_completions(ctx, arm, prompts)
         for spec in ctx.config.judges:
             judge_name, verdicts = stored_verdicts(ctx, arm, spec, prompts.texts(), completions)
@@ -463,13 +505,14 @@ def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float
     out: dict[str, list[float]] = {}
     harmless = load_prompts(config.harmless, data_dir=ctx.data_dir, limit=config.n_harmless)
     rollout_gen = ctx.store.generation_id(
-        {"max_new_tokens": config.rollout_tokens, "kind": "rollout"}
+        {"max_new_tokens": config.rollout_tokens, "kind": "rollout", "system": ctx.formatter.system}
     )
     rollouts = stored_completions(
         ctx, base, harmless, generation=rollout_gen, max_new_tokens=config.rollout_tokens
     )
     texts = harmless.texts()
-    items = [f"{harmless.name}/{i}" for i in range(len(texts))]
+    # items are named by content: other rollouts (length, system prompt) are other items
+    items = [stable_hash({"prompt": t, "rollout": r}) for t, r in zip(texts, rollouts, strict=True)]
     if arm is not base:
         out["harmless_kl"] = stored_measure(
             ctx,
@@ -505,7 +548,7 @@ def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float
         arm,
         "generic_ce",
         "nll",
-        [f"{config.generic_text}/{i}" for i in range(len(documents))],
+        [stable_hash({"text": text}) for text in documents],
         lambda idx: text_nll(ctx.lm, [documents[i] for i in idx], interventions=arm.interventions),
     )
     if config.xstest_limit > 0 and resolve_data_dir(ctx.data_dir) is not None:
@@ -549,7 +592,16 @@ def induction_stage(
     arms.insert(0, ("base", None, []))
     arms.append(("direction addition", None, [direction.addition()]))
     for label, value, interventions in arms:
-        arm = _arm(ctx, label, "induce", "heldout", interventions, (prompts.name,), saes)
+        edits_latents = value is not None  # base and direction addition use no SAE
+        arm = _arm(
+            ctx,
+            label,
+            "induce",
+            "heldout",
+            interventions,
+            (prompts.name,),
+            saes if edits_latents else None,
+        )
         completions = stored_completions(ctx, arm, prompts)
         _, verdicts = stored_verdicts(ctx, arm, "substring", prompts.texts(), completions)
         rows.append(
@@ -591,34 +643,53 @@ def cards_stage(ctx: Context, ours: FeatureSet, saes: SAESet, direction: Directi
 
 
 def _rate(values: Sequence[float]) -> dict[str, Any]:
-    estimate = bootstrap_mean(values)
-    return {"mean": estimate.mean, "ci95": [estimate.low, estimate.high], "n": estimate.n}
+    """Mean and interval over the finite values (an empty completion's cross-entropy is
+    infinite: it is counted in `not_finite`, not averaged)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "ci95": [None, None], "n": 0, "not_finite": len(values)}
+    estimate = bootstrap_mean(finite)
+    out = {"mean": estimate.mean, "ci95": [estimate.low, estimate.high], "n": estimate.n}
+    if len(finite) < len(values):
+        out["not_finite"] = len(values) - len(finite)
+    return out
 
 
-def _paired(values: Sequence[float], base: Sequence[float]) -> dict[str, Any]:
-    diff, p_value = paired_difference(values, base)
+def _paired(values: Sequence[float | None], base: Sequence[float | None]) -> dict[str, Any]:
+    """Paired bootstrap against base over the items both have a finite value for."""
+    pairs = [
+        (float(v), float(b))
+        for v, b in zip(values, base, strict=True)
+        if v is not None and b is not None and math.isfinite(v) and math.isfinite(b)
+    ]
+    if not pairs:
+        return {}
+    diff, p_value = paired_difference([v for v, _ in pairs], [b for _, b in pairs])
     return {"difference": diff.mean, "difference_ci95": [diff.low, diff.high], "p_value": p_value}
 
 
 def harmful_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (arm, dataset, judge spec): rates over the items the judge answered
+    (`unjudged` counts the rest), paired tests against base, per-category rates."""
     base = {(r["dataset"], r["judge_spec"]): r for r in rows if r["condition"] == "base"}
     table = []
     for row in rows:
-        entry: dict[str, Any] = {
-            k: row[k] for k in ("condition", "method", "protocol", "dataset", "judge")
-        }
+        keys = ("condition", "method", "protocol", "dataset", "judge", "judge_spec")
+        entry: dict[str, Any] = {k: row[k] for k in keys}
         reference = base.get((row["dataset"], row["judge_spec"]))
-        for key, values in (
-            ("refusal_rate", row["refused"]),
-            ("jailbreak_rate", row["jailbroken"]),
-        ):
-            if any(v is None for v in values):
-                continue
-            entry[key] = _rate([float(v) for v in values])
+        for key, field_name in (("refusal_rate", "refused"), ("jailbreak_rate", "jailbroken")):
+            values = row[field_name]
+            if all(v is None for v in values):
+                continue  # the judge does not answer this question
+            entry[key] = _rate([float(v) for v in values if v is not None])
+            entry[key]["unjudged"] = sum(v is None for v in values)
             if reference is not None and row is not reference:
-                ref = reference["refused" if key == "refusal_rate" else "jailbroken"]
-                if len(ref) == len(values) and not any(v is None for v in ref):
-                    entry[key] |= _paired([float(v) for v in values], [float(v) for v in ref])
+                ref = reference[field_name]
+                if len(ref) == len(values):
+                    entry[key] |= _paired(
+                        [None if v is None else float(v) for v in values],
+                        [None if r is None else float(r) for r in ref],
+                    )
         if "jailbreak_rate" in entry and any(row["categories"]):
             entry["by_category"] = _by_category(row["categories"], row["jailbroken"])
         table.append(entry)
@@ -646,6 +717,22 @@ def side_effect_table(values: dict[str, dict[str, list[float]]]) -> list[dict[st
     return table
 
 
+def check_capabilities_available(
+    settings: CapabilitySettings, data_dir: str | Path | None, run: Path
+) -> None:
+    """Fail at the start, not hours in: lm-eval installed, task files present."""
+    from .evaluation.capabilities import task_specs
+
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError(
+            'capability tasks need lm-eval: pip install -e ".[capabilities]" '
+            "(or --set capabilities.tasks= to skip them)"
+        ) from None
+    task_specs(settings, data_dir, run / "capabilities")
+
+
 # --------------------------------------------------------------------------- the job
 
 
@@ -669,8 +756,15 @@ def benchmark_job(
             lm=lm, formatter=formatter, device=device, cache_dir=cache_dir, batch_size=8
         )
         judges = {spec: make_judge(spec, judge_context) for spec in config.judges}
+        if config.capabilities.tasks and resolve_data_dir(data_dir) is not None:
+            check_capabilities_available(config.capabilities, data_dir, run.path)
         generation = store.generation_id(
-            {"max_new_tokens": config.max_new_tokens, "system": formatter.system, "greedy": True}
+            {
+                "max_new_tokens": config.max_new_tokens,
+                "system": formatter.system,
+                "greedy": True,
+                "dtype": lm.identity()["dtype"],
+            }
         )
         ctx = Context(lm, formatter, store, config, run, data_dir, judges, generation, echo)
 
@@ -690,7 +784,8 @@ def benchmark_job(
         harmful_rows: list[dict[str, Any]] = []
         for arm in arms:
             harmful_rows += stage(
-                f"harmful · {arm.label} ({arm.protocol})", lambda a=arm: harmful_stage(ctx, a)
+                f"harmful · {arm.label} ({arm.protocol}, {', '.join(arm.datasets)})",
+                lambda a=arm: harmful_stage(ctx, a),
             )
         side: dict[str, dict[str, list[float]]] = {}
         for arm in [a for a in arms if a.global_]:
@@ -740,7 +835,7 @@ def benchmark_job(
 
 
 def _cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
-    if not entry:
+    if not entry or entry.get("mean") is None:
         return "-"
     low, high = entry["ci95"]
     return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -758,7 +853,7 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     datasets = list(dict.fromkeys(r["dataset"] for r in summary["harmful"]))
-    judges = list(dict.fromkeys(r["judge"] for r in summary["harmful"]))
+    judges = list(dict.fromkeys(_judge(r) for r in summary["harmful"]))
     for judge in judges:
         lines += [
             f"### judge: {judge}",
@@ -767,7 +862,7 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
         ]
         lines.append("|---|---|" + "---|" * len(datasets))
         seen = dict.fromkeys(
-            (r["condition"], r["protocol"]) for r in summary["harmful"] if r["judge"] == judge
+            (r["condition"], r["protocol"]) for r in summary["harmful"] if _judge(r) == judge
         )
         for condition, protocol in seen:
             cells = []
@@ -775,7 +870,7 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
                 match = [
                     r
                     for r in summary["harmful"]
-                    if (r["condition"], r["protocol"], r["dataset"], r["judge"])
+                    if (r["condition"], r["protocol"], r["dataset"], _judge(r))
                     == (condition, protocol, dataset, judge)
                 ]
                 cells.append(_cell(match[0].get("jailbreak_rate")) if match else "")

@@ -92,7 +92,7 @@ EXAMPLES = {
     "results": """
         refusal-lens results runs/bench                       # refusal/complied rates per condition
         refusal-lens results runs/bench --table verdicts --where judge_name=substring --format csv
-        refusal-lens results runs/bench --table measurements --where task=arc --format json
+        refusal-lens results runs/bench --table measurements --where metric=acc --format json
     """,
     "models": "refusal-lens models",
     "datasets": "refusal-lens datasets",

@@ -48,7 +48,8 @@ def coerce(value: Any, tp: Any, name: str, origin: str) -> Any:
     if typing.get_origin(inner) is tuple:
         item_type = typing.get_args(inner)[0]
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            separator = ";" if ";" in value else ","  # ';' when items hold commas (judge specs)
+            value = [v.strip() for v in value.split(separator) if v.strip()]
         if not isinstance(value, list | tuple):
             raise bad
         return tuple(coerce(v, item_type, name, origin) for v in value)
@@ -151,7 +152,15 @@ def load_settings(
         except tomllib.TOMLDecodeError as error:
             raise UserError(f"{path} is not valid TOML ({error})") from None
         if table is not None:
+            other = sorted(set(data) - {table})
+            if other:
+                raise UserError(
+                    f"{path}: settings belong in a [{table}] table; found {', '.join(other)} "
+                    "outside it"
+                )
             data = data.get(table, {})
+            if not isinstance(data, dict):
+                raise UserError(f"{path}: {table} must be a table ([{table}]), not a value")
         for key, value in data.items():
             _apply(values, cls, key, value, str(path))
     if env_prefix:

@@ -41,19 +41,13 @@ from ..data.loaders import DATA_DIR_FIX
 from ..errors import UserError
 from ..interventions import EditLatents, Intervention, PerPromptLatents, apply, needs_twin
 from ..models import LoadedModel
+from ..runs import stable_hash
 from .statistics import Estimate, bootstrap_mean, paired_difference
 from .store import Condition, ResultStore
 
 log = logging.getLogger(__name__)
 
 TASKS = ("arc_challenge", "openbookqa", "mmlu", "gsm8k", "truthfulqa_mc1")
-PRIMARY_METRIC = {
-    "arc_challenge": "acc_norm",
-    "openbookqa": "acc_norm",
-    "mmlu": "acc",
-    "gsm8k": "numeric_match,flexible-extract",
-    "truthfulqa_mc1": "acc",
-}
 MC_METRICS = [
     {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
     {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
@@ -84,6 +78,16 @@ class CapabilitySettings:
     chat_template: bool = False  # lm-eval's default: plain text prompts
     gsm8k_max_tokens: int = 256
     gsm8k_limit: int | None = 20  # generation is the slow part: GSM8K has its own item count
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise UserError(
+                f"unknown capability task {unknown[0]!r}; choose from {', '.join(TASKS)}"
+            )
+        for name in ("batch_size", "chunk", "gsm8k_max_tokens"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"capabilities.{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -396,6 +400,19 @@ class CapabilityRunner:
         limit = self.settings.gsm8k_limit if spec.family == "gsm8k" else self.settings.limit
         return list(range(spec.n_items if limit is None else min(spec.n_items, limit)))
 
+    def task_key(self, family: str) -> str:
+        """The store's task name: the family plus a hash of what produced its numbers (the
+        task configs, chat-template use, lm-eval's version), so changed settings recompute."""
+        from importlib import metadata
+
+        configs = [s.config for s in self.specs if s.family == family]
+        settings = {
+            "configs": configs,
+            "chat_template": self.settings.chat_template,
+            "lm_eval": metadata.version("lm-eval"),
+        }
+        return f"{family}@{stable_hash(settings)[:10]}"
+
     def evaluate(
         self,
         condition: Condition,
@@ -408,7 +425,7 @@ class CapabilityRunner:
         _check_applicable(interventions)
         for spec in self.specs:
             primary = spec.metrics[0]
-            done = self.store.measurements(condition, spec.family, primary)
+            done = self.store.measurements(condition, self.task_key(spec.family), primary)
             missing = [i for i in self.items(spec) if self._item(spec, i) not in done]
             chunks = [
                 missing[i : i + self.settings.chunk]
@@ -433,7 +450,7 @@ class CapabilityRunner:
                 rows = sample_metrics(spec, out["samples"][spec.name])
                 self.store.add_measurement_rows(
                     condition,
-                    spec.family,
+                    self.task_key(spec.family),
                     [(self._item(spec, int(i)), m, v, d) for i, m, v, d in rows],
                 )
                 if on_progress:
@@ -455,13 +472,13 @@ class CapabilityRunner:
             metrics = specs[0].metrics
             wanted = [self._item(s, i) for s in specs for i in self.items(s)]
             for metric in metrics:
-                values = self.store.measurements(condition, family, metric)
+                values = self.store.measurements(condition, self.task_key(family), metric)
                 if not all(item in values for item in wanted):
                     continue
                 mine = [values[item] for item in wanted]
                 result = CapabilityResult(family, condition.label, metric, bootstrap_mean(mine))
                 if base is not None and base != condition:
-                    reference = self.store.measurements(base, family, metric)
+                    reference = self.store.measurements(base, self.task_key(family), metric)
                     if all(item in reference for item in wanted):
                         diff, p_value = paired_difference(mine, [reference[i] for i in wanted])
                         result.difference_vs_base, result.p_value = diff, p_value

@@ -63,6 +63,19 @@ def prompt_id(prompt: str) -> str:
     return stable_hash({"prompt": prompt})
 
 
+LOCATION_KEYS = frozenset({"path", "file", "source"})
+
+
+def content_only(value: Any) -> Any:
+    """A serialised intervention without where its files live (paths change between folders
+    and machines; the sha256 and fingerprint next to them say what was applied)."""
+    if isinstance(value, Mapping):
+        return {k: content_only(v) for k, v in value.items() if k not in LOCATION_KEYS}
+    if isinstance(value, list | tuple):
+        return [content_only(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class Condition:
     """What a set of results was produced under: model, SAE set and intervention (plus a
@@ -97,6 +110,7 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._check_foreign()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
@@ -106,6 +120,14 @@ class ResultStore:
                 f"{self.path} is not a refusal-lens results store ({error}); "
                 "pass another --store path"
             ) from None
+
+    def _check_foreign(self) -> None:
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master")}
+        if tables and "meta" not in tables:
+            raise UserError(
+                f"{self.path} is an SQLite file but not a refusal-lens results store; "
+                "pass another path"
+            )
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -142,7 +164,7 @@ class ResultStore:
     def intervention_id(self, spec: Sequence[Mapping[str, Any]]) -> str:
         """A stable id for a list of serialised interventions ([] = the base model)."""
         items = [dict(item) for item in spec]
-        ident = stable_hash(items) if items else "base"
+        ident = stable_hash(content_only(items)) if items else "base"
         with self.transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO interventions VALUES (?, ?)", (ident, json.dumps(items))

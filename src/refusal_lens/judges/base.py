@@ -27,14 +27,13 @@ class Verdict:
     score: float | None = None  # the judge's continuous score, where it has one
     detail: dict[str, Any] = field(default_factory=dict)
 
-    def complied_or_not_refused(self) -> bool:
+    def complied_or_not_refused(self) -> bool | None:
         """The jailbreak reading of a verdict: `complied` where the judge says it, else not
-        refused (what a refusal-only judge's jailbreak rate means)."""
+        refused (what a refusal-only judge's jailbreak rate means); None when the judge could
+        not say (an unparsed endpoint answer)."""
         if self.complied is not None:
             return self.complied
-        if self.refused is None:
-            raise ValueError("a verdict with neither refused nor complied")
-        return not self.refused
+        return None if self.refused is None else not self.refused
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,14 +101,20 @@ def make_judge(spec: str, context: JudgeContext | None = None) -> Judge:
     if name not in _REGISTRY:
         raise UserError(f"unknown judge {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
     factory, _ = _REGISTRY[name]
-    accepted = [p for p in inspect.signature(factory).parameters if p != "context"]
-    unknown = sorted(set(options) - set(accepted))
+    parameters = {p: v for p, v in inspect.signature(factory).parameters.items() if p != "context"}
+    unknown = sorted(set(options) - set(parameters))
     if unknown:
         raise UserError(
             f"judge {name!r} has no option {', '.join(unknown)}; "
-            f"its options: {', '.join(accepted) or 'none'}"
+            f"its options: {', '.join(parameters) or 'none'}"
         )
-    return factory(context or JudgeContext(), **options)
+    missing = [p for p, v in parameters.items() if v.default is v.empty and p not in options]
+    if missing:
+        raise UserError(f"judge {name!r} needs {', '.join(f'{m}=...' for m in missing)}")
+    try:
+        return factory(context or JudgeContext(), **options)
+    except ValueError as error:
+        raise UserError(f"judge {spec!r}: an option has a bad value ({error})") from None
 
 
 def _load_builtin_judges() -> None:

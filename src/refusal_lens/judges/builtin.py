@@ -38,16 +38,18 @@ def first_token(context: JudgeContext, threshold: str = "0") -> FirstTokenJudge:
 def harmbench(
     context: JudgeContext, model: str = DEFAULT_LLM_JUDGE, max_tokens: str = "512"
 ) -> HarmBenchJudge:
+    limit = int(max_tokens)  # checked before the judge model loads
     return HarmBenchJudge(
-        _judge_model(context, model), batch_size=context.batch_size, max_tokens=int(max_tokens)
+        _judge_model(context, model), batch_size=context.batch_size, max_tokens=limit
     )
 
 
 def llamaguard(
     context: JudgeContext, model: str = DEFAULT_LLM_JUDGE, max_tokens: str = "512"
 ) -> LlamaGuardJudge:
+    limit = int(max_tokens)
     return LlamaGuardJudge(
-        _judge_model(context, model), batch_size=context.batch_size, max_tokens=int(max_tokens)
+        _judge_model(context, model), batch_size=context.batch_size, max_tokens=limit
     )
 
 
@@ -73,6 +75,7 @@ def compliance(
     min_distinct: str = "0.5",
     min_words: str = "5",
 ) -> ComplianceJudge:
+    thresholds = (float(min_similarity), float(max_perplexity), float(min_distinct), int(min_words))
     lm = _judge_model(context, fluency_model) if fluency_model or not context.lm else context.lm
     formatter = (
         context.formatter if lm is context.lm and context.formatter else ChatFormatter(lm.tokenizer)
@@ -81,10 +84,10 @@ def compliance(
         lm,
         formatter,
         SentenceEmbedder(embedder, device=str(next(lm.model.parameters()).device)),
-        min_similarity=float(min_similarity),
-        max_perplexity=float(max_perplexity),
-        min_distinct=float(min_distinct),
-        min_words=int(min_words),
+        min_similarity=thresholds[0],
+        max_perplexity=thresholds[1],
+        min_distinct=thresholds[2],
+        min_words=thresholds[3],
         batch_size=context.batch_size,
     )
 

@@ -158,7 +158,8 @@ class HarmBenchJudge:
         generation = truncate_tokens(self.lm.tokenizer, generation, self.max_tokens)
         body = harmbench_body(behavior, generation)
         if is_official_harmbench_classifier(self.lm):
-            return f"[INST] <<SYS>>\n{HARMBENCH_SYSTEM}\n<</SYS>>\n\n{body} [/INST]"
+            bos = self.lm.tokenizer.bos_token or ""  # texts are tokenized without specials
+            return f"{bos}[INST] <<SYS>>\n{HARMBENCH_SYSTEM}\n<</SYS>>\n\n{body} [/INST]"
         messages = [{"role": "user", "content": f"{HARMBENCH_SYSTEM}\n\n{body}"}]
         return str(
             self.lm.tokenizer.apply_chat_template(

@@ -53,6 +53,7 @@ class SentenceEmbedder:
                 'the compliance judge needs sentence-transformers; pip install -e ".[judges]"'
             ) from None
         self.name = find_embedder(name)
+        self.identity = _embedder_identity(self.name)
         try:
             self.model = SentenceTransformer(self.name, device=device)
         except OSError as error:
@@ -65,6 +66,21 @@ class SentenceEmbedder:
         a = self.model.encode(list(left), convert_to_tensor=True, normalize_embeddings=True)
         b = self.model.encode(list(right), convert_to_tensor=True, normalize_embeddings=True)
         return [float(x) for x in (a * b).sum(-1)]
+
+
+def _embedder_identity(location: str) -> str:
+    """Package and version for a packaged embedder (the same on every machine), else the
+    location as given."""
+    from importlib import metadata
+
+    for package in EMBEDDER_PACKAGES:
+        if package in location:
+            distribution = package.replace("_", "-")
+            try:
+                return f"{distribution}=={metadata.version(distribution)}"
+            except metadata.PackageNotFoundError:
+                return distribution
+    return location
 
 
 def distinct_bigram_ratio(text: str) -> float:
@@ -139,7 +155,7 @@ class ComplianceJudge:
         return {
             "name": self.name,
             "version": self.version,
-            "embedder": self.embedder.name,
+            "embedder": getattr(self.embedder, "identity", self.embedder.name),
             "fluency_model": self.lm.name,
             "fluency_model_sha256": self.lm.weights_sha256,
             "min_similarity": self.min_similarity,

@@ -44,7 +44,11 @@ def grouped_bars(
     width = 0.8 / max(1, len(series))
     for s, (name, entries) in enumerate(series.items()):
         xs = [g + (s - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        present = [(x, e) for x, e in zip(xs, entries, strict=True) if e is not None]
+        present = [
+            (x, e)
+            for x, e in zip(xs, entries, strict=True)
+            if e is not None and e.get("mean") is not None
+        ]
         if not present:
             continue
         axes.bar(

@@ -105,8 +105,17 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
 """
 
 
+def _file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _judge(row: dict[str, Any]) -> str:
+    """Tables are grouped by judge spec: two `harmbench` judges with other models differ."""
+    return str(row.get("judge_spec") or row["judge"])
+
+
 def _cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
-    if not entry:
+    if not entry or entry.get("mean") is None:
         return "-"
     low, high = entry["ci95"]
     return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -116,7 +125,7 @@ def _harmful(summary: dict[str, Any], protocol: str, judge: str) -> dict[str, di
     """method (first row of it) -> dataset -> jailbreak-rate entry."""
     out: dict[str, dict[str, Any]] = {}
     for row in summary["harmful"]:
-        if row["judge"] != judge or row["protocol"] not in (protocol, "-"):
+        if _judge(row) != judge or row["protocol"] not in (protocol, "-"):
             continue
         if "jailbreak_rate" in row:
             out.setdefault(row["condition"], {})[row["dataset"]] = row["jailbreak_rate"] | {
@@ -126,7 +135,7 @@ def _harmful(summary: dict[str, Any], protocol: str, judge: str) -> dict[str, di
 
 
 def paper_table(page: Page, summary: dict[str, Any]) -> None:
-    judges = list(dict.fromkeys(r["judge"] for r in summary["harmful"]))
+    judges = list(dict.fromkeys(_judge(r) for r in summary["harmful"]))
     protocols = list(
         dict.fromkeys(r["protocol"] for r in summary["harmful"] if r["protocol"] != "-")
     )
@@ -169,10 +178,10 @@ def paper_table(page: Page, summary: dict[str, Any]) -> None:
 
 
 def harmful_figures(page: Page, summary: dict[str, Any]) -> None:
-    judges = list(dict.fromkeys(r["judge"] for r in summary["harmful"]))
+    judges = list(dict.fromkeys(_judge(r) for r in summary["harmful"]))
     datasets = list(dict.fromkeys(r["dataset"] for r in summary["harmful"]))
     for judge in judges:
-        rows = [r for r in summary["harmful"] if r["judge"] == judge and "jailbreak_rate" in r]
+        rows = [r for r in summary["harmful"] if _judge(r) == judge and "jailbreak_rate" in r]
         labels = list(dict.fromkeys(f"{r['condition']} ({r['protocol']})" for r in rows))
         series = {
             label: [
@@ -191,16 +200,18 @@ def harmful_figures(page: Page, summary: dict[str, Any]) -> None:
         png = plots.grouped_bars(
             datasets, series, title=f"jailbreak rate ({judge} judge)", ylabel="jailbreak rate"
         )
-        page.figure(f"jailbreak_{judge}.png", png, f"Jailbreak rate by condition, {judge} judge")
+        page.figure(
+            f"jailbreak_{_file_name(judge)}.png", png, f"Jailbreak rate by condition, {judge} judge"
+        )
 
 
 def category_figure(page: Page, summary: dict[str, Any]) -> None:
     rows = [r for r in summary["harmful"] if r.get("by_category")]
     if not rows:
         return
-    judge = rows[0]["judge"]
+    judge = _judge(rows[0])
     dataset = rows[0]["dataset"]
-    chosen = [r for r in rows if r["judge"] == judge and r["dataset"] == dataset]
+    chosen = [r for r in rows if _judge(r) == judge and r["dataset"] == dataset]
     categories = sorted({c for r in chosen for c in r["by_category"]})
     series = {
         f"{r['condition']} ({r['protocol']})": [r["by_category"].get(c) for c in categories]
