@@ -245,6 +245,7 @@ def test_benchmark_and_report_end_to_end(
         "n_generic": "3",
         "xstest_limit": "3",
         "cards": "false",
+        "search": "false",
         "capabilities.tasks": "arc_challenge,gsm8k",
         "capabilities.limit": "2",
         "capabilities.gsm8k_max_tokens": "24",

@@ -391,6 +391,15 @@ def _arm(
     return Arm(label, method, protocol, interventions, condition, datasets, True, features)
 
 
+def _k(ctx: Context, features: FeatureSet) -> int:
+    """K* for a set: the configured k, or all the set ranks when it ranks fewer (a small SAE
+    set with a per-layer prefilter), which the log says."""
+    k = min(ctx.config.k, len(features.latents))
+    if k < ctx.config.k:
+        ctx.log(f"{features.method}: ranks {k} latents, fewer than k = {ctx.config.k}; using {k}")
+    return k
+
+
 def model_key(lm: LoadedModel) -> str:
     """The model part of every result key: its weights and the dtype they ran in."""
     return f"{lm.weights_sha256}:{lm.identity()['dtype']}"
@@ -433,7 +442,7 @@ def build_arms(
     if "heldout" in config.protocols:
         for method, features in sets.items():
             if method in config.methods:
-                edit = features.edit(saes, k=config.k, mode="scale", value=scale)
+                edit = features.edit(saes, k=_k(ctx, features), mode="scale", value=scale)
                 arms.append(
                     _arm(ctx, method, method, "heldout", [edit], config.datasets, saes, features)
                 )
@@ -443,7 +452,7 @@ def build_arms(
                 choice = LatentsChoice(**common, match=match)
                 folder = root / "heldout" / f"random-{seed}"
                 features = _feature_set(ctx, folder, "random", "heldout", choice, seed)
-                edit = features.edit(saes, k=config.k, mode="scale", value=scale)
+                edit = features.edit(saes, k=_k(ctx, features), mode="scale", value=scale)
                 label = f"random {seed}"
                 arms.append(
                     _arm(ctx, label, "random", "heldout", [edit], config.datasets, saes, features)
@@ -456,7 +465,9 @@ def build_arms(
                 choice = LatentsChoice(**common | {"n_prompts": config.limit}, harmful=dataset)
                 folder = root / "transductive" / dataset / method
                 features = _feature_set(ctx, folder, method, "transductive", choice)
-                edit = features.per_prompt_edit(saes, k=config.k, mode="scale", value=scale)
+                edit = features.per_prompt_edit(
+                    saes, k=_k(ctx, features), mode="scale", value=scale
+                )
                 label = f"{method} (per prompt)"
                 arms.append(
                     _arm(ctx, label, method, "transductive", [edit], (dataset,), saes, features)
@@ -586,7 +597,7 @@ def induction_stage(
     prompts = load_prompts(config.harmless, data_dir=ctx.data_dir, limit=config.n_induce)
     rows = []
     arms = [
-        (f"ours set to {v:g}", v, [ours.edit(saes, k=config.k, mode="set", value=v)])
+        (f"ours set to {v:g}", v, [ours.edit(saes, k=_k(ctx, ours), mode="set", value=v)])
         for v in config.induce_values
     ]
     arms.insert(0, ("base", None, []))
@@ -627,7 +638,7 @@ def cards_stage(ctx: Context, ours: FeatureSet, saes: SAESet, direction: Directi
         ctx.lm,
         ctx.formatter,
         saes,
-        ours.top(config.k),
+        ours.top(_k(ctx, ours)),
         direction,
         split_prompts("harmful", "val", ctx.data_dir, limit=32),
         split_prompts("harmless", "val", ctx.data_dir, limit=32),
