@@ -190,17 +190,13 @@ class ResultStore:
         self, condition: Condition, generation: str, prompts: Sequence[str]
     ) -> dict[int, str]:
         """Stored completions of `prompts` (by their index in the list)."""
-        ids = [prompt_id(p) for p in prompts]
-        found: dict[str, str] = {}
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                "SELECT prompt_id, completion FROM completions WHERE model=? AND saes=? AND "
-                f"intervention=? AND generation=? AND prompt_id IN ({marks})",
-                (*condition.key(), generation, *chunk),
-            )
-            found.update(dict(rows.fetchall()))
-        return {i: found[pid] for i, pid in enumerate(ids) if pid in found}
+        found = self._by_prompt(
+            "SELECT prompt_id, completion FROM completions WHERE model=? AND saes=? AND "
+            "intervention=? AND generation=?",
+            (*condition.key(), generation),
+            prompts,
+        )
+        return {i: row[0] for i, row in found.items()}
 
     def add_completions(
         self,
@@ -225,20 +221,28 @@ class ResultStore:
     def verdicts(
         self, condition: Condition, generation: str, judge: str, prompts: Sequence[str]
     ) -> dict[int, StoredVerdict]:
+        found = self._by_prompt(
+            "SELECT prompt_id, refused, complied, score, detail FROM verdicts WHERE model=? "
+            "AND saes=? AND intervention=? AND generation=? AND judge=?",
+            (*condition.key(), generation, judge),
+            prompts,
+        )
+        return {
+            i: StoredVerdict(_bool(refused), _bool(complied), score, json.loads(detail))
+            for i, (refused, complied, score, detail) in found.items()
+        }
+
+    def _by_prompt(
+        self, select: str, params: tuple[str, ...], prompts: Sequence[str]
+    ) -> dict[int, tuple[Any, ...]]:
+        """Rows of `select` (whose first column is prompt_id) for these prompts, by their
+        index in the list; prompt ids go in chunks to stay under SQLite's parameter limit."""
         ids = [prompt_id(p) for p in prompts]
-        found: dict[str, StoredVerdict] = {}
+        found: dict[str, tuple[Any, ...]] = {}
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                "SELECT prompt_id, refused, complied, score, detail FROM verdicts WHERE model=? "
-                f"AND saes=? AND intervention=? AND generation=? AND judge=? AND prompt_id IN "
-                f"({marks})",
-                (*condition.key(), generation, judge, *chunk),
-            )
-            for pid, refused, complied, score, detail in rows.fetchall():
-                found[pid] = StoredVerdict(
-                    _bool(refused), _bool(complied), score, json.loads(detail)
-                )
+            rows = self.db.execute(f"{select} AND prompt_id IN ({marks})", (*params, *chunk))
+            found.update({row[0]: tuple(row[1:]) for row in rows.fetchall()})
         return {i: found[pid] for i, pid in enumerate(ids) if pid in found}
 
     def add_verdicts(
@@ -283,22 +287,10 @@ class ResultStore:
         metric: str,
         items: Iterable[tuple[str, float, Mapping[str, Any]]],
     ) -> None:
-        now = time.time()
-        rows = [
-            (
-                *condition.key(),
-                task,
-                item,
-                metric,
-                condition.label,
-                float(value),
-                json.dumps(dict(detail)),
-                now,
-            )
-            for item, value, detail in items
-        ]
-        with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        """(item, value, detail) rows of one metric, in one transaction."""
+        self.add_measurement_rows(
+            condition, task, [(item, metric, value, detail) for item, value, detail in items]
+        )
 
     def add_measurement_rows(
         self,
