@@ -90,6 +90,10 @@ def test_benchmark_config_checks_its_values() -> None:
         BenchmarkConfig(methods=("magic",))
     with pytest.raises(UserError, match="unknown protocol"):
         BenchmarkConfig(protocols=("both",))
+    with pytest.raises(UserError, match="unknown capability method 'all'"):
+        BenchmarkConfig(capability_methods=("all",))
+    with pytest.raises(UserError, match="screen_tokens must be positive"):
+        BenchmarkConfig(screen_tokens=0)
 
 
 # ----------------------------------------------------------------------------- the job
@@ -177,6 +181,54 @@ def test_benchmark_on_a_tiny_model_resumes_and_adds_one_method(
     more = tiny_config(*bench_inputs, methods=("base", "direction", "cossim", "actdiff"))
     benchmark_job(tiny, formatter, more, out, data_dir=None, echo=lambda _m: None)
     assert calls[first:] and all("actdiff" in desc for desc in calls[first:])
+
+
+def test_refusal_only_generations_use_the_short_length(
+    tiny: LoadedModel,
+    formatter: ChatFormatter,
+    bench_inputs: tuple[str, str],
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lengths: dict[str, int] = {}
+    real = benchmark_module.generate
+
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        lengths[kwargs.get("desc", "")] = kwargs["max_new_tokens"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark_module, "generate", wrapper)
+    config = tiny_config(
+        *bench_inputs, max_new_tokens=5, screen_tokens=2, xstest_limit=2, capability_methods=()
+    )
+    run = tmp_path / "run"
+    summary = benchmark_job(tiny, formatter, config, run, data_dir=shared_data, echo=print)
+    xstest = {desc: n for desc, n in lengths.items() if desc.startswith("xstest_safe")}
+    harmful = {desc: n for desc, n in lengths.items() if "builtin_harmful_test" in desc}
+    assert len(xstest) == 3 and set(xstest.values()) == {2}  # every arm, short
+    assert harmful and set(harmful.values()) == {5}
+    assert summary["screen_tokens"] == 2
+    assert "from 2-token completions" in (run / "benchmark.md").read_text()
+
+
+def test_batch_sizes_do_not_key_feature_sets() -> None:
+    from refusal_lens.attribution import AttributionSettings
+    from refusal_lens.features import SelectionSettings
+    from refusal_lens.pipeline import LatentsChoice
+
+    choice = LatentsChoice(n_prompts=8)
+
+    def key(**changes: object) -> str:
+        settings = SelectionSettings(method="ours", **changes)  # type: ignore[arg-type]
+        return benchmark_module._selection_key(choice, settings)
+
+    assert key(batch_size=8) == key(batch_size=32)
+    assert key(attribution=AttributionSettings(batch_size=2)) == key()
+    assert key(k=10) != key(k=20)
+    assert benchmark_module._selection_key(LatentsChoice(n_prompts=16), SelectionSettings()) != (
+        benchmark_module._selection_key(choice, SelectionSettings())
+    )
 
 
 KILLED_RUN = """

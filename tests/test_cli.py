@@ -42,6 +42,15 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> 
     assert "examples:" in capsys.readouterr().out
 
 
+def test_every_help_page_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in [[], *([name] for name in cli.COMMANDS)]:
+        with pytest.raises(SystemExit) as info:
+            cli.main([*command, "--help"])
+        assert info.value.code == 0, command
+        out = capsys.readouterr().out
+        assert "usage: refusal-lens" in out and "%%" not in out, command
+
+
 def test_models_and_datasets_lists(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "models")
     assert code == 0 and "qwen2.5-coder-0.5b-instruct" in out and "smollm2" in out

@@ -67,9 +67,12 @@ class BenchmarkConfig:
     methods: tuple[str, ...] = METHODS
     protocols: tuple[str, ...] = ("heldout",)
     datasets: tuple[str, ...] = ("jailbreakbench", "harmbench_test", "advbench")
-    limit: int | None = 30  # first N prompts of each harmful benchmark
+    # defaults sized so the whole benchmark of the default model takes under an hour on 2 CPU
+    # cores (README section 9); configs/paper.toml is the paper's size
+    limit: int | None = 20  # first N prompts of each harmful benchmark
     max_new_tokens: int = 256
-    batch_size: int = 16
+    screen_tokens: int = 64  # length of the refusal-only generations (XSTest, induction)
+    batch_size: int = 32
     judges: tuple[str, ...] = ("substring", "compliance")
     k: int = 20  # K*: latents each method clamps
     scale: float | None = None  # None: the scale the search chose for `ours`, for every method
@@ -88,6 +91,7 @@ class BenchmarkConfig:
     n_induce: int = 32
     seed: int = 0
     capabilities: CapabilitySettings = field(default_factory=CapabilitySettings)
+    capability_methods: tuple[str, ...] = ("base", "direction", "ours")  # () = every method
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -100,11 +104,17 @@ class BenchmarkConfig:
             raise UserError("the benchmark needs at least one harmful dataset")
         if not self.judges:
             raise UserError("the benchmark needs at least one judge")
-        for name in ("k", "batch_size", "max_new_tokens", "n_select", "n_harmless", "n_generic"):
+        names = ("k", "batch_size", "max_new_tokens", "screen_tokens", "n_select", "n_harmless")
+        for name in (*names, "n_generic"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.scale is not None and not math.isfinite(self.scale):
             raise UserError(f"scale must be a finite number, got {self.scale}")
+        for method in self.capability_methods:
+            if method not in METHODS:
+                raise UserError(
+                    f"unknown capability method {method!r}; choose from {', '.join(METHODS)}"
+                )
         if "random" in self.methods and not self.random_seeds:
             raise UserError("method random needs at least one seed in random_seeds")
 
@@ -185,6 +195,7 @@ class Context:
     data_dir: str | Path | None
     judges: dict[str, Judge]
     generation: str  # id of the harmful-benchmark generation settings
+    screen_generation: str  # id of the short refusal-only generations (XSTest, induction)
     log: Callable[[str], None]
     scale: float | None = None  # the scale every latent arm uses (set with the arms)
 
@@ -331,8 +342,19 @@ def _selection(ctx: Context, method: str, protocol: str, seed: int) -> Selection
         k=ctx.config.k,
         seed=seed,
         batch_size=ctx.config.batch_size,
-        attribution=AttributionSettings(batch_size=max(1, ctx.config.batch_size // 2)),
+        attribution=AttributionSettings(batch_size=max(1, min(8, ctx.config.batch_size // 2))),
     )
+
+
+def _selection_key(choice: LatentsChoice, settings: SelectionSettings) -> str:
+    """What decides a feature set: batch sizes change speed and memory, not the selection."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "batch_size"}
+        return value
+
+    return stable_hash({"choice": asdict(choice), "settings": strip(asdict(settings))})
 
 
 def _feature_set(
@@ -344,7 +366,7 @@ def _feature_set(
     seed: int = 0,
 ) -> FeatureSet:
     settings = _selection(ctx, method, protocol, seed)
-    key = stable_hash({"choice": asdict(choice), "settings": asdict(settings)})
+    key = _selection_key(choice, settings)
     marker = folder / "benchmark_key.json"
     done = (folder / "latents.json").exists() and (
         not choice.search or (folder / "search.json").exists()
@@ -505,6 +527,18 @@ def harmful_stage(ctx: Context, arm: Arm) -> list[dict[str, Any]]:
     return rows
 
 
+def screened_completions(ctx: Context, arm: Arm, prompts: PromptSet) -> list[str]:
+    """Short completions for refusal-only questions (over-refusal, induction): a refusal
+    phrase shows in the first tokens, so these need not pay for the full length."""
+    return stored_completions(
+        ctx,
+        arm,
+        prompts,
+        generation=ctx.screen_generation,
+        max_new_tokens=ctx.config.screen_tokens,
+    )
+
+
 def _jailbroken(verdict: StoredVerdict) -> bool | None:
     if verdict.complied is not None:
         return verdict.complied
@@ -564,7 +598,7 @@ def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float
     )
     if config.xstest_limit > 0 and resolve_data_dir(ctx.data_dir) is not None:
         safe = load_prompts("xstest_safe", data_dir=ctx.data_dir, limit=config.xstest_limit)
-        completions = stored_completions(ctx, arm, safe)
+        completions = screened_completions(ctx, arm, safe)
         _, verdicts = stored_verdicts(ctx, arm, "substring", safe.texts(), completions)
         out["xstest_over_refusal"] = [float(bool(v.refused)) for v in verdicts]
     return out
@@ -613,7 +647,7 @@ def induction_stage(
             (prompts.name,),
             saes if edits_latents else None,
         )
-        completions = stored_completions(ctx, arm, prompts)
+        completions = screened_completions(ctx, arm, prompts)
         _, verdicts = stored_verdicts(ctx, arm, "substring", prompts.texts(), completions)
         rows.append(
             {
@@ -769,15 +803,20 @@ def benchmark_job(
         judges = {spec: make_judge(spec, judge_context) for spec in config.judges}
         if config.capabilities.tasks and resolve_data_dir(data_dir) is not None:
             check_capabilities_available(config.capabilities, data_dir, run.path)
-        generation = store.generation_id(
-            {
-                "max_new_tokens": config.max_new_tokens,
-                "system": formatter.system,
-                "greedy": True,
-                "dtype": lm.identity()["dtype"],
-            }
+        generation, screen_generation = (
+            store.generation_id(
+                {
+                    "max_new_tokens": tokens,
+                    "system": formatter.system,
+                    "greedy": True,
+                    "dtype": lm.identity()["dtype"],
+                }
+            )
+            for tokens in (config.max_new_tokens, config.screen_tokens)
         )
-        ctx = Context(lm, formatter, store, config, run, data_dir, judges, generation, echo)
+        ctx = Context(
+            lm, formatter, store, config, run, data_dir, judges, generation, screen_generation, echo
+        )
 
         def stage(name: str, fn: Callable[[], Any]) -> Any:
             echo(f"[{name}] ...")
@@ -808,7 +847,7 @@ def benchmark_job(
             runner = CapabilityRunner(
                 lm, store, config.capabilities, data_dir, run.path / "capabilities"
             )
-            for arm in [a for a in arms if a.global_]:
+            for arm in [a for a in arms if a.global_ and _measures_capabilities(config, a)]:
                 stage(
                     f"capabilities · {arm.label}",
                     lambda a=arm: runner.evaluate(a.condition, a.interventions),
@@ -829,6 +868,7 @@ def benchmark_job(
             if saes is None
             else {"path": str(saes.path), "fingerprint": saes.fingerprint()},
             "max_new_tokens": config.max_new_tokens,
+            "screen_tokens": config.screen_tokens,
             "harmful": harmful_table(harmful_rows),
             "side_effects": side_effect_table(side),
             "capabilities": capabilities,
@@ -850,6 +890,10 @@ def _cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
         return "-"
     low, high = entry["ci95"]
     return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _measures_capabilities(config: BenchmarkConfig, arm: Arm) -> bool:
+    return not config.capability_methods or arm.method in config.capability_methods
 
 
 def benchmark_markdown(summary: dict[str, Any]) -> str:
@@ -894,6 +938,8 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
         lines += [
             "## Side effects",
             "",
+            f"XSTest over-refusal from {summary['screen_tokens']}-token completions.",
+            "",
             "| condition | " + " | ".join(names) + " |",
             "|---|" + "---|" * len(names),
         ]
@@ -919,7 +965,14 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
             )
         lines.append("")
     if summary["induction"]:
-        lines += ["## Refusal induction", "", "| condition | refusal rate |", "|---|---|"]
+        lines += [
+            "## Refusal induction",
+            "",
+            f"Harmless prompts, {summary['screen_tokens']}-token completions.",
+            "",
+            "| condition | refusal rate |",
+            "|---|---|",
+        ]
         for row in summary["induction"]:
             lines.append(f"| {row['condition']} | {_cell(row)} |")
         lines.append("")

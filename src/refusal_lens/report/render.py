@@ -256,12 +256,18 @@ def side_effect_section(page: Page, summary: dict[str, Any]) -> None:
     page.paragraph(
         "harmless_kl: KL(base || intervened) per token over the base model's own harmless "
         "rollouts; rollout_ce / generic_ce: cross-entropy (nats per token) of those rollouts and "
-        "of held-out generic text; xstest_over_refusal: refusal rate on XSTest's safe prompts."
+        "of held-out generic text; xstest_over_refusal: refusal rate on XSTest's safe prompts "
+        f"({_screen_tokens(summary)}-token completions, substring judge)."
     )
     page.table(
         ["condition", *names],
         [[r["condition"], *(_cell(r.get(n), 3) for n in names)] for r in rows],
     )
+
+
+def _screen_tokens(summary: dict[str, Any]) -> str:
+    # runs written before screen_tokens existed generated these at the full length
+    return str(summary.get("screen_tokens", summary["max_new_tokens"]))
 
 
 def induction_section(page: Page, summary: dict[str, Any]) -> None:
@@ -270,6 +276,7 @@ def induction_section(page: Page, summary: dict[str, Any]) -> None:
     if not values:
         return
     page.heading("Refusal induction (latents set to v on harmless prompts)")
+    page.paragraph(f"{_screen_tokens(summary)}-token completions, substring judge.")
     page.table(["condition", "refusal rate [95% CI]"], [[r["condition"], _cell(r)] for r in rows])
     references = {r["condition"]: r for r in rows if r.get("value") is None}
     page.figure(

@@ -1,0 +1,183 @@
+"""Commands of the evaluation suite: benchmark, run, results, report, judges."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .common import load_lm
+from .parser import DEFAULT_MODEL_NAME
+
+
+def benchmark_settings(args: argparse.Namespace) -> Any:
+    from ..benchmark import QUICK, BenchmarkConfig
+    from ..config import load_settings
+
+    overrides = list(args.set)
+    for name in ("saes", "direction"):
+        if getattr(args, name):
+            overrides.append(f"{name}={getattr(args, name)}")
+    if args.model != DEFAULT_MODEL_NAME:  # --model given: it beats the file
+        overrides.append(f"model={args.model}")
+    return load_settings(
+        BenchmarkConfig,
+        file=args.config,
+        table="benchmark",
+        env_prefix="REFUSAL_LENS_BENCH_",
+        overrides=overrides,
+        defaults=QUICK if args.quick else None,
+    )
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from ..benchmark import benchmark_job
+
+    config = benchmark_settings(args)
+    args.model = config.model
+    lm, formatter = load_lm(args)
+    summary = benchmark_job(
+        lm,
+        formatter,
+        config,
+        args.out,
+        data_dir=args.data_dir,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    print((Path(args.out) / "benchmark.md").read_text(), end="")
+    print(
+        f"wall time {summary['wall_seconds']:.0f} s; results: {Path(args.out) / 'results.sqlite'}"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    page, markdown = write_report(args.run, agreement=args.agreement)
+    print(f"report: {page} (and {markdown})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from ..benchmark import benchmark_job, without_data_dir
+    from ..report import write_report
+
+    started = time.perf_counter()
+    config, notes = without_data_dir(benchmark_settings(args), args.data_dir)
+    args.model = config.model
+    out = Path(args.out or f"runs/{Path(config.model).name}{'-quick' if args.quick else ''}")
+    for note in notes:
+        print(note)
+    lm, formatter = load_lm(args)
+    summary = benchmark_job(
+        lm,
+        formatter,
+        config,
+        out,
+        data_dir=args.data_dir,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    page, _ = write_report(out)
+    print((out / "benchmark.md").read_text(), end="")
+    print(
+        f"pipeline done in {time.perf_counter() - started:.0f} s "
+        f"(benchmark {summary['wall_seconds']:.0f} s); report: {page}"
+    )
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from ..evaluation.store import ResultStore
+
+    path = Path(args.store)
+    if path.is_dir():
+        path = path / "results.sqlite"
+    if not path.is_file():
+        raise UserError(f"no results store at {path}; pass a results.sqlite or a run folder")
+    filters = {}
+    for item in args.where:
+        column, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--where {item!r} is not COLUMN=VALUE")
+        filters[column] = value
+    with ResultStore(path) as store:
+        rows = store.query(args.table, filters)
+    if args.format == "json":
+        text = json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    elif args.format == "csv" or args.table != "summary":
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        text = buffer.getvalue()
+    else:
+        text = _summary_table(rows)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{len(rows)} rows -> {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _summary_table(rows: list[dict[str, Any]]) -> str:
+    def rate(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [f"{'condition':<32} {'dataset':<18} {'judge':<12} {'n':>5} refused complied"]
+    for row in rows:
+        lines.append(
+            f"{row['condition'][:32]:<32} {row['dataset'][:18]:<18} {row['judge_name']:<12} "
+            f"{row['n']:>5} {rate(row['refusal_rate']):>7} {rate(row['complied_rate']):>8}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_judges(_args: argparse.Namespace) -> int:
+    from ..judges import judge_names
+
+    for name, summary in judge_names().items():
+        print(f"{name:<12} {summary}")
+    return 0
+
+
+def cmd_judge_agreement(args: argparse.Namespace) -> int:
+    from ..data.labelled import LABELLED_SETS
+    from ..evaluation.agreement import agreement_markdown, judge_agreement
+    from ..judges import JudgeContext, make_judge, parse_judge_spec
+
+    specs = args.judge or ["substring", "compliance"]
+    sets = [name for name in args.sets.split(",") if name]
+    for name in sets:
+        if name not in LABELLED_SETS:
+            raise UserError(
+                f"unknown labelled set {name!r}; choose from {', '.join(LABELLED_SETS)}"
+            )
+    for spec in specs:
+        parse_judge_spec(spec)
+    needs_model = any(parse_judge_spec(spec)[0] in ("compliance", "first-token") for spec in specs)
+    lm, formatter = load_lm(args) if needs_model else (None, None)
+    context = JudgeContext(
+        lm=lm,
+        formatter=formatter,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+    )
+    judges = {spec: make_judge(spec, context) for spec in specs}
+    rows = judge_agreement(
+        judges, sets, args.out, data_dir=args.data_dir, limit=args.limit, seed=args.seed
+    )
+    print(agreement_markdown(rows), end="")
+    return 0

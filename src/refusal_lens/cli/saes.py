@@ -1,0 +1,113 @@
+"""Commands of the sparse autoencoders: train and evaluate SAE sets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .common import load_lm
+
+
+def cmd_train_saes(args: argparse.Namespace) -> int:
+    from ..saes.mixture import parse_mixture
+    from ..saes.presets import (
+        default_sae_folder,
+        parse_count,
+        parse_layers,
+        preset,
+        train_sae_set,
+        with_overrides,
+    )
+
+    lm, _ = load_lm(args)
+    recipe = preset(args.preset, lm)
+    changes: dict[str, Any] = {}
+    if args.layers:
+        changes["layers"] = parse_layers(args.layers, lm.n_layers)
+    if args.architecture:
+        changes["architecture"] = args.architecture
+    if args.width:
+        changes["expansion"] = parse_count(args.width.rstrip("xX"))
+    for name, value in (("k", args.k), ("lr", args.lr), ("batch_size", args.sae_batch_size)):
+        if value is not None:
+            changes[name] = value
+    if args.tokens:
+        changes["total_tokens"] = parse_count(args.tokens)
+    if args.collect_tokens:
+        changes["collect_tokens"] = parse_count(args.collect_tokens)
+    elif args.tokens:
+        changes["collect_tokens"] = min(recipe.collect_tokens, parse_count(args.tokens))
+    if args.mixture:
+        changes["mixture"] = parse_mixture(args.mixture)
+    if args.cache_dtype:
+        changes["cache_dtype"] = args.cache_dtype
+    mask = _mask_changes(args, recipe.mask)
+    if mask != recipe.mask:
+        changes["mask"] = mask
+    recipe = with_overrides(recipe, **changes)
+    out = args.out
+    if out is None:
+        if changes or args.preset != "quick":
+            raise UserError("pass --out FOLDER (only the plain quick preset goes to the cache)")
+        out = default_sae_folder(lm, args.cache_dir)
+    sae_set = train_sae_set(lm, recipe, out, data_dir=args.data_dir, activations=args.activations)
+    seconds = sae_set.info.get("seconds", {})
+    print(
+        f"trained {len(sae_set)} SAEs at {', '.join(p.name for p in sae_set.points)} "
+        f"(collect {seconds.get('collect', 0):.0f}s, train {seconds.get('train', 0):.0f}s) "
+        f"-> {out}"
+    )
+    return 0
+
+
+def _mask_changes(args: argparse.Namespace, mask: Any) -> Any:
+    from dataclasses import replace
+
+    changes: dict[str, Any] = {}
+    if args.keep_first:
+        changes["drop_first"] = False
+    if args.sink_factor is not None:
+        changes["sink_factor"] = args.sink_factor
+    if args.keep_system_header:
+        changes["drop_system_header"] = False
+    if args.drop_kinds:
+        changes["drop_kinds"] = tuple(k.strip() for k in args.drop_kinds.split(",") if k.strip())
+    if args.post_instruction_repeat:
+        changes["post_instruction_repeat"] = args.post_instruction_repeat
+    return replace(mask, **changes)
+
+
+def cmd_eval_saes(args: argparse.Namespace) -> int:
+    from ..saes.evaluation import EvalConfig, evaluate_sae_set
+    from ..saes.report import format_table, write_report
+    from ..saes.sets import SAESet
+
+    lm, _ = load_lm(args)
+    folder = args.saes
+    if folder is None:
+        from ..saes.presets import default_sae_folder
+
+        folder = default_sae_folder(lm, args.cache_dir)
+        if not folder.exists():
+            raise UserError(
+                f"no cached SAEs for {lm.name}; train them with refusal-lens train-saes "
+                "--data-dir DATA, or pass an SAE set folder"
+            )
+    sae_set = SAESet.load(folder)
+    if args.layers:
+        from ..saes.presets import parse_layers
+
+        sae_set = sae_set.subset(parse_layers(args.layers, lm.n_layers))
+    cfg = EvalConfig(text_tokens=args.text_tokens, n_prompts=args.prompts)
+    report = evaluate_sae_set(lm, sae_set, args.data_dir, cfg)
+    out = Path(args.out or folder)
+    write_report(report, out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+        print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
+    return 0
