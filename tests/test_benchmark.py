@@ -212,6 +212,21 @@ def test_refusal_only_generations_use_the_short_length(
     assert "from 2-token completions" in (run / "benchmark.md").read_text()
 
 
+def test_without_saes_or_data_the_benchmark_stops_before_any_work(
+    tiny: LoadedModel,
+    formatter: ChatFormatter,
+    bench_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    calls = counting_generate(monkeypatch)
+    config = tiny_config(None, bench_inputs[1])  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="no cached SAE set for .* --data-dir DIR"):
+        benchmark_job(tiny, formatter, config, tmp_path / "run", data_dir=None, echo=print)
+    assert calls == []
+
+
 def test_batch_sizes_do_not_key_feature_sets() -> None:
     from refusal_lens.attribution import AttributionSettings
     from refusal_lens.features import SelectionSettings

@@ -49,7 +49,7 @@ from .pipeline import (
 )
 from .runs import RunDir, stable_hash, write_json
 from .saes import SAESet
-from .saes.presets import default_sae_set
+from .saes.presets import check_default_sae_set, default_sae_set
 from .teacher_forcing import completion_nll, text_nll
 
 log = logging.getLogger(__name__)
@@ -803,6 +803,8 @@ def benchmark_job(
         judges = {spec: make_judge(spec, judge_context) for spec in config.judges}
         if config.capabilities.tasks and resolve_data_dir(data_dir) is not None:
             check_capabilities_available(config.capabilities, data_dir, run.path)
+        if config.saes is None and any(m in FEATURE_METHODS for m in config.methods):
+            check_default_sae_set(lm, data_dir)
         generation, screen_generation = (
             store.generation_id(
                 {

@@ -166,12 +166,27 @@ def default_sae_folder(lm: LoadedModel, cache: str | Path | None = None) -> Path
     return cache_dir(cache) / "saes" / f"{lm.name}-{preset('quick', lm).key(lm)}"
 
 
+def check_default_sae_set(
+    lm: LoadedModel, data_dir: str | Path | None = None, cache: str | Path | None = None
+) -> None:
+    """Fail before any work when the quick set is neither cached nor trainable here."""
+    from ..data import resolve_data_dir
+
+    if (default_sae_folder(lm, cache) / SET_FILE).exists() or resolve_data_dir(data_dir):
+        return
+    raise UserError(
+        f"no cached SAE set for {lm.name}, and training one reads the text mixture of the data "
+        "directory: pass --data-dir DIR (or set REFUSAL_LENS_DATA), or give --saes SAES"
+    )
+
+
 def default_sae_set(
     lm: LoadedModel, data_dir: str | Path | None = None, cache: str | Path | None = None
 ) -> SAESet:
     """The `quick` SAEs of this model from the user cache, trained on first use."""
     recipe = preset("quick", lm)
     folder = default_sae_folder(lm, cache)
+    check_default_sae_set(lm, data_dir, cache)
     if not (folder / SET_FILE).exists():
         log.warning(
             "no cached SAEs for %s: training the quick preset once (minutes; cached in %s)",
