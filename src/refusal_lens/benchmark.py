@@ -64,6 +64,7 @@ class BenchmarkConfig:
     model: str = DEFAULT_MODEL
     saes: str | None = None  # SAE set folder (None: this model's cached quick set)
     direction: str | None = None  # direction run folder (None: found into RUN/direction)
+    direction_n_val: int = 32  # validation prompts per class when the direction is found here
     methods: tuple[str, ...] = METHODS
     protocols: tuple[str, ...] = ("heldout",)
     datasets: tuple[str, ...] = ("jailbreakbench", "harmbench_test", "advbench")
@@ -105,7 +106,7 @@ class BenchmarkConfig:
         if not self.judges:
             raise UserError("the benchmark needs at least one judge")
         names = ("k", "batch_size", "max_new_tokens", "screen_tokens", "n_select", "n_harmless")
-        for name in (*names, "n_generic"):
+        for name in (*names, "n_generic", "direction_n_val"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.scale is not None and not math.isfinite(self.scale):
@@ -120,6 +121,7 @@ class BenchmarkConfig:
 
 
 QUICK: dict[str, Any] = {
+    "direction_n_val": 16,  # each candidate direction is scored on these: the stage's cost
     "limit": 8,
     "max_new_tokens": 64,
     "methods": "base,direction,ours,cossim,random",
@@ -318,7 +320,7 @@ def _direction(ctx: Context, seed: int) -> Direction:
                 folder,
                 datasets=DatasetChoice(),
                 data_dir=ctx.data_dir,
-                settings=DirectionSettings(),
+                settings=DirectionSettings(n_val=ctx.config.direction_n_val),
                 evaluation=EvalSettings(enabled=False),
                 seed=seed,
             )
