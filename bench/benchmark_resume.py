@@ -62,6 +62,11 @@ def main() -> None:
             if db.exists() and snapshot(db)["completions"] >= args.kill_at:
                 break
             time.sleep(1)
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"the benchmark exited ({proc.returncode}) before storing {args.kill_at} "
+                f"completions; see {args.out}.killed.log"
+            )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     killed_after = time.perf_counter() - started

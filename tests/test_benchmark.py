@@ -222,7 +222,7 @@ def test_without_saes_or_data_the_benchmark_stops_before_any_work(
     monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
     calls = counting_generate(monkeypatch)
     config = tiny_config(None, bench_inputs[1])  # type: ignore[arg-type]
-    with pytest.raises(UserError, match="no cached SAE set for .* --data-dir DIR"):
+    with pytest.raises(UserError, match=r"no cached SAE set for .* --data-dir DIR"):
         benchmark_job(tiny, formatter, config, tmp_path / "run", data_dir=None, echo=print)
     assert calls == []
 

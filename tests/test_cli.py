@@ -42,6 +42,16 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> 
     assert "examples:" in capsys.readouterr().out
 
 
+def test_the_package_runs_as_a_module() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "refusal_lens.cli", "models"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "qwen2.5-coder-0.5b-instruct" in done.stdout
+
+
 def test_every_help_page_renders(capsys: pytest.CaptureFixture[str]) -> None:
     for command in [[], *([name] for name in cli.COMMANDS)]:
         with pytest.raises(SystemExit) as info:
