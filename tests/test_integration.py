@@ -60,7 +60,7 @@ DIRECTION_ARGV = ["direction", "--max-new-tokens", "32"]
 
 @pytest.fixture(scope="module")
 def direction_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's main job on the built-in prompts, with shorter completions (run once)."""
+    """The direction stage on the built-in prompts, with shorter completions (run once)."""
     out = tmp_path_factory.mktemp("direction") / "run"
     assert cli.main([*DIRECTION_ARGV, "--out", str(out)]) == 0
     return out
