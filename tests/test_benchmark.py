@@ -135,16 +135,24 @@ def tiny_config(saes: str, direction: str, **changes: object) -> BenchmarkConfig
     return BenchmarkConfig(**values)
 
 
-def counting_generate(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def recording_generate(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, int]]:
+    """The benchmark's generation calls in order (their progress labels), and the length each
+    label asked for."""
     calls: list[str] = []
+    lengths: dict[str, int] = {}
     real = benchmark_module.generate
 
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(kwargs.get("desc", ""))
+        lengths[calls[-1]] = kwargs["max_new_tokens"]
         return real(*args, **kwargs)
 
     monkeypatch.setattr(benchmark_module, "generate", wrapper)
-    return calls
+    return calls, lengths
+
+
+def counting_generate(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    return recording_generate(monkeypatch)[0]
 
 
 def test_benchmark_on_a_tiny_model_resumes_and_adds_one_method(
@@ -191,14 +199,7 @@ def test_refusal_only_generations_use_the_short_length(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    lengths: dict[str, int] = {}
-    real = benchmark_module.generate
-
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        lengths[kwargs.get("desc", "")] = kwargs["max_new_tokens"]
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(benchmark_module, "generate", wrapper)
+    _, lengths = recording_generate(monkeypatch)
     config = tiny_config(
         *bench_inputs, max_new_tokens=5, screen_tokens=2, xstest_limit=2, capability_methods=()
     )
