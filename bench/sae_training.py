@@ -6,9 +6,12 @@ activation cache written by `train-saes` / `collect_activations` (or random data
 step. SAELens' arm is its `SAETrainer.step` (forward, loss with the TopK auxiliary loss,
 backward, gradient clipping, Adam, scheduler, firing bookkeeping), without wandb.
 
-Prints tokens/s per arm, the ratio ours/SAELens (target >= 4) and peak RSS.
+Prints tokens/s per arm, the ratio ours/SAELens (target >= 4) and peak RSS. Arms are
+`NAME@DEVICE` (`--arms saelens@cpu,ours@cpu` by default); `--arms ours@cpu,ours@cuda` measures
+this trainer on a GPU against the CPU, each arm's ratio taken to the first arm.
 
     python bench/sae_training.py --cache SAES/activations --point resid_post.13
+    python bench/sae_training.py --random --arms ours@cpu,ours@cuda
 """
 
 from __future__ import annotations
@@ -36,36 +39,44 @@ def batches(args: argparse.Namespace) -> list[torch.Tensor]:
     return [next(stream)[args.point] for _ in range(args.steps + 1)]
 
 
-def ours(args: argparse.Namespace, data: list[torch.Tensor]) -> float:
+def synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def ours(args: argparse.Namespace, data: list[torch.Tensor], device: str) -> float:
     from refusal_lens.saes.architectures import SAEConfig
     from refusal_lens.saes.training import LayerTrainer, TrainConfig
 
     d_in = data[0].shape[1]
     cfg = TrainConfig(expansion=args.expansion, k=args.k, batch_size=args.batch_size)
-    trainer = LayerTrainer(cfg, SAEConfig("topk", d_in, args.expansion * d_in, k=args.k), 1.0)
+    sae_cfg = SAEConfig("topk", d_in, args.expansion * d_in, k=args.k)
+    trainer = LayerTrainer(cfg, sae_cfg, 1.0, device)
     trainer.initialise(data[0], torch.Generator().manual_seed(0))
     trainer.step(data[0], 1e-4)
+    synchronise(device)
     start = time.perf_counter()
     for x in data[1:]:
-        trainer.step(x, 1e-4)
+        trainer.step(x, 1e-4)  # batches move from the host each step, as in training
+    synchronise(device)
     return time.perf_counter() - start
 
 
-def saelens(args: argparse.Namespace, data: list[torch.Tensor]) -> float:
+def saelens(args: argparse.Namespace, data: list[torch.Tensor], device: str) -> float:
     warnings.filterwarnings("ignore")
     from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
 
     d_in = data[0].shape[1]
     sae = TopKTrainingSAE(
-        TopKTrainingSAEConfig(d_in=d_in, d_sae=args.expansion * d_in, k=args.k, device="cpu")
+        TopKTrainingSAEConfig(d_in=d_in, d_sae=args.expansion * d_in, k=args.k, device=device)
     )
     config = SAETrainerConfig(
         total_training_samples=args.batch_size * 10_000,
         train_batch_size_samples=args.batch_size,
         lr=1e-4,
         lr_end=1e-5,
-        device="cpu",
+        device=device,
     )
     trainer = SAETrainer(cfg=config, sae=sae, data_provider=iter(()))
 
@@ -74,10 +85,12 @@ def saelens(args: argparse.Namespace, data: list[torch.Tensor]) -> float:
         trainer.step(x)
         trainer.n_training_steps += 1
 
-    step(data[0])
+    step(data[0].to(device))
+    synchronise(device)
     start = time.perf_counter()
     for x in data[1:]:
-        step(x)
+        step(x.to(device))
+    synchronise(device)
     return time.perf_counter() - start
 
 
@@ -91,14 +104,22 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--arm", choices=("ours", "saelens"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--arms", default="saelens@cpu,ours@cpu", help="NAME@DEVICE list, ratios to the first"
+    )
+    parser.add_argument("--arm", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.random and not args.cache:
         parser.error("pass --cache DIR (an activation cache) or --random")
+    arms = [arm if "@" in arm else f"{arm}@cpu" for arm in args.arms.split(",")]
+    for arm in arms:
+        if arm.split("@")[0] not in ("ours", "saelens"):
+            parser.error(f"unknown arm {arm!r}; use ours@DEVICE or saelens@DEVICE")
     if args.arm:
         torch.manual_seed(0)
         data = batches(args)
-        seconds = (ours if args.arm == "ours" else saelens)(args, data)
+        name, device = args.arm.split("@")
+        seconds = (ours if name == "ours" else saelens)(args, data, device)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             json.dumps(
@@ -107,10 +128,11 @@ def main() -> None:
         )
         return
     results = {}
-    for arm in ("saelens", "ours"):
+    for arm in arms:
         child = [sys.executable, __file__, *sys.argv[1:], "--arm", arm]
         out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
         results[arm] = json.loads(out.strip().splitlines()[-1])
+    first = arms[0]
     summary = {
         "data": "random" if args.random else f"{args.cache}:{args.point}",
         "architecture": "topk",
@@ -121,9 +143,10 @@ def main() -> None:
         "dtype": "float32",
         "torch_threads": torch.get_num_threads(),
         "tokens_per_s": {arm: round(r["tokens_per_s"]) for arm, r in results.items()},
-        "ratio_ours_vs_saelens": round(
-            results["ours"]["tokens_per_s"] / results["saelens"]["tokens_per_s"], 2
-        ),
+        "ratio_vs_" + first: {
+            arm: round(r["tokens_per_s"] / results[first]["tokens_per_s"], 2)
+            for arm, r in results.items()
+        },
         "peak_rss_mb": {arm: round(r["peak_rss_mb"]) for arm, r in results.items()},
     }
     print(json.dumps(summary, indent=2))

@@ -215,8 +215,14 @@ class EditLatents:
             return f * value if self.mode == "scale" else torch.full_like(f, value)
 
         state: dict[str, torch.Tensor] = {}
+        on_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
         def hook(act: torch.Tensor, _point: HookPoint) -> torch.Tensor | None:
+            # one host-to-device copy per device, not one per decoding step (a GPU stall)
+            if act.device not in on_device:
+                moved = (indices, pins, chooser if chooser is not None else pins)
+                on_device[act.device] = tuple(t.to(act.device) for t in moved)
+            device_indices, device_pins, device_chooser = on_device[act.device]
             edit = edit_all
             if chooser is not None:
                 if act.shape[0] != chooser.shape[0]:
@@ -224,7 +230,7 @@ class EditLatents:
                         f"per-prompt latent sets were bound to {chooser.shape[0]} prompts but "
                         f"the batch has {act.shape[0]}"
                     )
-                pick = chooser.to(act.device).unsqueeze(1).expand(-1, act.shape[1], -1)
+                pick = device_chooser.unsqueeze(1).expand(-1, act.shape[1], -1)
                 pick = pick.reshape(-1, chooser.shape[1])
 
                 def edit(f: torch.Tensor) -> torch.Tensor:
@@ -248,8 +254,8 @@ class EditLatents:
                 keep &= norms <= self.sink_factor * reference
             with torch.no_grad():
                 if not pins.numel():
-                    return sae.steer(act, indices.to(act.device), edit, keep)
-                return self._edit_and_pin(sae, act, indices, pins, edit, keep)
+                    return sae.steer(act, device_indices, edit, keep)
+                return self._edit_and_pin(sae, act, device_indices, device_pins, edit, keep)
 
         return hook
 
@@ -285,9 +291,8 @@ class EditLatents:
         the retained latents of the edited rows get the clean rows' values."""
         half = act.shape[0] // 2
         clean, edited = act[:half], act[half:]
-        pins = pins.to(act.device)
         if indices.numel():
-            edited = sae.steer(edited, indices.to(act.device), edit, keep[half:])
+            edited = sae.steer(edited, indices, edit, keep[half:])
         target = sae.encode_latents(clean, pins).reshape(-1, len(pins))
         edited = sae.steer(edited, pins, lambda f: target.to(f.dtype), keep[half:])
         return torch.cat([clean, edited])

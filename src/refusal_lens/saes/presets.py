@@ -139,7 +139,12 @@ def train_sae_set(
         for p in points
     }
     trained = train_saes(
-        cache, recipe.train, folder / "training", metadata=metadata, progress=progress
+        cache,
+        recipe.train,
+        folder / "training",
+        metadata=metadata,
+        progress=progress,
+        device=lm.device,
     )
     finished = time.perf_counter()
     state = json.loads((folder / "training" / "checkpoint" / "state.json").read_text())

@@ -70,8 +70,8 @@ class SAESet:
         else:
             parts["weights"] = [
                 hashlib.sha256(
-                    sae.W_dec[:8].detach().float().numpy().tobytes()
-                    + sae.b_enc.detach().float().numpy().tobytes()
+                    sae.W_dec[:8].detach().float().cpu().numpy().tobytes()
+                    + sae.b_enc.detach().float().cpu().numpy().tobytes()
                 ).hexdigest()
                 for _, sae in self
             ]

@@ -78,7 +78,7 @@ def _sampled_dot(
     pattern = torch.sparse_csr_tensor(
         crow,
         cols,
-        torch.zeros(cols.shape[0], dtype=grad.dtype),
+        torch.zeros(cols.shape[0], dtype=grad.dtype, device=grad.device),
         (grad.shape[0], w_dec.shape[0]),
         check_invariants=False,
     )

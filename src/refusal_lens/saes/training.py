@@ -141,20 +141,28 @@ class StepStats:
 class LayerTrainer:
     """One SAE, its optimiser and its bookkeeping."""
 
-    def __init__(self, cfg: TrainConfig, sae_cfg: SAEConfig, scale: float) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        sae_cfg: SAEConfig,
+        scale: float,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.cfg = cfg
         self.scale = scale
-        self.sae = build_sae(sae_cfg)
-        self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+        self.device = torch.device(device)
+        self.sae = build_sae(sae_cfg).to(self.device)
+        self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
 
     def initialise(self, sample: torch.Tensor, generator: torch.Generator) -> None:
         sae, d_sae = self.sae, self.sae.d_sae
         with torch.no_grad():
-            w = torch.randn(d_sae, sae.d_in, generator=generator)
+            # drawn on the CPU generator, so the initial weights do not depend on the device
+            w = torch.randn(d_sae, sae.d_in, generator=generator).to(self.device)
             sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
             sae.W_enc.copy_(sae.W_dec.t())
-            x = sample / self.scale
+            x = sample.to(self.device) / self.scale
             if self.cfg.b_dec_init == "geometric_median":
                 sae.b_dec.copy_(geometric_median(x))
             elif self.cfg.b_dec_init == "mean":
@@ -164,7 +172,7 @@ class LayerTrainer:
                 sae.threshold.fill_(initial)
 
     def step(self, x: torch.Tensor, lr: float) -> StepStats:
-        x = x / self.scale
+        x = x.to(self.device, non_blocking=True) / self.scale
         arch = self.sae.cfg.architecture
         if arch in ("topk", "batchtopk"):
             loss, recon_err, n_active, fired = self._sparse_loss(x, arch)
@@ -200,7 +208,7 @@ class LayerTrainer:
         k = self.cfg.k
         if arch == "topk":
             cols = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values.reshape(-1)
-            rows = torch.arange(n).repeat_interleave(k)
+            rows = torch.arange(n, device=x.device).repeat_interleave(k)
         else:
             flat = pre.flatten().topk(k * n, sorted=False).indices.sort().values
             rows, cols = flat // sae.d_sae, flat % sae.d_sae
@@ -226,7 +234,7 @@ class LayerTrainer:
         k_aux = min(self.cfg.aux_k, n_dead)
         masked = pre.masked_fill(~dead, float("-inf"))
         cols = masked.topk(k_aux, dim=-1, sorted=False).indices.sort(dim=-1).values.reshape(-1)
-        rows = torch.arange(n).repeat_interleave(k_aux)
+        rows = torch.arange(n, device=x.device).repeat_interleave(k_aux)
         b_dec_in = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
         aux_recon = sparse_reconstruction(
             x, b_dec_in, sae.W_enc, sae.b_enc, sae.W_dec, rows, cols, pre
@@ -266,22 +274,25 @@ class LayerTrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"sae.{k}": v.detach().clone() for k, v in self.sae.state_dict().items()}
-        tensors["since_fired"] = self.since_fired.clone()
+        tensors = {
+            f"sae.{k}": v.detach().to("cpu", copy=True) for k, v in self.sae.state_dict().items()
+        }
+        tensors["since_fired"] = self.since_fired.to("cpu", copy=True)
         params = dict(self.sae.named_parameters())
         for name, param in params.items():
             state = self.optimizer.state.get(param, {})
             for key, value in state.items():
-                tensors[f"adam.{name}.{key}"] = torch.as_tensor(value).clone()
+                tensors[f"adam.{name}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         sae_state = {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}
         self.sae.load_state_dict(sae_state)
-        self.since_fired = tensors["since_fired"].clone()
+        self.since_fired = tensors["since_fired"].to(self.device)
         for name, param in self.sae.named_parameters():
+            # Adam keeps its step count on the CPU and its moments beside the parameter
             state = {
-                key.rsplit(".", 1)[1]: value
+                key.rsplit(".", 1)[1]: value if value.ndim == 0 else value.to(self.device)
                 for key, value in tensors.items()
                 if key.startswith(f"adam.{name}.")
             }
@@ -300,11 +311,14 @@ def train_saes(
     metadata: dict[str, dict[str, Any]] | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, SparseAutoencoder]:
     """Train one SAE per cached hook point; checkpoints in `out/checkpoint/`, resumable.
 
     `stop_after` ends the run after that many steps (as if killed), for tests and for
-    splitting a long run over sessions. Returns the trained SAEs (input scale folded in).
+    splitting a long run over sessions. `device` is where the SAEs train (batches stream from
+    the on-disk cache to it); checkpoints are device-free, so a run can resume elsewhere.
+    Returns the trained SAEs on the CPU (input scale folded in).
     """
     folder = Path(out)
     ckpt_dir = folder / "checkpoint"
@@ -324,7 +338,7 @@ def train_saes(
             k=cfg.k if arch in ("topk", "batchtopk") else None,
             metadata={**(metadata or {}).get(point, {}), "hook_name": point},
         )
-        trainer = LayerTrainer(cfg, sae_cfg, scale)
+        trainer = LayerTrainer(cfg, sae_cfg, scale, device)
         trainer.initialise(x, generator)
         trainers[point] = trainer
 
