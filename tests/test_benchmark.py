@@ -25,6 +25,7 @@ from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.evaluation.capabilities import CapabilitySettings
 from refusal_lens.models import ChatFormatter, LoadedModel, load_model
+from refusal_lens.runs import RunDir
 
 # ----------------------------------------------------------------------------- settings
 
@@ -364,3 +365,33 @@ def test_a_feature_set_selected_with_other_settings_is_not_reused(
     )
     with pytest.raises(UserError, match="selected with other settings"):
         benchmark_job(tiny, formatter, changed, tmp_path / "r", data_dir=None, echo=lambda _m: None)
+
+
+def test_a_found_direction_is_kept_in_the_user_cache_for_later_runs(
+    tiny: LoadedModel, formatter: ChatFormatter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searches: list[Path] = []
+
+    def fake_search(lm: LoadedModel, _formatter, out, **kwargs) -> dict:
+        searches.append(Path(out))
+        Path(out).mkdir(parents=True)
+        Direction(torch.ones(lm.d_model), 1, -1, lm.identity()).save(out)
+        return {}
+
+    monkeypatch.setattr(benchmark_module, "direction_job", fake_search)
+
+    def context(run: str, n_val: int = 32) -> benchmark_module.Context:
+        config = BenchmarkConfig(direction_n_val=n_val)
+        return benchmark_module.Context(
+            tiny, formatter, None, config, RunDir(tmp_path / run), None, {}, "", "", print,
+            cache_dir=str(tmp_path / "cache"),
+        )  # fmt: skip
+
+    first = benchmark_module._direction(context("a"), seed=0)
+    again = benchmark_module._direction(context("b"), seed=0)
+    assert len(searches) == 1 and searches[0].is_relative_to(tmp_path / "cache")
+    assert torch.equal(first.vector, again.vector)
+    assert (tmp_path / "b" / "direction" / "direction.json").is_file()  # the run is complete
+    benchmark_module._direction(context("c", n_val=16), seed=0)  # other settings: a new search
+    benchmark_module._direction(context("d"), seed=1)
+    assert len(searches) == 3 and len(set(searches)) == 3

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -46,10 +47,12 @@ from .pipeline import (
     LatentsChoice,
     direction_job,
     latents_job,
+    resolve_direction_data,
 )
 from .runs import RunDir, stable_hash, write_json
 from .saes import SAESet
 from .saes.presets import check_default_sae_set, default_sae_set
+from .settings import cache_dir as user_cache_dir
 from .teacher_forcing import completion_nll, text_nll
 
 log = logging.getLogger(__name__)
@@ -200,6 +203,7 @@ class Context:
     screen_generation: str  # id of the short refusal-only generations (XSTest, induction)
     log: Callable[[str], None]
     scale: float | None = None  # the scale every latent arm uses (set with the arms)
+    cache_dir: str | None = None  # the user cache (models, quick SAEs, found directions)
 
 
 # --------------------------------------------------------------------------- store-backed work
@@ -307,26 +311,55 @@ def stored_measure(
 # --------------------------------------------------------------------------- stages
 
 
+DIRECTION_CACHE_VERSION = 1  # bump when the selection procedure changes
+
+
 def _direction(ctx: Context, seed: int) -> Direction:
     if ctx.config.direction:
         direction = Direction.load(ctx.config.direction)
     else:
         folder = ctx.run.path / "direction"
         if not (folder / "direction.json").exists():
-            ctx.log("direction: not given, finding it")
-            direction_job(
-                ctx.lm,
-                ctx.formatter,
-                folder,
-                datasets=DatasetChoice(),
-                data_dir=ctx.data_dir,
-                settings=DirectionSettings(n_val=ctx.config.direction_n_val),
-                evaluation=EvalSettings(enabled=False),
-                seed=seed,
-            )
+            settings = DirectionSettings(n_val=ctx.config.direction_n_val)
+            cached = cached_direction_folder(ctx, settings, seed)
+            if (cached / "direction.json").exists():
+                ctx.log(f"direction: not given, reusing the one found before in {cached}")
+            else:
+                ctx.log(f"direction: not given, finding it (kept for later runs in {cached})")
+                direction_job(
+                    ctx.lm,
+                    ctx.formatter,
+                    cached,
+                    datasets=DatasetChoice(),
+                    data_dir=ctx.data_dir,
+                    settings=settings,
+                    evaluation=EvalSettings(enabled=False),
+                    seed=seed,
+                )
+            shutil.copytree(cached, folder, dirs_exist_ok=True)
         direction = Direction.load(folder)
     direction.check_model(ctx.lm)
     return direction
+
+
+def cached_direction_folder(ctx: Context, settings: DirectionSettings, seed: int) -> Path:
+    """Where a benchmark's own direction search lives in the user cache, keyed by everything
+    the search depends on (model weights and dtype, the selection data, settings, chat system
+    prompt, seed), so a new run folder reuses it and an interrupted search resumes."""
+    data, *_ = resolve_direction_data(
+        DatasetChoice(), ctx.data_dir, settings, EvalSettings(enabled=False).n_test, seed
+    )
+    key = stable_hash(
+        {
+            "version": DIRECTION_CACHE_VERSION,
+            "model": ctx.lm.identity(),
+            "data": data.hashes(),
+            "settings": asdict(settings),
+            "system": ctx.formatter.system,
+            "seed": seed,
+        }
+    )
+    return user_cache_dir(ctx.cache_dir) / "directions" / f"{Path(ctx.lm.name).name}-{key[:16]}"
 
 
 def _saes(ctx: Context) -> SAESet:
@@ -819,7 +852,17 @@ def benchmark_job(
             for tokens in (config.max_new_tokens, config.screen_tokens)
         )
         ctx = Context(
-            lm, formatter, store, config, run, data_dir, judges, generation, screen_generation, echo
+            lm,
+            formatter,
+            store,
+            config,
+            run,
+            data_dir,
+            judges,
+            generation,
+            screen_generation,
+            echo,
+            cache_dir=cache_dir,
         )
 
         def stage(name: str, fn: Callable[[], Any]) -> Any:
