@@ -219,30 +219,47 @@ def stored_completions(
 ) -> list[str]:
     """Completions of `prompts` under the arm, generating (and storing per batch) only the
     missing ones."""
-    texts = prompts.texts()
+    return stored_completions_of_sets(
+        ctx, arm, [prompts], generation=generation, max_new_tokens=max_new_tokens
+    )[0]
+
+
+def stored_completions_of_sets(
+    ctx: Context,
+    arm: Arm,
+    sets: Sequence[PromptSet],
+    *,
+    generation: str | None = None,
+    max_new_tokens: int | None = None,
+) -> list[list[str]]:
+    """`stored_completions` of several prompt sets through one generation call, so their
+    missing prompts share batches (a few prompts per set would otherwise make small batches)."""
     gen = generation or ctx.generation
-    have = ctx.store.completions(arm.condition, gen, texts)
-    missing = [i for i in range(len(texts)) if i not in have]
+    texts = [prompts.texts() for prompts in sets]
+    have = [ctx.store.completions(arm.condition, gen, t) for t in texts]
+    missing = [(k, i) for k, t in enumerate(texts) for i in range(len(t)) if i not in have[k]]
     if missing:
 
         def keep(batch: list[int], outputs: list[str]) -> None:
-            rows = [
-                (missing[b], texts[missing[b]], out) for b, out in zip(batch, outputs, strict=True)
-            ]
-            ctx.store.add_completions(arm.condition, gen, prompts.name, rows)
-            have.update({index: text for index, _, text in rows})
+            rows: dict[int, list[tuple[int, str, str]]] = {}
+            for b, out in zip(batch, outputs, strict=True):
+                k, i = missing[b]
+                rows.setdefault(k, []).append((i, texts[k][i], out))
+            for k, set_rows in rows.items():
+                ctx.store.add_completions(arm.condition, gen, sets[k].name, set_rows)
+                have[k].update({i: text for i, _, text in set_rows})
 
         generate(
             ctx.lm,
             ctx.formatter,
-            [texts[i] for i in missing],
+            [texts[k][i] for k, i in missing],
             max_new_tokens=max_new_tokens or ctx.config.max_new_tokens,
             batch_size=ctx.config.batch_size,
             interventions=arm.interventions,
             on_batch=keep,
-            desc=f"{prompts.name} · {arm.label}",
+            desc=f"{'+'.join(p.name for p in sets)} · {arm.label}",
         )
-    return [have[i] for i in range(len(texts))]
+    return [[have[k][i] for i in range(len(t))] for k, t in enumerate(texts)]
 
 
 def _judge_for(ctx: Context, spec: str, arm: Arm) -> Judge:
@@ -539,11 +556,12 @@ def _direction_source(ctx: Context) -> str:
 
 def harmful_stage(ctx: Context, arm: Arm) -> list[dict[str, Any]]:
     rows = []
-    for name in arm.datasets:
-        prompts = load_prompts(name, data_dir=ctx.data_dir, limit=ctx.config.limit)
-        if arm.features is not None and arm.protocol == "heldout":
+    sets = [load_prompts(n, data_dir=ctx.data_dir, limit=ctx.config.limit) for n in arm.datasets]
+    if arm.features is not None and arm.protocol == "heldout":
+        for prompts in sets:
             arm.features.check_held_out(prompts)
-        completions = stored_completions(ctx, arm, prompts)
+    every_completion = stored_completions_of_sets(ctx, arm, sets)
+    for name, prompts, completions in zip(arm.datasets, sets, every_completion, strict=True):
         for spec in ctx.config.judges:
             judge_name, verdicts = stored_verdicts(ctx, arm, spec, prompts.texts(), completions)
             rows.append(
