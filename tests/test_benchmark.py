@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,11 @@ import refusal_lens.benchmark as benchmark_module
 from conftest import random_sae_set
 from refusal_lens.benchmark import BenchmarkConfig, benchmark_job
 from refusal_lens.config import load_settings
+from refusal_lens.data import Prompt, PromptSet
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.evaluation.capabilities import CapabilitySettings
+from refusal_lens.evaluation.store import Condition, ResultStore
 from refusal_lens.models import ChatFormatter, LoadedModel, load_model
 from refusal_lens.runs import RunDir
 
@@ -395,3 +397,43 @@ def test_a_found_direction_is_kept_in_the_user_cache_for_later_runs(
     benchmark_module._direction(context("c", n_val=16), seed=0)  # other settings: a new search
     benchmark_module._direction(context("d"), seed=1)
     assert len(searches) == 3 and len(set(searches)) == 3
+    other_system = ChatFormatter(tiny.tokenizer, system="Be terse.")
+    benchmark_module._direction(replace(context("e"), formatter=other_system), seed=0)
+    assert len(searches) == 4
+
+    # a copy killed half-way leaves no direction.json in the run, only a partial folder
+    (tmp_path / "f" / "direction.partial").mkdir(parents=True)
+    (tmp_path / "f" / "direction.partial" / "direction.json").write_text("{")
+    again = benchmark_module._direction(context("f"), seed=0)
+    assert torch.equal(first.vector, again.vector) and len(searches) == 4
+    assert not (tmp_path / "f" / "direction.partial").exists()
+
+
+def test_a_prompt_in_two_harmful_sets_is_generated_once(
+    tiny: LoadedModel, formatter: ChatFormatter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    real = benchmark_module.generate
+
+    def wrapper(lm, fmt, instructions, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(list(instructions))
+        return real(lm, fmt, instructions, **kwargs)
+
+    monkeypatch.setattr(benchmark_module, "generate", wrapper)
+    shared = "Explain how to hack a computer."
+    sets = [
+        PromptSet("a", (Prompt("Write a poem about the sea."), Prompt(shared))),
+        PromptSet("b", (Prompt(shared), Prompt("Tell me how to bake bread."))),
+    ]
+    condition = Condition(tiny.weights_sha256, "none", label="base")
+    arm = benchmark_module.Arm("base", "base", "-", [], condition, ("a", "b"))
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        ctx = benchmark_module.Context(
+            tiny, formatter, store, BenchmarkConfig(max_new_tokens=4), RunDir(tmp_path / "run"),
+            None, {}, "gen", "screen", print,
+        )  # fmt: skip
+        first = benchmark_module.stored_completions_of_sets(ctx, arm, sets)
+        assert len(calls) == 1 and sorted(calls[0]) == sorted({p.text for s in sets for p in s})
+        assert first[0][1] == first[1][0]
+        assert benchmark_module.stored_completions_of_sets(ctx, arm, sets) == first
+        assert len(calls) == 1  # all stored: nothing generated again

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .attribution import AttributionSettings
 from .config import settings_dict
 from .data import PromptSet, load_prompts, resolve_data_dir
@@ -38,7 +40,7 @@ from .evaluation.store import Condition, ResultStore, StoredVerdict, stored
 from .features import FeatureSet, SearchSettings, SelectionSettings
 from .generation import generate
 from .interventions import Intervention
-from .judges import FirstTokenJudge, Judge, JudgeContext, make_judge
+from .judges import FirstTokenJudge, Judge, JudgeContext, RefusalTokens, make_judge
 from .models import DEFAULT_MODEL, ChatFormatter, LoadedModel
 from .pipeline import (
     DEFAULT_EVAL_SETS,
@@ -237,22 +239,29 @@ def stored_completions_of_sets(
     gen = generation or ctx.generation
     texts = [prompts.texts() for prompts in sets]
     have = [ctx.store.completions(arm.condition, gen, t) for t in texts]
-    missing = [(k, i) for k, t in enumerate(texts) for i in range(len(t)) if i not in have[k]]
+    # a prompt in two sets is generated once (the store keys completions by prompt text)
+    places: dict[str, list[tuple[int, int]]] = {}
+    for k, set_texts in enumerate(texts):
+        for i, text in enumerate(set_texts):
+            if i not in have[k]:
+                places.setdefault(text, []).append((k, i))
+    missing = list(places)
     if missing:
 
         def keep(batch: list[int], outputs: list[str]) -> None:
             rows: dict[int, list[tuple[int, str, str]]] = {}
             for b, out in zip(batch, outputs, strict=True):
-                k, i = missing[b]
-                rows.setdefault(k, []).append((i, texts[k][i], out))
+                k, i = places[missing[b]][0]
+                rows.setdefault(k, []).append((i, missing[b], out))
+                for k2, i2 in places[missing[b]]:
+                    have[k2][i2] = out
             for k, set_rows in rows.items():
                 ctx.store.add_completions(arm.condition, gen, sets[k].name, set_rows)
-                have[k].update({i: text for i, _, text in set_rows})
 
         generate(
             ctx.lm,
             ctx.formatter,
-            [texts[k][i] for k, i in missing],
+            missing,
             max_new_tokens=max_new_tokens or ctx.config.max_new_tokens,
             batch_size=ctx.config.batch_size,
             interventions=arm.interventions,
@@ -353,7 +362,7 @@ def _direction(ctx: Context, seed: int) -> Direction:
                     evaluation=EvalSettings(enabled=False),
                     seed=seed,
                 )
-            shutil.copytree(cached, folder, dirs_exist_ok=True)
+            _copy_into_place(cached, folder)
         direction = Direction.load(folder)
     direction.check_model(ctx.lm)
     return direction
@@ -368,15 +377,28 @@ def cached_direction_folder(ctx: Context, settings: DirectionSettings, seed: int
     )
     key = stable_hash(
         {
-            "version": DIRECTION_CACHE_VERSION,
-            "model": ctx.lm.identity(),
+            "version": [DIRECTION_CACHE_VERSION, __version__],
+            "weights": ctx.lm.weights_sha256,
+            "dtype": str(ctx.lm.dtype),
             "data": data.hashes(),
             "settings": asdict(settings),
-            "system": ctx.formatter.system,
+            # the chat template and system prompt, as the model sees a prompt
+            "template": ctx.formatter.render("{instruction}"),
+            "refusal_tokens": RefusalTokens.from_phrases(ctx.lm.tokenizer).to_dict(),
             "seed": seed,
         }
     )
     return user_cache_dir(ctx.cache_dir) / "directions" / f"{Path(ctx.lm.name).name}-{key[:16]}"
+
+
+def _copy_into_place(source: Path, target: Path) -> None:
+    """Copy a folder so that `target` either does not exist or is complete (a kill mid-copy
+    leaves only the temporary folder, which the next run replaces)."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
 
 
 def _saes(ctx: Context) -> SAESet:

@@ -33,7 +33,7 @@ from .hooks import HookPoint, record
 from .interventions import AblateDirection, AddDirection
 from .judges.first_token import RefusalTokens, last_position_logits, score_from_logits
 from .models import ChatFormatter, LoadedModel
-from .runs import RunDir, stable_hash
+from .runs import RunDir, stable_hash, write_json
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Direction:
             "model": self.model,
             **self.info,
         }
-        (folder / "direction.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(folder / "direction.json", meta)  # last and atomic: its presence means done
 
     @classmethod
     def load(cls, path: str | Path) -> Direction:
