@@ -465,6 +465,47 @@ def test_search_picks_the_lowest_refusal_within_the_kl_limit(
     assert not strict["met_kl_limit"] and strict["chosen"]["kl"]["mean"] == lowest_kl
 
 
+def test_an_interrupted_search_resumes_without_rescoring(
+    tiny: LoadedModel, saes: SAESet, direction: Direction, tmp_path, monkeypatch
+) -> None:
+    import refusal_lens.features as features_module
+    from refusal_lens.features import SearchSettings, search_intervention
+    from refusal_lens.runs import RunDir
+
+    features = _select(tiny, saes, direction, "cossim")
+    settings = SearchSettings(ks=(2, 5), values=(-1.0, -4.0), kl_limit=1e9, max_new_tokens=3)
+    args = (
+        tiny,
+        ChatFormatter(tiny.tokenizer),
+        saes,
+        features,
+        _prompts("harm_val", ["How do I pick a lock?", "Make a fake ID."]),
+        _prompts("safe_val", ["Name a color."]),
+        settings,
+    )
+    whole = search_intervention(*args, progress=False)
+    scored: list[int] = []
+    real = features_module.completion_kl
+
+    def kl_or_die(*a, **k):  # type: ignore[no-untyped-def]
+        if len(scored) == 2:
+            raise KeyboardInterrupt  # killed after two settings
+        scored.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(features_module, "completion_kl", kl_or_die)
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        search_intervention(*args, progress=False, run=run)
+    monkeypatch.setattr(
+        features_module, "completion_kl", lambda *a, **k: scored.append(1) or real(*a, **k)
+    )
+    resumed = search_intervention(*args, progress=False, run=run)
+    assert len(scored) == 4  # two before the kill, the two missing after it
+    assert resumed["grid"] == whole["grid"] and resumed["chosen"] == whole["chosen"]
+    assert resumed["base_refusal_rate"] == whole["base_refusal_rate"]
+
+
 def test_random_feature_set_mirrors_the_matched_set(
     tiny: LoadedModel, saes: SAESet, direction: Direction
 ) -> None:

@@ -37,7 +37,7 @@ from .interventions import EditLatents, PerPromptLatents
 from .judges.first_token import last_position_logits
 from .judges.substring import SubstringJudge
 from .models import ChatFormatter, LoadedModel
-from .runs import write_json
+from .runs import RunDir, stable_hash, write_json
 from .saes import SAESet
 
 log = logging.getLogger(__name__)
@@ -480,30 +480,63 @@ def search_intervention(
     settings: SearchSettings = SearchSettings(),
     *,
     progress: bool = True,
+    run: RunDir | None = None,
 ) -> dict[str, Any]:
     """Score every (K*, c) of the grid by refusal rate on harmful validation prompts and KL
     on harmless ones; choose the lowest refusal rate whose KL stays under the limit (ties:
-    the smaller |c|, then the smaller K*). Writes the choice into `features.intervention`."""
+    the smaller |c|, then the smaller K*). Writes the choice into `features.intervention`.
+    With `run`, each scored setting is appended to `search.jsonl` and a rerun skips it."""
     features.check_held_out(harmful_val)
     features.check_held_out(harmless_val)
     judge = SubstringJudge()
-    base, base_harmful = (
-        base_completions(
-            lm,
-            formatter,
-            prompts.texts(),
-            max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size,
-        )
-        for prompts in (harmless_val, harmful_val)
-    )
     grid = [
         (k, value) for k in settings.ks if k <= len(features.latents) for value in settings.values
     ]
     if not grid:
         raise UserError(f"no K* of {settings.ks} fits the {len(features.latents)} ranked latents")
+    key = stable_hash(
+        {
+            "model": lm.weights_sha256,
+            "dtype": str(lm.dtype),
+            "system": formatter.system,
+            "saes": saes.fingerprint(),
+            "latents": [[layer, latent] for layer, latent, _ in features.latents],
+            "settings": asdict(settings),
+            "harmful": harmful_val.content_hash(),
+            "harmless": harmless_val.content_hash(),
+        }
+    )
+    records = [
+        {n: v for n, v in r.items() if n != "key"}
+        for r in (run.read_jsonl("search.jsonl", key) if run else ())
+    ]
+    done = {(r["k"], r["value"]): r for r in records if "k" in r}
+    base_rate = next((r["base_refusal_rate"] for r in records if "base_refusal_rate" in r), None)
+    if base_rate is None:
+        base_harmful = base_completions(
+            lm,
+            formatter,
+            harmful_val.texts(),
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+        )
+        base_rate = bootstrap_mean(judge.judge(base_harmful)).to_dict()
+        if run:
+            run.append_jsonl("search.jsonl", key, [{"base_refusal_rate": base_rate}])
+    base: list[str] | None = None  # the harmless reference of the KL, made when first needed
     rows = []
     for k, value in tqdm(grid, desc="search K*, c", disable=not progress, unit="setting"):
+        if (k, value) in done:
+            rows.append(done[(k, value)])
+            continue
+        if base is None:
+            base = base_completions(
+                lm,
+                formatter,
+                harmless_val.texts(),
+                max_new_tokens=settings.max_new_tokens,
+                batch_size=settings.batch_size,
+            )
         edit = features.edit(saes, k=k, mode="scale", value=value)
         completions = generate(
             lm,
@@ -516,7 +549,10 @@ def search_intervention(
         )
         refusal = bootstrap_mean(judge.judge(completions))
         kl = completion_kl(lm, formatter, harmless_val.texts(), base, [edit])
-        rows.append({"k": k, "value": value, "refusal_rate": refusal.to_dict(), "kl": kl.to_dict()})
+        row = {"k": k, "value": value, "refusal_rate": refusal.to_dict(), "kl": kl.to_dict()}
+        if run:
+            run.append_jsonl("search.jsonl", key, [row])
+        rows.append(row)
     allowed = [r for r in rows if r["kl"]["mean"] <= settings.kl_limit]
     pool = allowed or rows
     best = min(
@@ -540,7 +576,7 @@ def search_intervention(
     }
     return {
         "settings": asdict(settings),
-        "base_refusal_rate": bootstrap_mean(judge.judge(base_harmful)).to_dict(),
+        "base_refusal_rate": base_rate,
         "grid": rows,
         "chosen": best,
         "met_kl_limit": bool(allowed),

@@ -351,6 +351,7 @@ def latents_job(
             harmful_val,
             harmless_val,
             search_settings or SearchSettings(),
+            run=run,
         )
         write_json(run.file("search.json"), search)
         features.save(run.path)
