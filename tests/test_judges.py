@@ -120,6 +120,18 @@ def test_harmbench_judge_prompt_and_verdicts(tiny: LoadedModel) -> None:
     assert judge.describe()["model"] == tiny.name
 
 
+def test_judges_on_one_model_share_it(tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import refusal_lens.judges.builtin as builtin
+
+    loads: list[str] = []
+    monkeypatch.setattr(builtin, "load_model", lambda name, **_: loads.append(name) or tiny)
+    context = JudgeContext()
+    first = make_judge("harmbench:model=judge-lm", context)
+    second = make_judge("llamaguard:model=judge-lm", context)
+    make_judge("harmbench:model=other-lm", context)
+    assert loads == ["judge-lm", "other-lm"] and first.lm is second.lm
+
+
 def test_llamaguard_uses_a_native_template_when_the_model_has_one(tiny: LoadedModel) -> None:
     plain = LlamaGuardJudge(tiny)
     assert not plain.native

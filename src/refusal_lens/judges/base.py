@@ -66,6 +66,8 @@ class JudgeContext:
     device: str = "auto"
     cache_dir: str | None = None
     batch_size: int = 8
+    # judge models loaded for this context, by name: two judges on one model share it
+    loaded: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 JudgeFactory = Callable[..., Judge]  # factory(context, **options)

@@ -23,7 +23,10 @@ def _evaluated_model(context: JudgeContext, judge: str) -> tuple[LoadedModel, Ch
 def _judge_model(context: JudgeContext, model: str | None) -> LoadedModel:
     if model is None and context.lm is not None:
         return context.lm
-    return load_model(model or DEFAULT_LLM_JUDGE, device=context.device, cache=context.cache_dir)
+    name = model or DEFAULT_LLM_JUDGE
+    if name not in context.loaded:
+        context.loaded[name] = load_model(name, device=context.device, cache=context.cache_dir)
+    return context.loaded[name]
 
 
 def substring(context: JudgeContext) -> SubstringJudge:
