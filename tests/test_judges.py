@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from refusal_lens.cli import main
+from refusal_lens.data.labelled import load_labelled
 from refusal_lens.errors import UserError
 from refusal_lens.evaluation.agreement import agreement_row, judge_agreement
 from refusal_lens.evaluation.statistics import bootstrap_kappa, cohen_kappa
@@ -362,6 +363,28 @@ def test_judge_agreement_resumes_and_skips_model_side_judges(
     judge_agreement(judges, ["xstest", "gptfuzz"], tmp_path / "run", data_dir=tmp_path / "data")
     assert counting.calls == 13  # the rerun reuses every saved verdict
     assert "| counting | xstest | 10 | 1.000" in (tmp_path / "run" / "agreement.md").read_text()
+
+
+def test_judge_agreement_killed_mid_set_resumes_at_the_next_chunk(tmp_path: Path) -> None:
+    from refusal_lens.evaluation.agreement import judge_on_labelled
+    from refusal_lens.runs import RunDir
+
+    write_labelled_data(tmp_path / "data")
+    rows = load_labelled("xstest", tmp_path / "data")  # 10 items: chunks of 4, 4, 2
+
+    class Dies(_CountingJudge):
+        def verdicts(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Verdict]:
+            if self.calls >= 4:
+                raise KeyboardInterrupt
+            return super().verdicts(prompts, completions)
+
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        judge_on_labelled(Dies(), rows, batch_size=4, run=run, key="k")
+    counting = _CountingJudge()
+    resumed = judge_on_labelled(counting, rows, batch_size=4, run=run, key="k")
+    assert counting.calls == 6  # the first chunk was kept
+    assert resumed == judge_on_labelled(_CountingJudge(), rows, batch_size=4)
 
 
 def test_judge_agreement_cli(

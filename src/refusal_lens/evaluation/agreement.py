@@ -3,7 +3,8 @@
 Each judge's verdict is read as "complied" (for a refusal-only judge: not refused, which is
 what its jailbreak rate means) and compared with the human label: accuracy and Cohen's kappa,
 each with a 95% bootstrap interval, plus the confusion counts. Verdicts are saved per
-(judge, set) in the run folder as they are computed, so a rerun with one more judge only
+(judge, set) in the run folder, chunk by chunk as they are computed, so a killed run resumes at
+the next chunk and a rerun with one more judge only
 computes that judge.
 """
 
@@ -22,13 +23,33 @@ from .statistics import bootstrap_kappa, bootstrap_mean
 
 
 def judge_on_labelled(
-    judge: Judge, rows: Sequence[LabelledResponse], *, batch_size: int = 64
+    judge: Judge,
+    rows: Sequence[LabelledResponse],
+    *,
+    batch_size: int = 16,
+    run: RunDir | None = None,
+    key: str = "",
 ) -> list[bool | None]:
+    """The judge's verdicts on `rows`; with `run`, each chunk is appended to
+    `judges/chunks.jsonl` under `key` as it is judged, and a rerun skips judged chunks (an LLM
+    judge on a CPU takes minutes per chunk)."""
+    done = {
+        record["start"]: record["predictions"]
+        for record in (run.read_jsonl("judges/chunks.jsonl", key) if run else ())
+        if record.get("size") == batch_size
+    }
     predictions: list[bool | None] = []
     for start in tqdm(range(0, len(rows), batch_size), desc=judge.name, unit="batch"):
+        if start in done:
+            predictions.extend(done[start])
+            continue
         chunk = rows[start : start + batch_size]
         verdicts = judge.verdicts([r.prompt for r in chunk], [r.response for r in chunk])
-        predictions.extend(v.complied_or_not_refused() for v in verdicts)
+        said = [v.complied_or_not_refused() for v in verdicts]
+        if run:
+            record = {"start": start, "size": batch_size, "predictions": said}
+            run.append_jsonl("judges/chunks.jsonl", key, [record])
+        predictions.extend(said)
     return predictions
 
 
@@ -94,7 +115,7 @@ def judge_agreement(
             stage = f"judges/{dataset}.{safe}.json"
             saved = run.load_stage(stage, key)
             if saved is None:
-                saved = {"predictions": judge_on_labelled(judge, labelled)}
+                saved = {"predictions": judge_on_labelled(judge, labelled, run=run, key=key)}
                 run.save_stage(stage, key, saved)
             rows.append(agreement_row(described, dataset, labels, saved["predictions"]))
             run.save_stage("agreement.json", "all", {"rows": rows})
