@@ -3,9 +3,8 @@
 Each judge's verdict is read as "complied" (for a refusal-only judge: not refused, which is
 what its jailbreak rate means) and compared with the human label: accuracy and Cohen's kappa,
 each with a 95% bootstrap interval, plus the confusion counts. Verdicts are saved per
-(judge, set) in the run folder, chunk by chunk as they are computed, so a killed run resumes at
-the next chunk and a rerun with one more judge only
-computes that judge.
+(judge, set) in the run folder, chunk by chunk as they are computed, so a killed run resumes
+at the next chunk and a rerun with one more judge only computes that judge.
 """
 
 from __future__ import annotations
