@@ -51,7 +51,7 @@ from .pipeline import (
     latents_job,
     resolve_direction_data,
 )
-from .runs import RunDir, stable_hash, write_json
+from .runs import RunDir, exclusive, stable_hash, write_json
 from .saes import SAESet
 from .saes.presets import check_default_sae_set, default_sae_set
 from .settings import cache_dir as user_cache_dir
@@ -348,20 +348,21 @@ def _direction(ctx: Context, seed: int) -> Direction:
         if not (folder / "direction.json").exists():
             settings = DirectionSettings(n_val=ctx.config.direction_n_val)
             cached = cached_direction_folder(ctx, settings, seed)
-            if (cached / "direction.json").exists():
-                ctx.log(f"direction: not given, reusing the one found before in {cached}")
-            else:
-                ctx.log(f"direction: not given, finding it (kept for later runs in {cached})")
-                direction_job(
-                    ctx.lm,
-                    ctx.formatter,
-                    cached,
-                    datasets=DatasetChoice(),
-                    data_dir=ctx.data_dir,
-                    settings=settings,
-                    evaluation=EvalSettings(enabled=False),
-                    seed=seed,
-                )
+            with exclusive(cached.with_name(cached.name + ".lock")):  # one search per key
+                if (cached / "direction.json").exists():
+                    ctx.log(f"direction: not given, reusing the one found before in {cached}")
+                else:
+                    ctx.log(f"direction: not given, finding it (kept for later runs in {cached})")
+                    direction_job(
+                        ctx.lm,
+                        ctx.formatter,
+                        cached,
+                        datasets=DatasetChoice(),
+                        data_dir=ctx.data_dir,
+                        settings=settings,
+                        evaluation=EvalSettings(enabled=False),
+                        seed=seed,
+                    )
             _copy_into_place(cached, folder)
         direction = Direction.load(folder)
     direction.check_model(ctx.lm)
