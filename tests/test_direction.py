@@ -161,6 +161,30 @@ def test_empty_filtered_pool_is_a_user_error(tiny: LoadedModel, formatter: ChatF
         find_direction(tiny, formatter, _data(), never, DirectionSettings(batch_size=2))
 
 
+def test_pool_filtering_stops_once_enough_prompts_passed(
+    tiny: LoadedModel, formatter: ChatFormatter, monkeypatch
+) -> None:
+    tokens = RefusalTokens.from_phrases(tiny.tokenizer)
+    pool = PromptSet("pool", tuple(Prompt(f"Question number {i} about bread?") for i in range(40)))
+    whole, _ = direction_module.filter_pool(
+        tiny, formatter, pool, tokens, refused=False, batch_size=4
+    )
+    assert len(whole) >= 10  # the random model rarely starts with a refusal token
+    scored: list[int] = []
+    real = direction_module.filter_pool
+    monkeypatch.setattr(
+        direction_module,
+        "filter_pool",
+        lambda lm, fmt, prompts, *a, **k: (
+            scored.append(len(prompts)) or real(lm, fmt, prompts, *a, **k)
+        ),
+    )
+    settings = DirectionSettings(batch_size=4)
+    kept = direction_module._first_kept(tiny, formatter, pool, tokens, False, 10, settings)
+    assert kept.texts()[:10] == whole.texts()[:10]  # the same prompts as filtering everything
+    assert sum(scored) < len(pool) and scored[0] == 10
+
+
 def test_near_duplicates_of_test_prompts_are_dropped() -> None:
     from refusal_lens.pipeline import drop_near_duplicates
 

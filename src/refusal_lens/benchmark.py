@@ -69,6 +69,7 @@ class BenchmarkConfig:
     model: str = DEFAULT_MODEL
     saes: str | None = None  # SAE set folder (None: this model's cached quick set)
     direction: str | None = None  # direction run folder (None: found into RUN/direction)
+    direction_n_train: int = 128  # train prompts per class when the direction is found here
     direction_n_val: int = 32  # validation prompts per class when the direction is found here
     methods: tuple[str, ...] = METHODS
     protocols: tuple[str, ...] = ("heldout",)
@@ -111,7 +112,7 @@ class BenchmarkConfig:
         if not self.judges:
             raise UserError("the benchmark needs at least one judge")
         names = ("k", "batch_size", "max_new_tokens", "screen_tokens", "n_select", "n_harmless")
-        for name in (*names, "n_generic", "direction_n_val"):
+        for name in (*names, "n_generic", "direction_n_train", "direction_n_val"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.scale is not None and not math.isfinite(self.scale):
@@ -126,6 +127,7 @@ class BenchmarkConfig:
 
 
 QUICK: dict[str, Any] = {
+    "direction_n_train": 64,  # the difference in means of each candidate
     "direction_n_val": 16,  # each candidate direction is scored on these: the stage's cost
     "limit": 8,
     "max_new_tokens": 64,
@@ -346,7 +348,9 @@ def _direction(ctx: Context, seed: int) -> Direction:
     else:
         folder = ctx.run.path / "direction"
         if not (folder / "direction.json").exists():
-            settings = DirectionSettings(n_val=ctx.config.direction_n_val)
+            settings = DirectionSettings(
+                n_train=ctx.config.direction_n_train, n_val=ctx.config.direction_n_val
+            )
             cached = cached_direction_folder(ctx, settings, seed)
             with exclusive(cached.with_name(cached.name + ".lock")):  # one search per key
                 if (cached / "direction.json").exists():

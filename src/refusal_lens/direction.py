@@ -460,18 +460,41 @@ def _filtered_pools(
     for name, limit in limits.items():
         prompts: PromptSet = getattr(data, name)
         if settings.filter_pools:
-            prompts, _ = filter_pool(
-                lm,
-                formatter,
-                prompts,
-                tokens,
-                refused=name.startswith("harmful"),
-                batch_size=settings.batch_size,
+            prompts = _first_kept(
+                lm, formatter, prompts, tokens, name.startswith("harmful"), limit, settings
             )
         pools[name] = prompts.texts()[:limit]
     if run:
         run.save_stage("pools.json", key, {"pools": pools})
     return pools
+
+
+def _first_kept(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    prompts: PromptSet,
+    tokens: RefusalTokens,
+    refused: bool,
+    limit: int,
+    settings: DirectionSettings,
+) -> PromptSet:
+    """The first `limit` prompts (in pool order) that pass the filter, scoring the pool a slice
+    at a time and stopping once enough passed: the same prompts as filtering the whole pool."""
+    kept: list[PromptSet] = []
+    step = max(limit, settings.batch_size)
+    for start in range(0, len(prompts), step):
+        passed, _ = filter_pool(
+            lm,
+            formatter,
+            prompts[start : start + step],
+            tokens,
+            refused=refused,
+            batch_size=settings.batch_size,
+        )
+        kept.append(passed)
+        if sum(len(p) for p in kept) >= limit:
+            break
+    return PromptSet(prompts.name, tuple(p for part in kept for p in part))
 
 
 def _cached_diffs(
