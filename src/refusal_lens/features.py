@@ -512,15 +512,18 @@ def search_intervention(
     ]
     done = {(r["k"], r["value"]): r for r in records if "k" in r}
     base_rate = next((r["base_refusal_rate"] for r in records if "base_refusal_rate" in r), None)
-    if base_rate is None:
-        base_harmful = base_completions(
+
+    def unsteered(prompts: PromptSet) -> list[str]:
+        return base_completions(
             lm,
             formatter,
-            harmful_val.texts(),
+            prompts.texts(),
             max_new_tokens=settings.max_new_tokens,
             batch_size=settings.batch_size,
         )
-        base_rate = bootstrap_mean(judge.judge(base_harmful)).to_dict()
+
+    if base_rate is None:
+        base_rate = bootstrap_mean(judge.judge(unsteered(harmful_val))).to_dict()
         if run:
             run.append_jsonl("search.jsonl", key, [{"base_refusal_rate": base_rate}])
     base: list[str] | None = None  # the harmless reference of the KL, made when first needed
@@ -530,13 +533,7 @@ def search_intervention(
             rows.append(done[(k, value)])
             continue
         if base is None:
-            base = base_completions(
-                lm,
-                formatter,
-                harmless_val.texts(),
-                max_new_tokens=settings.max_new_tokens,
-                batch_size=settings.batch_size,
-            )
+            base = unsteered(harmless_val)
         edit = features.edit(saes, k=k, mode="scale", value=value)
         completions = generate(
             lm,
