@@ -134,3 +134,22 @@ def test_report_renders_in_headless_chromium(bench_run: Path, tmp_path: Path) ->
     pixels = matplotlib.image.imread(shot)
     assert pixels.std() > 0.05  # not a blank page
     assert (pixels[..., :3].mean(axis=-1) < 0.5).mean() > 0.001  # some dark text or bars
+
+
+def test_report_shows_the_probes_analysis_of_the_run(bench_run: Path) -> None:
+    from refusal_lens.analyses.probes import run_probes
+    from test_probes import _dense_family, _examples, _planted, _settings
+
+    plain = {name: _examples(name, n) for name, n in (("fit", 60), ("val", 20), ("test", 20))}
+    ood = {"attack": _examples("attack", 20, "adversarial")}
+    resid = {n: _planted(e.harmful, (2,), s) for s, (n, e) in enumerate({**plain, **ood}.items())}
+    rows = run_probes([_dense_family()], resid, plain, ood, _settings(), progress=False)
+    folder = bench_run / "analyses" / "probes"
+    folder.mkdir(parents=True)
+    settings = {"n_train": 40, "judge": "substring", "screen_tokens": 64}
+    (folder / "probes.json").write_text(json.dumps({"settings": settings, "rows": rows}))
+    write_report(bench_run)
+    markdown = (bench_run / "report" / "report.md").read_text()
+    assert "## Linear probes in and out of distribution" in markdown
+    assert "| harmful | dense residual | OOD attack | all | 20 |" in markdown
+    assert (bench_run / "report" / "figures" / "probes_harmful.png").is_file()

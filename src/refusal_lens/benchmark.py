@@ -501,6 +501,26 @@ def _k(ctx: Context, features: FeatureSet) -> int:
     return k
 
 
+def generation_id(
+    store: ResultStore, lm: LoadedModel, formatter: ChatFormatter, max_new_tokens: int
+) -> str:
+    """Id of greedy generation settings: completions stored under it are shared by every
+    command that generates with the same settings (benchmark, analyses)."""
+    return store.generation_id(
+        {
+            "max_new_tokens": max_new_tokens,
+            "system": formatter.system,
+            "greedy": True,
+            "dtype": lm.identity()["dtype"],
+        }
+    )
+
+
+def base_arm(ctx: Context) -> Arm:
+    """The unsteered model."""
+    return _arm(ctx, "base", "base", "-", [], ctx.config.datasets, None)
+
+
 def model_key(lm: LoadedModel) -> str:
     """The model part of every result key: its weights and the dtype they ran in."""
     return f"{lm.weights_sha256}:{lm.identity()['dtype']}"
@@ -510,7 +530,7 @@ def build_arms(
     ctx: Context, direction: Direction, saes: SAESet | None
 ) -> tuple[list[Arm], FeatureSet | None]:
     config = ctx.config
-    arms = [_arm(ctx, "base", "base", "-", [], config.datasets, None)]
+    arms = [base_arm(ctx)]
     if "direction" in config.methods:
         ablation = [direction.ablation()]
         arms.append(
@@ -886,14 +906,7 @@ def benchmark_job(
         if config.saes is None and any(m in FEATURE_METHODS for m in config.methods):
             check_default_sae_set(lm, data_dir)
         generation, screen_generation = (
-            store.generation_id(
-                {
-                    "max_new_tokens": tokens,
-                    "system": formatter.system,
-                    "greedy": True,
-                    "dtype": lm.identity()["dtype"],
-                }
-            )
+            generation_id(store, lm, formatter, tokens)
             for tokens in (config.max_new_tokens, config.screen_tokens)
         )
         ctx = Context(

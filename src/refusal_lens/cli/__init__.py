@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import UserError
+from .analyses import cmd_probes
 from .evaluation import (
     cmd_benchmark,
     cmd_judge_agreement,
@@ -41,6 +42,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "judge-agreement": cmd_judge_agreement,
     "judges": cmd_judges,
+    "probes": cmd_probes,
     "results": cmd_results,
     "benchmark": cmd_benchmark,
     "report": cmd_report,

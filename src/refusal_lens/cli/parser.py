@@ -65,6 +65,11 @@ EXAMPLES = {
             endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
     """,
     "judges": "refusal-lens judges",
+    "probes": """
+        refusal-lens probes --run runs/quickstart --quick --data-dir DATA
+        refusal-lens probes --saes SAES --latents runs/ours/latents.json --direction runs/qwen05 \\
+            --data-dir DATA --source gptfuzz --source my_attacks.jsonl --out runs/probes
+    """,
     "run": """
         refusal-lens run --quick                              # the embedded default, minutes
         refusal-lens run --data-dir ../shared/datasets        # the full benchmark
@@ -595,6 +600,19 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--saes", default=None, help="SAE set folder (default: cached quick set)")
     pipeline.add_argument("--direction", metavar="RUN", default=None)
     pipeline.add_argument("--out", default=None, help="run folder (default: runs/MODEL[-quick])")
+
+    probes = command(
+        "probes",
+        "Linear probes on last-token features (refusal latents, matched random latents, the "
+        "dense residual at its best validation layer, the direction projection), fitted on "
+        "plain prompts and tested in distribution and on adversarial prompts; targets: is the "
+        "request harmful, will the model refuse.",
+    )
+    _add_model_args(probes)
+    _add_data_arg(probes)
+    from .analyses import probes_arguments
+
+    probes_arguments(probes)
 
     command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")

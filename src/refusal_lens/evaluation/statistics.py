@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -92,3 +93,41 @@ def bootstrap_kappa(
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail])
     return Estimate(cohen_kappa(x, y), float(low), float(high), int(x.size), confidence)
+
+
+def bootstrap_statistic(
+    n: int,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    n_boot: int = 2_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """Any statistic of `n` items with a percentile-bootstrap interval. `statistic` maps an
+    index matrix `[B, n]` (one resample per row) to `[B]` values; resamples where it is
+    undefined (NaN, e.g. AUROC with one class) are left out."""
+    if n == 0:
+        raise UserError("cannot estimate a statistic from zero items: the set is empty")
+    rng = np.random.default_rng(seed)
+    draws = np.asarray(statistic(rng.integers(0, n, size=(n_boot, n))), dtype=float)
+    draws = draws[np.isfinite(draws)]
+    value = float(statistic(np.arange(n)[None])[0])
+    if draws.size == 0:
+        return Estimate(value, math.nan, math.nan, n, confidence)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return Estimate(value, float(low), float(high), n, confidence)
+
+
+def auroc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUROC of each row of `[B, n]` labels and scores (Mann-Whitney U, ties averaged); NaN for
+    a row with one class."""
+    from scipy.stats import rankdata
+
+    labels = np.atleast_2d(labels).astype(bool)
+    ranks = rankdata(np.atleast_2d(scores), axis=1)
+    n_pos = labels.sum(axis=1)
+    n_neg = labels.shape[1] - n_pos
+    u = (ranks * labels).sum(axis=1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)

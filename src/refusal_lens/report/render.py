@@ -3,9 +3,9 @@ content in Markdown, from what a benchmark run folder holds.
 
 Sections: the method-by-dataset table in the layout of the paper's table with the paper's
 numbers beside ours, figures of the same, per-category bars, capabilities, side effects,
-refusal induction over v, refusal and KL over K* and c (the search), latent cards, judge
-agreement, and the run's manifest. Everything shown is read from the run folder: the report
-computes no result of its own.
+refusal induction over v, refusal and KL over K* and c (the search), latent cards, the
+analyses found in RUN/analyses (linear probes), judge agreement, and the run's manifest.
+Everything shown is read from the run folder: the report computes no result of its own.
 """
 
 from __future__ import annotations
@@ -353,6 +353,77 @@ def agreement_section(page: Page, paths: Sequence[Path]) -> None:
         return
 
 
+# method.md section 6: OOD accuracy of probes on Gemma-2-2B-IT (plain harmful vs adversarial
+# prompts that jailbreak the model); the dense figure came from a probe read on the wrong layer
+PAPER_PROBES = {"refusal latents": 0.87, "random latents": 0.50, "dense residual": 0.51}
+
+
+def _probe_cell(entry: dict[str, Any]) -> str:
+    if entry.get("mean") is None:
+        return "-"
+    low, high = entry["ci95"]
+    return f"{entry['mean']:.2f}" if low is None else f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def probes_section(page: Page, run: Path) -> None:
+    path = run / "analyses" / "probes" / "probes.json"
+    if not path.is_file():
+        return
+    summary = json.loads(path.read_text())
+    settings = summary["settings"]
+    page.heading("Linear probes in and out of distribution")
+    page.paragraph(
+        f"Logistic regression on last-token features, fitted on {settings['n_train']} plain "
+        "harmful and harmless train prompts per class; the regularisation (and the dense "
+        "residual's layer) chosen on validation prompts only; tested on held-out plain prompts "
+        "and on adversarial prompts. Target 'harmful': is the request harmful. Target "
+        "'refusal': does the model refuse (judge: "
+        f"{settings['judge']}, {settings['screen_tokens']} new tokens); its 'paper' subset is "
+        "Yeo et al.'s test (refused plain requests vs adversarial prompts that make the model "
+        "comply), where the paper reports accuracy "
+        + ", ".join(f"{k} {v:.2f}" for k, v in PAPER_PROBES.items())
+        + " (Gemma-2-2B-IT; the dense figure came from a probe read on the wrong layer)."
+    )
+    for target in dict.fromkeys(row["target"] for row in summary["rows"]):
+        rows = [r for r in summary["rows"] if r["target"] == target]
+        page.table(
+            ["target", "features", "test", "subset", "n", "accuracy [95% CI]", "AUROC", "chosen"],
+            [
+                [
+                    target,
+                    r["features"],
+                    r["test"],
+                    r["subset"],
+                    str(r["n"]),
+                    _probe_cell(r["accuracy"]),
+                    _probe_cell(r["auroc"]),
+                    f"{r['view']}, C={r['c']:g}",
+                ]
+                for r in rows
+            ],
+        )
+        tests = list(dict.fromkeys(f"{r['test']} ({r['subset']})" for r in rows))
+        series: dict[str, list[dict[str, Any] | None]] = {}
+        for r in rows:
+            entry = r["accuracy"]
+            low, high = entry["ci95"]
+            clean = {
+                "mean": entry["mean"],
+                "ci95": [
+                    low if low is not None else entry["mean"],
+                    high if high is not None else entry["mean"],
+                ],
+            }
+            series.setdefault(r["features"], [None] * len(tests))
+            series[r["features"]][tests.index(f"{r['test']} ({r['subset']})")] = clean
+        png = plots.grouped_bars(
+            tests, series, title=f"Probe accuracy, target {target}", ylabel="accuracy"
+        )
+        page.figure(f"probes_{target}.png", png, f"Probe accuracy (target {target}), 95% CI")
+    for target, why in summary.get("skipped", {}).items():
+        page.paragraph(f"Target {target} skipped: {why}.")
+
+
 def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Page:
     folder = Path(run)
     summary_path = folder / "benchmark.json"
@@ -381,6 +452,7 @@ def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Pag
     induction_section(page, summary)
     search_section(page, folder)
     cards_section(page, folder)
+    probes_section(page, folder)
     agreement_section(
         page, [Path(agreement)] if agreement else [folder / "judges" / "agreement.json"]
     )

@@ -1,0 +1,605 @@
+"""Linear probes on last-token features, in and out of distribution (method.md section 6).
+
+Protocol: every probe is fitted on plain prompts (``harmful_train`` vs ``harmless_train``); its
+regularisation, and for the dense residual its layer, is chosen on a validation part of those
+prompts only; it is then tested on held-out plain prompts (in distribution) and on
+adversarial prompts (out of distribution). Two targets are kept apart:
+
+- ``harmful``: is the request harmful. OOD set of a source: its adversarial harmful prompts
+  (1) against harmless requests under the same attack (0) when the attack is a template
+  (GPTFuzz), else held-out plain harmless prompts.
+- ``refusal``: will the model refuse, read from the model's own greedy completion by a judge.
+  OOD set: the adversarial prompts and the plain requests they carry. Its ``paper`` subset is
+  Yeo et al.'s test: plain requests the model refuses against adversarial prompts that make
+  it comply.
+
+Feature families: the refusal latents (top k of a feature set), random latents matched to
+them by layer and activation frequency (one family per seed), the dense residual (every
+layer, the best one on validation), and the projection on the refusal direction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..config import settings_dict
+from ..data import Prompt, PromptSet, load_prompts
+from ..data.adversarial import gptfuzz_templates, load_adversarial, wrap
+from ..direction import Direction
+from ..errors import UserError
+from ..evaluation.statistics import Estimate, auroc_rows, bootstrap_statistic
+from ..features import FeatureSet, matched_random
+from ..generation import length_sorted_batches
+from ..hooks import HookPoint, record
+from ..models import ChatFormatter, LoadedModel
+from ..runs import RunDir, stable_hash, write_json
+from ..saes import SAESet
+from .common import analysis_context, refusals
+
+TARGETS = ("harmful", "refusal")
+PART_SIZE = 64  # prompts per cached residual file
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    n_train: int = 128  # plain prompts per class; `val_fraction` of them choose C and layer
+    val_fraction: float = 0.25
+    n_test: int = 64  # held-out plain prompts per class (in distribution)
+    n_adversarial: int = 64  # adversarial prompts per source (out of distribution)
+    sources: tuple[str, ...] = ("gptfuzz", "suffixes")
+    targets: tuple[str, ...] = TARGETS
+    k: int | None = None  # refusal latents: top k of the feature set (None: its own k)
+    random_seeds: tuple[int, ...] = (0, 1, 2)
+    c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
+    judge: str = "substring"  # reads refusal from completions (target "refusal")
+    screen_tokens: int = 64
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_test", "n_adversarial", "screen_tokens", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for target in self.targets:
+            if target not in TARGETS:
+                raise UserError(f"unknown probe target {target!r}; use {' or '.join(TARGETS)}")
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise UserError("c_grid needs at least one positive regularisation strength")
+
+
+QUICK_PROBES: dict[str, Any] = {
+    "n_train": 48,
+    "n_test": 24,
+    "n_adversarial": 24,
+    "random_seeds": (0,),
+}
+
+
+@dataclass
+class Examples:
+    """Prompts of one split with their labels; `group` is plain / adversarial / control."""
+
+    name: str
+    texts: list[str]
+    harmful: np.ndarray
+    group: list[str]
+    refused: np.ndarray | None = None
+
+    def labels(self, target: str) -> np.ndarray:
+        if target == "harmful":
+            return self.harmful
+        if self.refused is None:
+            raise ValueError(f"{self.name}: refusal labels were not read")
+        return self.refused
+
+
+def _examples(name: str, sets: Sequence[tuple[PromptSet, bool, str]]) -> Examples:
+    texts, harmful, group = [], [], []
+    for prompts, label, kind in sets:
+        texts += prompts.texts()
+        harmful += [label] * len(prompts)
+        group += [kind] * len(prompts)
+    return Examples(name, texts, np.array(harmful, dtype=bool), group)
+
+
+def _split(prompts: PromptSet, val_fraction: float, seed: int) -> tuple[PromptSet, PromptSet]:
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    n_val = max(1, round(len(prompts) * val_fraction))
+    pick = [prompts[int(i)] for i in order]
+    return PromptSet(prompts.name, tuple(pick[n_val:])), PromptSet(
+        prompts.name, tuple(pick[:n_val])
+    )
+
+
+def build_examples(
+    settings: ProbeSettings, data_dir: str | None
+) -> tuple[dict[str, Examples], dict[str, Examples]]:
+    """(in-distribution splits fit / val / test, OOD sets by source)."""
+    harmful = load_prompts("harmful_train", data_dir=data_dir, limit=settings.n_train)
+    harmless = load_prompts("harmless_train", data_dir=data_dir, limit=settings.n_train)
+    harmful_fit, harmful_val = _split(harmful, settings.val_fraction, settings.seed)
+    harmless_fit, harmless_val = _split(harmless, settings.val_fraction, settings.seed + 1)
+    test_harmful = load_prompts("harmful_test", data_dir=data_dir, limit=settings.n_test)
+    test_harmless = load_prompts("harmless_test", data_dir=data_dir, limit=settings.n_test)
+    plain = {
+        "fit": _examples("fit", [(harmful_fit, True, "plain"), (harmless_fit, False, "plain")]),
+        "val": _examples("val", [(harmful_val, True, "plain"), (harmless_val, False, "plain")]),
+        "test": _examples("test", [(test_harmful, True, "plain"), (test_harmless, False, "plain")]),
+    }
+    seen = PromptSet("train", (*harmful, *harmless))
+    ood = {}
+    # OOD harmless controls: plain held-out harmless prompts the in-distribution test skipped
+    spare = load_prompts(
+        "harmless_test", data_dir=data_dir, limit=settings.n_test + settings.n_adversarial
+    )[settings.n_test :]
+    for source in settings.sources:
+        attacked = load_adversarial(
+            source, data_dir=data_dir, n=settings.n_adversarial, seed=settings.seed, exclude=seen
+        )
+        ood[attacked.name] = _ood_examples(source, attacked, spare, data_dir, settings)
+    return plain, ood
+
+
+def _ood_examples(
+    source: str,
+    attacked: PromptSet,
+    spare_harmless: PromptSet,
+    data_dir: str | None,
+    settings: ProbeSettings,
+) -> Examples:
+    goals = list(dict.fromkeys(p.meta["goal"] for p in attacked if "goal" in p.meta))
+    sets: list[tuple[PromptSet, bool, str]] = [
+        (attacked.filter(lambda p: p.meta.get("harmful") == "1"), True, "adversarial"),
+        (attacked.filter(lambda p: p.meta.get("harmful") == "0"), False, "adversarial"),
+    ]
+    if source == "gptfuzz":  # the same templates around harmless requests
+        control = wrap(
+            spare_harmless,
+            gptfuzz_templates(data_dir),
+            n=len(attacked),
+            seed=settings.seed + 1,
+            harmful=False,
+            name="gptfuzz_harmless",
+        )
+        sets.append((control, False, "control"))
+    else:
+        sets.append((spare_harmless.head(len(attacked)), False, "control"))
+    plain_goals = PromptSet(f"{source}_goals", tuple(_plain(g) for g in goals))
+    sets.append((plain_goals, True, "plain"))
+    return _examples(attacked.name, [s for s in sets if len(s[0])])
+
+
+def _plain(text: str) -> Prompt:
+    return Prompt(text, source="goal")
+
+
+# --------------------------------------------------------------------------- features
+
+
+@torch.inference_mode()
+def last_token_residuals(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    run: RunDir | None = None,
+    desc: str = "residuals",
+) -> torch.Tensor:
+    """`resid_post` at the last template token, every layer: `[n, n_layers, d_model]` float32.
+    With a run folder, parts of `PART_SIZE` prompts are cached there and reused."""
+    if not texts:
+        raise UserError("no prompts to read activations from: the prompt list is empty")
+    out = torch.empty(len(texts), lm.n_layers, lm.d_model)
+    points = [HookPoint(layer, "resid_post") for layer in range(lm.n_layers)]
+    key = {"model": lm.weights_sha256, "dtype": str(lm.dtype), "system": formatter.system}
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = [order[i : i + PART_SIZE] for i in range(0, len(order), PART_SIZE)]
+    for part in tqdm(parts, desc=desc, unit="part", disable=len(parts) < 2):
+        chunk = [texts[i] for i in part]
+        path = (
+            run.file(f"residuals/{stable_hash({**key, 'texts': chunk})[:20]}.safetensors")
+            if run
+            else None
+        )
+        if path is not None and path.is_file():
+            out[part] = load_file(str(path))["residuals"]
+            continue
+        values = torch.empty(len(part), lm.n_layers, lm.d_model)
+        for indices in length_sorted_batches(chunk, batch_size):
+            batch = formatter.encode([chunk[i] for i in indices]).to(lm.device)
+            with record(lm.model, points, reduce=lambda a: a[:, -1].float()) as acts:
+                lm.model(**batch.forward_kwargs(), use_cache=False, logits_to_keep=1)
+            values[indices] = torch.stack([acts[p][0].cpu() for p in points], dim=1)
+        if not torch.isfinite(values).all():
+            raise UserError("NaN or inf activations in the residual stream; try --dtype float32")
+        if path is not None:
+            tmp = path.with_suffix(".partial")
+            save_file({"residuals": values.contiguous()}, str(tmp))
+            tmp.replace(path)
+        out[part] = values
+    return out
+
+
+@dataclass
+class Family:
+    """One kind of probe input; `views` are its candidates (dense: one per layer), among which
+    validation chooses."""
+
+    name: str
+    views: dict[str, Callable[[torch.Tensor], np.ndarray]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def latent_view(
+    saes: SAESet, latents: Sequence[tuple[int, int]]
+) -> Callable[[torch.Tensor], np.ndarray]:
+    @torch.inference_mode()
+    def view(resid: torch.Tensor) -> np.ndarray:
+        columns = []
+        for layer, latent in latents:
+            sae = saes[HookPoint(layer, "resid_post")]
+            columns.append(sae.encode_latents(resid[:, layer], torch.tensor([latent]))[:, 0])
+        return torch.stack(columns, dim=1).numpy()
+
+    return view
+
+
+@torch.inference_mode()
+def last_token_frequency(saes: SAESet, resid: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Fraction of prompts whose last token fires each latent: the frequency random latents
+    are matched on (the position the probes read)."""
+    return {
+        point.layer: (sae.encode(resid[:, point.layer]) > 0).float().mean(0) for point, sae in saes
+    }
+
+
+def feature_families(
+    saes: SAESet,
+    refusal_latents: Sequence[tuple[int, int]],
+    frequency: dict[int, torch.Tensor],
+    direction: Direction,
+    n_layers: int,
+    random_seeds: Sequence[int],
+) -> list[Family]:
+    families = [
+        Family(
+            "refusal latents",
+            {"latents": latent_view(saes, refusal_latents)},
+            {"latents": [list(pair) for pair in refusal_latents]},
+        )
+    ]
+    for seed in random_seeds:
+        chosen = [
+            (layer, latent) for layer, latent, _ in matched_random(refusal_latents, frequency, seed)
+        ]
+        families.append(
+            Family(
+                f"random latents (seed {seed})",
+                {"latents": latent_view(saes, chosen)},
+                {"latents": [list(pair) for pair in chosen], "seed": seed},
+            )
+        )
+    families.append(
+        Family(
+            "dense residual",
+            {f"layer {layer}": _dense(layer) for layer in range(n_layers)},
+        )
+    )
+    unit = direction.vector.float() / direction.vector.float().norm()
+    families.append(
+        Family(
+            "direction projection",
+            {f"layer {direction.layer}": lambda r: (r[:, direction.layer] @ unit)[:, None].numpy()},
+        )
+    )
+    return families
+
+
+def _dense(layer: int) -> Callable[[torch.Tensor], np.ndarray]:
+    return lambda resid: resid[:, layer].numpy()
+
+
+# --------------------------------------------------------------------------- probes
+
+
+@dataclass
+class Probe:
+    family: str
+    view: str
+    c: float
+    val_auroc: float
+    val_accuracy: float
+    model: Any
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(auroc_rows(labels, scores)[0])
+
+
+def _classifier(c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5_000))
+
+
+def skipped_target(plain: dict[str, Examples], target: str) -> str | None:
+    """Why a target cannot be probed on these splits, or None."""
+    for name in ("fit", "val"):
+        labels = plain[name].labels(target)
+        if labels.all() or not labels.any():
+            return (
+                f"the {name} split has one class for target {target} ({int(labels.sum())} of "
+                f"{labels.size} positive)"
+            )
+    return None
+
+
+def fit_probe(
+    family: Family,
+    fit: tuple[dict[str, np.ndarray], np.ndarray],
+    val: tuple[dict[str, np.ndarray], np.ndarray],
+    c_grid: Sequence[float],
+) -> Probe:
+    """The (view, C) with the best validation AUROC (accuracy breaks ties), refitted on the
+    fit split only: test data never takes part in any choice."""
+    (x_fit, y_fit), (x_val, y_val) = fit, val
+    for name, labels in (("fit", y_fit), ("validation", y_val)):
+        if labels.all() or not labels.any():
+            raise UserError(
+                f"the probe's {name} split has one class only ({int(labels.sum())} of "
+                f"{labels.size} positive); use more prompts (--set n_train=...)"
+            )
+    best: Probe | None = None
+    for view in family.views:
+        for c in c_grid:
+            model = _classifier(c).fit(x_fit[view], y_fit)
+            scores = model.predict_proba(x_val[view])[:, 1]
+            auroc = _auroc(y_val, scores)
+            accuracy = float(((scores >= 0.5) == y_val).mean())
+            if best is None or (auroc, accuracy) > (best.val_auroc, best.val_accuracy):
+                best = Probe(family.name, view, c, auroc, accuracy, model)
+    assert best is not None
+    return best
+
+
+def evaluate_probe(probe: Probe, x: np.ndarray, labels: np.ndarray, *, seed: int) -> dict[str, Any]:
+    scores = probe.model.predict_proba(x)[:, 1]
+    correct = (scores >= 0.5) == labels
+    accuracy = bootstrap_statistic(len(labels), lambda i: correct[i].mean(axis=1), seed=seed)
+    auroc = bootstrap_statistic(len(labels), lambda i: auroc_rows(labels[i], scores[i]), seed=seed)
+    return {
+        "n": int(labels.size),
+        "n_positive": int(labels.sum()),
+        "accuracy": _estimate(accuracy),
+        "auroc": _estimate(auroc),
+    }
+
+
+def _estimate(estimate: Estimate) -> dict[str, Any]:
+    def clean(value: float) -> float | None:
+        return None if math.isnan(value) else round(value, 4)
+
+    return {"mean": clean(estimate.mean), "ci95": [clean(estimate.low), clean(estimate.high)]}
+
+
+def scored_subsets(examples: Examples, target: str) -> dict[str, np.ndarray]:
+    """Index sets an OOD source is scored on: all of it, and for the refusal target the paper's
+    subset (refused plain requests vs adversarial prompts that make the model comply)."""
+    everything = np.arange(len(examples.texts))
+    if target == "harmful":
+        return {"all": everything[np.array(examples.group) != "plain"]}
+    refused = examples.labels("refusal")
+    group = np.array(examples.group)
+    paper = ((group == "plain") & refused) | (
+        (group == "adversarial") & ~refused & examples.harmful
+    )
+    return {"all": everything[group != "control"], "paper": everything[paper]}
+
+
+def run_probes(
+    families: Sequence[Family],
+    resid: dict[str, torch.Tensor],
+    plain: dict[str, Examples],
+    ood: dict[str, Examples],
+    settings: ProbeSettings,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per (target, family, test set, subset). A target whose fit or validation split
+    has one class (a model that refuses nothing) is skipped; `skipped` says why."""
+    rows = []
+    targets = [t for t in settings.targets if not skipped_target(plain, t)]
+    jobs = [(t, f) for t in targets for f in families]
+    for target, family in tqdm(jobs, desc="probes", unit="probe", disable=not progress):
+        views = {
+            name: {view: fn(resid[name]) for view, fn in family.views.items()} for name in resid
+        }
+        probe = fit_probe(
+            family,
+            (views["fit"], plain["fit"].labels(target)),
+            (views["val"], plain["val"].labels(target)),
+            settings.c_grid,
+        )
+        scored = [("in distribution", "test", "all", np.arange(len(plain["test"].texts)))]
+        for source, examples in ood.items():
+            for subset, index in scored_subsets(examples, target).items():
+                scored.append((f"OOD {source}", source, subset, index))
+        for label, name, subset, index in scored:
+            examples = plain[name] if name in plain else ood[name]
+            if len(index) == 0:
+                continue
+            result = evaluate_probe(
+                probe,
+                views[name][probe.view][index],
+                examples.labels(target)[index],
+                seed=settings.seed,
+            )
+            rows.append(
+                {
+                    "target": target,
+                    "features": family.name,
+                    "test": label,
+                    "subset": subset,
+                    "view": probe.view,
+                    "c": probe.c,
+                    "val_auroc": round(probe.val_auroc, 4),
+                    **result,
+                    "info": family.info,
+                }
+            )
+    return rows
+
+
+def check_families(saes: SAESet, features: FeatureSet, k: int | None) -> list[tuple[int, int]]:
+    latents = list(features.top(k))
+    missing = sorted({layer for layer, _ in latents} - set(saes.layers))
+    if missing:
+        raise UserError(
+            f"the feature set uses layers {missing} that the SAE set lacks; pass the --saes it "
+            f"was selected with ({features.saes.get('path')})"
+        )
+    return latents
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def probes_job(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    features: FeatureSet,
+    direction: Direction,
+    settings: ProbeSettings,
+    out: str | Path,
+    *,
+    data_dir: str | None,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    run = RunDir(out)
+    run.write_manifest("probes", settings_dict(settings), lm.identity(), settings.seed)
+    saes.check_model(lm)
+    direction.check_model(lm)
+    features.check_model(lm)
+    features.check_saes(saes)
+    refusal_latents = check_families(saes, features, settings.k)
+    plain, ood = build_examples(settings, data_dir)
+    splits = {**plain, **ood}
+    for examples in splits.values():
+        if examples.name != "fit" and examples.name != "val":
+            features.check_held_out(PromptSet(examples.name, tuple(map(_plain, examples.texts))))
+    if "refusal" in settings.targets:
+        with analysis_context(
+            lm,
+            formatter,
+            run,
+            judge=settings.judge,
+            max_new_tokens=settings.screen_tokens,
+            batch_size=settings.batch_size,
+            data_dir=data_dir,
+            device=device,
+            cache_dir=cache_dir,
+            echo=echo,
+        ) as ctx:
+            sets = [PromptSet(e.name, tuple(map(_plain, e.texts))) for e in splits.values()]
+            for examples, refused in zip(splits.values(), refusals(ctx, sets), strict=True):
+                examples.refused = refused
+    resid = {
+        name: last_token_residuals(
+            lm,
+            formatter,
+            e.texts,
+            batch_size=settings.batch_size,
+            run=run,
+            desc=f"residuals ({name})",
+        )
+        for name, e in splits.items()
+    }
+    families = feature_families(
+        saes,
+        refusal_latents,
+        last_token_frequency(saes, resid["fit"]),
+        direction,
+        lm.n_layers,
+        settings.random_seeds,
+    )
+    rows = run_probes(families, resid, plain, ood, settings)
+    summary = {
+        "model": lm.identity(),
+        "settings": settings_dict(settings),
+        "latents": {
+            "path": features.info.get("path"),
+            "method": features.method,
+            "k": len(refusal_latents),
+        },
+        "direction": {"layer": direction.layer, "source": direction.source},
+        "saes": {"path": str(saes.path), "fingerprint": saes.fingerprint()},
+        "splits": {name: _describe(e) for name, e in splits.items()},
+        "rows": rows,
+        "skipped": {t: why for t in settings.targets if (why := skipped_target(plain, t))},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(run.file("probes.json"), summary)
+    (run.path / "probes.md").write_text(probes_markdown(summary))
+    return summary
+
+
+def _describe(examples: Examples) -> dict[str, Any]:
+    groups = np.array(examples.group)
+    described: dict[str, Any] = {"n": len(examples.texts), "harmful": int(examples.harmful.sum())}
+    for group in dict.fromkeys(examples.group):
+        described[group] = int((groups == group).sum())
+    if examples.refused is not None:
+        described["refused"] = int(examples.refused.sum())
+    return described
+
+
+def probes_markdown(summary: dict[str, Any]) -> str:
+    def cell(entry: dict[str, Any]) -> str:
+        mean, (low, high) = entry["mean"], entry["ci95"]
+        if mean is None:
+            return "-"
+        return f"{mean:.2f}" if low is None else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+    lines = [
+        "# Linear probes (last template token)",
+        "",
+        "Fitted on plain harmful vs harmless train prompts; C (and the dense layer) chosen on "
+        "validation prompts; accuracy and AUROC with 95% bootstrap intervals.",
+        "",
+    ]
+    for target in dict.fromkeys(row["target"] for row in summary["rows"]):
+        lines += [
+            f"## Target: {target}",
+            "",
+            "| features | test | subset | n | accuracy | AUROC | chosen |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in summary["rows"]:
+            if row["target"] != target:
+                continue
+            lines.append(
+                f"| {row['features']} | {row['test']} | {row['subset']} | {row['n']} | "
+                f"{cell(row['accuracy'])} | {cell(row['auroc'])} | {row['view']}, C={row['c']:g} |"
+            )
+        lines.append("")
+    for target, why in summary.get("skipped", {}).items():
+        lines += [f"Target {target} skipped: {why}.", ""]
+    return "\n".join(lines)
