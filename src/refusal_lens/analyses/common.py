@@ -21,7 +21,7 @@ from ..benchmark import (
 )
 from ..data import PromptSet
 from ..errors import UserError
-from ..evaluation.store import ResultStore
+from ..evaluation.store import ResultStore, StoredVerdict
 from ..judges import JudgeContext, make_judge
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir
@@ -33,7 +33,7 @@ def analysis_context(
     formatter: ChatFormatter,
     run: RunDir,
     *,
-    judge: str,
+    judges: Sequence[str],
     max_new_tokens: int,
     batch_size: int,
     data_dir: str | Path | None,
@@ -43,17 +43,14 @@ def analysis_context(
 ) -> Iterator[Context]:
     config = BenchmarkConfig(
         model=lm.name,
-        judges=(judge,),
+        judges=tuple(judges),
         max_new_tokens=max_new_tokens,
         screen_tokens=max_new_tokens,
         batch_size=batch_size,
     )
     with ResultStore(run.path / "results.sqlite") as store:
-        judges = {
-            judge: make_judge(
-                judge, JudgeContext(lm=lm, formatter=formatter, device=device, cache_dir=cache_dir)
-            )
-        }
+        shared = JudgeContext(lm=lm, formatter=formatter, device=device, cache_dir=cache_dir)
+        made = {spec: make_judge(spec, shared) for spec in judges}
         generation = generation_id(store, lm, formatter, max_new_tokens)
         yield Context(
             lm,
@@ -62,7 +59,7 @@ def analysis_context(
             config,
             run,
             data_dir,
-            judges,
+            made,
             generation,
             generation,
             echo,
@@ -70,23 +67,62 @@ def analysis_context(
         )
 
 
-def refusals(ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None) -> list[np.ndarray]:
-    """Whether the model (under `arm`, default unsteered) refuses each prompt of each set, read
-    by the context's judge from stored completions (generated once, in shared batches)."""
+def judged(
+    ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None
+) -> list[list[dict[str, StoredVerdict]]]:
+    """Every judge's verdict on the model's completion (under `arm`, default unsteered) of
+    each prompt of each set; completions are generated once, in shared batches, and stored."""
     arm = arm or base_arm(ctx)
-    spec = ctx.config.judges[0]
     every = stored_completions_of_sets(ctx, arm, sets)
     out = []
     for prompts, completions in zip(sets, every, strict=True):
-        name, verdicts = stored_verdicts(ctx, arm, spec, prompts.texts(), completions)
-        refused = [v.refused if v.refused is not None else _not(v.complied) for v in verdicts]
-        if any(r is None for r in refused):
-            raise UserError(
-                f"judge {name} gave no verdict on {sum(r is None for r in refused)} prompts of "
-                f"{prompts.name}; use a judge that always answers (e.g. substring)"
-            )
+        by_judge = {
+            spec: stored_verdicts(ctx, arm, spec, prompts.texts(), completions)[1]
+            for spec in ctx.config.judges
+        }
+        out.append([{spec: by_judge[spec][i] for spec in by_judge} for i in range(len(prompts))])
+    return out
+
+
+def refusals(ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None) -> list[np.ndarray]:
+    """Whether the model refuses each prompt, by the context's first judge."""
+    spec = ctx.config.judges[0]
+    out = []
+    for prompts, verdicts in zip(sets, judged(ctx, sets, arm), strict=True):
+        refused = [_refused(v[spec]) for v in verdicts]
+        _check_answered(refused, spec, prompts)
         out.append(np.array(refused, dtype=bool))
     return out
+
+
+def jailbroken(ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None) -> list[np.ndarray]:
+    """Whether the model complies with each prompt by every judge of the context: not refused
+    by a refusal judge, complied by a compliance judge (so fluent off-topic text is no
+    jailbreak when the compliance judge is among them)."""
+    out = []
+    for prompts, verdicts in zip(sets, judged(ctx, sets, arm), strict=True):
+        rows = []
+        for verdict in verdicts:
+            said = [
+                v.complied if v.complied is not None else _not(v.refused) for v in verdict.values()
+            ]
+            _check_answered(said, "/".join(verdict), prompts)
+            rows.append(all(said))
+        out.append(np.array(rows, dtype=bool))
+    return out
+
+
+def _refused(verdict: StoredVerdict) -> bool | None:
+    return verdict.refused if verdict.refused is not None else _not(verdict.complied)
+
+
+def _check_answered(values: Sequence[bool | None], judge: str, prompts: PromptSet) -> None:
+    missing = sum(value is None for value in values)
+    if missing:
+        raise UserError(
+            f"judge {judge} gave no verdict on {missing} prompts of {prompts.name}; use a "
+            "judge that always answers (e.g. substring)"
+        )
 
 
 def _not(value: bool | None) -> bool | None:

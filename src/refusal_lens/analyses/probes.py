@@ -510,7 +510,7 @@ def probes_job(
             lm,
             formatter,
             run,
-            judge=settings.judge,
+            judges=(settings.judge,),
             max_new_tokens=settings.screen_tokens,
             batch_size=settings.batch_size,
             data_dir=data_dir,

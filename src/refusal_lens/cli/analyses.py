@@ -1,4 +1,4 @@
-"""Commands of the analyses (method.md section 6): probes."""
+"""Commands of the analyses (method.md section 6): probes, jailbreaks."""
 
 from __future__ import annotations
 
@@ -30,36 +30,44 @@ def _from_benchmark(run: str | None) -> dict[str, str]:
     return found
 
 
+def _inputs(args: argparse.Namespace, name: str) -> tuple[dict[str, str], str]:
+    """The SAE set, latents and direction paths (flags beat the --run folder) and the output
+    folder (default RUN/analyses/NAME)."""
+    found = _from_benchmark(args.run)
+    paths = {key: getattr(args, key) or found.get(key) for key in ("saes", "latents", "direction")}
+    for key, path in paths.items():
+        if path is None:
+            raise UserError(f"pass --{key} (or --run, a benchmark folder that has one)")
+    if args.run and args.model == DEFAULT_MODEL_NAME:
+        args.model = found["model"]
+    out = args.out or (str(Path(args.run) / "analyses" / name) if args.run else None)
+    if out is None:
+        raise UserError(f"pass --out (or --run, whose analyses/{name} folder is then used)")
+    return paths, out
+
+
+def _settings(args: argparse.Namespace, cls: type, table: str, quick: dict, extra: list[str]):
+    from ..config import load_settings
+
+    return load_settings(
+        cls,
+        file=args.config,
+        table=table,
+        env_prefix=f"REFUSAL_LENS_{table.upper()}_",
+        overrides=[*extra, *args.set],
+        defaults=quick if args.quick else None,
+    )
+
+
 def cmd_probes(args: argparse.Namespace) -> int:
     from ..analyses.probes import QUICK_PROBES, ProbeSettings, probes_job
-    from ..config import load_settings
     from ..direction import Direction
     from ..features import FeatureSet
     from ..saes import SAESet
 
-    found = _from_benchmark(args.run)
-    overrides = list(args.set)
-    if args.source:
-        overrides.append(f"sources={','.join(args.source)}")
-    settings = load_settings(
-        ProbeSettings,
-        file=args.config,
-        table="probes",
-        env_prefix="REFUSAL_LENS_PROBES_",
-        overrides=overrides,
-        defaults=QUICK_PROBES if args.quick else None,
-    )
-    paths = {
-        name: getattr(args, name) or found.get(name) for name in ("saes", "latents", "direction")
-    }
-    for name, path in paths.items():
-        if path is None:
-            raise UserError(f"pass --{name} (or --run, a benchmark folder that has one)")
-    if args.run and args.model == DEFAULT_MODEL_NAME:
-        args.model = found["model"]
-    out = args.out or (str(Path(args.run) / "analyses" / "probes") if args.run else None)
-    if out is None:
-        raise UserError("pass --out (or --run, whose analyses/probes folder is then used)")
+    extra = [f"sources={','.join(args.source)}"] if args.source else []
+    settings = _settings(args, ProbeSettings, "probes", QUICK_PROBES, extra)
+    paths, out = _inputs(args, "probes")
     lm, formatter = load_lm(args)
     summary = probes_job(
         lm,
@@ -78,28 +86,75 @@ def cmd_probes(args: argparse.Namespace) -> int:
     return 0
 
 
-def probes_arguments(parser: argparse.ArgumentParser) -> None:
+def cmd_jailbreaks(args: argparse.Namespace) -> int:
+    from ..analyses.jailbreaks import QUICK_JAILBREAKS, JailbreakSettings, jailbreaks_job
+    from ..direction import Direction
+    from ..features import FeatureSet
+    from ..saes import SAESet
+
+    extra = [f"source={args.source}"] if args.source else []
+    settings = _settings(args, JailbreakSettings, "jailbreaks", QUICK_JAILBREAKS, extra)
+    paths, out = _inputs(args, f"jailbreaks-{Path(settings.source).stem}")
+    lm, formatter = load_lm(args)
+    summary = jailbreaks_job(
+        lm,
+        formatter,
+        SAESet.load(paths["saes"]),
+        FeatureSet.load(paths["latents"]),
+        Direction.load(paths["direction"]),
+        settings,
+        out,
+        harm=FeatureSet.load(args.harm_latents) if args.harm_latents else None,
+        data_dir=args.data_dir,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    print((Path(out) / "jailbreaks.md").read_text(), end="")
+    print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / 'jailbreaks.json'}")
+    return 0
+
+
+def _common_arguments(parser: argparse.ArgumentParser, table: str) -> None:
     parser.add_argument(
         "--run", default=None, help="benchmark / run folder: its SAE set, direction and ours set"
     )
     parser.add_argument("--saes", default=None, help="SAE set folder")
-    parser.add_argument("--latents", default=None, help="feature set (latents.json) to probe")
+    parser.add_argument("--latents", default=None, help="refusal latents (a latents.json)")
     parser.add_argument("--direction", metavar="RUN", default=None, help="refusal direction run")
-    parser.add_argument(
-        "--source",
-        action="append",
-        default=[],
-        help="adversarial prompts: gptfuzz, suffixes or a .csv/.json/.jsonl file with a prompt "
-        "column (repeatable; default gptfuzz and suffixes)",
-    )
-    parser.add_argument("--config", default=None, help="TOML file (a [probes] table)")
+    parser.add_argument("--config", default=None, help=f"TOML file (a [{table}] table)")
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override one setting, e.g. --set n_train=256 (file < $REFUSAL_LENS_PROBES_NAME "
-        "< --set)",
+        help=f"override one setting (file < $REFUSAL_LENS_{table.upper()}_NAME < --set)",
+    )
+
+
+def jailbreaks_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, "jailbreaks")
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="suffixes (default), gptfuzz, or a .csv/.json/.jsonl file with prompt and goal "
+        "columns",
+    )
+    parser.add_argument(
+        "--harm-latents", default=None, help="a second latent set to compare (harm latents)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: RUN/analyses/jailbreaks-SOURCE)"
+    )
+
+
+def probes_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, "probes")
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="adversarial prompts: gptfuzz, suffixes or a .csv/.json/.jsonl file with a prompt "
+        "column (repeatable; default gptfuzz and suffixes)",
     )
     parser.add_argument("--out", default=None, help="output folder (default: RUN/analyses/probes)")

@@ -65,6 +65,12 @@ EXAMPLES = {
             endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
     """,
     "judges": "refusal-lens judges",
+    "jailbreaks": """
+        refusal-lens jailbreaks --run runs/quickstart --quick --data-dir DATA
+        refusal-lens jailbreaks --run runs/bench --source gptfuzz --data-dir DATA
+        refusal-lens jailbreaks --saes SAES --latents runs/ours/latents.json \\
+            --direction runs/qwen05 --source my_pairs.jsonl --out runs/jb
+    """,
     "probes": """
         refusal-lens probes --run runs/quickstart --quick --data-dir DATA
         refusal-lens probes --saes SAES --latents runs/ours/latents.json --direction runs/qwen05 \\
@@ -610,9 +616,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(probes)
     _add_data_arg(probes)
-    from .analyses import probes_arguments
+    from .analyses import jailbreaks_arguments, probes_arguments
 
     probes_arguments(probes)
+    jailbreaks = command(
+        "jailbreaks",
+        "Jailbreaks at the latent level: plain requests the model refuses, put in attacks "
+        "(readable suffixes, GPTFuzz templates, a file); how much successful vs failed attacks "
+        "suppress the refusal latents (random latents as control), and the suffix word each "
+        "suppression is attributed to.",
+    )
+    _add_model_args(jailbreaks)
+    _add_data_arg(jailbreaks)
+    jailbreaks_arguments(jailbreaks)
 
     command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")
