@@ -472,7 +472,7 @@ def _feature_set(
     return FeatureSet.load(folder)
 
 
-def _arm(
+def make_arm(
     ctx: Context,
     label: str,
     method: str,
@@ -518,7 +518,7 @@ def generation_id(
 
 def base_arm(ctx: Context) -> Arm:
     """The unsteered model."""
-    return _arm(ctx, "base", "base", "-", [], ctx.config.datasets, None)
+    return make_arm(ctx, "base", "base", "-", [], ctx.config.datasets, None)
 
 
 def model_key(lm: LoadedModel) -> str:
@@ -534,7 +534,7 @@ def build_arms(
     if "direction" in config.methods:
         ablation = [direction.ablation()]
         arms.append(
-            _arm(ctx, "direction ablation", "direction", "-", ablation, config.datasets, None)
+            make_arm(ctx, "direction ablation", "direction", "-", ablation, config.datasets, None)
         )
     if saes is None:
         return arms, None
@@ -565,7 +565,9 @@ def build_arms(
             if method in config.methods:
                 edit = features.edit(saes, k=_k(ctx, features), mode="scale", value=scale)
                 arms.append(
-                    _arm(ctx, method, method, "heldout", [edit], config.datasets, saes, features)
+                    make_arm(
+                        ctx, method, method, "heldout", [edit], config.datasets, saes, features
+                    )
                 )
         if "random" in config.methods and ours is not None:
             for seed in config.random_seeds:
@@ -576,7 +578,9 @@ def build_arms(
                 edit = features.edit(saes, k=_k(ctx, features), mode="scale", value=scale)
                 label = f"random {seed}"
                 arms.append(
-                    _arm(ctx, label, "random", "heldout", [edit], config.datasets, saes, features)
+                    make_arm(
+                        ctx, label, "random", "heldout", [edit], config.datasets, saes, features
+                    )
                 )
     if "transductive" in config.protocols:
         for dataset in config.datasets:
@@ -591,7 +595,7 @@ def build_arms(
                 )
                 label = f"{method} (per prompt)"
                 arms.append(
-                    _arm(ctx, label, method, "transductive", [edit], (dataset,), saes, features)
+                    make_arm(ctx, label, method, "transductive", [edit], (dataset,), saes, features)
                 )
                 arms[-1].global_ = False
     return arms, ours
@@ -738,7 +742,7 @@ def induction_stage(
     arms.append(("direction addition", None, [direction.addition()]))
     for label, value, interventions in arms:
         edits_latents = value is not None  # base and direction addition use no SAE
-        arm = _arm(
+        arm = make_arm(
             ctx,
             label,
             "induce",

@@ -1,4 +1,4 @@
-"""Commands of the analyses (method.md section 6): probes, jailbreaks."""
+"""Commands of the analyses (method.md section 6): categories, probes, jailbreaks."""
 
 from __future__ import annotations
 
@@ -84,6 +84,48 @@ def cmd_probes(args: argparse.Namespace) -> int:
     print((Path(out) / "probes.md").read_text(), end="")
     print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / 'probes.json'}")
     return 0
+
+
+def cmd_categories(args: argparse.Namespace) -> int:
+    from ..analyses.categories import QUICK_CATEGORIES, CategorySettings, categories_job
+    from ..direction import Direction
+    from ..features import FeatureSet
+    from ..saes import SAESet
+
+    extra = [f"dataset={args.dataset}"] if args.dataset else []
+    settings = _settings(args, CategorySettings, "categories", QUICK_CATEGORIES, extra)
+    paths, out = _inputs(args, "categories")
+    lm, formatter = load_lm(args)
+    summary = categories_job(
+        lm,
+        formatter,
+        SAESet.load(paths["saes"]),
+        paths["saes"],
+        FeatureSet.load(paths["latents"]),
+        Direction.load(paths["direction"]),
+        paths["direction"],
+        settings,
+        out,
+        data_dir=args.data_dir,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    print((Path(out) / "categories.md").read_text(), end="")
+    print(
+        f"wall time {summary['wall_seconds']:.0f} s; common latents: {Path(out) / 'common'}; "
+        f"harm latents: {Path(out) / 'harm'}"
+    )
+    return 0
+
+
+def categories_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, "categories")
+    parser.add_argument(
+        "--dataset", default=None, help="categorised harmful prompts (default: strongreject)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: RUN/analyses/categories)"
+    )
 
 
 def cmd_jailbreaks(args: argparse.Namespace) -> int:

@@ -65,6 +65,11 @@ EXAMPLES = {
             endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
     """,
     "judges": "refusal-lens judges",
+    "categories": """
+        refusal-lens categories --run runs/quickstart --quick --data-dir DATA
+        refusal-lens categories --run runs/bench --dataset harmbench_test --data-dir DATA \\
+            --set common_fraction=0.8
+    """,
     "jailbreaks": """
         refusal-lens jailbreaks --run runs/quickstart --quick --data-dir DATA
         refusal-lens jailbreaks --run runs/bench --source gptfuzz --data-dir DATA
@@ -616,7 +621,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(probes)
     _add_data_arg(probes)
-    from .analyses import jailbreaks_arguments, probes_arguments
+    from .analyses import categories_arguments, jailbreaks_arguments, probes_arguments
+
+    categories = command(
+        "categories",
+        "Category-specific vs common latents: a latent set per harm category (selected on its "
+        "train prompts), common = in (nearly) every category's set, specific = the rest; each "
+        "kind clamped with the other pinned (retain), random matched control, transfer "
+        "between categories; writes the common and harm sets as feature sets.",
+    )
+    _add_model_args(categories)
+    _add_data_arg(categories)
+    categories_arguments(categories)
 
     probes_arguments(probes)
     jailbreaks = command(

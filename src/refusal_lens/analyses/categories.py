@@ -1,0 +1,393 @@
+"""Category-specific and common latents (method.md section 6).
+
+Protocol: the prompts of a categorised harmful set (StrongREJECT by default) are split per
+category into selection (train) and test prompts. For each category, a global latent set is
+selected with our method (LA-IG after the cosine prefilter) on that category's train prompts
+only. Common latents are those in the sets of at least `common_fraction` of the categories
+(the paper: "refusal" latents); a category's specific latents are the rest of its set, capped
+to the common set's size (the paper: harm / category latents). On each category's test
+prompts the model is then steered by:
+
+- the common set, with the category's specific set pinned to its clean values (`retain`);
+- the category's specific set, with the common set pinned (`retain`);
+- random latents matched to the common set by layer and frequency (the control);
+- another category's specific set (transfer), with the common set pinned.
+
+Refusal rates come with bootstrap intervals and are normalised by the category's base rate.
+The common set and the union of the specific sets are written as feature sets, so the probes
+(``--latents``) and the jailbreak analysis (``--harm-latents``) can read them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..attribution import AttributionSettings
+from ..benchmark import make_arm
+from ..config import settings_dict
+from ..data import PromptSet, load_prompts
+from ..direction import Direction
+from ..errors import UserError
+from ..evaluation.statistics import bootstrap_mean
+from ..features import FeatureSet, SelectionSettings, latent_statistics, matched_random
+from ..interventions import EditLatents
+from ..models import ChatFormatter, LoadedModel
+from ..pipeline import LatentsChoice, latents_job
+from ..runs import RunDir, write_json
+from ..saes import SAESet
+from .common import analysis_context, refusals
+
+Scored = list[tuple[int, int, float]]
+
+
+@dataclass(frozen=True)
+class CategorySettings:
+    dataset: str = "strongreject"  # any prompt set with categories
+    min_prompts: int = 20  # categories with fewer prompts are left out
+    n_train: int = 32  # selection prompts per category (those the model refuses are used)
+    n_test: int = 20  # test prompts per category
+    k: int = 20  # size of each category's global set
+    refused_only: bool = True  # select on the train prompts the model refuses (as the paper)
+    common_fraction: float = 1.0  # common: in the sets of at least this share of categories
+    scale: float | None = None  # None: the scale of the refusal latents' feature set
+    judge: str = "substring"
+    max_new_tokens: int = 64
+    transfer: bool = True  # every category's specific set on every other category's prompts
+    random_seeds: tuple[int, ...] = (0,)
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("min_prompts", "n_train", "n_test", "k", "max_new_tokens", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.common_fraction <= 1:
+            raise UserError(f"common_fraction must be in (0, 1], got {self.common_fraction}")
+
+
+QUICK_CATEGORIES: dict[str, Any] = {
+    "n_train": 12,
+    "n_test": 8,
+    "k": 10,
+    "transfer": False,
+    "max_new_tokens": 48,
+}
+
+
+def slug(text: str) -> str:
+    return "".join(c.lower() if c.isalnum() else "-" for c in text).strip("-")[:40]
+
+
+def category_splits(
+    settings: CategorySettings, data_dir: str | Path | None
+) -> dict[str, tuple[PromptSet, PromptSet]]:
+    """Category -> (train, test) prompts, shuffled with the seed; small categories dropped."""
+    prompts = load_prompts(settings.dataset, data_dir=data_dir)
+    by_category: dict[str, list] = {}
+    for prompt in prompts:
+        if prompt.category:
+            by_category.setdefault(prompt.category, []).append(prompt)
+    kept = {c: p for c, p in sorted(by_category.items()) if len(p) >= settings.min_prompts}
+    if len(kept) < 2:
+        raise UserError(
+            f"{settings.dataset} has {len(kept)} categories with at least {settings.min_prompts} "
+            "prompts; the analysis needs two or more (use a categorised set, e.g. strongreject, "
+            "or lower min_prompts)"
+        )
+    splits = {}
+    for category, items in kept.items():
+        order = list(items)
+        random.Random(f"{settings.seed}:{category}").shuffle(order)
+        test = PromptSet(f"{slug(category)}-test", tuple(order[: settings.n_test]))
+        train = PromptSet(f"{slug(category)}-train", tuple(order[settings.n_test :]))
+        splits[category] = (train, test)
+    return splits
+
+
+def _write_prompts(path: Path, prompts: PromptSet) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    with tmp.open("w") as handle:
+        for prompt in prompts:
+            handle.write(json.dumps({"prompt": prompt.text}, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def select_per_category(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    refusal_token: str | None,
+    saes_path: str,
+    direction_path: str,
+    splits: dict[str, tuple[PromptSet, PromptSet]],
+    settings: CategorySettings,
+    run: RunDir,
+    data_dir: str | Path | None,
+    echo: Callable[[str], None],
+) -> dict[str, FeatureSet]:
+    """Each category's global set (ours), selected on its train prompts with the refusal token
+    of the refusal latents' selection (None: chosen again); a finished set is reused."""
+    sets = {}
+    for category, (train, _) in splits.items():
+        folder = run.path / "selection" / slug(category)
+        if not (folder / "latents.json").is_file():
+            echo(f"latents of category {category} ({len(train)} train prompts)")
+            file = _write_prompts(folder / "train.jsonl", train)
+            latents_job(
+                lm,
+                formatter,
+                folder,
+                choice=LatentsChoice(
+                    saes=saes_path,
+                    direction=direction_path,
+                    harmful=str(file),
+                    n_prompts=settings.n_train,
+                    all_prompts=not settings.refused_only,
+                    refusal_token=refusal_token,
+                ),
+                settings=SelectionSettings(
+                    method="ours",
+                    k=settings.k,
+                    seed=settings.seed,
+                    batch_size=settings.batch_size,
+                    attribution=AttributionSettings(batch_size=max(1, settings.batch_size // 2)),
+                ),
+                data_dir=data_dir,
+                seed=settings.seed,
+            )
+        sets[category] = FeatureSet.load(folder)
+    return sets
+
+
+def common_and_specific(
+    sets: dict[str, FeatureSet], k: int, fraction: float
+) -> tuple[Scored, dict[str, Scored]]:
+    """(common latents by mean score, each category's specific latents capped to the common
+    set's size)."""
+    tops = {c: fs.latents[:k] for c, fs in sets.items()}
+    counts = Counter((layer, latent) for top in tops.values() for layer, latent, _ in top)
+    needed = math.ceil(fraction * len(sets) - 1e-9)
+    scores: dict[tuple[int, int], list[float]] = {}
+    for top in tops.values():
+        for layer, latent, score in top:
+            scores.setdefault((layer, latent), []).append(score)
+    common = sorted(
+        (
+            (layer, latent, float(np.mean(scores[(layer, latent)])))
+            for (layer, latent), n in counts.items()
+            if n >= needed
+        ),
+        key=lambda row: -row[2],
+    )
+    shared = {(layer, latent) for layer, latent, _ in common}
+    specific = {
+        c: [row for row in top if (row[0], row[1]) not in shared][: len(common)]
+        for c, top in tops.items()
+    }
+    return common, specific
+
+
+def _feature_set(
+    template: FeatureSet, method: str, latents: Scored, sets: dict[str, FeatureSet], value: float
+) -> FeatureSet:
+    hashes = sorted({h for fs in sets.values() for h in fs.selection_hashes()})
+    return FeatureSet(
+        template.model,
+        template.saes,
+        method,
+        "heldout",
+        {"harmful": {"name": "category train prompts", "n": len(hashes), "prompt_hashes": hashes}},
+        list(latents),
+        {"mode": "scale", "value": value, "k": len(latents)},
+        info={"categories": sorted(sets)},
+    )
+
+
+def _pairs(rows: Any) -> tuple[tuple[int, int], ...]:
+    """(layer, latent) pairs of scored rows (or of pairs)."""
+    return tuple((int(row[0]), int(row[1])) for row in rows)
+
+
+def _rate(values: np.ndarray, seed: int) -> dict[str, Any]:
+    estimate = bootstrap_mean(values.astype(float), seed=seed)
+    return {
+        "mean": round(estimate.mean, 4),
+        "ci95": [round(estimate.low, 4), round(estimate.high, 4)],
+        "n": estimate.n,
+    }
+
+
+def _normalised(refused: np.ndarray, base: np.ndarray, seed: int) -> dict[str, Any]:
+    rate = _rate(refused, seed)
+    base_rate = float(base.mean())
+    return {
+        "refusal": rate,
+        "normalised": None if base_rate == 0 else round(rate["mean"] / base_rate, 4),
+    }
+
+
+def categories_job(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    saes_path: str,
+    refusal: FeatureSet,
+    direction: Direction,
+    direction_path: str,
+    settings: CategorySettings,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    run = RunDir(out)
+    run.write_manifest("categories", settings_dict(settings), lm.identity(), settings.seed)
+    saes.check_model(lm)
+    direction.check_model(lm)
+    refusal.check_saes(saes)
+    splits = category_splits(settings, data_dir)
+    token = (refusal.info.get("refusal_token") or {}).get("string")
+    sets = select_per_category(
+        lm, formatter, token, saes_path, direction_path, splits, settings, run, data_dir, echo
+    )
+    common, specific = common_and_specific(sets, settings.k, settings.common_fraction)
+    if not common:
+        raise UserError(
+            f"no latent is in the sets of at least {settings.common_fraction:.0%} of the "
+            f"{len(sets)} categories; lower common_fraction (the selections are kept and reused)"
+        )
+    value = settings.scale if settings.scale is not None else float(refusal.intervention["value"])
+    _feature_set(refusal, "common", common, sets, value).save(run.path / "common")
+    harm = sorted({row for rows in specific.values() for row in rows}, key=lambda r: -r[2])
+    _feature_set(refusal, "specific", harm[: settings.k], sets, value).save(run.path / "harm")
+    tests = {c: test for c, (_, test) in splits.items()}
+    everything = PromptSet("all categories", tuple(p for t in tests.values() for p in t))
+    frequency = latent_statistics(
+        lm, formatter, saes, everything.texts(), batch_size=settings.batch_size, progress=False
+    ).frequency
+    rows: list[dict[str, Any]] = []
+    with analysis_context(
+        lm,
+        formatter,
+        run,
+        judges=(settings.judge,),
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        data_dir=data_dir,
+        device=device,
+        cache_dir=cache_dir,
+        echo=echo,
+    ) as ctx:
+
+        def refused_under(label: str, edits: list[Any], names: list[str]) -> dict[str, np.ndarray]:
+            arm = make_arm(ctx, label, label, "heldout", edits, (), saes if edits else None)
+            echo(f"steering: {label}")
+            got = refusals(ctx, [tests[c] for c in names], arm)
+            return dict(zip(names, got, strict=True))
+
+        def edit(latents: Scored | tuple, retain: Scored | tuple = ()) -> EditLatents:
+            return EditLatents(saes, _pairs(latents), "scale", value, retain=_pairs(retain))
+
+        names = list(tests)
+        base = refused_under("base", [], names)
+        conditions: dict[str, dict[str, np.ndarray]] = {"base": base}
+
+        def common_on(c: str) -> np.ndarray:
+            label = f"common, {c}'s specific retained"
+            return refused_under(label, [edit(common, specific[c])], [c])[c]
+
+        conditions["common (specific retained)"] = {c: common_on(c) for c in names}
+        specific_runs = {  # a's specific set on a's prompts, and on every other's with transfer
+            a: refused_under(
+                f"specific of {a}, common retained",
+                [edit(specific[a], common)],
+                names if settings.transfer else [a],
+            )
+            for a in names
+            if specific[a]
+        }
+        conditions["specific (common retained)"] = {c: runs[c] for c, runs in specific_runs.items()}
+        for seed in settings.random_seeds:
+            matched = _pairs(matched_random(_pairs(common), frequency, seed))
+            conditions[f"random (seed {seed})"] = refused_under(
+                f"random matched to common (seed {seed})", [edit(matched)], names
+            )
+    for condition, by_category in conditions.items():
+        for c, refused in by_category.items():
+            rows.append(
+                {
+                    "category": c,
+                    "condition": condition,
+                    **_normalised(refused, base[c], settings.seed),
+                }
+            )
+    transfer = [
+        {"latents_of": a, "prompts_of": b, **_normalised(runs[b], base[b], settings.seed)}
+        for a, runs in specific_runs.items()
+        for b in runs
+        if settings.transfer
+    ]
+    summary = {
+        "model": lm.identity(),
+        "settings": settings_dict(settings),
+        "scale": value,
+        "categories": {c: {"train": len(tr), "test": len(te)} for c, (tr, te) in splits.items()},
+        "common": [list(row) for row in common],
+        "specific": {c: [list(row) for row in rows_] for c, rows_ in specific.items()},
+        "rows": rows,
+        "transfer": transfer,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(run.file("categories.json"), summary)
+    (run.path / "categories.md").write_text(categories_markdown(summary))
+    return summary
+
+
+def _cell(entry: dict[str, Any]) -> str:
+    low, high = entry["ci95"]
+    return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def categories_markdown(summary: dict[str, Any]) -> str:
+    layers = sorted({row[0] for row in summary["common"]})
+    lines = [
+        "# Category-specific and common latents",
+        "",
+        f"{len(summary['common'])} common latents (layers {layers}) in the sets of at least "
+        f"{summary['settings']['common_fraction']:.0%} of {len(summary['categories'])} "
+        f"categories of {summary['settings']['dataset']}; each clamped with scale "
+        f"{summary['scale']:g}. Refusal rate on each category's test prompts [95% CI], and "
+        "normalised by the category's base rate.",
+        "",
+        "| category | condition | refusal | normalised |",
+        "|---|---|---|---|",
+    ]
+    for row in summary["rows"]:
+        norm = "-" if row["normalised"] is None else f"{row['normalised']:.2f}"
+        lines.append(
+            f"| {row['category']} | {row['condition']} | {_cell(row['refusal'])} | {norm} |"
+        )
+    if summary["transfer"]:
+        lines += ["", "Transfer: one category's specific latents on another's prompts.", ""]
+        lines += ["| latents of | prompts of | refusal | normalised |", "|---|---|---|---|"]
+        for row in summary["transfer"]:
+            norm = "-" if row["normalised"] is None else f"{row['normalised']:.2f}"
+            lines.append(
+                f"| {row['latents_of']} | {row['prompts_of']} | {_cell(row['refusal'])} | {norm} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
