@@ -1,4 +1,4 @@
-"""Commands of the analyses (method.md section 6): categories, probes, jailbreaks."""
+"""Commands of the analyses (method.md section 6): categories, circuits, probes, jailbreaks."""
 
 from __future__ import annotations
 
@@ -125,6 +125,46 @@ def categories_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out", default=None, help="output folder (default: RUN/analyses/categories)"
+    )
+
+
+def cmd_circuits(args: argparse.Namespace) -> int:
+    from ..analyses.circuits import QUICK_CIRCUITS, CircuitSettings, circuits_job
+    from ..features import FeatureSet
+    from ..saes import SAESet
+
+    settings = _settings(args, CircuitSettings, "circuits", QUICK_CIRCUITS, [])
+    paths, out = _inputs(args, "circuits")
+    harm = args.harm_latents or (
+        str(Path(args.run) / "analyses" / "categories" / "harm") if args.run else None
+    )
+    if harm is None:
+        raise UserError("pass --harm-latents (the harm set of `refusal-lens categories`) or --run")
+    lm, formatter = load_lm(args)
+    summary = circuits_job(
+        lm,
+        formatter,
+        SAESet.load(paths["saes"]),
+        FeatureSet.load(paths["latents"]),
+        FeatureSet.load(harm),
+        settings,
+        out,
+        data_dir=args.data_dir,
+    )
+    print((Path(out) / "circuits.md").read_text(), end="")
+    print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / 'circuits.json'}")
+    return 0
+
+
+def circuits_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, "circuits")
+    parser.add_argument(
+        "--harm-latents",
+        default=None,
+        help="upstream latents (default: RUN/analyses/categories/harm, from `categories`)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: RUN/analyses/circuits)"
     )
 
 

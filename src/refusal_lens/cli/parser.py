@@ -70,6 +70,11 @@ EXAMPLES = {
         refusal-lens categories --run runs/bench --dataset harmbench_test --data-dir DATA \\
             --set common_fraction=0.8
     """,
+    "circuits": """
+        refusal-lens circuits --run runs/quickstart --quick --data-dir DATA   # after categories
+        refusal-lens circuits --saes SAES --latents runs/cat/common --harm-latents runs/cat/harm \\
+            --direction runs/qwen05 --data-dir DATA --out runs/circuits
+    """,
     "jailbreaks": """
         refusal-lens jailbreaks --run runs/quickstart --quick --data-dir DATA
         refusal-lens jailbreaks --run runs/bench --source gptfuzz --data-dir DATA
@@ -621,7 +626,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(probes)
     _add_data_arg(probes)
-    from .analyses import categories_arguments, jailbreaks_arguments, probes_arguments
+    from .analyses import (
+        categories_arguments,
+        circuits_arguments,
+        jailbreaks_arguments,
+        probes_arguments,
+    )
 
     categories = command(
         "categories",
@@ -633,6 +643,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(categories)
     _add_data_arg(categories)
     categories_arguments(categories)
+    circuits = command(
+        "circuits",
+        "Upstream harm latents -> downstream refusal latents: edges by attribution patching "
+        "(SAE errors as nodes), checked against real patching; the clamp test (harm latents "
+        "suppressed from their most salient position on) against a matched random set.",
+    )
+    _add_model_args(circuits)
+    _add_data_arg(circuits)
+    circuits_arguments(circuits)
 
     probes_arguments(probes)
     jailbreaks = command(

@@ -1,0 +1,492 @@
+"""Upstream harm latents -> downstream refusal latents (method.md section 6).
+
+Edges. The effect of an upstream latent u (layer l) on a downstream latent d (layer l' > l) is
+the change of d's activity (its mean activation over the last template tokens) when u is set
+to zero at every content position (the instruction and the template after the fixed header).
+Attribution patching estimates all edges at once: with g = d(activity of d)/dh_l (the residual
+gradient through the real model, every path included), edge(u, d) = sum over positions of
+delta_u . g, where delta_u = D(f with f_u = 0) - D(f) is the residual change of zeroing u; the
+SAE error at layer l is a node of its own (its edge: zeroing the error, -e . g). Causality
+needs no mask: a position only reaches later ones. The estimate is checked against real
+patching (zero u, rerun, read d) on a sample, as the refusal-latent attributions are.
+
+Clamp test. For each prompt, the upstream set's most salient content position (the largest
+summed activation) is found, the set is clamped from there on, and the downstream refusal
+activity on the last template tokens is compared with the clean run (paper: -45%), against a
+random upstream set matched by layer and activation frequency, clamped from the same position.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..attribution import position_mask, rank_correlation
+from ..config import settings_dict
+from ..data import load_prompts
+from ..errors import UserError
+from ..evaluation.statistics import bootstrap_mean
+from ..features import FeatureSet, latent_statistics, matched_random
+from ..generation import length_sorted_batches
+from ..hooks import HookPoint, add_hooks, record
+from ..interventions import EditLatents, apply, bind
+from ..models import ChatFormatter, LoadedModel
+from ..runs import RunDir, write_json
+from ..saes import SAESet
+from .jailbreaks import difference
+
+Pairs = Sequence[tuple[int, int]]
+ERROR = -1  # the latent index of an SAE error node
+
+
+@dataclass(frozen=True)
+class CircuitSettings:
+    dataset: str = "harmful_test"  # held-out prompts the edges are averaged over
+    n_prompts: int = 64
+    k: int | None = None  # downstream refusal latents: top k of their set (None: its k)
+    k_upstream: int | None = None  # upstream harm latents: top k of their set (None: all)
+    positions: int | None = None  # last template tokens read (None: the template's count)
+    n_validate: int = 16  # prompts of the real-patching check
+    clamp_value: float = 0.0  # the upstream set is set to this value (0: suppressed)
+    random_seeds: tuple[int, ...] = (0,)
+    top_edges: int = 30
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_prompts", "n_validate", "top_edges", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+QUICK_CIRCUITS: dict[str, Any] = {"n_prompts": 16, "n_validate": 8}
+
+
+def _activity(
+    saes: SAESet, acts: dict[int, torch.Tensor], downstream: Pairs, positions: int
+) -> torch.Tensor:
+    """`[batch, len(downstream)]`: each latent's mean activation over the last positions."""
+    columns = []
+    for layer, latent in downstream:
+        sae = saes[HookPoint(layer, "resid_post")]
+        values = sae.encode_latents(acts[layer][:, -positions:], torch.tensor([latent]))
+        columns.append(values[..., 0].mean(dim=1))
+    return torch.stack(columns, dim=1)
+
+
+def _zeroed_deltas(
+    saes: SAESet, h: torch.Tensor, layer: int, latents: Sequence[int], mask: torch.Tensor
+) -> list[torch.Tensor]:
+    """Residual change of zeroing each latent (or, for ERROR, the SAE error) at the masked
+    positions: `[batch, seq, d_model]` each."""
+    sae = saes[HookPoint(layer, "resid_post")]
+    keep = mask.unsqueeze(-1).to(h.dtype)
+    out = []
+    for latent in latents:
+        if latent == ERROR:
+            delta = -(sae.error(h.float())).to(h.dtype)
+        else:
+            delta = sae.steer(h, torch.tensor([latent]), lambda v: torch.zeros_like(v)) - h
+        out.append(delta * keep)
+    return out
+
+
+def _batch_edges(
+    lm: LoadedModel,
+    saes: SAESet,
+    batch: Any,
+    mask: torch.Tensor,
+    upstream: Pairs,
+    downstream: Pairs,
+    positions: int,
+) -> np.ndarray:
+    """Edges summed over one batch: one forward, one backward per downstream latent."""
+    up_layers = sorted({layer for layer, _ in upstream})
+    down_layers = sorted({layer for layer, _ in downstream})
+    zeros: dict[int, torch.Tensor] = {}
+    clean: dict[int, torch.Tensor] = {}
+    down: dict[int, torch.Tensor] = {}
+
+    def hook(act: torch.Tensor, point: HookPoint) -> torch.Tensor:
+        if point.layer in up_layers:  # a zero the gradient of every downstream path reaches
+            clean[point.layer] = act.detach()
+            zeros[point.layer] = torch.zeros_like(act, requires_grad=True)
+            act = act + zeros[point.layer]
+        if point.layer in down_layers:
+            down[point.layer] = act
+        return act
+
+    edges = np.zeros((len(upstream), len(downstream)))
+    points = [HookPoint(layer, "resid_post") for layer in sorted({*up_layers, *down_layers})]
+    with torch.enable_grad(), add_hooks(lm.model, [(p, hook) for p in points]):
+        lm.model(**batch.forward_kwargs(), use_cache=False, logits_to_keep=1)
+        activity = _activity(saes, down, downstream, positions).float().sum(dim=0)
+        for j, (d_layer, _) in enumerate(downstream):
+            below = [layer for layer in up_layers if layer < d_layer]
+            if not below:
+                continue
+            grads = torch.autograd.grad(
+                activity[j], [zeros[layer] for layer in below], retain_graph=True
+            )
+            for layer, grad in zip(below, grads, strict=True):
+                rows = [i for i, (u_layer, _) in enumerate(upstream) if u_layer == layer]
+                with torch.no_grad():
+                    deltas = _zeroed_deltas(
+                        saes, clean[layer], layer, [upstream[i][1] for i in rows], mask
+                    )
+                    for i, delta in zip(rows, deltas, strict=True):
+                        edges[i, j] += float((delta.float() * grad.float()).sum())
+    return edges
+
+
+def edge_attribution(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    upstream: Pairs,
+    downstream: Pairs,
+    texts: Sequence[str],
+    *,
+    positions: int,
+    batch_size: int,
+    progress: bool = True,
+) -> np.ndarray:
+    """`[len(upstream), len(downstream)]`: the estimated change of each downstream latent's
+    mean activity (averaged over prompts) when the upstream latent is zeroed at the content
+    positions; NaN where the upstream latent is not below the downstream one. Upstream pairs
+    with latent ERROR stand for their layer's SAE error."""
+    if not texts:
+        raise UserError("no prompts for the edge attribution: the prompt list is empty")
+    edges = np.zeros((len(upstream), len(downstream)))
+    for indices in tqdm(
+        length_sorted_batches(list(texts), batch_size),
+        desc="edge attribution",
+        unit="batch",
+        disable=not progress,
+    ):
+        batch = formatter.encode([texts[i] for i in indices]).to(lm.device)
+        mask = position_mask(batch, formatter, "prompt")
+        edges += _batch_edges(lm, saes, batch, mask, upstream, downstream, positions)
+    edges /= len(texts)
+    for i, (u_layer, _) in enumerate(upstream):
+        for j, (d_layer, _) in enumerate(downstream):
+            if u_layer >= d_layer:
+                edges[i, j] = np.nan
+    return edges
+
+
+@torch.no_grad()
+def patched_edges(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    upstream: Pairs,
+    downstream: Pairs,
+    texts: Sequence[str],
+    *,
+    positions: int,
+    batch_size: int,
+    fraction: float = 1.0,
+) -> np.ndarray:
+    """The same quantity as `edge_attribution`, by real patching: each upstream latent scaled
+    by 1 - `fraction` from the instruction's first token on, the model rerun, the downstream
+    activity read, the change divided by `fraction` (1: zeroed; small: a finite difference)."""
+    points = [HookPoint(layer, "resid_post") for layer in sorted({d for d, _ in downstream})]
+    effects = np.zeros((len(upstream), len(downstream)))
+
+    def read(chunk: list[str], interventions: list[Any]) -> torch.Tensor:
+        batch = formatter.encode(chunk).to(lm.device)
+        bound = bind(interventions, chunk, batch.attention_mask)
+        with apply(lm.model, bound), record(lm.model, points) as acts:
+            lm.model(**batch.forward_kwargs(), use_cache=False, logits_to_keep=1)
+        layers = {p.layer: acts[p][0] for p in points}
+        return _activity(saes, layers, downstream, positions).float().sum(dim=0)
+
+    for indices in length_sorted_batches(list(texts), batch_size):
+        chunk = [texts[i] for i in indices]
+        base = read(chunk, [])
+        for i, pair in enumerate(upstream):
+            scaled = EditLatents(
+                saes,
+                (pair,),
+                "scale",
+                1.0 - fraction,
+                positions="prompt",
+                edit_sinks=True,
+                from_position=formatter.n_pre_instruction,
+            )
+            effects[i] += (read(chunk, [scaled]) - base).cpu().numpy() / fraction
+    return effects / len(texts)
+
+
+def salient_positions(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    latents: Pairs,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+) -> list[int]:
+    """Per prompt, the content position (from the formatted prompt's first real token) where
+    the set's summed activation is largest."""
+    points = [HookPoint(layer, "resid_post") for layer in sorted({layer for layer, _ in latents})]
+    out = [0] * len(texts)
+    with torch.no_grad():
+        for indices in length_sorted_batches(list(texts), batch_size):
+            batch = formatter.encode([texts[i] for i in indices]).to(lm.device)
+            mask = position_mask(batch, formatter, "prompt")
+            with record(lm.model, points) as acts:
+                lm.model(**batch.forward_kwargs(), use_cache=False, logits_to_keep=1)
+            total = torch.zeros(mask.shape)
+            for layer, latent in latents:
+                sae = saes[HookPoint(layer, "resid_post")]
+                act = acts[HookPoint(layer, "resid_post")][0]
+                total += sae.encode_latents(act, torch.tensor([latent]))[..., 0].float().cpu()
+            total = total.masked_fill(~mask.cpu(), -torch.inf)
+            pads = (batch.attention_mask == 0).sum(dim=1).cpu()
+            for row, i in enumerate(indices):
+                out[i] = int(total[row].argmax()) - int(pads[row])
+    return out
+
+
+@torch.no_grad()
+def clamp_drops(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    upstream: Pairs,
+    downstream: Pairs,
+    texts: Sequence[str],
+    starts: Sequence[int],
+    *,
+    value: float,
+    positions: int,
+) -> np.ndarray:
+    """Per prompt: 1 - (downstream activity with the upstream set clamped to `value` from the
+    prompt's start position on) / (clean downstream activity); NaN where it is zero."""
+    points = [HookPoint(layer, "resid_post") for layer in sorted({d for d, _ in downstream})]
+    drops = np.full(len(texts), np.nan)
+    for i, (text, start) in enumerate(zip(texts, starts, strict=True)):
+        batch = formatter.encode([text]).to(lm.device)
+        kwargs = {**batch.forward_kwargs(), "use_cache": False, "logits_to_keep": 1}
+        totals = []
+        clamp = EditLatents(
+            saes, tuple(upstream), "set", value, "prompt", from_position=start, edit_sinks=True
+        )
+        for edits in ([], [clamp]):
+            with apply(lm.model, edits), record(lm.model, points) as acts:
+                lm.model(**kwargs)
+            layers = {p.layer: acts[p][0] for p in points}
+            totals.append(float(_activity(saes, layers, downstream, positions).sum()))
+        if totals[0] > 0:
+            drops[i] = 1.0 - totals[1] / totals[0]
+    return drops
+
+
+def _estimate(values: np.ndarray, seed: int) -> dict[str, Any] | None:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    e = bootstrap_mean(finite, seed=seed)
+    return {"mean": round(e.mean, 4), "ci95": [round(e.low, 4), round(e.high, 4)], "n": e.n}
+
+
+def circuits_job(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    refusal: FeatureSet,
+    harm: FeatureSet,
+    settings: CircuitSettings,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    run = RunDir(out)
+    run.write_manifest("circuits", settings_dict(settings), lm.identity(), settings.seed)
+    saes.check_model(lm)
+    for feature_set in (refusal, harm):
+        feature_set.check_model(lm)
+        feature_set.check_saes(saes)
+    positions = settings.positions or formatter.n_post_instruction
+    downstream = list(refusal.top(settings.k))
+    upstream = [p for p in harm.top(settings.k_upstream) if p not in set(downstream)]
+    if not any(u < max(d for d, _ in downstream) for u, _ in upstream):
+        raise UserError(
+            "no upstream latent lies below a downstream one: the harm latents must include "
+            "layers under the refusal latents' deepest layer"
+        )
+    prompts = load_prompts(settings.dataset, data_dir=data_dir, limit=settings.n_prompts)
+    harm.check_held_out(prompts)
+    refusal.check_held_out(prompts)
+    texts = prompts.texts()
+    errors = [(layer, ERROR) for layer in sorted({u for u, _ in upstream})]
+    nodes = upstream + errors
+    echo(f"edges: {len(nodes)} upstream nodes x {len(downstream)} downstream latents")
+    edges = edge_attribution(
+        lm,
+        formatter,
+        saes,
+        nodes,
+        downstream,
+        texts,
+        positions=positions,
+        batch_size=settings.batch_size,
+    )
+    sample = texts[: settings.n_validate]
+    estimated = edge_attribution(
+        lm,
+        formatter,
+        saes,
+        upstream,
+        downstream,
+        sample,
+        positions=positions,
+        batch_size=settings.batch_size,
+        progress=False,
+    )
+    patched = patched_edges(
+        lm,
+        formatter,
+        saes,
+        upstream,
+        downstream,
+        sample,
+        positions=positions,
+        batch_size=settings.batch_size,
+    )
+    valid = np.isfinite(estimated)
+    a, b = torch.tensor(estimated[valid]), torch.tensor(patched[valid])
+    validation = {
+        "n_prompts": len(sample),
+        "n_edges": int(valid.sum()),
+        "pearson": float(np.corrcoef(a, b)[0, 1]) if valid.sum() > 2 else None,
+        "spearman": rank_correlation(a, b),
+    }
+    starts = salient_positions(lm, formatter, saes, upstream, texts, batch_size=settings.batch_size)
+    clamp = {
+        "harm latents": clamp_drops(
+            lm,
+            formatter,
+            saes,
+            upstream,
+            downstream,
+            texts,
+            starts,
+            value=settings.clamp_value,
+            positions=positions,
+        )
+    }
+    frequency = latent_statistics(
+        lm, formatter, saes, texts, batch_size=settings.batch_size, progress=False
+    ).frequency
+    for seed in settings.random_seeds:
+        matched = [
+            (layer, latent) for layer, latent, _ in matched_random(upstream, frequency, seed)
+        ]
+        clamp[f"random (seed {seed})"] = clamp_drops(
+            lm,
+            formatter,
+            saes,
+            matched,
+            downstream,
+            texts,
+            starts,
+            value=settings.clamp_value,
+            positions=positions,
+        )
+    harm_drops = clamp["harm latents"]
+    clamp_rows = [
+        {
+            "upstream": name,
+            "drop": _estimate(drops, settings.seed),
+            "difference_to_harm": None
+            if name == "harm latents"
+            else difference(harm_drops, drops, seed=settings.seed),
+        }
+        for name, drops in clamp.items()
+    ]
+    ranked = sorted(
+        (
+            (i, j)
+            for i in range(len(nodes))
+            for j in range(len(downstream))
+            if np.isfinite(edges[i, j])
+        ),
+        key=lambda ij: -abs(edges[ij]),
+    )
+    top = [
+        {
+            "upstream": {
+                "layer": nodes[i][0],
+                "latent": nodes[i][1] if nodes[i][1] != ERROR else "error",
+            },
+            "downstream": {"layer": downstream[j][0], "latent": downstream[j][1]},
+            "effect": round(float(edges[i, j]), 6),
+        }
+        for i, j in ranked[: settings.top_edges]
+    ]
+    summary = {
+        "model": lm.identity(),
+        "settings": settings_dict(settings),
+        "positions": positions,
+        "upstream": [list(p) for p in upstream],
+        "downstream": [list(p) for p in downstream],
+        "n_prompts": len(texts),
+        "edges": top,
+        "validation": validation,
+        "clamp": clamp_rows,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(run.file("circuits.json"), summary)
+    (run.path / "circuits.md").write_text(circuits_markdown(summary))
+    return summary
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "-"
+    low, high = entry["ci95"]
+    return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def circuits_markdown(summary: dict[str, Any]) -> str:
+    v = summary["validation"]
+    lines = [
+        "# Upstream harm latents -> downstream refusal latents",
+        "",
+        f"{len(summary['upstream'])} upstream latents (plus their layers' SAE errors), "
+        f"{len(summary['downstream'])} downstream refusal latents, {summary['n_prompts']} "
+        f"held-out prompts; downstream activity on the last {summary['positions']} template "
+        f"tokens. Attribution vs real patching on {v['n_prompts']} prompts, {v['n_edges']} "
+        f"edges: Pearson {v['pearson'] if v['pearson'] is None else round(v['pearson'], 3)}, "
+        f"Spearman {round(v['spearman'], 3)}.",
+        "",
+        "Clamp test (upstream set clamped from its most salient content position on; drop of "
+        "the downstream refusal activity; paper: 0.45):",
+        "",
+        "| upstream | drop [95% CI] | harm minus this (p) |",
+        "|---|---|---|",
+    ]
+    for row in summary["clamp"]:
+        diff = row["difference_to_harm"]
+        tail = "-" if diff is None else f"{_cell(diff)} (p={diff['p_value']:.3f})"
+        lines.append(f"| {row['upstream']} | {_cell(row['drop'])} | {tail} |")
+    lines += ["", "Strongest edges:", "", "| upstream | downstream | effect |", "|---|---|---|"]
+    for edge in summary["edges"][:15]:
+        u, d = edge["upstream"], edge["downstream"]
+        lines.append(
+            f"| L{u['layer']}:{u['latent']} | L{d['layer']}:{d['latent']} | {edge['effect']:+.4f} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
