@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import UserError
-from .analyses import cmd_categories, cmd_circuits, cmd_jailbreaks, cmd_probes
+from .analyses import cmd_categories, cmd_circuits, cmd_jailbreaks, cmd_minimal, cmd_probes
 from .evaluation import (
     cmd_benchmark,
     cmd_judge_agreement,
@@ -44,6 +44,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "judges": cmd_judges,
     "categories": cmd_categories,
     "circuits": cmd_circuits,
+    "minimal": cmd_minimal,
     "probes": cmd_probes,
     "jailbreaks": cmd_jailbreaks,
     "results": cmd_results,

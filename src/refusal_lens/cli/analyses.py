@@ -1,4 +1,5 @@
-"""Commands of the analyses (method.md section 6): categories, circuits, probes, jailbreaks."""
+"""Commands of the analyses (method.md section 6): categories, circuits, probes, jailbreaks,
+minimal sets."""
 
 from __future__ import annotations
 
@@ -166,6 +167,35 @@ def circuits_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=None, help="output folder (default: RUN/analyses/circuits)"
     )
+
+
+def cmd_minimal(args: argparse.Namespace) -> int:
+    from ..analyses.minimal import QUICK_MINIMAL, MinimalSettings, minimal_job
+    from ..features import FeatureSet
+    from ..saes import SAESet
+
+    settings = _settings(args, MinimalSettings, "minimal", QUICK_MINIMAL, [])
+    paths, out = _inputs(args, "minimal")
+    lm, formatter = load_lm(args)
+    summary = minimal_job(
+        lm,
+        formatter,
+        SAESet.load(paths["saes"]),
+        FeatureSet.load(paths["latents"]),
+        settings,
+        out,
+        data_dir=args.data_dir,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    print((Path(out) / "minimal.md").read_text(), end="")
+    print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / 'minimal.json'}")
+    return 0
+
+
+def minimal_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, "minimal")
+    parser.add_argument("--out", default=None, help="output folder (default: RUN/analyses/minimal)")
 
 
 def cmd_jailbreaks(args: argparse.Namespace) -> int:

@@ -75,6 +75,11 @@ EXAMPLES = {
         refusal-lens circuits --saes SAES --latents runs/cat/common --harm-latents runs/cat/harm \\
             --direction runs/qwen05 --data-dir DATA --out runs/circuits
     """,
+    "minimal": """
+        refusal-lens minimal --run runs/quickstart --quick --data-dir DATA
+        refusal-lens minimal --saes SAES --latents runs/ours/latents.json --data-dir DATA \\
+            --set keep=0.8 --out runs/minimal
+    """,
     "jailbreaks": """
         refusal-lens jailbreaks --run runs/quickstart --quick --data-dir DATA
         refusal-lens jailbreaks --run runs/bench --source gptfuzz --data-dir DATA
@@ -630,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         categories_arguments,
         circuits_arguments,
         jailbreaks_arguments,
+        minimal_arguments,
         probes_arguments,
     )
 
@@ -652,6 +658,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(circuits)
     _add_data_arg(circuits)
     circuits_arguments(circuits)
+    minimal = command(
+        "minimal",
+        "Minimal latent set (greedy pruning that keeps a share of the set's effect on the "
+        "refusal score) and pairwise interactions (redundant latents), with a matched random "
+        "control and a held-out check by generation.",
+    )
+    _add_model_args(minimal)
+    _add_data_arg(minimal)
+    minimal_arguments(minimal)
 
     probes_arguments(probes)
     jailbreaks = command(
