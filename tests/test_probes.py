@@ -219,3 +219,17 @@ def test_probes_job_on_a_tiny_model_resumes_from_its_folder(
     monkeypatch.setattr(tiny.model, "forward", no_more)  # residuals come from the cache too
     second = job()
     assert second["rows"] == first["rows"]
+
+
+def test_test_prompts_leave_out_what_the_latents_were_selected_on(shared_data: Path) -> None:
+    from refusal_lens.analyses.probes import build_examples
+    from refusal_lens.data import load_prompts
+    from refusal_lens.features import prompt_hash
+
+    first = load_prompts("harmful_test", data_dir=shared_data)[0].text
+    settings = ProbeSettings(n_train=8, n_test=4, n_adversarial=2, sources=("suffixes",))
+    plain, _ = build_examples(settings, str(shared_data))
+    assert first in plain["test"].texts
+    plain, ood = build_examples(settings, str(shared_data), {prompt_hash(first)})
+    assert first not in plain["test"].texts and len(plain["test"].texts) == 8
+    assert first not in ood["suffixes"].texts

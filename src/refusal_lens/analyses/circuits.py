@@ -33,7 +33,7 @@ from ..config import settings_dict
 from ..data import load_prompts
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
-from ..features import FeatureSet, latent_statistics, matched_random
+from ..features import FeatureSet, latent_statistics, matched_random, prompt_hash
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, add_hooks, record
 from ..interventions import EditLatents, apply, bind
@@ -326,10 +326,11 @@ def circuits_job(
             "no upstream latent lies below a downstream one: the harm latents must include "
             "layers under the refusal latents' deepest layer"
         )
-    prompts = load_prompts(settings.dataset, data_dir=data_dir, limit=settings.n_prompts)
-    harm.check_held_out(prompts)
-    refusal.check_held_out(prompts)
-    texts = prompts.texts()
+    banned = harm.selection_hashes() | refusal.selection_hashes()
+    prompts = load_prompts(settings.dataset, data_dir=data_dir)
+    texts = [t for t in prompts.texts() if prompt_hash(t) not in banned][: settings.n_prompts]
+    if not texts:
+        raise UserError(f"every prompt of {settings.dataset} selected the latents; use another")
     errors = [(layer, ERROR) for layer in sorted({u for u, _ in upstream})]
     nodes = upstream + errors
     echo(f"edges: {len(nodes)} upstream nodes x {len(downstream)} downstream latents")

@@ -27,7 +27,7 @@ from ..config import settings_dict
 from ..data import load_prompts
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
-from ..features import FeatureSet, latent_statistics, matched_random
+from ..features import FeatureSet, latent_statistics, matched_random, prompt_hash
 from ..interventions import EditLatents
 from ..judges.first_token import RefusalTokens, refusal_scores
 from ..models import ChatFormatter, LoadedModel
@@ -150,8 +150,10 @@ def minimal_job(
     full = list(features.top(settings.k))
     value = settings.scale if settings.scale is not None else float(features.intervention["value"])
     tokens = RefusalTokens.from_phrases(lm.tokenizer)
-    prompts = load_prompts(settings.dataset, data_dir=data_dir)
-    features.check_held_out(prompts)
+    banned = features.selection_hashes()
+    prompts = load_prompts(settings.dataset, data_dir=data_dir).filter(
+        lambda p: prompt_hash(p.text) not in banned
+    )
     base_scores = refusal_scores(
         lm, formatter, prompts.texts(), tokens, batch_size=settings.batch_size
     )
@@ -239,8 +241,12 @@ def _confirm(
     echo: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """Refusal rates by generation on held-out test prompts, one row per latent set."""
-    prompts = load_prompts(settings.test_dataset, data_dir=data_dir, limit=settings.n_test)
-    features.check_held_out(prompts)
+    banned = features.selection_hashes()
+    prompts = (
+        load_prompts(settings.test_dataset, data_dir=data_dir)
+        .filter(lambda p: prompt_hash(p.text) not in banned)
+        .head(settings.n_test)
+    )
     rows = []
     with analysis_context(
         lm,

@@ -38,7 +38,7 @@ from ..data.adversarial import gptfuzz_templates, load_adversarial, wrap
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, auroc_rows, bootstrap_statistic
-from ..features import FeatureSet, matched_random
+from ..features import FeatureSet, matched_random, prompt_hash
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
 from ..models import ChatFormatter, LoadedModel
@@ -123,30 +123,53 @@ def _split(prompts: PromptSet, val_fraction: float, seed: int) -> tuple[PromptSe
     )
 
 
+def _held_out(name: str, data_dir: str | None, banned: set[str], n: int) -> PromptSet:
+    """The first `n` prompts of a set that are not among `banned` (hashes of the prompts a
+    latent set was selected on)."""
+    prompts = load_prompts(name, data_dir=data_dir)
+    return prompts.filter(lambda p: prompt_hash(p.text) not in banned).head(n)
+
+
 def build_examples(
-    settings: ProbeSettings, data_dir: str | None
+    settings: ProbeSettings, data_dir: str | None, banned: set[str] | None = None
 ) -> tuple[dict[str, Examples], dict[str, Examples]]:
-    """(in-distribution splits fit / val / test, OOD sets by source)."""
+    """(in-distribution splits fit / val / test, OOD sets by source). Test prompts exclude
+    `banned` (the latent set's selection prompts)."""
+    banned = banned or set()
     harmful = load_prompts("harmful_train", data_dir=data_dir, limit=settings.n_train)
     harmless = load_prompts("harmless_train", data_dir=data_dir, limit=settings.n_train)
     harmful_fit, harmful_val = _split(harmful, settings.val_fraction, settings.seed)
     harmless_fit, harmless_val = _split(harmless, settings.val_fraction, settings.seed + 1)
-    test_harmful = load_prompts("harmful_test", data_dir=data_dir, limit=settings.n_test)
-    test_harmless = load_prompts("harmless_test", data_dir=data_dir, limit=settings.n_test)
+    test_harmful = _held_out("harmful_test", data_dir, banned, settings.n_test)
+    test_harmless = _held_out("harmless_test", data_dir, banned, settings.n_test)
     plain = {
         "fit": _examples("fit", [(harmful_fit, True, "plain"), (harmless_fit, False, "plain")]),
         "val": _examples("val", [(harmful_val, True, "plain"), (harmless_val, False, "plain")]),
         "test": _examples("test", [(test_harmful, True, "plain"), (test_harmless, False, "plain")]),
     }
     seen = PromptSet("train", (*harmful, *harmless))
+    seen_hashes = {prompt_hash(p.text) for p in seen} | banned
+    excluded = PromptSet(
+        "excluded",
+        (
+            *seen,
+            *load_prompts("harmful_test", data_dir=data_dir).filter(
+                lambda p: prompt_hash(p.text) in banned
+            ),
+        ),
+    )
     ood = {}
-    # OOD harmless controls: plain held-out harmless prompts the in-distribution test skipped
-    spare = load_prompts(
-        "harmless_test", data_dir=data_dir, limit=settings.n_test + settings.n_adversarial
+    # OOD harmless controls: held-out harmless prompts the in-distribution test did not use
+    spare = _held_out(
+        "harmless_test", data_dir, seen_hashes, settings.n_test + settings.n_adversarial
     )[settings.n_test :]
     for source in settings.sources:
         attacked = load_adversarial(
-            source, data_dir=data_dir, n=settings.n_adversarial, seed=settings.seed, exclude=seen
+            source,
+            data_dir=data_dir,
+            n=settings.n_adversarial,
+            seed=settings.seed,
+            exclude=excluded,
         )
         ood[attacked.name] = _ood_examples(source, attacked, spare, data_dir, settings)
     return plain, ood
@@ -500,11 +523,8 @@ def probes_job(
     features.check_model(lm)
     features.check_saes(saes)
     refusal_latents = check_families(saes, features, settings.k)
-    plain, ood = build_examples(settings, data_dir)
+    plain, ood = build_examples(settings, data_dir, features.selection_hashes())
     splits = {**plain, **ood}
-    for examples in splits.values():
-        if examples.name != "fit" and examples.name != "val":
-            features.check_held_out(PromptSet(examples.name, tuple(map(_plain, examples.texts))))
     if "refusal" in settings.targets:
         with analysis_context(
             lm,

@@ -9,7 +9,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import UserError
-from .analyses import cmd_categories, cmd_circuits, cmd_jailbreaks, cmd_minimal, cmd_probes
+from .analyses import (
+    cmd_analyze,
+    cmd_categories,
+    cmd_circuits,
+    cmd_jailbreaks,
+    cmd_minimal,
+    cmd_probes,
+)
 from .evaluation import (
     cmd_benchmark,
     cmd_judge_agreement,
@@ -42,6 +49,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "judge-agreement": cmd_judge_agreement,
     "judges": cmd_judges,
+    "analyze": cmd_analyze,
     "categories": cmd_categories,
     "circuits": cmd_circuits,
     "minimal": cmd_minimal,

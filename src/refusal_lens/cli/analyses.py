@@ -198,6 +198,40 @@ def minimal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: RUN/analyses/minimal)")
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ..analyses.suite import ANALYSES, RunInputs, analyze_job
+    from ..report import write_report
+
+    inputs = RunInputs.of(args.run)
+    if args.model == DEFAULT_MODEL_NAME:
+        args.model = inputs.model
+    only = tuple(name for name in (args.only or ",".join(ANALYSES)).split(",") if name)
+    lm, formatter = load_lm(args)
+    done = analyze_job(
+        lm,
+        formatter,
+        args.run,
+        only=only,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    for name, state in done.items():
+        print(f"{name}: {state}")
+    page, _ = write_report(args.run)
+    print(f"report: {page}")
+    return 0
+
+
+def analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="benchmark / run folder (its SAE set, direction, ours set)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (minutes each)")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated subset of the analyses (default: all)"
+    )
+
+
 def cmd_jailbreaks(args: argparse.Namespace) -> int:
     from ..analyses.jailbreaks import QUICK_JAILBREAKS, JailbreakSettings, jailbreaks_job
     from ..direction import Direction

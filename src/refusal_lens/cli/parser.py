@@ -75,6 +75,10 @@ EXAMPLES = {
         refusal-lens circuits --saes SAES --latents runs/cat/common --harm-latents runs/cat/harm \\
             --direction runs/qwen05 --data-dir DATA --out runs/circuits
     """,
+    "analyze": """
+        refusal-lens analyze runs/quickstart --quick --data-dir ../shared/datasets
+        refusal-lens analyze runs/bench --only categories,circuits --data-dir DATA
+    """,
     "minimal": """
         refusal-lens minimal --run runs/quickstart --quick --data-dir DATA
         refusal-lens minimal --saes SAES --latents runs/ours/latents.json --data-dir DATA \\
@@ -632,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(probes)
     _add_data_arg(probes)
     from .analyses import (
+        analyze_arguments,
         categories_arguments,
         circuits_arguments,
         jailbreaks_arguments,
@@ -667,6 +672,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(minimal)
     _add_data_arg(minimal)
     minimal_arguments(minimal)
+    analyze = command(
+        "analyze",
+        "Every analysis on a benchmark or run folder, in the method's order (categories, "
+        "circuits, jailbreaks, probes, minimal), each into RUN/analyses/NAME, then the report "
+        "again with their sections.",
+    )
+    _add_model_args(analyze)
+    _add_data_arg(analyze)
+    analyze_arguments(analyze)
 
     probes_arguments(probes)
     jailbreaks = command(

@@ -137,3 +137,37 @@ def search_grid(search: dict[str, Any]) -> bytes:
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     return _png(figure)
+
+
+def edge_graph(edges: Sequence[dict[str, Any]], *, title: str) -> bytes:
+    """Upstream nodes (left, by layer) to downstream latents (right): line width is the size of
+    the effect, red where zeroing the upstream node lowers the downstream latent."""
+    ups = sorted({(e["upstream"]["layer"], str(e["upstream"]["latent"])) for e in edges})
+    downs = sorted({(e["downstream"]["layer"], str(e["downstream"]["latent"])) for e in edges})
+    figure, axes = plt.subplots(figsize=(7.0, max(3.0, 0.32 * max(len(ups), len(downs)))))
+
+    def place(nodes: list[tuple[int, str]]) -> dict[tuple[int, str], float]:
+        return {node: (i + 0.5) / len(nodes) for i, node in enumerate(nodes)}
+
+    y_up, y_down = place(ups), place(downs)
+    largest = max((abs(e["effect"]) for e in edges), default=1.0) or 1.0
+    for e in edges:
+        u = (e["upstream"]["layer"], str(e["upstream"]["latent"]))
+        d = (e["downstream"]["layer"], str(e["downstream"]["latent"]))
+        axes.plot(
+            [0, 1],
+            [y_up[u], y_down[d]],
+            color=COLORS[3] if e["effect"] < 0 else COLORS[0],
+            linewidth=0.5 + 4.0 * abs(e["effect"]) / largest,
+            alpha=0.7,
+        )
+    for nodes, x, align in ((y_up, 0, "right"), (y_down, 1, "left")):
+        for (layer, latent), y in nodes.items():
+            axes.scatter([x], [y], color="k", s=12, zorder=3)
+            offset = -0.03 if align == "right" else 0.03
+            axes.text(x + offset, y, f"L{layer}:{latent}", ha=align, va="center", fontsize=7)
+    axes.set_xlim(-0.45, 1.45)
+    axes.set_ylim(0, 1)
+    axes.axis("off")
+    axes.set_title(title, fontsize=10)
+    return _png(figure)

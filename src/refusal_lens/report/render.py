@@ -10,7 +10,6 @@ Everything shown is read from the run folder: the report computes no result of i
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from collections.abc import Sequence
@@ -19,6 +18,8 @@ from typing import Any
 
 from ..errors import UserError
 from . import plots
+from .analyses import analyses_sections
+from .page import Page
 
 # method.md section 7: HarmBench-classifier jailbreak rate on HarmBench / JBB / AdvBench,
 # transductive protocol (per-prompt sets selected on the evaluation prompts).
@@ -51,47 +52,6 @@ METHOD_NAMES = {
     "random": "Random (control)",
 }
 METHOD_ORDER = ("base", "cossim", "actdiff", "ap", "ours", "direction", "random")
-
-
-class Page:
-    """Markdown and HTML built side by side, so the two always say the same thing."""
-
-    def __init__(self, title: str) -> None:
-        self.md: list[str] = [f"# {title}", ""]
-        self.html: list[str] = [f"<h1>{html.escape(title)}</h1>"]
-        self.figures: dict[str, bytes] = {}
-
-    def heading(self, text: str) -> None:
-        self.md += [f"## {text}", ""]
-        self.html.append(f"<h2>{html.escape(text)}</h2>")
-
-    def paragraph(self, text: str) -> None:
-        self.md += [text, ""]
-        self.html.append(f"<p>{html.escape(text)}</p>")
-
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-        self.md.append("| " + " | ".join(header) + " |")
-        self.md.append("|" + "---|" * len(header))
-        self.md += ["| " + " | ".join(row) + " |" for row in rows]
-        self.md.append("")
-        cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-        )
-        self.html.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>")
-
-    def figure(self, name: str, png: bytes, caption: str) -> None:
-        self.figures[name] = png
-        self.md += [f"![{caption}](figures/{name})", ""]
-        data = base64.b64encode(png).decode()
-        self.html.append(
-            f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
-
-    def raw_html(self, fragment: str, markdown: str) -> None:
-        self.html.append(fragment)
-        self.md += [markdown, ""]
 
 
 STYLE = """
@@ -353,77 +313,6 @@ def agreement_section(page: Page, paths: Sequence[Path]) -> None:
         return
 
 
-# method.md section 6: OOD accuracy of probes on Gemma-2-2B-IT (plain harmful vs adversarial
-# prompts that jailbreak the model); the dense figure came from a probe read on the wrong layer
-PAPER_PROBES = {"refusal latents": 0.87, "random latents": 0.50, "dense residual": 0.51}
-
-
-def _probe_cell(entry: dict[str, Any]) -> str:
-    if entry.get("mean") is None:
-        return "-"
-    low, high = entry["ci95"]
-    return f"{entry['mean']:.2f}" if low is None else f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
-
-
-def probes_section(page: Page, run: Path) -> None:
-    path = run / "analyses" / "probes" / "probes.json"
-    if not path.is_file():
-        return
-    summary = json.loads(path.read_text())
-    settings = summary["settings"]
-    page.heading("Linear probes in and out of distribution")
-    page.paragraph(
-        f"Logistic regression on last-token features, fitted on {settings['n_train']} plain "
-        "harmful and harmless train prompts per class; the regularisation (and the dense "
-        "residual's layer) chosen on validation prompts only; tested on held-out plain prompts "
-        "and on adversarial prompts. Target 'harmful': is the request harmful. Target "
-        "'refusal': does the model refuse (judge: "
-        f"{settings['judge']}, {settings['screen_tokens']} new tokens); its 'paper' subset is "
-        "Yeo et al.'s test (refused plain requests vs adversarial prompts that make the model "
-        "comply), where the paper reports accuracy "
-        + ", ".join(f"{k} {v:.2f}" for k, v in PAPER_PROBES.items())
-        + " (Gemma-2-2B-IT; the dense figure came from a probe read on the wrong layer)."
-    )
-    for target in dict.fromkeys(row["target"] for row in summary["rows"]):
-        rows = [r for r in summary["rows"] if r["target"] == target]
-        page.table(
-            ["target", "features", "test", "subset", "n", "accuracy [95% CI]", "AUROC", "chosen"],
-            [
-                [
-                    target,
-                    r["features"],
-                    r["test"],
-                    r["subset"],
-                    str(r["n"]),
-                    _probe_cell(r["accuracy"]),
-                    _probe_cell(r["auroc"]),
-                    f"{r['view']}, C={r['c']:g}",
-                ]
-                for r in rows
-            ],
-        )
-        tests = list(dict.fromkeys(f"{r['test']} ({r['subset']})" for r in rows))
-        series: dict[str, list[dict[str, Any] | None]] = {}
-        for r in rows:
-            entry = r["accuracy"]
-            low, high = entry["ci95"]
-            clean = {
-                "mean": entry["mean"],
-                "ci95": [
-                    low if low is not None else entry["mean"],
-                    high if high is not None else entry["mean"],
-                ],
-            }
-            series.setdefault(r["features"], [None] * len(tests))
-            series[r["features"]][tests.index(f"{r['test']} ({r['subset']})")] = clean
-        png = plots.grouped_bars(
-            tests, series, title=f"Probe accuracy, target {target}", ylabel="accuracy"
-        )
-        page.figure(f"probes_{target}.png", png, f"Probe accuracy (target {target}), 95% CI")
-    for target, why in summary.get("skipped", {}).items():
-        page.paragraph(f"Target {target} skipped: {why}.")
-
-
 def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Page:
     folder = Path(run)
     summary_path = folder / "benchmark.json"
@@ -452,7 +341,7 @@ def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Pag
     induction_section(page, summary)
     search_section(page, folder)
     cards_section(page, folder)
-    probes_section(page, folder)
+    analyses_sections(page, folder)
     agreement_section(
         page, [Path(agreement)] if agreement else [folder / "judges" / "agreement.json"]
     )

@@ -1,0 +1,273 @@
+"""Report sections of the analyses found in RUN/analyses/: each reads the JSON its command
+wrote and nothing else (method.md section 6; the paper's figures beside ours)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import plots
+from .page import Page
+
+# method.md section 6 (Gemma-2-2B-IT)
+PAPER_PROBES = {"refusal latents": 0.87, "random latents": 0.50, "dense residual": 0.51}
+PAPER_CLAMP_DROP = 0.45
+PAPER_JAILBREAK = (
+    "suffixes: -72% refusal activity on success, 'fictional' in 39 of 85; "
+    "WildJailbreak: -73% (success) vs -18% (failure), harm latents -49% vs -30%"
+)
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    if entry is None or entry.get("mean") is None:
+        return "-"
+    low, high = entry["ci95"]
+    return f"{entry['mean']:.2f}" if low is None else f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _with_p(entry: dict[str, Any] | None) -> str:
+    return "-" if entry is None else f"{_cell(entry)} (p={entry['p_value']:.3f})"
+
+
+def _clean(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry whose interval may be missing, with a zero-width one instead (for plots)."""
+    low, high = entry["ci95"]
+    mean = entry["mean"]
+    return {"mean": mean, "ci95": [mean if low is None else low, mean if high is None else high]}
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def categories_section(page: Page, run: Path) -> None:
+    summary = _load(run / "analyses" / "categories" / "categories.json")
+    if summary is None:
+        return
+    settings = summary["settings"]
+    page.heading("Category-specific and common latents")
+    layers = sorted({row[0] for row in summary["common"]})
+    page.paragraph(
+        f"A global latent set (ours, top {settings['k']}) per category of {settings['dataset']}, "
+        f"selected on that category's train prompts. {len(summary['common'])} latents are in the "
+        f"sets of at least {settings['common_fraction']:.0%} of the "
+        f"{len(summary['categories'])} categories (common, layers {layers}); the paper finds 7 "
+        "such latents in layers 11-17 of Gemma-2-2B-IT and 10 in layers 8-13 of "
+        "Llama-3.1-8B-IT. Each kind is clamped (scale "
+        f"{summary['scale']:g}) with the other pinned to its clean values; refusal rate on the "
+        "category's test prompts and its ratio to base."
+    )
+    page.table(
+        ["category", "condition", "refusal [95% CI]", "normalised"],
+        [
+            [
+                r["category"],
+                r["condition"],
+                _cell(r["refusal"]),
+                "-" if r["normalised"] is None else f"{r['normalised']:.2f}",
+            ]
+            for r in summary["rows"]
+        ],
+    )
+    categories = list(summary["categories"])
+    conditions = list(dict.fromkeys(r["condition"] for r in summary["rows"]))
+    series = {
+        condition: [
+            next(
+                (
+                    _clean(r["refusal"])
+                    for r in summary["rows"]
+                    if r["condition"] == condition and r["category"] == c
+                ),
+                None,
+            )
+            for c in categories
+        ]
+        for condition in conditions
+    }
+    png = plots.grouped_bars(categories, series, title="Refusal by category", ylabel="refusal")
+    page.figure("categories.png", png, "Refusal rate per category and condition, 95% CI")
+    if summary["transfer"]:
+        page.paragraph("Transfer: one category's specific latents on another category's prompts.")
+        page.table(
+            ["latents of", "prompts of", "refusal [95% CI]", "normalised"],
+            [
+                [
+                    r["latents_of"],
+                    r["prompts_of"],
+                    _cell(r["refusal"]),
+                    "-" if r["normalised"] is None else f"{r['normalised']:.2f}",
+                ]
+                for r in summary["transfer"]
+            ],
+        )
+
+
+def circuits_section(page: Page, run: Path) -> None:
+    summary = _load(run / "analyses" / "circuits" / "circuits.json")
+    if summary is None:
+        return
+    v = summary["validation"]
+    page.heading("Upstream harm latents -> downstream refusal latents")
+    pearson = "-" if v["pearson"] is None else f"{v['pearson']:.3f}"
+    page.paragraph(
+        f"Edges by attribution patching over {summary['n_prompts']} held-out prompts (SAE "
+        "errors are nodes too): the change of a downstream refusal latent's activity on the last "
+        f"{summary['positions']} template tokens when an upstream latent is zeroed. Checked "
+        f"against real patching on {v['n_prompts']} prompts ({v['n_edges']} edges): Pearson "
+        f"{pearson}, Spearman {v['spearman']:.3f}. Clamp test: the upstream set clamped from "
+        "its most salient content position on; the paper reports a "
+        f"{PAPER_CLAMP_DROP:.0%} drop of the downstream refusal latents."
+    )
+    page.table(
+        ["upstream set", "drop of downstream activity [95% CI]", "harm minus this (p)"],
+        [
+            [
+                r["upstream"],
+                _cell(r["drop"]),
+                _with_p(r["difference_to_harm"]),
+            ]
+            for r in summary["clamp"]
+        ],
+    )
+    if summary["edges"]:
+        png = plots.edge_graph(summary["edges"], title="Strongest edges (red: upstream drives it)")
+        page.figure("circuits.png", png, "Upstream -> downstream edges, width = effect size")
+
+
+def jailbreaks_sections(page: Page, run: Path) -> None:
+    for path in sorted((run / "analyses").glob("jailbreaks-*/jailbreaks.json")):
+        summary = json.loads(path.read_text())
+        settings = summary["settings"]
+        page.heading(f"Jailbreaks at the latent level ({settings['source']})")
+        page.paragraph(
+            f"{summary['n_refused_goals']} of {summary['n_goals']} plain requests refused; "
+            f"{summary['n_attacks']} attacks on them, success rate "
+            f"{_cell(summary['success_rate'])} (judges: {', '.join(settings['judges'])}). "
+            "Suppression = 1 - attacked / plain refusal-latent activity on the last "
+            f"{summary['positions']} template tokens. Paper: {PAPER_JAILBREAK}."
+        )
+        page.table(
+            ["latents", "suppression, successful", "suppression, failed", "difference (p)"],
+            [
+                [
+                    r["latents"],
+                    _cell(r["successful"]),
+                    _cell(r["failed"]),
+                    _with_p(r["difference"]),
+                ]
+                for r in summary["suppression"]
+            ],
+        )
+        words = summary.get("words") or {}
+        if words:
+            top = ", ".join(f"{w} ({n})" for w, n in words["top_words"][:10])
+            page.paragraph(
+                f"Word of a successful suffix whose removal restores the most refusal activity, "
+                f"over {words['n_successful']} successes: {top}."
+            )
+
+
+def probes_section(page: Page, run: Path) -> None:
+    summary = _load(run / "analyses" / "probes" / "probes.json")
+    if summary is None:
+        return
+    settings = summary["settings"]
+    page.heading("Linear probes in and out of distribution")
+    page.paragraph(
+        f"Logistic regression on last-token features, fitted on {settings['n_train']} plain "
+        "harmful and harmless train prompts per class; the regularisation (and the dense "
+        "residual's layer) chosen on validation prompts only; tested on held-out plain prompts "
+        "and on adversarial prompts. Target 'harmful': is the request harmful. Target "
+        f"'refusal': does the model refuse (judge: {settings['judge']}, "
+        f"{settings['screen_tokens']} new tokens); its 'paper' subset is Yeo et al.'s test "
+        "(refused plain requests vs adversarial prompts that make the model comply), where the "
+        "paper reports accuracy "
+        + ", ".join(f"{k} {v:.2f}" for k, v in PAPER_PROBES.items())
+        + " (Gemma-2-2B-IT; the dense figure came from a probe read on the wrong layer)."
+    )
+    for target in dict.fromkeys(row["target"] for row in summary["rows"]):
+        rows = [r for r in summary["rows"] if r["target"] == target]
+        page.table(
+            ["target", "features", "test", "subset", "n", "accuracy [95% CI]", "AUROC", "chosen"],
+            [
+                [
+                    target,
+                    r["features"],
+                    r["test"],
+                    r["subset"],
+                    str(r["n"]),
+                    _cell(r["accuracy"]),
+                    _cell(r["auroc"]),
+                    f"{r['view']}, C={r['c']:g}",
+                ]
+                for r in rows
+            ],
+        )
+        tests = list(dict.fromkeys(f"{r['test']} ({r['subset']})" for r in rows))
+        series: dict[str, list[dict[str, Any] | None]] = {}
+        for r in rows:
+            series.setdefault(r["features"], [None] * len(tests))
+            index = tests.index(f"{r['test']} ({r['subset']})")
+            series[r["features"]][index] = _clean(r["accuracy"])
+        png = plots.grouped_bars(
+            tests, series, title=f"Probe accuracy, target {target}", ylabel="accuracy"
+        )
+        page.figure(f"probes_{target}.png", png, f"Probe accuracy (target {target}), 95% CI")
+    for target, why in summary.get("skipped", {}).items():
+        page.paragraph(f"Target {target} skipped: {why}.")
+
+
+def minimal_section(page: Page, run: Path) -> None:
+    summary = _load(run / "analyses" / "minimal" / "minimal.json")
+    if summary is None:
+        return
+    full, minimal = summary["full"], summary["minimal"]
+    page.heading("Minimal latent set and interactions")
+    page.paragraph(
+        f"Greedy pruning of the {len(full['latents'])}-latent set (effect on the refusal score "
+        f"{full['effect']:.3f}, on {summary['n_prompts']} refused validation prompts) to "
+        f"{len(minimal['latents'])} latents that keep "
+        f"{summary['settings']['keep']:.0%} of it (effect {minimal['effect']:.3f}): "
+        + ", ".join(f"L{a}:{b}" for a, b in minimal["latents"])
+        + ". "
+        + " ".join(
+            f"{name} ({len(c['latents'])} latents): effect {c['effect']:.3f}."
+            for name, c in summary["controls"].items()
+        )
+    )
+    if summary["test"]:
+        page.table(
+            ["set", "size", "dataset", "refusal [95% CI]"],
+            [
+                [r["set"], str(r["size"]), r["dataset"], _cell(r["refusal"])]
+                for r in summary["test"]
+            ],
+        )
+    ranked = sorted(summary["interactions"], key=lambda row: row["interaction"])[:8]
+    if ranked:
+        page.paragraph("Most redundant pairs: joint effect below the sum of each alone.")
+        page.table(
+            ["a", "b", "joint", "a alone", "b alone", "interaction"],
+            [
+                [
+                    f"L{r['a'][0]}:{r['a'][1]}",
+                    f"L{r['b'][0]}:{r['b'][1]}",
+                    f"{r['joint']:.3f}",
+                    f"{r['a_alone']:.3f}",
+                    f"{r['b_alone']:.3f}",
+                    f"{r['interaction']:+.3f}",
+                ]
+                for r in ranked
+            ],
+        )
+
+
+def analyses_sections(page: Page, run: Path) -> None:
+    """Every analysis the run folder holds, in the order of the method."""
+    categories_section(page, run)
+    circuits_section(page, run)
+    jailbreaks_sections(page, run)
+    probes_section(page, run)
+    minimal_section(page, run)
