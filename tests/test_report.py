@@ -153,3 +153,142 @@ def test_report_shows_the_probes_analysis_of_the_run(bench_run: Path) -> None:
     assert "## Linear probes in and out of distribution" in markdown
     assert "| harmful | dense residual | OOD attack | all | 20 |" in markdown
     assert (bench_run / "report" / "figures" / "probes_harmful.png").is_file()
+
+
+def test_report_shows_every_analysis_of_the_run(
+    tiny: LoadedModel, bench_run: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """Each analysis command's output, computed on the tiny model, becomes a report section."""
+    import torch
+
+    from conftest import random_sae_set
+    from refusal_lens.analyses.categories import CategorySettings, categories_job
+    from refusal_lens.analyses.circuits import CircuitSettings, circuits_job
+    from refusal_lens.analyses.jailbreaks import JailbreakSettings, jailbreaks_job
+    from refusal_lens.analyses.minimal import MinimalSettings, minimal_job
+    from refusal_lens.analyses.probes import ProbeSettings, probes_job
+    from refusal_lens.direction import Direction
+    from refusal_lens.features import FeatureSet
+    from refusal_lens.judges import register_judge
+    from test_categories import _categorised
+    from test_probes import _ParityJudge
+
+    register_judge("test-parity", lambda context: _ParityJudge(), "refuses prompts of even CRC")
+    saes = random_sae_set(tiny, arch="standard", seed=1)
+    saes.save(tmp_path / "saes")
+    torch.manual_seed(0)
+    Direction(torch.randn(tiny.d_model) * 4, 1, -1, {"name": tiny.name}).save(tmp_path)
+    direction = Direction.load(tmp_path)
+    ours = FeatureSet(
+        {"name": tiny.name, "weights_sha256": tiny.weights_sha256},
+        {"path": str(tmp_path / "saes"), "fingerprint": saes.fingerprint()},
+        "ours",
+        "heldout",
+        {},
+        [(2, 3, 1.0), (2, 7, 0.5), (1, 11, 0.2)],
+        {"mode": "scale", "value": -3.0, "k": 3},
+        info={"refusal_token": {"string": "I"}},
+    )
+    formatter = ChatFormatter(tiny.tokenizer)
+    out = bench_run / "analyses"
+    common = {"data_dir": str(shared_data), "echo": lambda _: None}
+    categories_job(
+        tiny,
+        formatter,
+        saes,
+        str(tmp_path / "saes"),
+        ours,
+        direction,
+        str(tmp_path),
+        CategorySettings(
+            dataset=str(_categorised(tmp_path / "cats.jsonl")),
+            min_prompts=5,
+            n_train=4,
+            n_test=3,
+            k=5,
+            common_fraction=0.6,
+            refused_only=False,
+            judge="test-parity",
+            max_new_tokens=3,
+            batch_size=4,
+        ),
+        out / "categories",
+        **common,
+    )
+    harm = FeatureSet.load(out / "categories" / "harm")
+    upstream = FeatureSet(  # the random harm set may sit at the top layer: nothing lies below
+        ours.model, ours.saes, "harm", "heldout", {}, [(0, 4, 1.0), (1, 116, 0.5)], {}
+    )
+    circuits_job(
+        tiny,
+        formatter,
+        saes,
+        ours,
+        upstream,
+        CircuitSettings(dataset="builtin_harmful_test", n_prompts=3, n_validate=2),
+        out / "circuits",
+        data_dir=None,
+        echo=lambda _: None,
+    )
+    jailbreaks_job(
+        tiny,
+        formatter,
+        saes,
+        ours,
+        direction,
+        JailbreakSettings(n_goals=6, attacks_per_goal=2, judges=("test-parity",), max_new_tokens=3),
+        out / "jailbreaks-suffixes",
+        harm=harm,
+        **common,
+    )
+    probes_job(
+        tiny,
+        formatter,
+        saes,
+        ours,
+        direction,
+        ProbeSettings(
+            n_train=12,
+            n_test=6,
+            n_adversarial=4,
+            sources=("suffixes",),
+            c_grid=(1.0,),
+            judge="test-parity",
+            screen_tokens=3,
+            random_seeds=(0,),
+        ),
+        out / "probes",
+        **common,
+    )
+    minimal_job(
+        tiny,
+        formatter,
+        saes,
+        ours,
+        MinimalSettings(
+            dataset="builtin_harmful_val",
+            min_score=-1e9,
+            n_prompts=3,
+            interactions=2,
+            test_dataset="builtin_harmful_test",
+            n_test=3,
+            judge="test-parity",
+            max_new_tokens=3,
+        ),
+        out / "minimal",
+        **common,
+    )
+    write_report(bench_run)
+    markdown = (bench_run / "report" / "report.md").read_text()
+    for heading in (
+        "## Category-specific and common latents",
+        "## Upstream harm latents -> downstream refusal latents",
+        "## Jailbreaks at the latent level (suffixes)",
+        "## Linear probes in and out of distribution",
+        "## Minimal latent set and interactions",
+    ):
+        assert heading in markdown
+    figures = {p.name for p in (bench_run / "report" / "figures").iterdir()}
+    assert {"analysis_categories.png", "circuits.png", "probes_harmful.png"} <= figures
+    page = (bench_run / "report" / "report.html").read_text()
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == len(figures)

@@ -87,7 +87,7 @@ def categories_section(page: Page, run: Path) -> None:
         for condition in conditions
     }
     png = plots.grouped_bars(categories, series, title="Refusal by category", ylabel="refusal")
-    page.figure("categories.png", png, "Refusal rate per category and condition, 95% CI")
+    page.figure("analysis_categories.png", png, "Refusal per category and condition, 95% CI")
     if summary["transfer"]:
         page.paragraph("Transfer: one category's specific latents on another category's prompts.")
         page.table(

@@ -35,6 +35,8 @@ class Page:
         self.html.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>")
 
     def figure(self, name: str, png: bytes, caption: str) -> None:
+        if name in self.figures:
+            raise ValueError(f"two report figures are named {name}")
         self.figures[name] = png
         self.md += [f"![{caption}](figures/{name})", ""]
         data = base64.b64encode(png).decode()
