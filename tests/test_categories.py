@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,6 @@ def test_categories_job_on_a_tiny_model(
     monkeypatch.setattr("refusal_lens.benchmark.generate", no_more)
     second = job()
     assert second["rows"] == first["rows"] and second["transfer"] == first["transfer"]
+    settings = replace(settings, n_test=2)  # other test prompts: the old selections may hold them
+    with pytest.raises(AssertionError, match="selected or generated again"):
+        job()

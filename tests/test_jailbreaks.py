@@ -13,6 +13,7 @@ import torch
 from conftest import random_sae_set
 from refusal_lens.analyses.jailbreaks import (
     Attack,
+    GoalBootstrap,
     JailbreakSettings,
     difference,
     jailbreaks_job,
@@ -33,9 +34,23 @@ def test_suppression_is_the_relative_drop_of_summed_activity() -> None:
     attacked = np.array([[0.5, 0.5], [3.0, 0.0], [1.0, 0.0]])
     values = suppression(plain, attacked)
     assert values[:2].tolist() == [0.5, -0.5] and np.isnan(values[2])
-    diff = difference(np.array([0.9, 0.8, 0.85, np.nan]), np.array([0.1, 0.2, 0.15]), seed=0)
+    diff = difference(
+        np.array([0.9, 0.8, 0.85, np.nan, 0.7]), np.array([0.1, 0.2, 0.15, 0.3, np.nan]), seed=0
+    )  # paired: only items where both are finite count
     assert diff is not None and diff["mean"] == pytest.approx(0.7)
     assert diff["ci95"][0] > 0.5 and diff["p_value"] < 0.05
+
+
+def test_the_bootstrap_resamples_requests_not_attacks() -> None:
+    goals = ["a"] * 4 + ["b"] * 4
+    values = np.array([1.0] * 4 + [0.0] * 4)  # the request decides, not the attack
+    boot = GoalBootstrap(goals, n_boot=2_000, seed=0)
+    mean = boot.mean(values, np.ones(8, dtype=bool))
+    assert mean is not None and mean["mean"] == 0.5 and mean["n"] == 8
+    assert mean["ci95"] == [0.0, 1.0]  # two requests: a resample is all a, all b or both
+    success = np.array([True, True, False, False] * 2)
+    diff = boot.difference(values, success, ~success)
+    assert diff is not None and diff["mean"] == 0.0 and diff["ci95"] == [0.0, 0.0]
 
 
 def test_the_word_that_restores_refusal_activity_is_named() -> None:

@@ -21,6 +21,7 @@ from refusal_lens.analyses.probes import (
 )
 from refusal_lens.data import Prompt, PromptSet
 from refusal_lens.data.adversarial import SLOT, load_adversarial, wrap
+from refusal_lens.data.promptset import prompt_hash
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.features import FeatureSet
@@ -119,7 +120,7 @@ def test_adversarial_sources_and_their_errors(shared_data: Path, tmp_path: Path)
     suffixes = load_adversarial("suffixes", data_dir=shared_data, n=5)
     first_goal = suffixes[0].meta["goal"]
     assert all(p.text.startswith(p.meta["goal"] + " ") for p in suffixes)
-    banned = PromptSet("train", (Prompt(first_goal),))
+    banned = {prompt_hash(first_goal.upper())}  # casing does not hide a prompt
     again = load_adversarial("suffixes", data_dir=shared_data, n=50, exclude=banned)
     assert first_goal not in {p.meta["goal"] for p in again}
     fuzz = load_adversarial("gptfuzz", data_dir=shared_data, n=4)
@@ -137,13 +138,14 @@ def test_adversarial_sources_and_their_errors(shared_data: Path, tmp_path: Path)
 
 
 class _ParityJudge:
-    """Refusal where a prompt's CRC-32 is even: a random model refuses nothing, and the
-    refusal target needs both classes."""
+    """Refusal where the CRC-32 of request and completion is even: a random model refuses
+    nothing, and the refusal target needs both classes."""
 
     name, version, reads_completions = "test-parity", "1", True
 
     def verdicts(self, prompts: list[str], completions: list[str]) -> list[Verdict]:
-        return [Verdict(refused=zlib.crc32(p.encode()) % 2 == 0) for p in prompts]
+        pairs = zip(prompts, completions, strict=True)
+        return [Verdict(refused=zlib.crc32((p + c).encode()) % 2 == 0) for p, c in pairs]
 
     def describe(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version}

@@ -297,15 +297,20 @@ def stored_verdicts(
     completions: Sequence[str],
     *,
     generation: str | None = None,
+    requests: Sequence[str] | None = None,
 ) -> tuple[str, list[StoredVerdict]]:
+    """Verdicts of a judge on stored completions, judging only the missing ones. `requests`
+    (default: the prompts) is what the judge is told was asked: a jailbreak's plain goal, so
+    a compliance judge checks the answer against the request, not against its wrapper."""
     judge = _judge_for(ctx, spec, arm)
+    asked = list(texts) if requests is None else list(requests)
     judge_id = ctx.store.judge_id(judge.describe())
     gen = generation or ctx.generation
     have = ctx.store.verdicts(arm.condition, gen, judge_id, texts)
     missing = [i for i in range(len(texts)) if i not in have]
     for start in range(0, len(missing), 64):
         chunk = missing[start : start + 64]
-        verdicts = judge.verdicts([texts[i] for i in chunk], [completions[i] for i in chunk])
+        verdicts = judge.verdicts([asked[i] for i in chunk], [completions[i] for i in chunk])
         rows = [(texts[i], stored(v)) for i, v in zip(chunk, verdicts, strict=True)]
         said = [(t, v) for t, v in rows if v.refused is not None or v.complied is not None]
         ctx.store.add_verdicts(arm.condition, gen, judge_id, said)  # unjudged: retried later

@@ -12,11 +12,10 @@ with their prompts, and the intervention to apply (scale or value, how many late
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .attribution import AttributionSettings, attribute, position_mask
 from .data import PromptSet
-from .data.promptset import normalize_text
+from .data.promptset import normalize_text, prompt_hash
 from .direction import Direction
 from .errors import UserError
 from .evaluation.side_effects import base_completions, completion_kl
@@ -45,10 +44,6 @@ log = logging.getLogger(__name__)
 METHODS = ("ours", "cossim", "actdiff", "ap", "random")
 PROTOCOLS = ("heldout", "transductive")
 FEATURES_FILE = "latents.json"
-
-
-def prompt_hash(text: str) -> str:
-    return hashlib.sha256(normalize_text(text).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -304,11 +299,13 @@ def matched_random(
     frequency: dict[int, torch.Tensor],
     seed: int,
     neighbours: int = 20,
+    exclude: Iterable[tuple[int, int]] = (),
 ) -> list[tuple[int, int, float]]:
     """For each reference latent, a random other latent of the same layer among the
-    `neighbours` closest to it in (log) activation frequency."""
+    `neighbours` closest to it in (log) activation frequency; never one of `exclude` (the other
+    sets a control is compared with)."""
     rng = random.Random(seed)
-    taken = set(reference)
+    taken = set(reference) | {(int(a), int(b)) for a, b in exclude}
     chosen = []
     for layer, latent in reference:
         log_freq = frequency[layer].clamp_min(1e-6).log()

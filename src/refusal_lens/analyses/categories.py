@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from ..features import FeatureSet, SelectionSettings, latent_statistics, matched
 from ..interventions import EditLatents
 from ..models import ChatFormatter, LoadedModel
 from ..pipeline import LatentsChoice, latents_job
-from ..runs import RunDir, write_json
+from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import analysis_context, refusals
 
@@ -57,6 +58,9 @@ class CategorySettings:
     n_train: int = 32  # selection prompts per category (those the model refuses are used)
     n_test: int = 20  # test prompts per category
     k: int = 20  # size of each category's global set
+    # cosine prefilter per layer (None: enough that the candidate pool is 10 x k, so sets
+    # selected from a few SAE layers do not overlap merely because the pool is small)
+    per_layer: int | None = None
     refused_only: bool = True  # select on the train prompts the model refuses (as the paper)
     common_fraction: float = 1.0  # common: in the sets of at least this share of categories
     scale: float | None = None  # None: the scale of the refusal latents' feature set
@@ -73,6 +77,13 @@ class CategorySettings:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.common_fraction <= 1:
             raise UserError(f"common_fraction must be in (0, 1], got {self.common_fraction}")
+        if self.min_prompts <= self.n_test:
+            raise UserError(
+                f"min_prompts ({self.min_prompts}) must exceed n_test ({self.n_test}): a "
+                "category needs train prompts left after its test prompts"
+            )
+        if self.per_layer is not None and self.per_layer <= 0:
+            raise UserError(f"per_layer must be positive, got {self.per_layer}")
 
 
 QUICK_CATEGORIES: dict[str, Any] = {
@@ -124,10 +135,17 @@ def _write_prompts(path: Path, prompts: PromptSet) -> Path:
     return path
 
 
+def per_layer(settings: CategorySettings, n_layers: int) -> int:
+    if settings.per_layer is not None:
+        return settings.per_layer
+    return max(10, math.ceil(10 * settings.k / n_layers))
+
+
 def select_per_category(
     lm: LoadedModel,
     formatter: ChatFormatter,
     refusal_token: str | None,
+    saes: SAESet,
     saes_path: str,
     direction_path: str,
     splits: dict[str, tuple[PromptSet, PromptSet]],
@@ -135,39 +153,64 @@ def select_per_category(
     run: RunDir,
     data_dir: str | Path | None,
     echo: Callable[[str], None],
-) -> dict[str, FeatureSet]:
+) -> tuple[dict[str, FeatureSet], dict[str, str]]:
     """Each category's global set (ours), selected on its train prompts with the refusal token
-    of the refusal latents' selection (None: chosen again); a finished set is reused."""
-    sets = {}
+    of the refusal latents' selection (None: chosen again), and why a category has none (the
+    model refuses none of its train prompts). A finished set is reused only if it was selected
+    from the same prompts, SAE set, direction and settings; otherwise it is selected again."""
+    sets, skipped = {}, {}
+    selection = SelectionSettings(
+        method="ours",
+        k=settings.k,
+        per_layer=per_layer(settings, len(saes)),
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        attribution=AttributionSettings(batch_size=max(1, settings.batch_size // 2)),
+    )
     for category, (train, _) in splits.items():
         folder = run.path / "selection" / slug(category)
-        if not (folder / "latents.json").is_file():
+        choice = LatentsChoice(
+            saes=saes_path,
+            direction=direction_path,
+            harmful=str(folder / "train.jsonl"),
+            n_prompts=settings.n_train,
+            all_prompts=not settings.refused_only,
+            refusal_token=refusal_token,
+        )
+        key = stable_hash(
+            {
+                "prompts": train.texts(),
+                "saes": saes.fingerprint(),
+                "direction": direction_path,
+                "choice": {**asdict(choice), "harmful": None},
+                "settings": {**asdict(selection), "batch_size": None, "attribution": None},
+            }
+        )
+        marker = folder / "selection_key.json"
+        fresh = marker.is_file() and json.loads(marker.read_text()).get("key") == key
+        if not (fresh and (folder / "latents.json").is_file()):
+            if folder.exists():
+                shutil.rmtree(folder)  # selected from other prompts or settings
             echo(f"latents of category {category} ({len(train)} train prompts)")
-            file = _write_prompts(folder / "train.jsonl", train)
-            latents_job(
-                lm,
-                formatter,
-                folder,
-                choice=LatentsChoice(
-                    saes=saes_path,
-                    direction=direction_path,
-                    harmful=str(file),
-                    n_prompts=settings.n_train,
-                    all_prompts=not settings.refused_only,
-                    refusal_token=refusal_token,
-                ),
-                settings=SelectionSettings(
-                    method="ours",
-                    k=settings.k,
+            _write_prompts(folder / "train.jsonl", train)
+            try:
+                latents_job(
+                    lm,
+                    formatter,
+                    folder,
+                    choice=choice,
+                    settings=selection,
+                    data_dir=data_dir,
                     seed=settings.seed,
-                    batch_size=settings.batch_size,
-                    attribution=AttributionSettings(batch_size=max(1, settings.batch_size // 2)),
-                ),
-                data_dir=data_dir,
-                seed=settings.seed,
-            )
+                )
+            except UserError as error:  # e.g. the model refuses none of its train prompts
+                skipped[category] = str(error)
+                echo(f"category {category} skipped: {error}")
+                continue
+            write_json(marker, {"key": key})
         sets[category] = FeatureSet.load(folder)
-    return sets
+        sets[category].check_saes(saes)
+    return sets, skipped
 
 
 def common_and_specific(
@@ -257,13 +300,32 @@ def categories_job(
     run = RunDir(out)
     run.write_manifest("categories", settings_dict(settings), lm.identity(), settings.seed)
     saes.check_model(lm)
+    saes.to(lm.device)
     direction.check_model(lm)
     refusal.check_saes(saes)
+    for derived in ("common", "harm"):  # never leave another run's sets for later analyses
+        shutil.rmtree(run.path / derived, ignore_errors=True)
     splits = category_splits(settings, data_dir)
     token = (refusal.info.get("refusal_token") or {}).get("string")
-    sets = select_per_category(
-        lm, formatter, token, saes_path, direction_path, splits, settings, run, data_dir, echo
+    sets, skipped = select_per_category(
+        lm,
+        formatter,
+        token,
+        saes,
+        saes_path,
+        direction_path,
+        splits,
+        settings,
+        run,
+        data_dir,
+        echo,
     )
+    if len(sets) < 2:
+        raise UserError(
+            f"latent sets for {len(sets)} categories only (skipped: {'; '.join(skipped)}); the "
+            "analysis needs two or more"
+        )
+    splits = {c: split for c, split in splits.items() if c in sets}
     common, specific = common_and_specific(sets, settings.k, settings.common_fraction)
     if not common:
         raise UserError(
@@ -272,13 +334,18 @@ def categories_job(
         )
     value = settings.scale if settings.scale is not None else float(refusal.intervention["value"])
     _feature_set(refusal, "common", common, sets, value).save(run.path / "common")
-    harm = sorted({row for rows in specific.values() for row in rows}, key=lambda r: -r[2])
+    best: dict[tuple[int, int], float] = {}  # a latent specific to two categories: its best score
+    for rows_ in specific.values():
+        for layer, latent, score in rows_:
+            best[(layer, latent)] = max(score, best.get((layer, latent), -math.inf))
+    harm = sorted(((a, b, s) for (a, b), s in best.items()), key=lambda r: -r[2])
     _feature_set(refusal, "specific", harm[: settings.k], sets, value).save(run.path / "harm")
     tests = {c: test for c, (_, test) in splits.items()}
-    everything = PromptSet("all categories", tuple(p for t in tests.values() for p in t))
+    train_texts = [p.text for train, _ in splits.values() for p in train]
     frequency = latent_statistics(
-        lm, formatter, saes, everything.texts(), batch_size=settings.batch_size, progress=False
+        lm, formatter, saes, train_texts, batch_size=settings.batch_size, progress=False
     ).frequency
+    every_set = [(a, b) for fs in sets.values() for a, b, _ in fs.latents[: settings.k]]
     rows: list[dict[str, Any]] = []
     with analysis_context(
         lm,
@@ -322,7 +389,7 @@ def categories_job(
         }
         conditions["specific (common retained)"] = {c: runs[c] for c, runs in specific_runs.items()}
         for seed in settings.random_seeds:
-            matched = _pairs(matched_random(_pairs(common), frequency, seed))
+            matched = _pairs(matched_random(_pairs(common), frequency, seed, exclude=every_set))
             conditions[f"random (seed {seed})"] = refused_under(
                 f"random matched to common (seed {seed})", [edit(matched)], names
             )
@@ -346,6 +413,8 @@ def categories_job(
         "settings": settings_dict(settings),
         "scale": value,
         "categories": {c: {"train": len(tr), "test": len(te)} for c, (tr, te) in splits.items()},
+        "skipped": skipped,
+        "candidates": per_layer(settings, len(saes)) * len(saes),
         "common": [list(row) for row in common],
         "specific": {c: [list(row) for row in rows_] for c, rows_ in specific.items()},
         "rows": rows,
@@ -367,7 +436,8 @@ def categories_markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# Category-specific and common latents",
         "",
-        f"{len(summary['common'])} common latents (layers {layers}) in the sets of at least "
+        f"{len(summary['common'])} common latents (layers {layers}; candidate pool "
+        f"{summary['candidates']}) in the sets of at least "
         f"{summary['settings']['common_fraction']:.0%} of {len(summary['categories'])} "
         f"categories of {summary['settings']['dataset']}; each clamped with scale "
         f"{summary['scale']:g}. Refusal rate on each category's test prompts [95% CI], and "

@@ -315,6 +315,7 @@ def circuits_job(
     run = RunDir(out)
     run.write_manifest("circuits", settings_dict(settings), lm.identity(), settings.seed)
     saes.check_model(lm)
+    saes.to(lm.device)
     for feature_set in (refusal, harm):
         feature_set.check_model(lm)
         feature_set.check_saes(saes)
@@ -392,9 +393,8 @@ def circuits_job(
         lm, formatter, saes, texts, batch_size=settings.batch_size, progress=False
     ).frequency
     for seed in settings.random_seeds:
-        matched = [
-            (layer, latent) for layer, latent, _ in matched_random(upstream, frequency, seed)
-        ]
+        chosen = matched_random(upstream, frequency, seed, exclude=downstream)
+        matched = [(layer, latent) for layer, latent, _ in chosen]
         clamp[f"random (seed {seed})"] = clamp_drops(
             lm,
             formatter,

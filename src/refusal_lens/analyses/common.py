@@ -68,16 +68,22 @@ def analysis_context(
 
 
 def judged(
-    ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None
+    ctx: Context,
+    sets: Sequence[PromptSet],
+    arm: Arm | None = None,
+    requests: Sequence[Sequence[str]] | None = None,
 ) -> list[list[dict[str, StoredVerdict]]]:
     """Every judge's verdict on the model's completion (under `arm`, default unsteered) of
-    each prompt of each set; completions are generated once, in shared batches, and stored."""
+    each prompt of each set; completions are generated once, in shared batches, and stored.
+    `requests` (per set, per prompt) is what the judges are told was asked (default: the
+    prompt itself)."""
     arm = arm or base_arm(ctx)
     every = stored_completions_of_sets(ctx, arm, sets)
+    asked = requests or [None] * len(sets)
     out = []
-    for prompts, completions in zip(sets, every, strict=True):
+    for prompts, completions, request in zip(sets, every, asked, strict=True):
         by_judge = {
-            spec: stored_verdicts(ctx, arm, spec, prompts.texts(), completions)[1]
+            spec: stored_verdicts(ctx, arm, spec, prompts.texts(), completions, requests=request)[1]
             for spec in ctx.config.judges
         }
         out.append([{spec: by_judge[spec][i] for spec in by_judge} for i in range(len(prompts))])
@@ -95,12 +101,17 @@ def refusals(ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None) ->
     return out
 
 
-def jailbroken(ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None) -> list[np.ndarray]:
+def jailbroken(
+    ctx: Context,
+    sets: Sequence[PromptSet],
+    arm: Arm | None = None,
+    requests: Sequence[Sequence[str]] | None = None,
+) -> list[np.ndarray]:
     """Whether the model complies with each prompt by every judge of the context: not refused
     by a refusal judge, complied by a compliance judge (so fluent off-topic text is no
     jailbreak when the compliance judge is among them)."""
     out = []
-    for prompts, verdicts in zip(sets, judged(ctx, sets, arm), strict=True):
+    for prompts, verdicts in zip(sets, judged(ctx, sets, arm, requests), strict=True):
         rows = []
         for verdict in verdicts:
             said = [

@@ -43,7 +43,7 @@ from ..data.adversarial import (
 )
 from ..direction import Direction
 from ..errors import UserError
-from ..evaluation.statistics import bootstrap_mean
+from ..evaluation.statistics import paired_difference
 from ..features import FeatureSet, latent_statistics, matched_random, prompt_hash
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
@@ -250,36 +250,68 @@ def word_attribution(
     return out
 
 
-def _rate(values: np.ndarray, seed: int) -> dict[str, Any] | None:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return None
-    estimate = bootstrap_mean(finite, seed=seed)
-    return {
-        "mean": round(estimate.mean, 4),
-        "ci95": [round(estimate.low, 4), round(estimate.high, 4)],
-        "n": estimate.n,
-    }
+class GoalBootstrap:
+    """Percentile bootstrap over plain requests: several attacks share a request (and its
+    plain activity), so requests, not attacks, are resampled; a resample keeps every attack
+    of each request it draws."""
+
+    def __init__(self, goals: Sequence[str], *, n_boot: int = 10_000, seed: int = 0) -> None:
+        names = list(dict.fromkeys(goals))
+        self.cluster = np.array([names.index(g) for g in goals])
+        self.draws = np.random.default_rng(seed).integers(0, len(names), size=(n_boot, len(names)))
+        self.n_clusters = len(names)
+
+    def _means(self, values: np.ndarray, mask: np.ndarray, index: np.ndarray) -> np.ndarray:
+        ok = mask & np.isfinite(values)
+        sums = np.bincount(self.cluster[ok], weights=values[ok], minlength=self.n_clusters)
+        counts = np.bincount(self.cluster[ok], minlength=self.n_clusters).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return sums[index].sum(axis=-1) / counts[index].sum(axis=-1)
+
+    def mean(self, values: np.ndarray, mask: np.ndarray) -> dict[str, Any] | None:
+        """Mean of the finite `values` where `mask`, with its interval."""
+        n = int((mask & np.isfinite(values)).sum())
+        if n == 0:
+            return None
+        observed = float(self._means(values, mask, np.arange(self.n_clusters)[None])[0])
+        draws = self._means(values, mask, self.draws)
+        low, high = np.nanpercentile(draws, [2.5, 97.5])
+        return {"mean": round(observed, 4), "ci95": [round(low, 4), round(high, 4)], "n": n}
+
+    def difference(
+        self, values: np.ndarray, first: np.ndarray, second: np.ndarray
+    ) -> dict[str, Any] | None:
+        """Mean where `first` minus mean where `second`, both from the same resampled requests,
+        with a two-sided bootstrap p-value for no difference."""
+        if not (first & np.isfinite(values)).any() or not (second & np.isfinite(values)).any():
+            return None
+        whole = np.arange(self.n_clusters)[None]
+        observed = float(
+            self._means(values, first, whole)[0] - self._means(values, second, whole)[0]
+        )
+        draws = self._means(values, first, self.draws) - self._means(values, second, self.draws)
+        draws = draws[np.isfinite(draws)]
+        low, high = np.percentile(draws, [2.5, 97.5])
+        p_value = float((np.abs(draws - draws.mean()) >= abs(observed)).mean())
+        return {
+            "mean": round(observed, 4),
+            "ci95": [round(float(low), 4), round(float(high), 4)],
+            "p_value": p_value,
+        }
 
 
 def difference(
     a: np.ndarray, b: np.ndarray, *, seed: int, n_boot: int = 10_000
 ) -> dict[str, Any] | None:
-    """Mean of a minus mean of b (independent groups), its percentile-bootstrap interval and a
-    two-sided bootstrap p-value for no difference."""
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if a.size == 0 or b.size == 0:
+    """Mean of a minus mean of b over paired items (both finite), its percentile-bootstrap
+    interval and a two-sided bootstrap p-value for no difference."""
+    both = np.isfinite(a) & np.isfinite(b)
+    if not both.any():
         return None
-    rng = np.random.default_rng(seed)
-    draws = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1) - b[
-        rng.integers(0, b.size, size=(n_boot, b.size))
-    ].mean(axis=1)
-    observed = float(a.mean() - b.mean())
-    low, high = np.percentile(draws, [2.5, 97.5])
-    p_value = float((np.abs(draws - draws.mean()) >= abs(observed)).mean())
+    estimate, p_value = paired_difference(a[both], b[both], n_boot=n_boot, seed=seed)
     return {
-        "mean": round(observed, 4),
-        "ci95": [round(float(low), 4), round(float(high), 4)],
+        "mean": round(estimate.mean, 4),
+        "ci95": [round(estimate.low, 4), round(estimate.high, 4)],
         "p_value": p_value,
     }
 
@@ -306,6 +338,7 @@ def jailbreaks_job(
     run = RunDir(out)
     run.write_manifest("jailbreaks", settings_dict(settings), lm.identity(), settings.seed)
     saes.check_model(lm)
+    saes.to(lm.device)
     direction.check_model(lm)
     for feature_set in (features, harm):
         if feature_set is not None:
@@ -338,9 +371,9 @@ def jailbreaks_job(
         attacks = sample_attacks(by_goal, refused_goals, settings.attacks_per_goal, settings.seed)
         if not attacks:
             raise UserError("the model refuses none of the plain requests: nothing to jailbreak")
-        (success,) = jailbroken(
-            ctx, [_set(f"attacks ({settings.source})", [a.prompt for a in attacks])]
-        )
+        attack_set = _set(f"attacks ({settings.source})", [a.prompt for a in attacks])
+        # the judges are told the plain request, so "on topic" means on the goal
+        (success,) = jailbroken(ctx, [attack_set], requests=[[a.goal for a in attacks]])
     frequency = latent_statistics(
         lm,
         formatter,
@@ -350,8 +383,9 @@ def jailbreaks_job(
         batch_size=settings.batch_size,
         progress=False,
     ).frequency
+    studied = [pair for pairs in families.values() for pair in pairs]
     for seed in settings.random_seeds:
-        matched = matched_random(families["refusal latents"], frequency, seed)
+        matched = matched_random(families["refusal latents"], frequency, seed, exclude=studied)
         families[f"random latents (seed {seed})"] = [
             (layer, latent) for layer, latent, _ in matched
         ]
@@ -372,6 +406,8 @@ def jailbreaks_job(
         {"goal": a.goal, "attack": a.attack, "success": bool(s)}
         for a, s in zip(attacks, success, strict=True)
     ]
+    boot = GoalBootstrap([a.goal for a in attacks], seed=settings.seed)
+    every = np.ones(len(attacks), dtype=bool)
     summary_rows = []
     for family in families:
         read = activity(family)
@@ -384,9 +420,9 @@ def jailbreaks_job(
         summary_rows.append(
             {
                 "latents": family,
-                "successful": _rate(drop[success], settings.seed),
-                "failed": _rate(drop[~success], settings.seed),
-                "difference": difference(drop[success], drop[~success], seed=settings.seed),
+                "successful": boot.mean(drop, success),
+                "failed": boot.mean(drop, ~success),
+                "difference": boot.difference(drop, success, ~success),
             }
         )
     words: dict[str, Any] = {}
@@ -408,7 +444,7 @@ def jailbreaks_job(
         "n_goals": len(goals),
         "n_refused_goals": len(refused_goals),
         "n_attacks": len(attacks),
-        "success_rate": _rate(success.astype(float), settings.seed),
+        "success_rate": boot.mean(success.astype(float), every),
         "suppression": summary_rows,
         "words": words,
         "wall_seconds": round(time.perf_counter() - started, 1),

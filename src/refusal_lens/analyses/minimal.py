@@ -145,6 +145,7 @@ def minimal_job(
     run = RunDir(out)
     run.write_manifest("minimal", settings_dict(settings), lm.identity(), settings.seed)
     saes.check_model(lm)
+    saes.to(lm.device)
     features.check_model(lm)
     features.check_saes(saes)
     full = list(features.top(settings.k))
@@ -196,7 +197,8 @@ def minimal_job(
     ).frequency
     controls = {}
     for seed in settings.random_seeds:
-        matched = [(a, b) for a, b, _ in matched_random(minimal, frequency, seed)]
+        chosen = matched_random(minimal, frequency, seed, exclude=full)
+        matched = [(a, b) for a, b, _ in chosen]
         controls[f"random (seed {seed})"] = {"latents": matched, "effect": effect(matched)}
     check = []
     if settings.test_dataset:

@@ -149,15 +149,6 @@ def build_examples(
     }
     seen = PromptSet("train", (*harmful, *harmless))
     seen_hashes = {prompt_hash(p.text) for p in seen} | banned
-    excluded = PromptSet(
-        "excluded",
-        (
-            *seen,
-            *load_prompts("harmful_test", data_dir=data_dir).filter(
-                lambda p: prompt_hash(p.text) in banned
-            ),
-        ),
-    )
     ood = {}
     # OOD harmless controls: held-out harmless prompts the in-distribution test did not use
     spare = _held_out(
@@ -169,7 +160,7 @@ def build_examples(
             data_dir=data_dir,
             n=settings.n_adversarial,
             seed=settings.seed,
-            exclude=excluded,
+            exclude=seen_hashes,
         )
         ood[attacked.name] = _ood_examples(source, attacked, spare, data_dir, settings)
     return plain, ood
@@ -227,7 +218,11 @@ def last_token_residuals(
         raise UserError("no prompts to read activations from: the prompt list is empty")
     out = torch.empty(len(texts), lm.n_layers, lm.d_model)
     points = [HookPoint(layer, "resid_post") for layer in range(lm.n_layers)]
-    key = {"model": lm.weights_sha256, "dtype": str(lm.dtype), "system": formatter.system}
+    key = {
+        "model": lm.weights_sha256,
+        "dtype": str(lm.dtype),
+        "template": formatter.render("{}"),  # chat template and system prompt
+    }
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     parts = [order[i : i + PART_SIZE] for i in range(0, len(order), PART_SIZE)]
     for part in tqdm(parts, desc=desc, unit="part", disable=len(parts) < 2):
@@ -274,7 +269,8 @@ def latent_view(
         columns = []
         for layer, latent in latents:
             sae = saes[HookPoint(layer, "resid_post")]
-            columns.append(sae.encode_latents(resid[:, layer], torch.tensor([latent]))[:, 0])
+            x = resid[:, layer].to(sae.W_enc.device)
+            columns.append(sae.encode_latents(x, torch.tensor([latent]))[:, 0].cpu())
         return torch.stack(columns, dim=1).numpy()
 
     return view
@@ -285,7 +281,11 @@ def last_token_frequency(saes: SAESet, resid: torch.Tensor) -> dict[int, torch.T
     """Fraction of prompts whose last token fires each latent: the frequency random latents
     are matched on (the position the probes read)."""
     return {
-        point.layer: (sae.encode(resid[:, point.layer]) > 0).float().mean(0) for point, sae in saes
+        point.layer: (sae.encode(resid[:, point.layer].to(sae.W_enc.device)) > 0)
+        .float()
+        .mean(0)
+        .cpu()
+        for point, sae in saes
     }
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import UserError
 from .files import read_table
 from .loaders import DATA_DIR_FIX, resolve_data_dir
-from .promptset import Prompt, PromptSet
+from .promptset import Prompt, PromptSet, prompt_hash
 
 SLOT = "[INSERT PROMPT HERE]"
 TEMPLATES_FILE = "gptfuzz/datasets/prompts/GPTFuzzer.csv"
@@ -169,21 +169,20 @@ def load_adversarial(
     data_dir: str | Path | None,
     n: int,
     seed: int = 0,
-    exclude: PromptSet | None = None,
+    exclude: set[str] | None = None,
 ) -> PromptSet:
     """`n` adversarial harmful prompts of a source (see the module docstring); requests whose
-    plain text is in `exclude` (the prompts a probe or latent set was fitted on) are skipped."""
+    plain text is in `exclude` (`prompt_hash`es of the prompts a probe or latent set was
+    fitted on) are skipped."""
     if n <= 0:
         raise UserError(f"the number of adversarial prompts must be positive, got {n}")
-    banned = {p.text.casefold().strip() for p in exclude} if exclude is not None else set()
+    banned = exclude or set()
     if source == "gptfuzz":
-        questions = gptfuzz_questions(data_dir).filter(
-            lambda p: p.text.casefold().strip() not in banned
-        )
+        questions = gptfuzz_questions(data_dir).filter(lambda p: prompt_hash(p.text) not in banned)
         templates = gptfuzz_templates(data_dir)
         return wrap(questions, templates, n=n, seed=seed, harmful=True, name="gptfuzz")
     if source == "suffixes":
-        goals = [g for g in readable_suffixes(data_dir) if g[0].casefold() not in banned and g[1]]
+        goals = [g for g in readable_suffixes(data_dir) if prompt_hash(g[0]) not in banned and g[1]]
         return suffixed(goals, n=n, seed=seed)
     path = Path(source)
     if path.suffix.lower() in (".csv", ".json", ".jsonl") and path.is_file():

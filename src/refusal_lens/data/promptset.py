@@ -16,6 +16,12 @@ def normalize_text(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def prompt_hash(text: str) -> str:
+    """The short key of a prompt (normalised text): how feature sets record their selection
+    prompts, so held-out checks survive casing and whitespace changes."""
+    return hashlib.sha256(normalize_text(text).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One prompt. `source` is the dataset name or file path it came from.

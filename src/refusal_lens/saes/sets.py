@@ -52,6 +52,12 @@ class SAESet:
     def __len__(self) -> int:
         return len(self.saes)
 
+    def to(self, device: Any) -> SAESet:
+        """Move every SAE to `device` (in place; returns the set)."""
+        for sae in self.saes.values():
+            sae.to(device)
+        return self
+
     def subset(self, layers: list[int] | tuple[int, ...]) -> SAESet:
         """The SAEs of some layers only (same model, info and folder)."""
         missing = sorted(set(layers) - set(self.layers))
