@@ -56,12 +56,13 @@ class RunInputs:
             raise UserError(
                 f"{folder} has no SAE set or ours feature set; run the benchmark with method ours"
             )
-        return cls(
-            summary["model"]["name"],
-            summary["saes"]["path"],
-            summary["direction"]["source"],
-            str(ours),
+        # the run's own direction folder wins: a recorded relative path breaks when the run
+        # folder moves or the command runs elsewhere
+        own = folder / "direction"
+        direction = (
+            str(own) if (own / "direction.json").is_file() else summary["direction"]["source"]
         )
+        return cls(summary["model"]["name"], summary["saes"]["path"], direction, str(ours))
 
 
 def _settings(cls: type, quick: bool, preset: dict[str, Any], overrides: list[str]) -> Any:

@@ -21,9 +21,12 @@ def _from_benchmark(run: str | None) -> dict[str, str]:
     if not summary_path.is_file():
         raise UserError(f"{folder} is not a finished benchmark run (no benchmark.json)")
     summary = json.loads(summary_path.read_text())
+    own = folder / "direction"
     found = {
         "latents": str(folder / "latents" / "heldout" / "ours" / "latents.json"),
-        "direction": summary["direction"]["source"],
+        "direction": str(own)
+        if (own / "direction.json").is_file()
+        else summary["direction"]["source"],
         "model": summary["model"]["name"],
     }
     if summary.get("saes"):
