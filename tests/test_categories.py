@@ -146,3 +146,24 @@ def test_categories_job_on_a_tiny_model(
     settings = replace(settings, n_test=2)  # other test prompts: the old selections may hold them
     with pytest.raises(AssertionError, match="selected or generated again"):
         job()
+
+
+def test_a_moved_run_folder_finds_its_own_direction(tmp_path: Path) -> None:
+    from refusal_lens.analyses.suite import RunInputs
+
+    run = tmp_path / "moved"
+    (run / "latents" / "heldout" / "ours").mkdir(parents=True)
+    (run / "latents" / "heldout" / "ours" / "latents.json").write_text("{}")
+    summary = {
+        "model": {"name": "m"},
+        "saes": {"path": "saes"},
+        "direction": {"source": "runs/elsewhere/direction"},  # relative to another folder
+    }
+    (run / "benchmark.json").write_text(json.dumps(summary))
+    assert RunInputs.of(run).direction == "runs/elsewhere/direction"
+    (run / "direction").mkdir()
+    (run / "direction" / "direction.json").write_text("{}")
+    assert RunInputs.of(run).direction == str(run / "direction")
+    (run / "benchmark.json").write_text(json.dumps({**summary, "saes": None}))
+    with pytest.raises(UserError, match="no SAE set or ours feature set"):
+        RunInputs.of(run)
