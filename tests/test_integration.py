@@ -273,3 +273,63 @@ def test_benchmark_and_report_end_to_end(
     assert cli.main(["report", str(out)]) == 0
     html = (out / "report" / "report.html").read_text()
     assert "Capabilities (lm-eval" in html and "data:image/png;base64," in html
+
+
+def test_analyses_end_to_end(
+    direction_run: Path,
+    sae_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    shared_data: Path,
+) -> None:
+    """probes, jailbreaks and minimal on the real model with a cossim set (plumbing at tiny
+    sizes; categories and circuits need several SAE layers and run on tiny models)."""
+    latents = tmp_path / "cossim"
+    common = ["--data-dir", str(shared_data), "--saes", str(sae_run)]
+    find = ["find-latents", *common, "--direction", str(direction_run), "--method", "cossim"]
+    assert cli.main([*find, "--k", "4", "--out", str(latents)]) == 0
+    inputs = [*common, "--latents", str(latents), "--direction", str(direction_run)]
+
+    def run(command: str, out: str, *sets: str) -> dict:
+        argv = [command, *inputs, "--out", str(tmp_path / out)]
+        for item in sets:
+            argv += ["--set", item]
+        assert cli.main(argv) == 0
+        capsys.readouterr()
+        return json.loads((tmp_path / out / f"{out}.json").read_text())
+
+    probes = run(
+        "probes",
+        "probes",
+        "n_train=8",
+        "n_test=4",
+        "n_adversarial=3",
+        "sources=suffixes",
+        "screen_tokens=12",
+        "random_seeds=0",
+        "c_grid=1.0",
+    )
+    tests = {(row["features"], row["test"]) for row in probes["rows"]}
+    assert ("refusal latents", "OOD suffixes") in tests and (
+        "dense residual",
+        "in distribution",
+    ) in tests
+    jail = run(
+        "jailbreaks",
+        "jailbreaks",
+        "n_goals=6",
+        "attacks_per_goal=2",
+        "judges=substring",
+        "max_new_tokens=16",
+    )
+    assert jail["n_goals"] == 6 and jail["n_attacks"] == 2 * jail["n_refused_goals"]
+    minimal = run(
+        "minimal",
+        "minimal",
+        "n_prompts=4",
+        "interactions=2",
+        "n_test=2",
+        "max_new_tokens=12",
+        "min_score=-100",
+    )
+    assert 1 <= len(minimal["minimal"]["latents"]) <= 4 and len(minimal["test"]) == 4
