@@ -46,7 +46,7 @@ from ..models import ChatFormatter, LoadedModel
 from ..pipeline import LatentsChoice, latents_job
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
-from .common import analysis_context, refusals
+from .common import analysis_context, refusals, start_analysis
 
 Scored = list[tuple[int, int, float]]
 
@@ -297,12 +297,9 @@ def categories_job(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    run = RunDir(out)
-    run.write_manifest("categories", settings_dict(settings), lm.identity(), settings.seed)
-    saes.check_model(lm)
-    saes.to(lm.device)
-    direction.check_model(lm)
-    refusal.check_saes(saes)
+    run = start_analysis(
+        "categories", settings, lm, saes, out, feature_sets=[refusal], direction=direction
+    )
     for derived in ("common", "harm"):  # never leave another run's sets for later analyses
         shutil.rmtree(run.path / derived, ignore_errors=True)
     splits = category_splits(settings, data_dir)

@@ -38,8 +38,9 @@ from ..generation import length_sorted_batches
 from ..hooks import HookPoint, add_hooks, record
 from ..interventions import EditLatents, apply, bind
 from ..models import ChatFormatter, LoadedModel
-from ..runs import RunDir, write_json
+from ..runs import write_json
 from ..saes import SAESet
+from .common import start_analysis
 from .jailbreaks import difference
 
 Pairs = Sequence[tuple[int, int]]
@@ -312,13 +313,7 @@ def circuits_job(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    run = RunDir(out)
-    run.write_manifest("circuits", settings_dict(settings), lm.identity(), settings.seed)
-    saes.check_model(lm)
-    saes.to(lm.device)
-    for feature_set in (refusal, harm):
-        feature_set.check_model(lm)
-        feature_set.check_saes(saes)
+    run = start_analysis("circuits", settings, lm, saes, out, feature_sets=[refusal, harm])
     positions = settings.positions or formatter.n_post_instruction
     downstream = list(refusal.top(settings.k))
     upstream = [p for p in harm.top(settings.k_upstream) if p not in set(downstream)]

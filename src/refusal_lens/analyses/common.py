@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,12 +20,41 @@ from ..benchmark import (
     stored_completions_of_sets,
     stored_verdicts,
 )
+from ..config import settings_dict
 from ..data import PromptSet
+from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.store import ResultStore, StoredVerdict
+from ..features import FeatureSet
 from ..judges import JudgeContext, make_judge
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir
+from ..saes import SAESet
+
+
+def start_analysis(
+    name: str,
+    settings: Any,
+    lm: LoadedModel,
+    saes: SAESet,
+    out: str | Path,
+    *,
+    feature_sets: Sequence[FeatureSet | None] = (),
+    direction: Direction | None = None,
+) -> RunDir:
+    """An analysis' run folder with its manifest, once the SAE set, direction and feature sets
+    are checked against the model (the SAEs move to the model's device)."""
+    run = RunDir(out)
+    run.write_manifest(name, settings_dict(settings), lm.identity(), settings.seed)
+    saes.check_model(lm)
+    saes.to(lm.device)
+    if direction is not None:
+        direction.check_model(lm)
+    for feature_set in feature_sets:
+        if feature_set is not None:
+            feature_set.check_model(lm)
+            feature_set.check_saes(saes)
+    return run
 
 
 @contextmanager

@@ -50,7 +50,7 @@ from ..hooks import HookPoint, record
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
-from .common import analysis_context, jailbroken, refusals
+from .common import analysis_context, jailbroken, refusals, start_analysis
 
 Latents = Sequence[tuple[int, int]]
 
@@ -335,15 +335,9 @@ def jailbreaks_job(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    run = RunDir(out)
-    run.write_manifest("jailbreaks", settings_dict(settings), lm.identity(), settings.seed)
-    saes.check_model(lm)
-    saes.to(lm.device)
-    direction.check_model(lm)
-    for feature_set in (features, harm):
-        if feature_set is not None:
-            feature_set.check_model(lm)
-            feature_set.check_saes(saes)
+    run = start_analysis(
+        "jailbreaks", settings, lm, saes, out, feature_sets=[features, harm], direction=direction
+    )
     positions = settings.positions or formatter.n_post_instruction
     families: dict[str, list[tuple[int, int]]] = {"refusal latents": list(features.top(settings.k))}
     if harm is not None:

@@ -33,7 +33,7 @@ from ..judges.first_token import RefusalTokens, refusal_scores
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
-from .common import analysis_context, refusals
+from .common import analysis_context, refusals, start_analysis
 
 Pair = tuple[int, int]
 
@@ -142,12 +142,7 @@ def minimal_job(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    run = RunDir(out)
-    run.write_manifest("minimal", settings_dict(settings), lm.identity(), settings.seed)
-    saes.check_model(lm)
-    saes.to(lm.device)
-    features.check_model(lm)
-    features.check_saes(saes)
+    run = start_analysis("minimal", settings, lm, saes, out, feature_sets=[features])
     full = list(features.top(settings.k))
     value = settings.scale if settings.scale is not None else float(features.intervention["value"])
     tokens = RefusalTokens.from_phrases(lm.tokenizer)

@@ -44,7 +44,7 @@ from ..hooks import HookPoint, record
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
-from .common import analysis_context, refusals
+from .common import analysis_context, refusals, start_analysis
 
 TARGETS = ("harmful", "refusal")
 PART_SIZE = 64  # prompts per cached residual file
@@ -516,12 +516,9 @@ def probes_job(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    run = RunDir(out)
-    run.write_manifest("probes", settings_dict(settings), lm.identity(), settings.seed)
-    saes.check_model(lm)
-    direction.check_model(lm)
-    features.check_model(lm)
-    features.check_saes(saes)
+    run = start_analysis(
+        "probes", settings, lm, saes, out, feature_sets=[features], direction=direction
+    )
     refusal_latents = check_families(saes, features, settings.k)
     plain, ood = build_examples(settings, data_dir, features.selection_hashes())
     splits = {**plain, **ood}

@@ -63,6 +63,11 @@ def _settings(args: argparse.Namespace, cls: type, table: str, quick: dict, extr
     )
 
 
+def _print_result(out: str, name: str, summary: dict) -> None:
+    print((Path(out) / f"{name}.md").read_text(), end="")
+    print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / f'{name}.json'}")
+
+
 def cmd_probes(args: argparse.Namespace) -> int:
     from ..analyses.probes import QUICK_PROBES, ProbeSettings, probes_job
     from ..direction import Direction
@@ -85,8 +90,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
     )
-    print((Path(out) / "probes.md").read_text(), end="")
-    print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / 'probes.json'}")
+    _print_result(out, "probes", summary)
     return 0
 
 
@@ -155,8 +159,7 @@ def cmd_circuits(args: argparse.Namespace) -> int:
         out,
         data_dir=args.data_dir,
     )
-    print((Path(out) / "circuits.md").read_text(), end="")
-    print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / 'circuits.json'}")
+    _print_result(out, "circuits", summary)
     return 0
 
 
@@ -191,8 +194,7 @@ def cmd_minimal(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
     )
-    print((Path(out) / "minimal.md").read_text(), end="")
-    print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / 'minimal.json'}")
+    _print_result(out, "minimal", summary)
     return 0
 
 
@@ -258,8 +260,7 @@ def cmd_jailbreaks(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
     )
-    print((Path(out) / "jailbreaks.md").read_text(), end="")
-    print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / 'jailbreaks.json'}")
+    _print_result(out, "jailbreaks", summary)
     return 0
 
 
