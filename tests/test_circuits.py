@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import random_sae_set
+from refusal_lens.analyses import circuits
 from refusal_lens.analyses.circuits import (
     ERROR,
     CircuitSettings,
@@ -108,7 +109,9 @@ def test_clamping_from_the_salient_position_lowers_what_it_feeds(
     assert not np.allclose(drops, 0.0)
 
 
-def test_circuits_job_on_a_tiny_model(tiny: LoadedModel, relu_saes, tmp_path: Path) -> None:
+def test_circuits_job_on_a_tiny_model(
+    tiny: LoadedModel, relu_saes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     up, down = _live(relu_saes, tiny, ChatFormatter(tiny.tokenizer))
     model = {"name": tiny.name, "weights_sha256": tiny.weights_sha256}
     saes_info = {"path": "x", "fingerprint": relu_saes.fingerprint()}
@@ -122,18 +125,35 @@ def test_circuits_job_on_a_tiny_model(tiny: LoadedModel, relu_saes, tmp_path: Pa
     settings = CircuitSettings(
         dataset="builtin_harmful_test", n_prompts=4, n_validate=2, batch_size=2
     )
-    summary = circuits_job(
-        tiny,
-        ChatFormatter(tiny.tokenizer),
-        relu_saes,
-        features(down),
-        features(up),
-        settings,
-        tmp_path / "run",
-        data_dir=None,
-        echo=lambda _: None,
-    )
+
+    def job(echo=lambda _: None) -> dict:
+        return circuits_job(
+            tiny,
+            ChatFormatter(tiny.tokenizer),
+            relu_saes,
+            features(down),
+            features(up),
+            settings,
+            tmp_path / "run",
+            data_dir=None,
+            echo=echo,
+        )
+
+    summary = job()
     assert summary["validation"]["n_edges"] == len(up) * len(down)
     assert {row["upstream"] for row in summary["clamp"]} == {"harm latents", "random (seed 0)"}
     assert any(edge["upstream"]["latent"] == "error" for edge in summary["edges"])
     assert (tmp_path / "run" / "circuits.md").read_text().startswith("# Upstream harm latents")
+
+    said: list[str] = []
+    with monkeypatch.context() as patch:  # a rerun computes no stage again
+        for name in ("edge_attribution", "patched_edges", "salient_positions", "clamp_drops"):
+            patch.setattr(circuits, name, _must_not_run)
+        again = job(said.append)
+    assert any(line.startswith("reused from") for line in said)
+    assert again["edges"] == summary["edges"] and again["clamp"] == summary["clamp"]
+    assert again["validation"] == summary["validation"]
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("a cached stage was computed again")

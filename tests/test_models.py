@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import refusal_lens.models.loading as loading
+from conftest import make_model
 from refusal_lens.errors import UserError
 from refusal_lens.models import ChatFormatter, LoadedModel, find_spec, load_model
 from refusal_lens.models.registry import PackagedGGUF, require_spec
@@ -113,3 +114,41 @@ def test_unreachable_hub_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(UserError, match="could not be fetched from the HF hub") as info:
         load_model("Qwen/Qwen2.5-0.5B-Instruct", device="cpu")
     assert "\n" not in str(info.value) and "Name or service not known" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama", "gemma2"])
+def test_a_shared_header_gives_the_logits_of_the_whole_batch(kind: str) -> None:
+    """The header run once and shared (KV cache, padding between header and prompt) scores
+    every row as the whole left-padded batch does, plain and under direction interventions."""
+    from refusal_lens.interventions import AblateDirection, AddDirection, apply
+    from refusal_lens.models.prefix import SharedHeader
+
+    lm = make_model(kind, seed=3)
+    formatter = ChatFormatter(lm.tokenizer)
+    texts = ["Write a poem about the sea.", "Explain how to hack a computer right now.", "Hi"]
+    batch = formatter.encode(texts)
+    direction = torch.randn(lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    for edits in ([], [AblateDirection(direction)], [AddDirection(direction, 1, 4.0)]):
+        header = SharedHeader(lm, formatter)
+        split = header.split(batch)
+        assert split is not None and split[0].shape[1] == batch.input_ids.shape[1] - len(
+            formatter.pre_instruction_ids
+        )
+        with torch.no_grad(), apply(lm.model, edits):
+            whole = lm.model(**batch.forward_kwargs(), logits_to_keep=1).logits[:, -1]
+            shared = header.last_logits(*split)
+            again = header.last_logits(*split)  # the header's cache is reused unchanged
+        torch.testing.assert_close(shared, whole, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(again, shared)
+
+
+def test_a_row_without_the_header_is_not_split(tiny: LoadedModel) -> None:
+    from refusal_lens.models.prefix import SharedHeader, position_independent
+
+    formatter = ChatFormatter(tiny.tokenizer)
+    batch = formatter.encode(["Write a poem about the sea."])
+    batch.input_ids[0, -3] = tiny.tokenizer.pad_token_id  # still fine: header intact
+    assert SharedHeader(tiny, formatter).split(batch) is not None
+    batch.input_ids[0, 1] = tiny.tokenizer.pad_token_id  # header changed
+    assert SharedHeader(tiny, formatter).split(batch) is None
+    assert position_independent([]) and not position_independent([object()])

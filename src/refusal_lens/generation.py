@@ -10,6 +10,7 @@ from transformers import DynamicCache, GenerationConfig
 
 from .interventions import Intervention, InterventionSet, apply, bind, needs_twin
 from .models import ChatFormatter, EncodedBatch, LoadedModel
+from .models.prefix import cache_argument
 
 
 def greedy_config(
@@ -94,18 +95,17 @@ def twin_greedy(
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     stops = torch.tensor(formatter.stop_token_ids or [-1], device=ids.device)
     finished = torch.zeros(n, dtype=torch.bool, device=ids.device)
-    past = DynamicCache()
+    cache = {cache_argument(lm.model): DynamicCache()}  # filled in place at every step
     chosen: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
         out = lm.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=past,
             use_cache=True,
             logits_to_keep=1,
+            **cache,
         )
-        past = out.past_key_values
         token = out.logits[n:, -1].argmax(dim=-1)
         token = torch.where(finished, torch.full_like(token, pad), token)
         chosen.append(token)

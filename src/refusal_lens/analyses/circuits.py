@@ -38,7 +38,7 @@ from ..generation import length_sorted_batches
 from ..hooks import HookPoint, add_hooks, record
 from ..interventions import EditLatents, apply, bind
 from ..models import ChatFormatter, LoadedModel
-from ..runs import write_json
+from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import start_analysis
 from .jailbreaks import difference
@@ -292,6 +292,28 @@ def clamp_drops(
     return drops
 
 
+class StageCache:
+    """Each stage's result (an array) appended to a keyed JSONL once computed, so a rerun or
+    an interrupted run reuses the stages it already has; the key holds everything the
+    numbers depend on (model, SAEs, prompts, positions, the stage's own inputs)."""
+
+    def __init__(self, run: RunDir, base: dict[str, Any]) -> None:
+        self.run, self.base = run, base
+        self.known = {r["stage"]: r["values"] for r in run.read_jsonl("stages.jsonl", "circuits")}
+        self.reused: list[str] = []
+
+    def __call__(self, stage: str, inputs: Any, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        name = f"{stage}:{stable_hash({**self.base, 'stage': stage, 'inputs': inputs})}"
+        if name in self.known:
+            self.reused.append(stage)
+            return np.array(self.known[name], dtype=float)
+        values = np.asarray(compute(), dtype=float)
+        stored = np.where(np.isfinite(values), values, None).tolist()
+        self.run.append_jsonl("stages.jsonl", "circuits", [{"stage": name, "values": stored}])
+        self.known[name] = stored
+        return values
+
+
 def _estimate(values: np.ndarray, seed: int) -> dict[str, Any] | None:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -329,38 +351,36 @@ def circuits_job(
         raise UserError(f"every prompt of {settings.dataset} selected the latents; use another")
     errors = [(layer, ERROR) for layer in sorted({u for u, _ in upstream})]
     nodes = upstream + errors
-    echo(f"edges: {len(nodes)} upstream nodes x {len(downstream)} downstream latents")
-    edges = edge_attribution(
-        lm,
-        formatter,
-        saes,
-        nodes,
-        downstream,
-        texts,
-        positions=positions,
-        batch_size=settings.batch_size,
+    cache = StageCache(
+        run,
+        {
+            "model": lm.weights_sha256,
+            "dtype": str(lm.dtype),
+            "saes": saes.fingerprint(),
+            "system": formatter.system,
+            "positions": positions,
+            "downstream": downstream,
+        },
     )
     sample = texts[: settings.n_validate]
-    estimated = edge_attribution(
-        lm,
-        formatter,
-        saes,
-        upstream,
-        downstream,
-        sample,
-        positions=positions,
-        batch_size=settings.batch_size,
-        progress=False,
+    common = {"positions": positions, "batch_size": settings.batch_size}
+    echo(f"edges: {len(nodes)} upstream nodes x {len(downstream)} downstream latents")
+    edges = cache(
+        "edges",
+        {"nodes": nodes, "texts": texts},
+        lambda: edge_attribution(lm, formatter, saes, nodes, downstream, texts, **common),
     )
-    patched = patched_edges(
-        lm,
-        formatter,
-        saes,
-        upstream,
-        downstream,
-        sample,
-        positions=positions,
-        batch_size=settings.batch_size,
+    estimated = cache(
+        "estimated",
+        {"nodes": upstream, "texts": sample},
+        lambda: edge_attribution(
+            lm, formatter, saes, upstream, downstream, sample, progress=False, **common
+        ),
+    )
+    patched = cache(
+        "patched",
+        {"nodes": upstream, "texts": sample},
+        lambda: patched_edges(lm, formatter, saes, upstream, downstream, sample, **common),
     )
     valid = np.isfinite(estimated)
     a, b = torch.tensor(estimated[valid]), torch.tensor(patched[valid])
@@ -370,37 +390,48 @@ def circuits_job(
         "pearson": float(np.corrcoef(a, b)[0, 1]) if valid.sum() > 2 else None,
         "spearman": rank_correlation(a, b),
     }
-    starts = salient_positions(lm, formatter, saes, upstream, texts, batch_size=settings.batch_size)
-    clamp = {
-        "harm latents": clamp_drops(
-            lm,
-            formatter,
-            saes,
-            upstream,
-            downstream,
-            texts,
-            starts,
-            value=settings.clamp_value,
-            positions=positions,
+    starts = [
+        int(x)
+        for x in cache(
+            "starts",
+            {"nodes": upstream, "texts": texts},
+            lambda: salient_positions(
+                lm, formatter, saes, upstream, texts, batch_size=settings.batch_size
+            ),
         )
-    }
+    ]
+
+    def drops(latents: Pairs) -> np.ndarray:
+        return cache(
+            "clamp",
+            {
+                "nodes": list(latents),
+                "texts": texts,
+                "starts": starts,
+                "value": settings.clamp_value,
+            },
+            lambda: clamp_drops(
+                lm,
+                formatter,
+                saes,
+                latents,
+                downstream,
+                texts,
+                starts,
+                value=settings.clamp_value,
+                positions=positions,
+            ),
+        )
+
+    clamp = {"harm latents": drops(upstream)}
     frequency = latent_statistics(
         lm, formatter, saes, texts, batch_size=settings.batch_size, progress=False
     ).frequency
     for seed in settings.random_seeds:
         chosen = matched_random(upstream, frequency, seed, exclude=downstream)
-        matched = [(layer, latent) for layer, latent, _ in chosen]
-        clamp[f"random (seed {seed})"] = clamp_drops(
-            lm,
-            formatter,
-            saes,
-            matched,
-            downstream,
-            texts,
-            starts,
-            value=settings.clamp_value,
-            positions=positions,
-        )
+        clamp[f"random (seed {seed})"] = drops([(layer, latent) for layer, latent, _ in chosen])
+    if cache.reused:
+        echo(f"reused from {run.path / 'stages.jsonl'}: {', '.join(cache.reused)}")
     harm_drops = clamp["harm latents"]
     clamp_rows = [
         {

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..generation import length_sorted_batches
 from ..interventions import Intervention, InterventionSet, apply, bind
 from ..models import ChatFormatter, LoadedModel
+from ..models.prefix import SharedHeader, position_independent
 from .base import Verdict, check_pairs
 from .substring import REFUSAL_PHRASES
 
@@ -64,6 +65,8 @@ def last_position_logits(
     desc: str = "score",
 ) -> torch.Tensor:
     """Next-token logits (float32) at the last prompt position, in input order."""
+    items = interventions.items if isinstance(interventions, InterventionSet) else interventions
+    header = SharedHeader(lm, formatter) if position_independent(items) else None
     out: torch.Tensor | None = None
     for indices in tqdm(
         length_sorted_batches(instructions, batch_size),
@@ -73,8 +76,12 @@ def last_position_logits(
     ):
         texts = [instructions[i] for i in indices]
         batch = formatter.encode(texts).to(lm.device)
+        split = header.split(batch) if header is not None else None
         with apply(lm.model, bind(interventions, texts, batch.attention_mask)):
-            logits = lm.model(**batch.forward_kwargs(), logits_to_keep=1).logits[:, -1]
+            if header is not None and split is not None:
+                logits = header.last_logits(*split)
+            else:
+                logits = lm.model(**batch.forward_kwargs(), logits_to_keep=1).logits[:, -1]
             if not torch.isfinite(logits).all():
                 raise UserError("the model produced NaN or inf logits; try --dtype float32")
             if out is None:

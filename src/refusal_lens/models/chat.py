@@ -75,10 +75,14 @@ class ChatFormatter:
         return list(self.tokenizer(suffix, add_special_tokens=False)["input_ids"])
 
     @cached_property
-    def n_pre_instruction(self) -> int:
+    def pre_instruction_ids(self) -> list[int]:
         """Template tokens before the instruction: the fixed header (system turn, user tag)."""
         prefix = self.render(_SENTINEL).split(_SENTINEL, 1)[0]
-        return len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+
+    @property
+    def n_pre_instruction(self) -> int:
+        return len(self.pre_instruction_ids)
 
     @property
     def n_post_instruction(self) -> int:
