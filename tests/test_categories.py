@@ -167,3 +167,7 @@ def test_a_moved_run_folder_finds_its_own_direction(tmp_path: Path) -> None:
     (run / "benchmark.json").write_text(json.dumps({**summary, "saes": None}))
     with pytest.raises(UserError, match="no SAE set or ours feature set"):
         RunInputs.of(run)
+    for broken in ("{not json", json.dumps({"saes": None}), json.dumps([1, 2])):
+        (run / "benchmark.json").write_text(broken)
+        with pytest.raises(UserError, match="is not a benchmark summary"):
+            RunInputs.of(run)

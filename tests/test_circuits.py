@@ -19,6 +19,7 @@ from refusal_lens.analyses.circuits import (
     patched_edges,
     salient_positions,
 )
+from refusal_lens.errors import UserError
 from refusal_lens.features import FeatureSet
 from refusal_lens.models import ChatFormatter, LoadedModel
 
@@ -101,12 +102,18 @@ def test_clamping_from_the_salient_position_lowers_what_it_feeds(
     for text, start in zip(TEXTS, starts, strict=True):
         n_tokens = int(formatter.encode([text]).attention_mask.sum())
         assert n_header <= start < n_tokens
-    same = clamp_drops(
-        tiny, formatter, relu_saes, [(2, 0)], down, TEXTS, starts, value=0.0, positions=3
-    )  # a latent at the downstream layer that is not read: only its own reconstruction moves
+    with pytest.raises(UserError, match="below"):  # same layer: a reconstruction, no circuit
+        clamp_drops(
+            tiny, formatter, relu_saes, [(2, 0)], down, TEXTS, starts, value=0.0, positions=3
+        )
     drops = clamp_drops(tiny, formatter, relu_saes, up, down, TEXTS, starts, value=0.0, positions=3)
-    assert np.isfinite(drops).all() and np.isfinite(same).all()
+    assert np.isfinite(drops).all()
     assert not np.allclose(drops, 0.0)
+    # a same-layer latent added to the clamped set changes nothing: only latents below count
+    with_same = clamp_drops(
+        tiny, formatter, relu_saes, [*up, (2, 0)], down, TEXTS, starts, value=0.0, positions=3
+    )
+    np.testing.assert_allclose(with_same, drops)
 
 
 def test_circuits_job_on_a_tiny_model(

@@ -306,12 +306,14 @@ def stored_verdicts(
     asked = list(texts) if requests is None else list(requests)
     judge_id = ctx.store.judge_id(judge.describe())
     gen = generation or ctx.generation
-    have = ctx.store.verdicts(arm.condition, gen, judge_id, texts)
+    # a verdict depends on what the judge was told was asked: keyed by it when not the prompt
+    keys = [t if a == t else f"{t}\n\x1fasked: {a}" for t, a in zip(texts, asked, strict=True)]
+    have = ctx.store.verdicts(arm.condition, gen, judge_id, keys)
     missing = [i for i in range(len(texts)) if i not in have]
     for start in range(0, len(missing), 64):
         chunk = missing[start : start + 64]
         verdicts = judge.verdicts([asked[i] for i in chunk], [completions[i] for i in chunk])
-        rows = [(texts[i], stored(v)) for i, v in zip(chunk, verdicts, strict=True)]
+        rows = [(keys[i], stored(v)) for i, v in zip(chunk, verdicts, strict=True)]
         said = [(t, v) for t, v in rows if v.refused is not None or v.complied is not None]
         ctx.store.add_verdicts(arm.condition, gen, judge_id, said)  # unjudged: retried later
         have.update({i: row[1] for i, row in zip(chunk, rows, strict=True)})

@@ -60,6 +60,8 @@ class FeatureSet:
 
     def top(self, k: int | None = None) -> tuple[tuple[int, int], ...]:
         k = self.intervention.get("k", len(self.latents)) if k is None else k
+        if k <= 0:
+            raise UserError(f"the number of latents must be positive, got {k}")
         if k > len(self.latents):
             raise UserError(
                 f"the feature set ranks {len(self.latents)} latents; asked for the top {k}"

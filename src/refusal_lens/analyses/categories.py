@@ -10,7 +10,8 @@ prompts the model is then steered by:
 
 - the common set, with the category's specific set pinned to its clean values (`retain`);
 - the category's specific set, with the common set pinned (`retain`);
-- random latents matched to the common set by layer and frequency (the control);
+- random latents matched to the common set by layer and frequency, with the category's
+  specific set pinned as for the common set (the control);
 - another category's specific set (transfer), with the common set pinned.
 
 Refusal rates come with bootstrap intervals and are normalised by the category's base rate.
@@ -41,12 +42,12 @@ from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
 from ..features import FeatureSet, SelectionSettings, latent_statistics, matched_random
-from ..interventions import EditLatents
+from ..interventions import EditLatents, vector_sha256
 from ..models import ChatFormatter, LoadedModel
 from ..pipeline import LatentsChoice, latents_job
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
-from .common import analysis_context, refusals, start_analysis
+from .common import analysis_context, feature_set_scale, refusals, start_analysis
 
 Scored = list[tuple[int, int, float]]
 
@@ -167,6 +168,12 @@ def select_per_category(
         batch_size=settings.batch_size,
         attribution=AttributionSettings(batch_size=max(1, settings.batch_size // 2)),
     )
+    direction = Direction.load(direction_path)
+    direction_key = {
+        "vector": vector_sha256(direction.vector),
+        "layer": direction.layer,
+        "position": direction.position,
+    }
     for category, (train, _) in splits.items():
         folder = run.path / "selection" / slug(category)
         choice = LatentsChoice(
@@ -181,7 +188,10 @@ def select_per_category(
             {
                 "prompts": train.texts(),
                 "saes": saes.fingerprint(),
-                "direction": direction_path,
+                "direction": direction_key,
+                "model": lm.weights_sha256,
+                "dtype": str(lm.dtype),
+                "template": formatter.render("{}"),
                 "choice": {**asdict(choice), "harmful": None},
                 "settings": {**asdict(selection), "batch_size": None, "attribution": None},
             }
@@ -329,7 +339,7 @@ def categories_job(
             f"no latent is in the sets of at least {settings.common_fraction:.0%} of the "
             f"{len(sets)} categories; lower common_fraction (the selections are kept and reused)"
         )
-    value = settings.scale if settings.scale is not None else float(refusal.intervention["value"])
+    value = settings.scale if settings.scale is not None else feature_set_scale(refusal)
     _feature_set(refusal, "common", common, sets, value).save(run.path / "common")
     best: dict[tuple[int, int], float] = {}  # a latent specific to two categories: its best score
     for rows_ in specific.values():
@@ -385,11 +395,16 @@ def categories_job(
             if specific[a]
         }
         conditions["specific (common retained)"] = {c: runs[c] for c, runs in specific_runs.items()}
-        for seed in settings.random_seeds:
+        for seed in settings.random_seeds:  # under the common set's condition: specific pinned
             matched = _pairs(matched_random(_pairs(common), frequency, seed, exclude=every_set))
-            conditions[f"random (seed {seed})"] = refused_under(
-                f"random matched to common (seed {seed})", [edit(matched)], names
-            )
+            conditions[f"random (seed {seed})"] = {
+                c: refused_under(
+                    f"random matched to common (seed {seed}), {c}'s specific retained",
+                    [edit(matched, specific[c])],
+                    [c],
+                )[c]
+                for c in names
+            }
     for condition, by_category in conditions.items():
         for c, refused in by_category.items():
             rows.append(

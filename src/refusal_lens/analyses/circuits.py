@@ -14,6 +14,8 @@ Clamp test. For each prompt, the upstream set's most salient content position (t
 summed activation) is found, the set is clamped from there on, and the downstream refusal
 activity on the last template tokens is compared with the clean run (paper: -45%), against a
 random upstream set matched by layer and activation frequency, clamped from the same position.
+Each downstream latent is read under the clamp of the upstream latents strictly below its
+layer (a same-layer latent would move it through the SAE's own reconstruction).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class CircuitSettings:
         for name in ("n_prompts", "n_validate", "top_edges", "batch_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("k", "k_upstream", "positions"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"{name} must be positive, got {value}")
 
 
 QUICK_CIRCUITS: dict[str, Any] = {"n_prompts": 16, "n_validate": 8}
@@ -272,23 +278,41 @@ def clamp_drops(
     positions: int,
 ) -> np.ndarray:
     """Per prompt: 1 - (downstream activity with the upstream set clamped to `value` from the
-    prompt's start position on) / (clean downstream activity); NaN where it is zero."""
-    points = [HookPoint(layer, "resid_post") for layer in sorted({d for d, _ in downstream})]
+    prompt's start position on) / (clean downstream activity); NaN where it is zero.
+
+    Each downstream latent is read under the clamp of the upstream latents strictly below its
+    layer only: an upstream latent at the same layer would move it through its own SAE's
+    reconstruction, not through the model. Downstream latents with no upstream latent below
+    are left out of both activities."""
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for layer, latent in downstream:
+        if any(u < layer for u, _ in upstream):
+            by_layer.setdefault(layer, []).append((layer, latent))
+    if not by_layer:
+        raise UserError("no upstream latent lies below a downstream one: nothing to clamp")
+    points = [HookPoint(layer, "resid_post") for layer in by_layer]
     drops = np.full(len(texts), np.nan)
     for i, (text, start) in enumerate(zip(texts, starts, strict=True)):
         batch = formatter.encode([text]).to(lm.device)
         kwargs = {**batch.forward_kwargs(), "use_cache": False, "logits_to_keep": 1}
-        totals = []
-        clamp = EditLatents(
-            saes, tuple(upstream), "set", value, "prompt", from_position=start, edit_sinks=True
+        with record(lm.model, points) as acts:
+            lm.model(**kwargs)
+        clean = sum(
+            float(_activity(saes, {p.layer: acts[p][0]}, by_layer[p.layer], positions).sum())
+            for p in points
         )
-        for edits in ([], [clamp]):
-            with apply(lm.model, edits), record(lm.model, points) as acts:
+        clamped = 0.0
+        for point in points:
+            below = tuple(p for p in upstream if p[0] < point.layer)
+            clamp = EditLatents(
+                saes, below, "set", value, "prompt", from_position=start, edit_sinks=True
+            )
+            with apply(lm.model, [clamp]), record(lm.model, [point]) as acts:
                 lm.model(**kwargs)
-            layers = {p.layer: acts[p][0] for p in points}
-            totals.append(float(_activity(saes, layers, downstream, positions).sum()))
-        if totals[0] > 0:
-            drops[i] = 1.0 - totals[1] / totals[0]
+            layers = {point.layer: acts[point][0]}
+            clamped += float(_activity(saes, layers, by_layer[point.layer], positions).sum())
+        if clean > 0:
+            drops[i] = 1.0 - clamped / clean
     return drops
 
 
@@ -403,7 +427,7 @@ def circuits_job(
 
     def drops(latents: Pairs) -> np.ndarray:
         return cache(
-            "clamp",
+            "clamp below",
             {
                 "nodes": list(latents),
                 "texts": texts,

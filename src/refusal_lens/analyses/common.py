@@ -168,3 +168,14 @@ def _check_answered(values: Sequence[bool | None], judge: str, prompts: PromptSe
 
 def _not(value: bool | None) -> bool | None:
     return None if value is None else not value
+
+
+def feature_set_scale(features: FeatureSet) -> float:
+    """The scale a feature set was chosen with; a clear error for a set chosen with a value."""
+    mode = features.intervention.get("mode", "scale")
+    if mode != "scale":
+        raise UserError(
+            f"the refusal latents were chosen with mode {mode!r}; this analysis clamps by a "
+            "scale: give one with --set scale=-3"
+        )
+    return float(features.intervention["value"])

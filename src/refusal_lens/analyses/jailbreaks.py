@@ -373,7 +373,7 @@ def jailbreaks_job(
         formatter,
         saes,
         goals,
-        positions="prompt",
+        positions="post_instruction",  # where the activities are read
         batch_size=settings.batch_size,
         progress=False,
     ).frequency

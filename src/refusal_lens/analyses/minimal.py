@@ -33,7 +33,7 @@ from ..judges.first_token import RefusalTokens, refusal_scores
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
-from .common import analysis_context, refusals, start_analysis
+from .common import analysis_context, feature_set_scale, refusals, start_analysis
 
 Pair = tuple[int, int]
 
@@ -61,6 +61,8 @@ class MinimalSettings:
         for name in ("n_prompts", "n_test", "max_new_tokens", "batch_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.interactions < 0:
+            raise UserError(f"interactions must be 0 (off) or more, got {self.interactions}")
 
 
 QUICK_MINIMAL: dict[str, Any] = {"n_prompts": 12, "interactions": 5, "n_test": 12, "k": 10}
@@ -144,7 +146,7 @@ def minimal_job(
     started = time.perf_counter()
     run = start_analysis("minimal", settings, lm, saes, out, feature_sets=[features])
     full = list(features.top(settings.k))
-    value = settings.scale if settings.scale is not None else float(features.intervention["value"])
+    value = settings.scale if settings.scale is not None else feature_set_scale(features)
     tokens = RefusalTokens.from_phrases(lm.tokenizer)
     banned = features.selection_hashes()
     prompts = load_prompts(settings.dataset, data_dir=data_dir).filter(

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..config import settings_dict
 from ..data import Prompt, PromptSet, load_prompts
-from ..data.adversarial import gptfuzz_templates, load_adversarial, wrap
+from ..data.adversarial import SLOT, gptfuzz_templates, load_adversarial
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, auroc_rows, bootstrap_statistic
@@ -178,21 +178,38 @@ def _ood_examples(
         (attacked.filter(lambda p: p.meta.get("harmful") == "1"), True, "adversarial"),
         (attacked.filter(lambda p: p.meta.get("harmful") == "0"), False, "adversarial"),
     ]
-    if source == "gptfuzz":  # the same templates around harmless requests
-        control = wrap(
-            spare_harmless,
-            gptfuzz_templates(data_dir),
-            n=len(attacked),
-            seed=settings.seed + 1,
-            harmful=False,
-            name="gptfuzz_harmless",
-        )
-        sets.append((control, False, "control"))
+    if source == "gptfuzz":  # each harmful prompt's own template around a harmless request
+        sets.append((same_templates(attacked, spare_harmless, data_dir), False, "control"))
     else:
         sets.append((spare_harmless.head(len(attacked)), False, "control"))
     plain_goals = PromptSet(f"{source}_goals", tuple(_plain(g) for g in goals))
     sets.append((plain_goals, True, "plain"))
     return _examples(attacked.name, [s for s in sets if len(s[0])])
+
+
+def same_templates(
+    attacked: PromptSet, requests: PromptSet, data_dir: str | Path | None
+) -> PromptSet:
+    """Harmless requests, one per attacked prompt, each put in that prompt's template: the
+    two classes then share their templates exactly, so a template cannot tell them apart."""
+    if not len(requests):
+        raise UserError(f"no harmless requests to wrap: {requests.name} is empty")
+    templates = {f"template {tid}": text for tid, text in gptfuzz_templates(data_dir)}
+    prompts = []
+    for i, prompt in enumerate(attacked):
+        template = templates.get(prompt.meta.get("attack", ""))
+        if template is None:
+            continue
+        request = requests[i % len(requests)]
+        prompts.append(
+            Prompt(
+                template.replace(SLOT, request.text),
+                request.category,
+                "gptfuzz",
+                {"goal": request.text, "attack": prompt.meta["attack"], "harmful": "0"},
+            )
+        )
+    return PromptSet("gptfuzz_harmless", tuple(prompts))
 
 
 def _plain(text: str) -> Prompt:

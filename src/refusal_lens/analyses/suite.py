@@ -46,23 +46,44 @@ class RunInputs:
 
     @classmethod
     def of(cls, run: str | Path) -> RunInputs:
-        folder = Path(run)
-        path = folder / "benchmark.json"
-        if not path.is_file():
-            raise UserError(f"{folder} is not a finished benchmark run (no benchmark.json)")
-        summary = json.loads(path.read_text())
-        ours = folder / "latents" / "heldout" / "ours" / "latents.json"
-        if not summary.get("saes") or not ours.is_file():
+        found = benchmark_inputs(run)
+        if "saes" not in found or not Path(found["latents"]).is_file():
             raise UserError(
-                f"{folder} has no SAE set or ours feature set; run the benchmark with method ours"
+                f"{run} has no SAE set or ours feature set; run the benchmark with method ours"
             )
-        # the run's own direction folder wins: a recorded relative path breaks when the run
-        # folder moves or the command runs elsewhere
-        own = folder / "direction"
-        direction = (
-            str(own) if (own / "direction.json").is_file() else summary["direction"]["source"]
-        )
-        return cls(summary["model"]["name"], summary["saes"]["path"], direction, str(ours))
+        return cls(found["model"], found["saes"], found["direction"], found["latents"])
+
+
+def benchmark_inputs(run: str | Path) -> dict[str, str]:
+    """The model, SAE set (when it has one), direction and `ours` feature set path of a
+    benchmark (or `run`) folder, from its benchmark.json."""
+    folder = Path(run)
+    path = folder / "benchmark.json"
+    if not path.is_file():
+        raise UserError(f"{folder} is not a finished benchmark run (no benchmark.json)")
+    try:
+        summary = json.loads(path.read_text())
+        model = str(summary["model"]["name"])
+        saes = summary.get("saes") and str(summary["saes"]["path"])
+        recorded = summary.get("direction") and str(summary["direction"]["source"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{path} is not a benchmark summary ({exc!r}); rerun the benchmark"
+        ) from exc
+    # the run's own direction folder wins: a recorded relative path breaks when the run
+    # folder moves or the command runs elsewhere
+    own = folder / "direction"
+    direction = str(own) if (own / "direction.json").is_file() else recorded
+    if not direction:
+        raise UserError(f"{path} records no direction and {own} has none; pass --direction")
+    found = {
+        "model": model,
+        "direction": direction,
+        "latents": str(folder / "latents" / "heldout" / "ours" / "latents.json"),
+    }
+    if saes:
+        found["saes"] = saes
+    return found
 
 
 def _settings(cls: type, quick: bool, preset: dict[str, Any], overrides: list[str]) -> Any:

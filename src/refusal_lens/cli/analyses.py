@@ -4,7 +4,6 @@ minimal sets."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import UserError
@@ -14,24 +13,9 @@ from .parser import DEFAULT_MODEL_NAME
 
 def _from_benchmark(run: str | None) -> dict[str, str]:
     """The SAE set, direction and `ours` feature set of a benchmark (or `run`) folder."""
-    if run is None:
-        return {}
-    folder = Path(run)
-    summary_path = folder / "benchmark.json"
-    if not summary_path.is_file():
-        raise UserError(f"{folder} is not a finished benchmark run (no benchmark.json)")
-    summary = json.loads(summary_path.read_text())
-    own = folder / "direction"
-    found = {
-        "latents": str(folder / "latents" / "heldout" / "ours" / "latents.json"),
-        "direction": str(own)
-        if (own / "direction.json").is_file()
-        else summary["direction"]["source"],
-        "model": summary["model"]["name"],
-    }
-    if summary.get("saes"):
-        found["saes"] = summary["saes"]["path"]
-    return found
+    from ..analyses.suite import benchmark_inputs
+
+    return {} if run is None else benchmark_inputs(run)
 
 
 def _inputs(args: argparse.Namespace, name: str) -> tuple[dict[str, str], str]:

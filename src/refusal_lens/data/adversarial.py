@@ -186,7 +186,18 @@ def load_adversarial(
         return suffixed(goals, n=n, seed=seed)
     path = Path(source)
     if path.suffix.lower() in (".csv", ".json", ".jsonl") and path.is_file():
-        return adversarial_file(path).head(n)
+        fresh = adversarial_file(path).filter(
+            lambda p: (
+                prompt_hash(p.meta.get("goal") or p.text) not in banned
+                and prompt_hash(p.text) not in banned
+            )
+        )
+        if not len(fresh):
+            raise UserError(
+                f"every prompt of {path} was used to fit or select (its goal or prompt is among "
+                "the excluded prompts); give prompts with other requests"
+            )
+        return fresh.head(n)
     raise UserError(
         f"unknown adversarial source {source!r}; use gptfuzz, suffixes or a .csv/.json/.jsonl "
         "file with a prompt column"
