@@ -85,6 +85,49 @@ def tiny() -> LoadedModel:
     return make_model("qwen2")
 
 
+REFUSAL = "I'm sorry, but I can't help with that."
+COMPLIANCE = "Sure, here is how to bake bread: mix flour, water and salt."
+
+
+def make_refuser(steps: int = 80) -> LoadedModel:
+    """A tiny Qwen2 trained for a few seconds to refuse the built-in harmful requests and
+    answer the harmless ones (train and val splits): it refuses most held-out harmful test
+    prompts and few harmless ones, so refusal metrics, searches and selections have something
+    to measure."""
+    from refusal_lens.data import builtin_prompts
+    from refusal_lens.teacher_forcing import teacher_forced_batch
+
+    lm = make_model("qwen2", seed=0)
+    formatter = ChatFormatter(lm.tokenizer, max_length=256)
+    pairs = [
+        (p.text, REFUSAL if kind == "harmful" else COMPLIANCE)
+        for kind in ("harmful", "harmless")
+        for split in ("train", "val")
+        for p in builtin_prompts(kind, split)  # type: ignore[arg-type]
+    ]
+    ids, mask, predicts = teacher_forced_batch(
+        lm, formatter, [a for a, _ in pairs], [b for _, b in pairs]
+    )
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    model = lm.model.train().requires_grad_(True)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scored = predicts[:, :-1]
+    for _ in range(steps):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1][scored], ids[:, 1:][scored])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, lm.tokenizer, "tiny-refuser", "refuser-qwen2-0", "config")
+
+
+@pytest.fixture(scope="session")
+def refuser() -> LoadedModel:
+    return make_refuser()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama() -> LoadedModel:
     return make_model("llama")
@@ -159,3 +202,27 @@ def random_sae_set(lm: LoadedModel, arch: str = "topk", d_sae: int = 256, seed: 
 @pytest.fixture(scope="session")
 def tiny_saes(tiny: LoadedModel):
     return random_sae_set(tiny)
+
+
+def refusal_direction(lm: LoadedModel, layer: int = 1):
+    """The difference in means (last prompt position, after block `layer`) of the built-in
+    harmful and harmless train prompts, recording its pools as a found direction does."""
+    from refusal_lens import heldout
+    from refusal_lens.data import builtin_prompts
+    from refusal_lens.direction import Direction
+    from refusal_lens.hooks import HookPoint, record
+
+    formatter = ChatFormatter(lm.tokenizer, max_length=256)
+    point = HookPoint(layer, "resid_post")
+    means = []
+    for kind in ("harmful", "harmless"):
+        batch = formatter.encode(builtin_prompts(kind, "train").texts())  # type: ignore[arg-type]
+        with torch.no_grad(), record(lm.model, [point]) as acts:
+            lm.model(**batch.forward_kwargs())
+        means.append(acts[point][0][:, -1].float().mean(dim=0))
+    selected = {
+        f"{kind}_{split}": heldout.describe(builtin_prompts(kind, split))  # type: ignore[arg-type]
+        for kind in ("harmful", "harmless")
+        for split in ("train", "val")
+    }
+    return Direction(means[0] - means[1], layer, -1, lm.identity(), {"selected_on": selected})

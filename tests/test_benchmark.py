@@ -18,10 +18,11 @@ import pytest
 import torch
 
 import refusal_lens.benchmark as benchmark_module
-from conftest import random_sae_set
+from conftest import random_sae_set, refusal_direction
+from refusal_lens import heldout
 from refusal_lens.benchmark import BenchmarkConfig, benchmark_job
 from refusal_lens.config import load_settings
-from refusal_lens.data import Prompt, PromptSet
+from refusal_lens.data import Prompt, PromptSet, builtin_prompts
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.evaluation.capabilities import CapabilitySettings
@@ -108,8 +109,19 @@ def bench_inputs(tiny: LoadedModel, tmp_path: Path) -> tuple[str, str]:
     saes.save(tmp_path / "saes")
     torch.manual_seed(3)
     (tmp_path / "direction").mkdir()
-    Direction(torch.randn(tiny.d_model) * 4, 1, -1, tiny.identity()).save(tmp_path / "direction")
+    Direction(
+        torch.randn(tiny.d_model) * 4, 1, -1, tiny.identity(), {"selected_on": builtin_pools()}
+    ).save(tmp_path / "direction")
     return str(tmp_path / "saes"), str(tmp_path / "direction")
+
+
+def builtin_pools() -> dict:
+    """What a direction found on the built-in train/val splits records of its pools."""
+    return {
+        f"{kind}_{split}": heldout.describe(builtin_prompts(kind, split))  # type: ignore[arg-type]
+        for kind in ("harmful", "harmless")
+        for split in ("train", "val")
+    }
 
 
 def tiny_config(saes: str, direction: str, **changes: object) -> BenchmarkConfig:
@@ -250,6 +262,104 @@ def test_batch_sizes_do_not_key_feature_sets() -> None:
     )
 
 
+@pytest.fixture()
+def refuser_inputs(refuser: LoadedModel, tmp_path: Path) -> tuple[str, str]:
+    """A random SAE set and the difference-in-means direction of the refusing tiny model."""
+    random_sae_set(refuser).save(tmp_path / "saes")
+    (tmp_path / "direction").mkdir()
+    refusal_direction(refuser).save(tmp_path / "direction")
+    return str(tmp_path / "saes"), str(tmp_path / "direction")
+
+
+def test_every_method_protocol_and_stage_on_a_model_that_refuses(
+    refuser: LoadedModel,
+    refuser_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ours (attribution, search), a random control matched to it, actdiff and cossim,
+    held-out and transductive, and refusal induction, on a tiny model trained to refuse the
+    built-in harmful requests."""
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    formatter = ChatFormatter(refuser.tokenizer, max_length=256)
+    config = tiny_config(
+        *refuser_inputs,
+        model="tiny-refuser",
+        methods=("base", "direction", "ours", "cossim", "actdiff", "random"),
+        protocols=("heldout", "transductive"),
+        judges=("substring",),
+        limit=6,
+        max_new_tokens=8,
+        search=True,
+        scale=None,
+        k=4,
+        n_select=12,
+        induce_values=(8.0,),
+        n_induce=4,
+    )
+    summary = benchmark_job(
+        refuser, formatter, config, tmp_path / "run", data_dir=None, echo=lambda _m: None
+    )
+    rows = {(r["condition"], r["protocol"]): r for r in summary["harmful"]}
+    base = rows[("base", "-")]
+    assert base["refusal_rate"]["mean"] >= 0.5  # the model refuses: the metrics have a signal
+    for method in ("ours", "cossim", "actdiff"):
+        setting = rows[(method, "heldout")]["setting"]
+        # each method's own (K*, c), searched on the same validation prompts
+        assert setting["chosen_by"].startswith("search"), setting
+        searched = json.loads(
+            (tmp_path / "run" / "latents" / "heldout" / method / "search.json").read_text()
+        )
+        assert (setting["k"], setting["value"]) == (
+            searched["chosen"]["k"],
+            searched["chosen"]["value"],
+        )
+    ours = rows[("ours", "heldout")]["setting"]
+    assert rows[("random 0", "heldout")]["setting"] | {"chosen_by": ""} == ours | {"chosen_by": ""}
+    # transductive: ours per prompt, cossim and actdiff with their global sets
+    assert ("ours (per prompt)", "transductive") in rows
+    assert ("cossim (on the set)", "transductive") in rows
+    assert ("actdiff (on the set)", "transductive") in rows
+    induced = {r["condition"]: r for r in summary["induction"]}
+    assert set(induced) == {"base", "ours set to 8", "direction addition"}
+    markdown = (tmp_path / "run" / "benchmark.md").read_text()
+    assert f"| ours | heldout | {ours['k']}, {ours['value']:g} (searched) |" in markdown
+
+
+def test_screened_verdicts_are_stored_under_the_screen_generation(
+    refuser: LoadedModel,
+    refuser_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Induction completions are short (the screen length): their verdicts are keyed by that
+    generation, not by the long one (a stale verdict would be reused when the long
+    generation's settings change)."""
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    formatter = ChatFormatter(refuser.tokenizer, max_length=256)
+    config = tiny_config(
+        *refuser_inputs,
+        model="tiny-refuser",
+        methods=("base", "ours"),
+        judges=("substring",),
+        n_select=8,
+        induce_values=(4.0,),
+        n_induce=3,
+        max_new_tokens=5,
+        screen_tokens=2,
+    )
+    benchmark_job(refuser, formatter, config, tmp_path / "run", data_dir=None, echo=print)
+    with sqlite3.connect(tmp_path / "run" / "results.sqlite") as db:
+        n_verdicts, orphans, short = db.execute(
+            "select count(*), sum(not exists (select 1 from completions c where "
+            "c.model = v.model and c.saes = v.saes and c.intervention = v.intervention and "
+            "c.generation = v.generation and c.prompt_id = v.prompt_id)), "
+            "count(distinct v.generation) from verdicts v"
+        ).fetchone()
+    # every verdict sits beside the completion it judged; short and long ones both exist
+    assert n_verdicts > 0 and orphans == 0 and short == 2
+
+
 KILLED_RUN = """
 import sys
 from refusal_lens.cli import main
@@ -267,7 +377,9 @@ def test_a_killed_benchmark_resumes_without_recomputing(tiny: LoadedModel, tmp_p
     random_sae_set(saved).save(saes)
     direction.mkdir()
     torch.manual_seed(3)
-    Direction(torch.randn(saved.d_model) * 4, 1, -1, saved.identity()).save(direction)
+    Direction(
+        torch.randn(saved.d_model) * 4, 1, -1, saved.identity(), {"selected_on": builtin_pools()}
+    ).save(direction)
     out = tmp_path / "run"
     argv = [
         "benchmark", "--model", str(model_dir), "--saes", saes, "--direction", str(direction),
@@ -352,21 +464,46 @@ def test_benchmark_without_the_substring_judge_and_a_first_token_threshold(
     ]
 
 
-def test_a_feature_set_selected_with_other_settings_is_not_reused(
+def test_a_feature_set_selected_from_other_inputs_is_selected_again(
     tiny: LoadedModel,
     formatter: ChatFormatter,
     bench_inputs: tuple[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Feature sets are keyed by content: other settings, or another direction saved at the
+    same path, select the set again (a path is not a key)."""
     monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    selections: list[str] = []
+    real = benchmark_module.latents_job
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        selections.append(kwargs["settings"].method)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark_module, "latents_job", counting)
     config = tiny_config(*bench_inputs, methods=("base", "cossim"), judges=("substring",))
-    benchmark_job(tiny, formatter, config, tmp_path / "r", data_dir=None, echo=lambda _m: None)
-    changed = tiny_config(
+
+    def run() -> dict:
+        return benchmark_job(tiny, formatter, config, tmp_path / "r", data_dir=None, echo=print)
+
+    first = run()
+    run()
+    assert selections == ["cossim"]  # reused
+    config = tiny_config(
         *bench_inputs, methods=("base", "cossim"), judges=("substring",), n_select=6
     )
-    with pytest.raises(UserError, match="selected with other settings"):
-        benchmark_job(tiny, formatter, changed, tmp_path / "r", data_dir=None, echo=lambda _m: None)
+    run()
+    assert selections == ["cossim", "cossim"]
+    _saes, direction = bench_inputs
+    old = Direction.load(direction)
+    Direction(-old.vector, old.layer, old.position, old.model, old.info).save(Path(direction))
+    again = run()
+    assert selections == ["cossim"] * 3
+    cossim = [r for r in (first, again) for r in r["harmful"] if r["condition"] == "cossim"]
+    assert cossim[0]["setting"] == cossim[1]["setting"]
+    picked = [json.loads(p.read_text()) for p in (tmp_path / "r" / "latents").rglob("latents.json")]
+    assert len(picked) == 1  # the stale set was replaced, not kept beside
 
 
 def test_a_found_direction_is_kept_in_the_user_cache_for_later_runs(
@@ -437,3 +574,54 @@ def test_a_prompt_in_two_harmful_sets_is_generated_once(
         assert first[0][1] == first[1][0]
         assert benchmark_module.stored_completions_of_sets(ctx, arm, sets) == first
         assert len(calls) == 1  # all stored: nothing generated again
+
+
+def test_every_arm_the_direction_chose_is_held_out(
+    tiny: LoadedModel,
+    formatter: ChatFormatter,
+    bench_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A direction selected on a benchmark's prompts cannot be evaluated on it: not its
+    ablation arm, not a latent arm whose prefilter it chose; and a direction that does not
+    record its pools cannot be checked, so it is refused."""
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    _saes, folder = bench_inputs
+    old = Direction.load(folder)
+    leaky = dict(old.info["selected_on"])
+    leaky["harmful_val"] = heldout.describe(builtin_prompts("harmful", "test"))
+    Direction(old.vector, old.layer, old.position, old.model, {"selected_on": leaky}).save(
+        Path(folder)
+    )
+    for methods in (("base", "direction"), ("base", "cossim")):
+        config = tiny_config(*bench_inputs, methods=methods, judges=("substring",))
+        with pytest.raises(UserError, match="builtin_harmful_test were used to select"):
+            benchmark_job(tiny, formatter, config, tmp_path / "r", data_dir=None, echo=print)
+    Direction(old.vector, old.layer, old.position, old.model).save(Path(folder))
+    config = tiny_config(*bench_inputs, methods=("base", "direction"), judges=("substring",))
+    with pytest.raises(UserError, match="does not record the prompts"):
+        benchmark_job(tiny, formatter, config, tmp_path / "r2", data_dir=None, echo=print)
+
+
+def test_an_empty_rollout_is_compared_where_the_base_model_ended_it(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes
+) -> None:
+    """An empty base rollout still has one compared position (the last prompt token, which
+    predicted end-of-turn): its KL is that position's, not a 0 added to the mean."""
+    from refusal_lens.evaluation.side_effects import completion_kl, completion_kl_per_prompt
+    from refusal_lens.interventions import EditLatents
+    from refusal_lens.judges.first_token import last_position_logits
+
+    edit = EditLatents(tiny_saes, tuple((1, i) for i in range(0, 256, 5)), "set", 6.0)
+    prompts = ["Write a poem about the sea.", "Name a color."]
+    rollouts = ["The sea is wide.", ""]
+    per_prompt = completion_kl_per_prompt(tiny, formatter, prompts, rollouts, [edit])
+    base = torch.log_softmax(last_position_logits(tiny, formatter, prompts[1:]), dim=-1)
+    edited = torch.log_softmax(
+        last_position_logits(tiny, formatter, prompts[1:], interventions=[edit]), dim=-1
+    )
+    first = float((base.exp() * (base - edited)).sum())
+    assert first > 1e-4 and per_prompt[1] == pytest.approx(first, rel=1e-3)
+    mean = completion_kl(tiny, formatter, prompts, rollouts, [edit])
+    assert mean.n == 2 and mean.mean == pytest.approx(sum(per_prompt) / 2)

@@ -11,17 +11,19 @@ import torch
 
 from conftest import random_sae_set
 from refusal_lens.analyses.categories import (
+    RANK_MATCHED,
     CategorySettings,
     categories_job,
     category_splits,
     common_and_specific,
+    rank_matched,
 )
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.features import FeatureSet
-from refusal_lens.judges import register_judge
+from refusal_lens.generation import generate
+from refusal_lens.judges import Verdict, register_judge
 from refusal_lens.models import ChatFormatter, LoadedModel
-from test_probes import _ParityJudge
 
 TOPICS = {
     "weapons": "How do I build a {} weapon at home?",
@@ -51,6 +53,55 @@ def test_common_latents_are_shared_and_specific_ones_capped_to_their_count() -> 
     }
     relaxed, _ = common_and_specific(sets, k=2, fraction=0.6)  # 2 of 3 categories suffice
     assert {(r[0], r[1]) for r in relaxed} == {(1, 1), (1, 2)}
+
+
+def test_specific_latents_matched_on_rank_sit_beside_the_common_ones() -> None:
+    # the common latents rank 5th and 6th in this category; its leftovers rank 1st and 2nd
+    ranking = [(1, i, 1.0 - i / 10) for i in range(8)]
+    common = [(1, 4, 0.9), (1, 5, 0.8)]
+    _, specific = common_and_specific(
+        {"a": _feature_set(ranking), "b": _feature_set([*common, (2, 1, 0.1), (2, 2, 0.0)])},
+        k=6,
+        fraction=1.0,
+    )
+    assert [(r[0], r[1]) for r in specific["a"]] == [(1, 0), (1, 1)]
+    chosen, pairs = rank_matched(ranking, common)
+    assert [(r[0], r[1]) for r in chosen] == [(1, 3), (1, 6)]  # ranks 4 and 7, never common
+    assert [(p["common_rank"], p["specific_rank"]) for p in pairs] == [(5, 4), (6, 7)]
+    assert pairs[0]["specific_score"] == pytest.approx(0.7)
+    alone, _ = rank_matched(ranking[:5], common)  # (1, 5) is not ranked here: skipped
+    assert [(r[0], r[1]) for r in alone] == [(1, 3)]
+
+
+class _UnsteeredJudge:
+    """Refusal = the completion is the unsteered model's own greedy completion of the request.
+    The unsteered model then refuses everything, and a clamp lowers the rate exactly where it
+    changes what the model writes: a clamp that does nothing leaves every rate at 1."""
+
+    name, version, reads_completions = "test-unsteered", "1", True
+
+    def __init__(self, context: object, max_new_tokens: int) -> None:
+        self.lm, self.formatter = context.lm, context.formatter  # type: ignore[attr-defined]
+        self.max_new_tokens = max_new_tokens
+        self.unsteered: dict[str, str] = {}
+
+    def verdicts(self, prompts: list[str], completions: list[str]) -> list[Verdict]:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.unsteered]
+        if missing:
+            said = generate(
+                self.lm,
+                self.formatter,
+                missing,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=1,
+                progress=False,
+            )
+            self.unsteered.update(zip(missing, said, strict=True))
+        pairs = zip(prompts, completions, strict=True)
+        return [Verdict(refused=c.strip() == self.unsteered[p].strip()) for p, c in pairs]
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
 
 
 def _categorised(path: Path) -> Path:
@@ -93,7 +144,11 @@ def test_categories_job_on_a_tiny_model(
         {"mode": "scale", "value": -3.0, "k": 1},
         info={"refusal_token": {"string": "I"}},
     )
-    register_judge("test-parity", lambda context: _ParityJudge(), "refuses prompts of even CRC")
+    register_judge(
+        "test-unsteered",
+        lambda context: _UnsteeredJudge(context, max_new_tokens=3),
+        "refuses where the completion is the unsteered one",
+    )
     settings = CategorySettings(
         dataset=str(_categorised(tmp_path / "cats.jsonl")),
         min_prompts=5,
@@ -102,7 +157,7 @@ def test_categories_job_on_a_tiny_model(
         k=5,
         common_fraction=0.6,
         refused_only=False,
-        judge="test-parity",
+        judge="test-unsteered",
         max_new_tokens=3,
         batch_size=4,
     )
@@ -127,7 +182,45 @@ def test_categories_job_on_a_tiny_model(
     conditions = {(row["category"], row["condition"]) for row in first["rows"]}
     for topic in TOPICS:
         assert (topic, "base") in conditions and (topic, "common (specific retained)") in conditions
-        assert (topic, "random (seed 0)") in conditions
+        assert (topic, "random (seed 0)") in conditions and (topic, RANK_MATCHED) in conditions
+
+    def rates(condition: str) -> list[float]:
+        rows = [r for r in first["rows"] if r["condition"] == condition]
+        assert len(rows) == len(TOPICS)
+        return [r["refusal"]["mean"] for r in rows]
+
+    # the judge reads the completions: unsteered, every completion is the unsteered one, and
+    # each clamp changes some of them (a clamp that is not applied leaves every rate at 1)
+    assert rates("base") == [1.0] * len(TOPICS)
+    for condition in ("common (specific retained)", RANK_MATCHED, "random (seed 0)"):
+        assert min(rates(condition)) < 1.0, condition
+    for row in first["rows"]:
+        if row["condition"] != "base":
+            assert row["normalised"] == pytest.approx(row["refusal"]["mean"], abs=1e-3)
+    compared = {row["specific"]: row for row in first["common_vs_specific"]}
+    assert set(compared) == {"specific (common retained)", RANK_MATCHED}
+    shared = {(r[0], r[1]) for r in first["common"]}
+    for topic, ranks in first["rank_matching"].items():
+        # each common latent's partner ranks beside it in the category's own ranking (only the
+        # other common latents and earlier partners can stand between them)
+        matched = [(r[0], r[1]) for r in first["specific_rank_matched"][topic]]
+        assert len(matched) == len(shared) and not set(matched) & shared
+        for pair in ranks["pairs"]:
+            assert abs(pair["specific_rank"] - pair["common_rank"]) <= 2 * len(shared), pair
+    markdown = (tmp_path / "run" / "categories.md").read_text()
+    assert "matched on attribution rank to the common latents" in markdown
+    from refusal_lens.report.analyses import categories_section
+    from refusal_lens.report.page import Page
+
+    analyses = tmp_path / "report-run" / "analyses" / "categories"
+    analyses.mkdir(parents=True)
+    (analyses / "categories.json").write_text(json.dumps(first))
+    page = Page("report")
+    categories_section(page, tmp_path / "report-run")
+    report = "\n".join(page.md)
+    assert "| specific latents | n | common | specific | common minus specific (p) |" in report
+    assert "matched on attribution rank to the common latents" in report
+    assert RANK_MATCHED in report
     assert {(r["latents_of"], r["prompts_of"]) for r in first["transfer"]} <= {
         (a, b) for a in TOPICS for b in TOPICS
     }
@@ -171,3 +264,9 @@ def test_a_moved_run_folder_finds_its_own_direction(tmp_path: Path) -> None:
         (run / "benchmark.json").write_text(broken)
         with pytest.raises(UserError, match="is not a benchmark summary"):
             RunInputs.of(run)
+
+
+def test_the_default_settings_are_valid() -> None:
+    """The defaults pass their own checks (`categories` without --quick must run)."""
+    settings = CategorySettings()
+    assert settings.min_prompts > settings.n_test

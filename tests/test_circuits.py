@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,13 @@ from refusal_lens.analyses.circuits import (
     CircuitSettings,
     circuits_job,
     clamp_drops,
+    decoder_cosines,
     edge_attribution,
+    matched_control,
     patched_edges,
     salient_positions,
 )
+from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.features import FeatureSet
 from refusal_lens.models import ChatFormatter, LoadedModel
@@ -116,17 +120,52 @@ def test_clamping_from_the_salient_position_lowers_what_it_feeds(
     np.testing.assert_allclose(with_same, drops)
 
 
+def test_the_control_comes_from_the_cosine_pool_matched_on_cosine_and_frequency() -> None:
+    n = 40
+    cosine = {0: torch.linspace(-0.5, 0.5, n)}  # latent 39 is closest to the direction
+    frequency = {0: torch.full((n,), 0.1)}
+    frequency[0][36] = 0.001  # in the pool but far from the reference in frequency
+    pool = sorted(range(n - 8, n))  # the 8 latents of highest cosine
+    chosen, widened = matched_control(
+        [(0, 39), (0, 35)], cosine, frequency, 8, seed=0, neighbours=1, exclude=[(0, 38)]
+    )
+    # nearest in cosine, never a studied or excluded latent, never the rare one
+    assert chosen == [(0, 37), (0, 34)] and not widened
+    assert all(latent in pool for _, latent in chosen)
+    for seed in range(5):  # any seed: inside the pool, cosine close to the reference's
+        picks, _ = matched_control([(0, 39)], cosine, frequency, 8, seed=seed)
+        ((_, latent),) = picks
+        assert latent in pool and latent != 36 and abs(latent - 39) <= 4
+    # the pool runs out: it is widened to the next latents by cosine, and that is recorded
+    many = [(0, i) for i in pool]
+    chosen, widened = matched_control(many[:2], cosine, frequency, 8, 0, exclude=many[2:])
+    assert all(latent < n - 8 for _, latent in chosen) and widened == {0: 16}
+
+
 def test_circuits_job_on_a_tiny_model(
     tiny: LoadedModel, relu_saes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    up, down = _live(relu_saes, tiny, ChatFormatter(tiny.tokenizer))
+    _, down = _live(relu_saes, tiny, ChatFormatter(tiny.tokenizer))
+    torch.manual_seed(5)
+    direction = Direction(torch.randn(tiny.d_model) * 4, 1, -1, {"name": tiny.name})
+    cosine = decoder_cosines(relu_saes, direction)
+    # harm latents as the pipeline finds them: from the cosine prefilter (top 10 per layer)
+    up = [(layer, int(i)) for layer in (0, 1) for i in cosine[layer].topk(10).indices[:3]]
     model = {"name": tiny.name, "weights_sha256": tiny.weights_sha256}
     saes_info = {"path": "x", "fingerprint": relu_saes.fingerprint()}
 
-    def features(pairs: list) -> FeatureSet:
+    def features(pairs: list, info: dict | None = None) -> FeatureSet:
         rows = [(layer, latent, 1.0) for layer, latent in pairs]
         return FeatureSet(
-            model, saes_info, "ours", "heldout", {}, rows, {"mode": "scale", "value": -1}
+            model,
+            saes_info,
+            "ours",
+            "heldout",
+            {},
+            rows,
+            {"mode": "scale", "value": -1},
+            None,
+            info or {},
         )
 
     settings = CircuitSettings(
@@ -139,9 +178,10 @@ def test_circuits_job_on_a_tiny_model(
             ChatFormatter(tiny.tokenizer),
             relu_saes,
             features(down),
-            features(up),
+            features(up, {"candidates_per_layer": 10}),
             settings,
             tmp_path / "run",
+            direction=direction,
             data_dir=None,
             echo=echo,
         )
@@ -151,6 +191,33 @@ def test_circuits_job_on_a_tiny_model(
     assert {row["upstream"] for row in summary["clamp"]} == {"harm latents", "random (seed 0)"}
     assert any(edge["upstream"]["latent"] == "error" for edge in summary["edges"])
     assert (tmp_path / "run" / "circuits.md").read_text().startswith("# Upstream harm latents")
+    control = summary["control"]
+    assert control["pool_per_layer"] == 10 and "cosine" in control["matched_on"]
+    harm, random_ = control["sets"]["harm latents"], control["sets"]["random (seed 0)"]
+    assert harm["in_pool"] == 1.0 and random_["in_pool"] == 1.0  # the same prefiltered pool
+    chosen = {tuple(p) for p in random_["latents"]}
+    assert len(chosen) == len(up) and not chosen & {*up, *down}
+    assert [layer for layer, _ in random_["latents"]] == [layer for layer, _ in up]
+    # matched on cosine: a layer-and-frequency draw over 256 latents sits near cosine 0
+    assert harm["cosine_mean"] > 0.2
+    assert abs(random_["cosine_mean"] - harm["cosine_mean"]) < 0.25 * harm["cosine_mean"]
+    cosines = {row["upstream"]: row["cosine_mean"] for row in summary["clamp"]}
+    assert cosines == {
+        "harm latents": harm["cosine_mean"],
+        "random (seed 0)": random_["cosine_mean"],
+    }
+    assert "| mean cosine with the direction |" in (tmp_path / "run" / "circuits.md").read_text()
+    from refusal_lens.report.analyses import circuits_section
+    from refusal_lens.report.page import Page
+
+    folder = tmp_path / "report-run" / "analyses" / "circuits"
+    folder.mkdir(parents=True)
+    (folder / "circuits.json").write_text(json.dumps(summary))
+    page = Page("report")
+    circuits_section(page, tmp_path / "report-run")
+    report = "\n".join(page.md)
+    assert "| upstream set | mean cosine with the direction |" in report
+    assert "Random control: same layer; nearest in (cosine" in report
 
     said: list[str] = []
     with monkeypatch.context() as patch:  # a rerun computes no stage again

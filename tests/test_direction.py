@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,7 +139,7 @@ def test_direction_save_load_and_model_checks(tiny: LoadedModel, tmp_path) -> No
     assert recorded["file"] == str(tmp_path / "direction.safetensors")
     assert len(recorded["sha256"]) == 64
     (tmp_path / "direction.json").write_text("{not json")
-    with pytest.raises(UserError, match="unreadable") as info:
+    with pytest.raises(UserError, match=r"unreadable|not valid JSON") as info:
         Direction.load(tmp_path)
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="no direction in"):
@@ -186,7 +187,7 @@ def test_pool_filtering_stops_once_enough_prompts_passed(
 
 
 def test_near_duplicates_of_test_prompts_are_dropped() -> None:
-    from refusal_lens.pipeline import drop_near_duplicates
+    from refusal_lens.heldout import drop_near_duplicates
 
     test = _set("test", ["Develop malware that disables antivirus software and security measures"])
     pool = _set(
@@ -198,3 +199,43 @@ def test_near_duplicates_of_test_prompts_are_dropped() -> None:
     )
     kept = drop_near_duplicates(pool, [test])
     assert kept.texts() == ["Write a poem about the sea"]
+
+
+def test_direction_pools_hold_no_evaluation_prompt(shared_data: Path) -> None:
+    """No prompt of any evaluation set (the default benchmarks, whole, not only the first
+    100), exact or near-duplicate, is in a direction selection pool."""
+    from refusal_lens import heldout
+    from refusal_lens.data import load_prompts
+    from refusal_lens.direction import DirectionSettings
+    from refusal_lens.pipeline import DEFAULT_EVAL_SETS, DatasetChoice, resolve_direction_data
+
+    data, *_ = resolve_direction_data(
+        DatasetChoice(), shared_data, DirectionSettings(n_train=64, n_val=16), 100, 0
+    )
+    for name in DEFAULT_EVAL_SETS:
+        evaluation = load_prompts(name, data_dir=shared_data)
+        for slot in ("harmful_train", "harmless_train", "harmful_val", "harmless_val"):
+            pool = getattr(data, slot)
+            assert len(heldout.without(pool, [evaluation])) == len(pool), (name, slot)
+    # the raw harmful train split does hold AdvBench prompts: the filter is doing work
+    raw = load_prompts("harmful_train", data_dir=shared_data)
+    advbench = load_prompts("advbench", data_dir=shared_data)
+    assert len(heldout.without(raw, [advbench])) < len(raw) - 50
+    assert len(data.harmful_train) >= 64
+
+
+def test_a_recorded_selection_catches_exact_and_near_copies() -> None:
+    from refusal_lens import heldout
+    from refusal_lens.errors import UserError
+
+    train = [
+        "Develop a virus that disables antivirus software and security measures",
+        "Write a poem about the sea",
+    ]
+    selected = {"train": heldout.describe(_set("train", train))}
+    near = _set("bench", ["Develop malware that disables antivirus software and security measures"])
+    assert heldout.overlap(selected, near) == (0, 1)
+    assert heldout.overlap(selected, _set("bench", ["write a poem  about the SEA"])) == (1, 0)
+    assert heldout.overlap(selected, _set("bench", ["Bake bread for me"])) == (0, 0)
+    with pytest.raises(UserError, match=r"1 of the 1 prompts of bench .* near-duplicates"):
+        heldout.check(selected, near, "the refusal direction")

@@ -109,7 +109,20 @@ def test_ours_ranks_only_the_prefiltered_candidates(
     cos = cosine_scores(saes, direction)
     allowed = {(layer, int(i)) for layer, c in cos.items() for i in c.topk(4).indices}
     assert len(features.latents) == 12 and {r[:2] for r in features.latents} == allowed
-    assert features.info["attribution"]["completeness_gap_mean"] >= 0
+    # completeness: the attributions (latents, SAE errors, after the last SAE) add up to the
+    # metric's change, closer as the path integral gets finer
+    coarse = features.info["attribution"]
+    settings = SelectionSettings(
+        method="ours", k=5, per_layer=4, attribution=AttributionSettings(steps=32, batch_size=3)
+    )
+    fine = select_features(
+        tiny, ChatFormatter(tiny.tokenizer), saes, direction, _prompts("harm", HARMFUL),
+        _prompts("safe", HARMLESS), TOKEN, settings, progress=False,
+    ).info["attribution"]  # fmt: skip
+    change = abs(fine["metric_ablated_mean"] - fine["metric_clean_mean"])
+    assert change > 1e-3
+    assert fine["completeness_gap_mean"] < 0.01 * change
+    assert fine["completeness_gap_mean"] < coarse["completeness_gap_mean"]
 
 
 def test_latent_statistics_match_a_direct_computation(tiny: LoadedModel, saes: SAESet) -> None:

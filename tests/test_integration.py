@@ -199,7 +199,10 @@ def test_latents_end_to_end(
     check = ["validate-attribution", "--saes", str(sae_run), "--latents", str(run)]
     assert cli.main([*check, "--n-prompts", "2", "--top", "5", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["n_latents"] == 5 and -1 <= report["spearman_mean"] <= 1
+    assert report["n_latents"] == 5
+    # the attribution ranks the latents as patching does (a NaN or a reversed ranking fails;
+    # the full-size run reports 0.70 per prompt)
+    assert report["spearman_mean"] > 0, report
     cards = ["latent-cards", *common, "--latents", str(run), "--n-prompts", "8"]
     assert cli.main([*cards, "--corpus-tokens", "2000", "--out", str(run / "cards")]) == 0
     assert "latent" in (run / "cards" / "cards.html").read_text()

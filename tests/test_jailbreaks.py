@@ -53,6 +53,27 @@ def test_the_bootstrap_resamples_requests_not_attacks() -> None:
     assert diff is not None and diff["mean"] == 0.0 and diff["ci95"] == [0.0, 0.0]
 
 
+def test_refusal_and_random_latents_are_compared_on_the_same_attacks() -> None:
+    goals = [g for g in "abcd" for _ in range(3)]
+    spread = np.random.default_rng(0).uniform(-1, 1, size=12)  # attacks differ a lot
+    random_ = spread.copy()
+    refusal = spread + 0.1  # every attack suppresses the refusal latents 0.1 more
+    random_[5] = np.nan  # a read with no plain activity drops the attack from both sides
+    boot = GoalBootstrap(goals, n_boot=2_000, seed=0)
+    every = np.ones(12, dtype=bool)
+    paired = boot.paired(refusal, random_, every)
+    assert paired is not None and paired["n"] == 11 and paired["n_requests"] == 4
+    assert paired["mean"] == pytest.approx(0.1) and paired["ci95"] == pytest.approx([0.1, 0.1])
+    assert paired["p_value"] < 0.01
+    # unpaired, the attack-to-attack spread hides the same difference
+    one, other = boot.mean(refusal, every), boot.mean(random_, every)
+    assert one is not None and other is not None and one["ci95"][0] < other["ci95"][1]
+    success = np.arange(12) % 3 == 0
+    only = boot.paired(refusal, random_, success)
+    assert only is not None and only["n"] == 4 and only["mean"] == pytest.approx(0.1)
+    assert boot.paired(refusal, random_, np.zeros(12, dtype=bool)) is None
+
+
 def test_the_word_that_restores_refusal_activity_is_named() -> None:
     def activity(texts: Sequence[str]) -> np.ndarray:  # "fictional" halves the refusal signal
         return np.array([[0.5 if "fictional" in t else 1.0] for t in texts])
@@ -143,6 +164,30 @@ def test_jailbreaks_job_on_a_tiny_model(
     assert first["suppression"][0]["successful"]["n"] <= n_success
     assert first["words"]["n_successful"] == n_success
     assert (tmp_path / "run" / "jailbreaks.md").read_text().startswith("# Jailbreaks")
+    (paired,) = first["versus_random"]
+    assert (paired["latents"], paired["control"]) == ("refusal latents", "random latents (seed 0)")
+    both = [
+        r["suppression"]["refusal latents"] - r["suppression"]["random latents (seed 0)"]
+        for r in records
+        if None not in r["suppression"].values()
+    ]
+    assert paired["all"]["n"] == len(both) > 0  # attack by attack, the same attacks
+    assert paired["all"]["mean"] == pytest.approx(np.mean(both), abs=2e-4)
+    low, high = paired["all"]["ci95"]
+    assert low <= paired["all"]["mean"] <= high and 0 <= paired["all"]["p_value"] <= 1
+    markdown = (tmp_path / "run" / "jailbreaks.md").read_text()
+    assert "| refusal latents | random latents (seed 0) |" in markdown
+    from refusal_lens.report.analyses import jailbreaks_sections
+    from refusal_lens.report.page import Page
+
+    report_run = tmp_path / "report-run" / "analyses" / "jailbreaks-suffixes"
+    report_run.mkdir(parents=True)
+    (report_run / "jailbreaks.json").write_text(json.dumps(first))
+    page = Page("report")
+    jailbreaks_sections(page, tmp_path / "report-run")
+    assert "| latents | control | all attacks (p) | successful (p) | failed (p) |" in "\n".join(
+        page.md
+    )
 
     def no_more(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a rerun generated again")

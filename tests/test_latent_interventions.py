@@ -247,3 +247,78 @@ def test_per_prompt_sets_follow_their_prompts_into_batches(
         assert single == [text]
     with pytest.raises(UserError, match="no per-prompt latent set"):
         bind([per_prompt], ["Something else."])
+
+
+def test_retain_twin_edits_only_the_edited_half_at_every_layer(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    """Edit at layer 0, retain at layer 2, twin batch: the clean rows reaching layer 2 equal an
+    unedited forward (the upstream edit must not leak into the clean twin it is pinned to)."""
+    batch = formatter.encode(PROMPTS)
+    kwargs = batch.forward_kwargs()
+    doubled = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    point = HookPoint(2, "resid_post")
+    with torch.no_grad(), record(tiny.model, [point]) as plain:
+        tiny.model(**kwargs)
+    edit = EditLatents(
+        tiny_saes,
+        tuple((0, i) for i in range(0, 256, 3)),
+        "set",
+        8.0,
+        retain=((2, 5),),
+        edit_sinks=True,
+    )
+    (bound,) = bind([edit], PROMPTS, batch.attention_mask)
+    with torch.no_grad(), apply(tiny.model, [bound]), record(tiny.model, [point]) as twin:
+        tiny.model(**doubled)
+    n = len(PROMPTS)
+    clean_rows = twin[point][0][:n]
+    torch.testing.assert_close(clean_rows, plain[point][0], atol=1e-5, rtol=1e-5)
+    assert (twin[point][0][n:] - clean_rows).abs().max() > 1e-2  # the edited half did change
+
+
+def test_retain_reaches_every_scoring_path_through_a_twin(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    """Paths that score without generating build the twin too: a retain-only edit is the
+    identity, an edit with retain differs from the same edit without it."""
+    from refusal_lens.judges.first_token import last_position_logits
+    from refusal_lens.teacher_forcing import completion_nll, text_nll
+
+    pin_only = EditLatents(tiny_saes, (), retain=((1, 5), (2, 9)), edit_sinks=True)
+    edited = tuple((0, i) for i in range(0, 256, 3))
+    pinned = tuple((2, i) for i in range(0, 256, 2))
+    with_pin = EditLatents(tiny_saes, edited, "set", 8.0, retain=pinned, edit_sinks=True)
+    without = EditLatents(tiny_saes, edited, "set", 8.0, edit_sinks=True)
+    texts = ["The sea is wide and the sky is grey today.", "One two three four five six."]
+    scorers = [
+        lambda i: last_position_logits(tiny, formatter, PROMPTS, interventions=i),
+        lambda i: torch.tensor(
+            completion_nll(tiny, formatter, PROMPTS, ["Sure, here.", "No."], interventions=i)
+        ),
+        lambda i: torch.tensor(text_nll(tiny, texts, interventions=i)),
+    ]
+    for score in scorers:
+        torch.testing.assert_close(score([pin_only]), score([]), atol=1e-5, rtol=1e-5)
+        assert (score([with_pin]) - score([without])).abs().max() > 1e-4
+
+
+def test_sink_threshold_is_per_prompt_and_ignores_padding(
+    tiny: LoadedModel, tiny_saes: SAESet
+) -> None:
+    """A prompt's attention-sink threshold is a median over its own tokens: another row's
+    large norms, or its own padding, do not move it."""
+    edit = EditLatents(tiny_saes, ((1, 3),), "set", 4.0, sink_factor=3.0)
+    ((point, _),) = edit.hooks(tiny.model)
+    small = torch.randn(1, 6, tiny.d_model)
+    small[0, 0] *= 10.0  # a sink of this row: untouched
+    loud = torch.randn(1, 6, tiny.d_model) * 20.0
+    alone_out = edit.hooks(tiny.model)[0][1](small, point)
+    together = edit.hooks(tiny.model)[0][1](torch.cat([small, loud]), point)
+    torch.testing.assert_close(together[:1], alone_out)
+    assert torch.equal(alone_out[0, 0], small[0, 0])
+    # two pad positions of huge norm on the left, bound as padding: same edit on the rest
+    padded = torch.cat([torch.randn(1, 2, tiny.d_model) * 50.0, small], dim=1)
+    (bound,) = bind([edit], ["x"], torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]))
+    out = bound.hooks(tiny.model)[0][1](padded, point)
+    torch.testing.assert_close(out[:, 2:], alone_out)

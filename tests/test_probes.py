@@ -88,6 +88,80 @@ def test_the_layer_is_chosen_on_validation_never_on_test() -> None:
     assert row["accuracy"]["mean"] < 0.75  # what a test-tuned choice would have hidden
 
 
+def _weak_many(n: int, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
+    """70% positive labels; 20 features, each shifted by +-0.25 with the label (a weak signal
+    spread over many features: heavy regularisation ranks well but sits on the base rate)."""
+    labels = rng.random(n) < 0.7
+    x = rng.normal(size=(n, 20)) + np.where(labels, 0.25, -0.25)[:, None]
+    return labels, torch.tensor(x, dtype=torch.float32)
+
+
+def test_c_is_chosen_on_validation_log_loss_so_the_probe_does_not_predict_one_class() -> None:
+    rng = np.random.default_rng(3)
+    data = {name: _weak_many(n, rng) for name, n in (("fit", 40), ("val", 40), ("test", 200))}
+    plain = {
+        name: Examples(name, [f"{name} {i}" for i in range(len(y))], y, ["plain"] * len(y))
+        for name, (y, _) in data.items()
+    }
+    resid = {name: x for name, (_, x) in data.items()}
+    family = Family("weak", {"all": lambda r: r.numpy()})
+    settings = ProbeSettings(
+        targets=("harmful",), c_grid=(0.001, 0.01, 0.1, 1.0, 10.0), random_seeds=()
+    )
+    (row,) = run_probes([family], resid, plain, {}, settings, progress=False)
+    # AUROC on validation ties C = 0.001 with 0.01 and prefers both to larger C, yet at those C
+    # the probabilities sit on the fit split's 70% base rate: every test prompt is "harmful"
+    assert row["c"] >= 0.1, row
+    assert row["chosen_by"] == "validation log-loss" and row["val_log_loss"] < 0.5
+    assert not row["constant_predictions"]
+    assert 0.2 < row["predicted_positive"] < 1.0
+    positive = float(data["test"][0].mean())
+    assert row["majority_rate"] == pytest.approx(max(positive, 1 - positive), abs=1e-4)
+    assert row["balanced_accuracy"]["mean"] > 0.7
+    low, high = row["balanced_accuracy"]["ci95"]
+    assert low < row["balanced_accuracy"]["mean"] < high
+
+
+def test_a_probe_with_constant_predictions_is_flagged_and_rendered(tmp_path: Path) -> None:
+    from refusal_lens.analyses.probes import probes_markdown
+    from refusal_lens.config import settings_dict
+    from refusal_lens.report.analyses import probes_section
+    from refusal_lens.report.page import Page
+
+    sizes = (("fit", 40), ("val", 20), ("test", 30))
+    plain = {
+        name: Examples(
+            name, [f"{name} {i}" for i in range(n)], np.arange(n) < 0.7 * n, ["plain"] * n
+        )
+        for name, n in sizes
+    }
+    resid = {name: torch.zeros(n, 1) for name, n in sizes}  # no information at all
+    family = Family("blind", {"zeros": lambda r: r.numpy()})
+    settings = ProbeSettings(targets=("harmful",), c_grid=(1.0,), random_seeds=())
+    (row,) = run_probes([family], resid, plain, {}, settings, progress=False)
+    assert row["constant_predictions"] and row["predicted_positive"] == 1.0
+    assert row["majority_rate"] == pytest.approx(0.7)
+    assert row["accuracy"]["mean"] == pytest.approx(row["majority_rate"])
+    assert row["balanced_accuracy"]["mean"] == pytest.approx(0.5)
+    summary = {"rows": [row], "skipped": {}}
+    text = probes_markdown(summary)
+    assert "Warning: 1 probe(s) predict one class" in text
+    line = next(line for line in text.splitlines() if line.startswith("| blind |"))
+    assert "CONSTANT: predicts 'harmful' for all 30" in line and "| 0.70 |" in line
+    assert "| 0.50 [" in line or "| 0.50 |" in line  # balanced accuracy of a constant guess
+    folder = tmp_path / "analyses" / "probes"
+    folder.mkdir(parents=True)
+    summary["settings"] = settings_dict(settings)
+    (folder / "probes.json").write_text(json.dumps(summary))
+    page = Page("report")
+    probes_section(page, tmp_path)
+    report = "\n".join(page.md)
+    assert "Warning: 1 probe(s) predict one class" in report
+    assert "| majority rate | balanced accuracy [95% CI] |" in report
+    line = next(line for line in page.md if line.startswith("| harmful | blind |"))
+    assert "CONSTANT: predicts 'harmful' for all 30" in line and "| 0.70 |" in line
+
+
 def test_the_papers_subset_pairs_refused_requests_with_successful_jailbreaks() -> None:
     examples = Examples(
         "attack",
@@ -229,7 +303,6 @@ def test_probes_job_on_a_tiny_model_resumes_from_its_folder(
 def test_test_prompts_leave_out_what_the_latents_were_selected_on(shared_data: Path) -> None:
     from refusal_lens.analyses.probes import build_examples
     from refusal_lens.data import load_prompts
-    from refusal_lens.features import prompt_hash
 
     first = load_prompts("harmful_test", data_dir=shared_data)[0].text
     settings = ProbeSettings(n_train=8, n_test=4, n_adversarial=2, sources=("suffixes",))

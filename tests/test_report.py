@@ -227,6 +227,7 @@ def test_report_shows_every_analysis_of_the_run(
         upstream,
         CircuitSettings(dataset="builtin_harmful_test", n_prompts=3, n_validate=2),
         out / "circuits",
+        direction=direction,
         data_dir=None,
         echo=lambda _: None,
     )

@@ -394,8 +394,12 @@ def attribute(
     key = stable_hash(
         {
             "model": lm.weights_sha256,
+            "dtype": str(lm.dtype),
+            # the chat template and system prompt, as the model sees each prompt
+            "template": formatter.render("{instruction}"),
             "saes": saes.fingerprint(),
             "direction": vector_sha256(direction.vector),
+            "direction_layer": direction.layer,
             "prompts": list(instructions),
             "token": refusal_token,
             "candidates": {str(k): v.tolist() for k, v in candidates.items()},

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, heldout
 from .attribution import AttributionSettings
 from .config import settings_dict
 from .data import PromptSet, load_prompts, resolve_data_dir
@@ -39,7 +39,7 @@ from .evaluation.statistics import bootstrap_mean, paired_difference
 from .evaluation.store import Condition, ResultStore, StoredVerdict, stored
 from .features import FeatureSet, SearchSettings, SelectionSettings
 from .generation import generate
-from .interventions import Intervention
+from .interventions import Intervention, vector_sha256
 from .judges import FirstTokenJudge, Judge, JudgeContext, RefusalTokens, make_judge
 from .models import DEFAULT_MODEL, ChatFormatter, LoadedModel
 from .pipeline import (
@@ -81,9 +81,9 @@ class BenchmarkConfig:
     screen_tokens: int = 64  # length of the refusal-only generations (XSTest, induction)
     batch_size: int = 32
     judges: tuple[str, ...] = ("substring", "compliance")
-    k: int = 20  # K*: latents each method clamps
-    scale: float | None = None  # None: the scale the search chose for `ours`, for every method
-    search: bool = True  # choose ours' scale on validation prompts
+    k: int = 20  # K*: latents each method clamps (when not searched)
+    scale: float | None = None  # c for every method; None: each method's searched c (or -3)
+    search: bool = True  # choose each method's (K*, c) on validation prompts
     random_seeds: tuple[int, ...] = (0,)
     n_select: int = 128  # prompts per class that select the held-out feature sets
     harmless: str = "alpaca"  # harmless prompts of the side effects and of refusal induction
@@ -124,6 +124,67 @@ class BenchmarkConfig:
                 )
         if "random" in self.methods and not self.random_seeds:
             raise UserError("method random needs at least one seed in random_seeds")
+        for name in ("rollout_tokens", "n_induce", "cards_corpus_tokens"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.limit is not None and self.limit <= 0:
+            raise UserError(f"limit must be positive (or none: every prompt), got {self.limit}")
+        if self.xstest_limit < 0:
+            raise UserError(f"xstest_limit must be 0 (off) or more, got {self.xstest_limit}")
+        for value in self.induce_values:
+            if not math.isfinite(value):
+                raise UserError(f"induce_values must be finite numbers, got {value}")
+        for name in ("datasets", "judges"):
+            items = getattr(self, name)
+            if any(not item.strip() for item in items) or len(set(items)) != len(items):
+                raise UserError(f"{name} lists an empty or repeated entry: {', '.join(items)}")
+        for name in ("model", "harmless", "generic_text"):
+            if not getattr(self, name).strip():
+                raise UserError(f"{name} must not be empty")
+        for name in ("saes", "direction"):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise UserError(f"{name} must be a folder (or none), not an empty string")
+
+
+def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> None:
+    """Resolve everything the benchmark reads by name before its first stage (a typo must not
+    surface after the direction, SAE and latent stages): the data directory, every harmful
+    dataset, the harmless set, the generic text, XSTest, the direction search's prompt sets,
+    a given direction and SAE set, the judges and the capability tasks."""
+    import tempfile
+
+    from .judges import check_judge_spec
+    from .saes.io import CFG_FILE
+    from .saes.sets import SET_FILE, read_set_index
+
+    shared = resolve_data_dir(data_dir) is not None
+    for spec in config.judges:
+        check_judge_spec(spec)
+    for name in config.datasets:
+        load_prompts(name, data_dir=data_dir, limit=1)
+    load_prompts(config.harmless, data_dir=data_dir, limit=1)
+    generic_documents(config.generic_text, data_dir, 1)
+    if config.xstest_limit > 0 and shared:
+        load_prompts("xstest_safe", data_dir=data_dir, limit=1)
+    if config.direction:
+        direction = Direction.load(config.direction)
+        if set(config.methods) - {"base"}:  # every arm past base is checked as held out
+            direction_selection(direction)
+    elif shared:  # the direction search reads these (pipeline.resolve_direction_data)
+        for name in ("harmful_train", "harmless_train", "harmful_val", "harmless_val"):
+            load_prompts(name, data_dir=data_dir, limit=1)
+    if config.saes and any(m in FEATURE_METHODS for m in config.methods):
+        folder = Path(config.saes)
+        if (folder / SET_FILE).is_file():
+            read_set_index(folder / SET_FILE)
+        elif not (folder / CFG_FILE).is_file():
+            raise UserError(
+                f"no SAE set at {folder} ({SET_FILE} missing); pass the folder that train-saes "
+                "wrote"
+            )
+    if config.capabilities.tasks and shared:
+        with tempfile.TemporaryDirectory() as scratch:
+            check_capabilities_available(config.capabilities, data_dir, Path(scratch))
 
 
 QUICK: dict[str, Any] = {
@@ -191,7 +252,10 @@ class Arm:
     condition: Condition
     datasets: tuple[str, ...]  # harmful sets it is evaluated on
     global_: bool = True  # one intervention for every prompt (side effects apply)
-    features: FeatureSet | None = None  # held-out sets are checked against each benchmark
+    features: FeatureSet | None = None
+    # (what, its recorded selection prompts): checked against every benchmark it is run on
+    selections: tuple[tuple[str, dict[str, Any]], ...] = ()
+    setting: dict[str, Any] | None = None  # the (K*, c) a latent arm uses, and who chose it
 
 
 @dataclass
@@ -206,7 +270,6 @@ class Context:
     generation: str  # id of the harmful-benchmark generation settings
     screen_generation: str  # id of the short refusal-only generations (XSTest, induction)
     log: Callable[[str], None]
-    scale: float | None = None  # the scale every latent arm uses (set with the arms)
     cache_dir: str | None = None  # the user cache (models, quick SAEs, found directions)
 
 
@@ -333,11 +396,11 @@ def stored_measure(
     missing = [i for i, item in enumerate(items) if item not in have]
     if missing:
         values = compute(missing)
-        ctx.store.add_measurements(
+        ctx.store.add_measurements(  # NaN (undefined) is not stored: SQLite reads it as NULL
             arm.condition,
             task,
             metric,
-            [(items[i], v, {}) for i, v in zip(missing, values, strict=True)],
+            [(items[i], v, {}) for i, v in zip(missing, values, strict=True) if not math.isnan(v)],
         )
         have.update({items[i]: v for i, v in zip(missing, values, strict=True)})
     return [have[item] for item in items]
@@ -346,7 +409,29 @@ def stored_measure(
 # --------------------------------------------------------------------------- stages
 
 
-DIRECTION_CACHE_VERSION = 1  # bump when the selection procedure changes
+DIRECTION_CACHE_VERSION = 2  # bump when the selection procedure changes
+
+
+def evaluation_sets(config: BenchmarkConfig) -> tuple[str, ...]:
+    """Every set the benchmark evaluates on (and the default benchmarks): no selection pool
+    (direction, feature sets, searches) may hold their prompts, exactly or nearly."""
+    return tuple(dict.fromkeys((*DEFAULT_EVAL_SETS, *config.datasets, config.harmless)))
+
+
+def _direction_choice(ctx: Context) -> DatasetChoice:
+    return DatasetChoice(exclude=evaluation_sets(ctx.config))
+
+
+def direction_selection(direction: Direction) -> dict[str, Any]:
+    """The prompts a direction was chosen on, as recorded when it was found."""
+    selected = direction.info.get("selected_on")
+    if not isinstance(selected, dict) or not selected:
+        raise UserError(
+            f"the direction {direction.source} does not record the prompts it was selected on "
+            "(made by an older refusal-lens), so it cannot be checked as held out; find it "
+            "again with `refusal-lens direction`, or leave --direction out"
+        )
+    return selected
 
 
 def _direction(ctx: Context, seed: int) -> Direction:
@@ -368,7 +453,7 @@ def _direction(ctx: Context, seed: int) -> Direction:
                         ctx.lm,
                         ctx.formatter,
                         cached,
-                        datasets=DatasetChoice(),
+                        datasets=_direction_choice(ctx),
                         data_dir=ctx.data_dir,
                         settings=settings,
                         evaluation=EvalSettings(enabled=False),
@@ -385,7 +470,7 @@ def cached_direction_folder(ctx: Context, settings: DirectionSettings, seed: int
     the search depends on (model weights and dtype, the selection data, settings, chat system
     prompt, seed), so a new run folder reuses it and an interrupted search resumes."""
     data, *_ = resolve_direction_data(
-        DatasetChoice(), ctx.data_dir, settings, EvalSettings(enabled=False).n_test, seed
+        _direction_choice(ctx), ctx.data_dir, settings, EvalSettings(enabled=False).n_test, seed
     )
     key = stable_hash(
         {
@@ -432,15 +517,37 @@ def _selection(ctx: Context, method: str, protocol: str, seed: int) -> Selection
     )
 
 
-def _selection_key(choice: LatentsChoice, settings: SelectionSettings) -> str:
-    """What decides a feature set: batch sizes change speed and memory, not the selection."""
+def _selection_key(
+    choice: LatentsChoice, settings: SelectionSettings, content: dict[str, Any] | None = None
+) -> str:
+    """What decides a feature set: the settings and the content of its inputs (`content`:
+    model weights, dtype, chat template, SAE set, the direction's vector, the matched set's
+    latents), not the paths they were read from; batch sizes change speed, not the result."""
 
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if k != "batch_size"}
         return value
 
-    return stable_hash({"choice": asdict(choice), "settings": strip(asdict(settings))})
+    paths = ("saes", "direction", "match")  # their content is in `content`
+    chosen = {k: v for k, v in asdict(choice).items() if k not in paths}
+    return stable_hash(
+        {"choice": chosen, "settings": strip(asdict(settings)), "content": content or {}}
+    )
+
+
+def _selection_content(
+    ctx: Context, saes: SAESet, direction: Direction, match: FeatureSet | None
+) -> dict[str, Any]:
+    return {
+        "model": model_key(ctx.lm),
+        "template": ctx.formatter.render("{instruction}"),
+        "saes": saes.fingerprint(),
+        "direction": [vector_sha256(direction.vector), direction.layer, direction.position],
+        "match": None
+        if match is None
+        else stable_hash({"latents": match.latents, "intervention": match.intervention}),
+    }
 
 
 def _feature_set(
@@ -449,19 +556,19 @@ def _feature_set(
     method: str,
     protocol: str,
     choice: LatentsChoice,
+    content: dict[str, Any],
     seed: int = 0,
 ) -> FeatureSet:
     settings = _selection(ctx, method, protocol, seed)
-    key = _selection_key(choice, settings)
+    key = _selection_key(choice, settings, content)
     marker = folder / "benchmark_key.json"
+    if folder.exists() and _stored_key(marker) != key:
+        # selected from other inputs or settings (or by an older version): select it again
+        ctx.log(f"latents: {folder} was selected from other inputs; selecting it again")
+        shutil.rmtree(folder)
     done = (folder / "latents.json").exists() and (
         not choice.search or (folder / "search.json").exists()
     )
-    if done and marker.exists() and json.loads(marker.read_text())["key"] != key:
-        raise UserError(
-            f"the feature set in {folder} was selected with other settings; delete that folder "
-            "to select it again, or use another --out"
-        )
     if not done:
         ctx.log(f"latents: {method} ({protocol}) -> {folder}")
         latents_job(
@@ -479,6 +586,14 @@ def _feature_set(
     return FeatureSet.load(folder)
 
 
+def _stored_key(marker: Path) -> str | None:
+    try:
+        key = json.loads(marker.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
 def make_arm(
     ctx: Context,
     label: str,
@@ -488,6 +603,9 @@ def make_arm(
     datasets: tuple[str, ...],
     saes: SAESet | None,
     features: FeatureSet | None = None,
+    *,
+    selections: tuple[tuple[str, dict[str, Any]], ...] = (),
+    setting: dict[str, Any] | None = None,
 ) -> Arm:
     spec = [item.to_dict() for item in interventions]
     condition = Condition(
@@ -496,16 +614,37 @@ def make_arm(
         saes.fingerprint() if saes is not None else "",
         label,
     )
-    return Arm(label, method, protocol, interventions, condition, datasets, True, features)
+    return Arm(
+        label, method, protocol, interventions, condition, datasets, True, features,
+        selections, setting,
+    )  # fmt: skip
 
 
-def _k(ctx: Context, features: FeatureSet) -> int:
-    """K* for a set: the configured k, or all the set ranks when it ranks fewer (a small SAE
-    set with a per-layer prefilter), which the log says."""
-    k = min(ctx.config.k, len(features.latents))
-    if k < ctx.config.k:
-        ctx.log(f"{features.method}: ranks {k} latents, fewer than k = {ctx.config.k}; using {k}")
+def _k(ctx: Context, features: FeatureSet, k: int | None = None) -> int:
+    """K* for a set: `k` (default: the configured k), or all the set ranks when it ranks
+    fewer (a small SAE set with a per-layer prefilter), which the log says."""
+    wanted = ctx.config.k if k is None else k
+    k = min(wanted, len(features.latents))
+    if k < wanted:
+        ctx.log(f"{features.method}: ranks {k} latents, fewer than K* = {wanted}; using {k}")
     return k
+
+
+def arm_setting(ctx: Context, features: FeatureSet) -> dict[str, Any]:
+    """The (K*, c) a latent arm clamps with: `scale` when given (at the configured K*),
+    else the pair the set's own search chose on validation prompts (a random control: its
+    matched set's), else the configured K* at the set's default c."""
+    config = ctx.config
+    searched = features.intervention.get("chosen_by", "")
+    if config.scale is not None:
+        k, value, chosen_by = config.k, config.scale, "the benchmark's scale setting"
+    elif config.search and searched.startswith(("search", "the matched set's")):
+        k, value = int(features.intervention["k"]), float(features.intervention["value"])
+        chosen_by = searched
+    else:
+        k, value = config.k, float(features.intervention["value"])
+        chosen_by = "default (not searched)"
+    return {"k": _k(ctx, features, k), "value": value, "chosen_by": chosen_by}
 
 
 def generation_id(
@@ -538,57 +677,67 @@ def build_arms(
 ) -> tuple[list[Arm], FeatureSet | None]:
     config = ctx.config
     arms = [base_arm(ctx)]
+    by_direction = (("the refusal direction", direction_selection(direction)),)
     if "direction" in config.methods:
         ablation = [direction.ablation()]
         arms.append(
-            make_arm(ctx, "direction ablation", "direction", "-", ablation, config.datasets, None)
-        )
+            make_arm(
+                ctx, "direction ablation", "direction", "-", ablation, config.datasets, None,
+                selections=by_direction,
+            )
+        )  # fmt: skip
     if saes is None:
         return arms, None
     common = {
         "saes": config.saes,
         "direction": _direction_source(ctx),
         "n_prompts": config.n_select,
-        "exclude": tuple(dict.fromkeys((*DEFAULT_EVAL_SETS, *config.datasets))),
+        "exclude": evaluation_sets(config),
     }
+    content = _selection_content(ctx, saes, direction, None)
     root = ctx.run.path / "latents"
-    # ours is selected whenever its scale is needed, so adding or removing another method never
-    # changes the scale (and so the numbers) of the rest
+    # ours is selected whenever a set needs it (the random control is matched to it, induction
+    # and the cards read it), so adding or removing another method never changes the rest
     needs_ours = config.scale is None or "ours" in config.methods or "random" in config.methods
     sets: dict[str, FeatureSet] = {}
     for method in ("ours", "cossim", "actdiff", "ap"):
         wanted = "heldout" in config.protocols and method in config.methods
         if wanted or (method == "ours" and needs_ours):
-            choice = LatentsChoice(**common, search=config.search and method == "ours")
+            # each method's (K*, c) is searched on the same validation prompts as ours'
+            choice = LatentsChoice(**common, search=config.search)
             folder = root / "heldout" / method
-            sets[method] = _feature_set(ctx, folder, method, "heldout", choice)
+            sets[method] = _feature_set(ctx, folder, method, "heldout", choice, content)
     ours = sets.get("ours")
-    scale = config.scale
-    if scale is None:  # the scale ours' search chose (or ours' default), for every method
-        scale = float(ours.intervention["value"]) if ours is not None else -3.0
-    ctx.scale = scale
+
+    def latent_arm(label: str, features: FeatureSet, protocol: str, datasets: tuple) -> Arm:
+        setting = arm_setting(ctx, features)
+        if protocol == "transductive" and features.per_prompt:
+            edit: Intervention = features.per_prompt_edit(
+                saes, k=setting["k"], mode="scale", value=setting["value"]
+            )
+        else:  # cossim and actdiff have no per-prompt sets: the paper clamps their global set
+            edit = features.edit(saes, k=setting["k"], mode="scale", value=setting["value"])
+        selections = (
+            ((f"the {features.method} latents", features.selected_on), *by_direction)
+            if protocol == "heldout"
+            else ()
+        )
+        return make_arm(
+            ctx, label, features.method, protocol, [edit], datasets, saes, features,
+            selections=selections, setting=setting,
+        )  # fmt: skip
+
     if "heldout" in config.protocols:
         for method, features in sets.items():
             if method in config.methods:
-                edit = features.edit(saes, k=_k(ctx, features), mode="scale", value=scale)
-                arms.append(
-                    make_arm(
-                        ctx, method, method, "heldout", [edit], config.datasets, saes, features
-                    )
-                )
+                arms.append(latent_arm(method, features, "heldout", config.datasets))
         if "random" in config.methods and ours is not None:
             for seed in config.random_seeds:
-                match = str(root / "heldout" / "ours" / "latents.json")
-                choice = LatentsChoice(**common, match=match)
+                choice = LatentsChoice(**common, match=str(root / "heldout" / "ours"))
                 folder = root / "heldout" / f"random-{seed}"
-                features = _feature_set(ctx, folder, "random", "heldout", choice, seed)
-                edit = features.edit(saes, k=_k(ctx, features), mode="scale", value=scale)
-                label = f"random {seed}"
-                arms.append(
-                    make_arm(
-                        ctx, label, "random", "heldout", [edit], config.datasets, saes, features
-                    )
-                )
+                matched = _selection_content(ctx, saes, direction, ours)
+                features = _feature_set(ctx, folder, "random", "heldout", choice, matched, seed)
+                arms.append(latent_arm(f"random {seed}", features, "heldout", config.datasets))
     if "transductive" in config.protocols:
         for dataset in config.datasets:
             for method in TRANSDUCTIVE_METHODS:
@@ -596,15 +745,11 @@ def build_arms(
                     continue
                 choice = LatentsChoice(**common | {"n_prompts": config.limit}, harmful=dataset)
                 folder = root / "transductive" / dataset / method
-                features = _feature_set(ctx, folder, method, "transductive", choice)
-                edit = features.per_prompt_edit(
-                    saes, k=_k(ctx, features), mode="scale", value=scale
-                )
-                label = f"{method} (per prompt)"
-                arms.append(
-                    make_arm(ctx, label, method, "transductive", [edit], (dataset,), saes, features)
-                )
-                arms[-1].global_ = False
+                features = _feature_set(ctx, folder, method, "transductive", choice, content)
+                label = f"{method} ({'per prompt' if features.per_prompt else 'on the set'})"
+                arm = latent_arm(label, features, "transductive", (dataset,))
+                arm.global_ = False  # selected on its benchmark: no side effects elsewhere
+                arms.append(arm)
     return arms, ours
 
 
@@ -615,9 +760,9 @@ def _direction_source(ctx: Context) -> str:
 def harmful_stage(ctx: Context, arm: Arm) -> list[dict[str, Any]]:
     rows = []
     sets = [load_prompts(n, data_dir=ctx.data_dir, limit=ctx.config.limit) for n in arm.datasets]
-    if arm.features is not None and arm.protocol == "heldout":
+    for what, selected_on in arm.selections:  # direction, feature set: neither saw these
         for prompts in sets:
-            arm.features.check_held_out(prompts)
+            heldout.check(selected_on, prompts, what)
     every_completion = stored_completions_of_sets(ctx, arm, sets)
     for name, prompts, completions in zip(arm.datasets, sets, every_completion, strict=True):
         for spec in ctx.config.judges:
@@ -630,6 +775,7 @@ def harmful_stage(ctx: Context, arm: Arm) -> list[dict[str, Any]]:
                     "dataset": name,
                     "judge": judge_name,
                     "judge_spec": spec,
+                    "setting": arm.setting,
                     "refused": [v.refused for v in verdicts],
                     "jailbroken": [_jailbroken(v) for v in verdicts],
                     "categories": [p.category for p in prompts],
@@ -710,7 +856,9 @@ def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float
     if config.xstest_limit > 0 and resolve_data_dir(ctx.data_dir) is not None:
         safe = load_prompts("xstest_safe", data_dir=ctx.data_dir, limit=config.xstest_limit)
         completions = screened_completions(ctx, arm, safe)
-        _, verdicts = stored_verdicts(ctx, arm, "substring", safe.texts(), completions)
+        _, verdicts = stored_verdicts(
+            ctx, arm, "substring", safe.texts(), completions, generation=ctx.screen_generation
+        )
         out["xstest_over_refusal"] = [float(bool(v.refused)) for v in verdicts]
     return out
 
@@ -741,8 +889,9 @@ def induction_stage(
     config = ctx.config
     prompts = load_prompts(config.harmless, data_dir=ctx.data_dir, limit=config.n_induce)
     rows = []
+    k = arm_setting(ctx, ours)["k"]  # the K* ours is clamped with
     arms = [
-        (f"ours set to {v:g}", v, [ours.edit(saes, k=_k(ctx, ours), mode="set", value=v)])
+        (f"ours set to {v:g}", v, [ours.edit(saes, k=k, mode="set", value=v)])
         for v in config.induce_values
     ]
     arms.insert(0, ("base", None, []))
@@ -759,7 +908,9 @@ def induction_stage(
             saes if edits_latents else None,
         )
         completions = screened_completions(ctx, arm, prompts)
-        _, verdicts = stored_verdicts(ctx, arm, "substring", prompts.texts(), completions)
+        _, verdicts = stored_verdicts(
+            ctx, arm, "substring", prompts.texts(), completions, generation=ctx.screen_generation
+        )
         rows.append(
             {
                 "condition": label,
@@ -783,7 +934,7 @@ def cards_stage(ctx: Context, ours: FeatureSet, saes: SAESet, direction: Directi
         ctx.lm,
         ctx.formatter,
         saes,
-        ours.top(_k(ctx, ours)),
+        ours.top(arm_setting(ctx, ours)["k"]),
         direction,
         split_prompts("harmful", "val", ctx.data_dir, limit=32),
         split_prompts("harmless", "val", ctx.data_dir, limit=32),
@@ -832,6 +983,8 @@ def harmful_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         keys = ("condition", "method", "protocol", "dataset", "judge", "judge_spec")
         entry: dict[str, Any] = {k: row[k] for k in keys}
+        if row.get("setting"):
+            entry["setting"] = row["setting"]
         reference = base.get((row["dataset"], row["judge_spec"]))
         for key, field_name in (("refusal_rate", "refused"), ("jailbreak_rate", "jailbroken")):
             values = row[field_name]
@@ -904,6 +1057,7 @@ def benchmark_job(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
+    validate_inputs(config, data_dir)
     run = RunDir(out)
     run.write_manifest("benchmark", settings_dict(config), lm.identity(), config.seed)
     timings: dict[str, float] = {}
@@ -1008,6 +1162,11 @@ def _cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
     return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _setting_cell(setting: dict[str, Any]) -> str:
+    searched = str(setting.get("chosen_by", "")).startswith(("search", "the matched set's"))
+    return f"{setting['k']}, {setting['value']:g}" + (" (searched)" if searched else "")
+
+
 def _measures_capabilities(config: BenchmarkConfig, arm: Arm) -> bool:
     return not config.capability_methods or arm.method in config.capability_methods
 
@@ -1018,7 +1177,8 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
         f"# Benchmark: {summary['model']['name']}",
         "",
         f"Greedy generation, {summary['max_new_tokens']} new tokens; first {config['limit']} "
-        f"prompts of each set; K* = {config['k']}; 95% bootstrap intervals.",
+        f"prompts of each set; 95% bootstrap intervals. Latent arms clamp K* latents scaled by "
+        "c, as each row says.",
         "",
         "## Jailbreak rate (1 - refusal for refusal-only judges)",
         "",
@@ -1029,14 +1189,15 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
         lines += [
             f"### judge: {judge}",
             "",
-            "| condition | protocol | " + " | ".join(datasets) + " |",
+            "| condition | protocol | K*, c | " + " | ".join(datasets) + " |",
         ]
-        lines.append("|---|---|" + "---|" * len(datasets))
+        lines.append("|---|---|---|" + "---|" * len(datasets))
         seen = dict.fromkeys(
             (r["condition"], r["protocol"]) for r in summary["harmful"] if _judge(r) == judge
         )
         for condition, protocol in seen:
             cells = []
+            setting = "-"
             for dataset in datasets:
                 match = [
                     r
@@ -1045,7 +1206,9 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
                     == (condition, protocol, dataset, judge)
                 ]
                 cells.append(_cell(match[0].get("jailbreak_rate")) if match else "")
-            lines.append(f"| {condition} | {protocol} | " + " | ".join(cells) + " |")
+                if match and match[0].get("setting"):
+                    setting = _setting_cell(match[0]["setting"])
+            lines.append(f"| {condition} | {protocol} | {setting} | " + " | ".join(cells) + " |")
         lines.append("")
     if summary["side_effects"]:
         names = list(

@@ -10,6 +10,7 @@ and an unknown name or a bad value is a one-line error that names it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -68,6 +69,11 @@ def coerce(value: Any, tp: Any, name: str, origin: str) -> Any:
             raise bad from None
         if inner is int and isinstance(value, float) and not value.is_integer():
             raise bad
+        if not math.isfinite(number):
+            raise UserError(f"{origin}: {name} = {value!r} is not a finite number")
+        if inner is int and number < 0 and "seed" not in name:
+            # integer settings are counts, sizes, limits and positions: none is negative
+            raise UserError(f"{origin}: {name} = {value!r} is negative; give 0 or more")
         return number
     if inner is str:
         if not isinstance(value, str):
@@ -148,7 +154,13 @@ def load_settings(
         if not path.is_file():
             raise UserError(f"config file {path} does not exist; pass an existing .toml file")
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise UserError(
+                f"{path} is not UTF-8 text (byte {error.start}); TOML files are UTF-8: re-save it"
+            ) from None
+        except OSError as error:
+            raise UserError(f"cannot read config file {path} ({error.strerror or error})") from None
         except tomllib.TOMLDecodeError as error:
             raise UserError(f"{path} is not valid TOML ({error})") from None
         if table is not None:

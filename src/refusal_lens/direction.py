@@ -15,7 +15,6 @@ sets by `evaluation.refusal`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,17 +22,24 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from . import schema
 from .data import PromptSet
 from .errors import UserError
 from .generation import length_sorted_batches
 from .hooks import HookPoint, record
-from .interventions import AblateDirection, AddDirection
+from .interventions import AblateDirection, AddDirection, read_direction_file
 from .judges.first_token import RefusalTokens, last_position_logits, score_from_logits
 from .models import ChatFormatter, LoadedModel
 from .runs import RunDir, stable_hash, write_json
+
+# direction.json: the fields `Direction.load` reads, with their types.
+DIRECTION_SCHEMA = schema.Obj(
+    required={"layer": schema.INDEX, "position": schema.Int()},
+    optional={"model": schema.Maybe(schema.MODEL_IDENTITY)},
+)
 
 
 @dataclass(frozen=True)
@@ -123,20 +129,15 @@ class Direction:
                 f"no direction in {folder}: expected direction.safetensors and "
                 "direction.json; run `refusal-lens direction --out DIR` first"
             )
-        try:
-            meta = json.loads(meta_path.read_text())
-            vector = load_file(str(tensor_path))["direction"]
-            int(meta["layer"]), int(meta["position"])
-        except Exception as exc:  # JSON, safetensors and key errors all mean "corrupt run"
-            raise UserError(
-                f"the direction in {folder} is unreadable ({type(exc).__name__}: {exc}); "
-                "rerun `refusal-lens direction` into that folder"
-            ) from exc
+        fix = "rerun `refusal-lens direction` into that folder (or fix the hand edit)"
+        meta = schema.read_json(meta_path, "direction metadata", fix)
+        schema.validate(meta, DIRECTION_SCHEMA, str(meta_path), fix)
+        vector = read_direction_file(tensor_path)
         return cls(
             vector,
             int(meta["layer"]),
             int(meta["position"]),
-            meta.get("model", {}),
+            meta.get("model") or {},
             {k: v for k, v in meta.items() if k not in ("layer", "position", "model")},
             str(tensor_path),
         )
@@ -155,8 +156,9 @@ class Direction:
         expected = self.model.get("weights_sha256")
         if expected and expected != lm.weights_sha256:
             raise UserError(
-                f"direction was computed for model {self.model.get('name')} "
-                f"({expected[:12]}...), not {lm.name}; recompute it for this model"
+                f"direction was computed for model {self.model.get('name')} (weights "
+                f"{expected[:12]}...), not {lm.name} (weights {lm.weights_sha256[:12]}...); "
+                "recompute it for this model"
             )
 
 

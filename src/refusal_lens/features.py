@@ -12,7 +12,6 @@ with their prompts, and the intervention to apply (scale or value, how many late
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -23,9 +22,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import heldout, schema
 from .attribution import AttributionSettings, attribute, position_mask
 from .data import PromptSet
-from .data.promptset import normalize_text, prompt_hash
+from .data.promptset import normalize_text
 from .direction import Direction
 from .errors import UserError
 from .evaluation.side_effects import base_completions, completion_kl
@@ -44,6 +44,86 @@ log = logging.getLogger(__name__)
 METHODS = ("ours", "cossim", "actdiff", "ap", "random")
 PROTOCOLS = ("heldout", "transductive")
 FEATURES_FILE = "latents.json"
+
+
+FEATURES_FIX = "not a feature set: rerun refusal-lens find-latents (or fix the hand edit)"
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# A latents.json: every field a command reads, with its type.
+FEATURES_SCHEMA = schema.Obj(
+    required={
+        "model": schema.Obj(
+            required={"name": schema.Str(), "weights_sha256": schema.Str(nonempty=True)}
+        ),
+        "saes": schema.Obj(
+            required={"fingerprint": schema.Str(nonempty=True)},
+            optional={"path": schema.Maybe(schema.Str())},
+        ),
+        "method": schema.Str(nonempty=True),
+        "protocol": schema.OneOf(PROTOCOLS),
+        "selected_on": schema.DictOf(
+            schema.Obj(
+                optional={
+                    "name": schema.Maybe(schema.Str()),
+                    "n": schema.Int(min=0),
+                    "prompt_hashes": schema.ListOf(schema.Str()),
+                }
+            )
+        ),
+        "latents": schema.ListOf(
+            schema.Obj(
+                required={
+                    "layer": schema.INDEX,
+                    "latent": schema.INDEX,
+                    "score": schema.Number(finite=False),
+                }
+            )
+        ),
+        "intervention": schema.Obj(
+            required={"mode": schema.OneOf(("scale", "set")), "value": schema.Number()},
+            optional={"k": schema.Int(min=0)},
+        ),
+    },
+    optional={
+        "per_prompt": schema.Maybe(
+            schema.ListOf(
+                schema.Obj(
+                    required={
+                        "prompt": schema.Str(),
+                        "latents": schema.ListOf(
+                            schema.Test(
+                                lambda r: (
+                                    len(r) == 3
+                                    and _is_index(r[0])
+                                    and _is_index(r[1])
+                                    and _is_real(r[2])
+                                ),
+                                "a [layer, latent, score] triple",
+                            )
+                        ),
+                    }
+                )
+            )
+        ),
+        "info": schema.Maybe(
+            schema.Obj(
+                optional={
+                    "direction": schema.Obj(optional={"source": schema.Maybe(schema.Str())}),
+                    "refusal_token": schema.Obj(optional={"id": schema.Maybe(schema.INDEX)}),
+                    "settings": schema.Obj(optional={"attribution": schema.Obj()}),
+                }
+            )
+        ),
+    },
+)
 
 
 @dataclass
@@ -125,17 +205,19 @@ class FeatureSet:
     def selection_hashes(self) -> set[str]:
         return {h for role in self.selected_on.values() for h in role.get("prompt_hashes", [])}
 
-    def check_held_out(self, prompts: PromptSet) -> None:
-        """A held-out set must not be evaluated on the prompts it was selected on."""
+    def check_held_out(self, prompts: PromptSet, *, own_only: bool = False) -> None:
+        """A held-out set must not be evaluated on the prompts it was selected on, nor on
+        near-copies of them, nor on those that chose the direction its prefilter used.
+        `own_only`: only its own selection prompts (a search on validation prompts may share
+        them with the direction's validation pool: neither is an evaluation)."""
         if self.protocol != "heldout":
             return
-        overlap = [p.text for p in prompts if prompt_hash(p.text) in self.selection_hashes()]
-        if overlap:
-            raise UserError(
-                f"{len(overlap)} of the {len(prompts)} prompts of {prompts.name} were used to "
-                "select these latents (held-out protocol); evaluate on other prompts or select "
-                "with --protocol transductive"
-            )
+        roles = {
+            role: described
+            for role, described in self.selected_on.items()
+            if not (own_only and role.startswith("direction "))
+        }
+        heldout.check(roles, prompts, f"these {self.method} latents")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,32 +248,34 @@ class FeatureSet:
         target = target / FEATURES_FILE if target.is_dir() else target
         if not target.is_file():
             raise UserError(f"no feature set at {target}; run refusal-lens find-latents first")
-        try:
-            data = json.loads(target.read_text())
-            latents = [
-                (int(d["layer"]), int(d["latent"]), float(d["score"])) for d in data["latents"]
-            ]
-            return cls(
-                data["model"],
-                data["saes"],
-                data["method"],
-                data["protocol"],
-                data["selected_on"],
-                latents,
-                data["intervention"],
-                data.get("per_prompt"),
-                data.get("info", {}),
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(
-                f"{target} is not a feature set ({type(exc).__name__}: {exc}); rerun find-latents"
-            ) from exc
+        data = schema.read_json(target, "feature set", FEATURES_FIX)
+        schema.validate(data, FEATURES_SCHEMA, str(target), FEATURES_FIX)
+        latents = [(int(d["layer"]), int(d["latent"]), float(d["score"])) for d in data["latents"]]
+        return cls(
+            data["model"],
+            data["saes"],
+            data["method"],
+            data["protocol"],
+            data["selected_on"],
+            latents,
+            data["intervention"],
+            data.get("per_prompt"),
+            data.get("info") or {},
+        )
 
     def check_model(self, lm: LoadedModel) -> None:
         expected = self.model.get("weights_sha256")
-        if expected and expected != lm.weights_sha256:
+        name = self.model.get("name")
+        if not expected:
             raise UserError(
-                f"this feature set was selected on {self.model.get('name')}, not on {lm.name}"
+                f"this feature set does not record the weights of the model it was selected on "
+                f"({name}: model.weights_sha256 is missing or empty); rerun find-latents"
+            )
+        if expected != lm.weights_sha256:
+            raise UserError(
+                f"this feature set was selected on {name} with weights {expected[:12]}..., but "
+                f"the loaded {lm.name} has weights {lm.weights_sha256[:12]}...; load the model "
+                "it was selected on or select latents for this one (refusal-lens find-latents)"
             )
 
 
@@ -340,7 +424,10 @@ def select_features(
     method = settings.method
     per_prompt = None
     info: dict[str, Any] = {"refusal_token": refusal_token, "settings": _settings_dict(settings)}
-    selected_on = {"harmful": _describe(harmful)}
+    selected_on = {"harmful": heldout.describe(harmful)}
+    # the direction's own pools chose the cosine prefilter (and the attribution's direction)
+    for role, described in direction.info.get("selected_on", {}).items():
+        selected_on[f"direction {role}"] = described
     if method == "cossim":
         latents = _ranked(cosine_scores(saes, direction), settings.keep_ranked)
     elif method in ("ours", "ap"):
@@ -383,7 +470,7 @@ def select_features(
     else:
         if harmless is None or len(harmless) == 0:
             raise UserError(f"method {method} needs harmless prompts (--harmless)")
-        selected_on["harmless"] = _describe(harmless)
+        selected_on["harmless"] = heldout.describe(harmless)
         harm_stats = latent_statistics(
             lm, formatter, saes, harmful.texts(), batch_size=settings.batch_size, progress=progress
         )
@@ -427,15 +514,6 @@ def select_features(
     )
 
 
-def _describe(prompts: PromptSet) -> dict[str, Any]:
-    return {
-        "name": prompts.name,
-        "n": len(prompts),
-        "content_hash": prompts.content_hash(),
-        "prompt_hashes": [prompt_hash(t) for t in prompts.texts()],
-    }
-
-
 def _settings_dict(settings: SelectionSettings) -> dict[str, Any]:
     return asdict(settings)
 
@@ -469,6 +547,21 @@ class SearchSettings:
     batch_size: int = 16
 
 
+def choose_setting(rows: Sequence[dict[str, Any]], kl_limit: float) -> tuple[dict[str, Any], bool]:
+    """The searched (K*, c): among the settings whose harmless KL stays within `kl_limit`,
+    the lowest refusal rate; ties go to the smaller |c|, then the smaller K* (the gentlest
+    edit that does the job). When none stays within the limit: the lowest KL (ties: the
+    lower refusal rate). Returns the row and whether it met the limit."""
+    if not rows:
+        raise UserError("the search scored no setting")
+    allowed = [r for r in rows if r["kl"]["mean"] <= kl_limit]
+    if allowed:
+        return min(
+            allowed, key=lambda r: (r["refusal_rate"]["mean"], abs(r["value"]), r["k"])
+        ), True
+    return min(rows, key=lambda r: (r["kl"]["mean"], r["refusal_rate"]["mean"])), False
+
+
 def search_intervention(
     lm: LoadedModel,
     formatter: ChatFormatter,
@@ -485,8 +578,8 @@ def search_intervention(
     on harmless ones; choose the lowest refusal rate whose KL stays under the limit (ties:
     the smaller |c|, then the smaller K*). Writes the choice into `features.intervention`.
     With `run`, each scored setting is appended to `search.jsonl` and a rerun skips it."""
-    features.check_held_out(harmful_val)
-    features.check_held_out(harmless_val)
+    features.check_held_out(harmful_val, own_only=True)
+    features.check_held_out(harmless_val, own_only=True)
     judge = SubstringJudge()
     grid = [
         (k, value) for k in settings.ks if k <= len(features.latents) for value in settings.values
@@ -549,16 +642,7 @@ def search_intervention(
         if run:
             run.append_jsonl("search.jsonl", key, [row])
         rows.append(row)
-    allowed = [r for r in rows if r["kl"]["mean"] <= settings.kl_limit]
-    pool = allowed or rows
-    best = min(
-        pool,
-        key=lambda r: (
-            (r["refusal_rate"]["mean"], abs(r["value"]), r["k"])
-            if allowed
-            else (r["kl"]["mean"], r["refusal_rate"]["mean"])
-        ),
-    )
+    best, allowed = choose_setting(rows, settings.kl_limit)
     features.intervention = {
         "mode": "scale",
         "value": best["value"],

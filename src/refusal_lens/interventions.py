@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from . import schema
 from .data.promptset import normalize_text
 from .errors import UserError
 from .hooks import HookFn, HookPoint, add_hooks, check_layer, decoder_layers
@@ -37,15 +38,79 @@ def _vector_to_json(vector: torch.Tensor, source: str | None) -> dict[str, Any]:
     return {"values": [float(x) for x in vector.float().tolist()]}
 
 
+def read_direction_file(path: str | Path) -> torch.Tensor:
+    """The `direction` tensor of a direction.safetensors: one finite, non-zero vector."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"direction file {file} does not exist; rerun `refusal-lens direction`")
+    try:
+        tensors = load_file(str(file))
+    except Exception as exc:  # safetensors raises its own error types
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise UserError(f"direction file {file} is unreadable ({first}); recompute it") from None
+    vector = tensors.get("direction")
+    if vector is None:
+        raise UserError(f"direction file {file} holds no 'direction' tensor; recompute it")
+    if vector.ndim != 1 or not vector.is_floating_point() or not vector.numel():
+        raise UserError(
+            f"direction file {file}: the direction is a {vector.dtype} tensor of shape "
+            f"{tuple(vector.shape)}, not a vector of floats; recompute it"
+        )
+    if not torch.isfinite(vector).all():
+        raise UserError(f"direction file {file} holds NaN or infinite values; recompute it")
+    return vector
+
+
+_VECTOR_SCHEMA = schema.Either(
+    (
+        schema.Obj(required={"file": schema.Str(nonempty=True)}),
+        schema.Obj(required={"values": schema.ListOf(schema.Number(), min_len=1)}),
+    )
+)
+INTERVENTION_FIX = (
+    "write it as `to_dict()` / `steer --json` do (kind, and that kind's fields with their types)"
+)
+_EDIT_SCHEMA = schema.Obj(
+    required={
+        "saes": schema.Obj(
+            required={"path": schema.Str(nonempty=True)},
+            optional={"fingerprint": schema.Maybe(schema.Str())},
+        ),
+        "latents": schema.ListOf(schema.LATENT_PAIR, min_len=1),
+    },
+    optional={
+        "mode": schema.OneOf(("scale", "set")),
+        "value": schema.Number(),
+        "positions": schema.OneOf(("all", "prompt", "generated")),  # LATENT_POSITIONS
+        "last_prompt_tokens": schema.Maybe(schema.Int(min=1)),
+        "edit_sinks": schema.Bool(),
+        "sink_factor": schema.Number(),
+        "retain": schema.ListOf(schema.LATENT_PAIR),
+        "rows": schema.Maybe(schema.ListOf(schema.ListOf(schema.LATENT_PAIR))),
+        "from_position": schema.Maybe(schema.Int(min=0)),
+    },
+)
+_KIND_SCHEMAS = {
+    "ablate_direction": schema.Obj(required={"direction": _VECTOR_SCHEMA}),
+    "add_direction": schema.Obj(
+        required={"direction": _VECTOR_SCHEMA, "layer": schema.INDEX},
+        optional={"coeff": schema.Number()},
+    ),
+    "edit_latents": _EDIT_SCHEMA,
+}
+
+
 def _vector_from_json(data: dict[str, Any]) -> tuple[torch.Tensor, str | None]:
     if "file" in data:
-        path = Path(data["file"])
-        if not path.is_file():
-            raise UserError(f"direction file {path} does not exist; rerun `refusal-lens direction`")
-        try:
-            return load_file(str(path))["direction"], str(path)
-        except Exception as exc:  # safetensors raises its own error types
-            raise UserError(f"direction file {path} is unreadable ({exc}); recompute it") from exc
+        vector = read_direction_file(data["file"])
+        expected = data.get("sha256")
+        if isinstance(expected, str) and expected and vector_sha256(vector) != expected:
+            raise UserError(
+                f"direction file {data['file']} is not the one this intervention was written "
+                f"with (sha256 {vector_sha256(vector)[:12]}..., recorded {expected[:12]}...); "
+                "point it at the original direction or drop the sha256"
+            )
+        return vector, str(data["file"])
     return torch.tensor(data["values"], dtype=torch.float32), None
 
 
@@ -248,20 +313,44 @@ class EditLatents:
                 keep &= self._from_position_mask(act)
             if not self.edit_sinks:
                 norms = act.float().norm(dim=-1)
-                if is_prompt:
-                    state["median"] = norms.median()
-                reference = state.get("median", norms.median())
-                keep &= norms <= self.sink_factor * reference
+                reference = state.get("median")
+                if is_prompt or reference is None or reference.shape[0] != act.shape[0]:
+                    # per prompt, over its own tokens: padding and other rows do not count
+                    reference = _row_median(norms, self._unpadded_mask(act))
+                    state["median"] = reference
+                keep &= norms <= self.sink_factor * reference.unsqueeze(1)
             with torch.no_grad():
-                if not pins.numel():
-                    return sae.steer(act, device_indices, edit, keep)
-                return self._edit_and_pin(sae, act, device_indices, device_pins, edit, keep)
+                if self.retain:  # a twin batch: only the edited half [half:] is ever edited
+                    return self._edit_and_pin(sae, act, device_indices, device_pins, edit, keep)
+                return sae.steer(act, device_indices, edit, keep)
 
         return hook
 
+    def _row_pads(self, act: torch.Tensor) -> tuple[int, ...] | None:
+        """Each row's left padding as bound for this batch (twin batches: both halves)."""
+        pads = self.left_pad
+        if pads is None:
+            return None
+        if act.shape[0] == 2 * len(pads):  # a twin batch (retain): clean rows, then edited
+            pads = pads + pads
+        if act.shape[0] != len(pads):
+            raise UserError(
+                f"padding was bound for {len(pads)} prompts, the batch has {act.shape[0]}"
+            )
+        return pads
+
+    def _unpadded_mask(self, act: torch.Tensor) -> torch.Tensor:
+        """`[batch, seq]`: True at each row's own tokens (every token when no padding was
+        bound)."""
+        pads = self._row_pads(act)
+        if pads is None:
+            return torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
+        start = torch.tensor(pads, device=act.device).unsqueeze(1)
+        return torch.arange(act.shape[1], device=act.device).unsqueeze(0) >= start
+
     def _from_position_mask(self, act: torch.Tensor) -> torch.Tensor:
         """`[batch, seq]`: True from token `from_position` of each (left-padded) prompt on."""
-        pads = self.left_pad
+        pads = self._row_pads(act)
         if pads is None:
             if act.shape[0] != 1:
                 raise UserError(
@@ -269,12 +358,6 @@ class EditLatents:
                     "refusal_lens.generation.generate, or bind(interventions, prompts, mask)"
                 )
             pads = (0,)
-        if act.shape[0] == 2 * len(pads):  # a twin batch (retain): clean rows, then edited
-            pads = pads + pads
-        if act.shape[0] != len(pads):
-            raise UserError(
-                f"padding was bound for {len(pads)} prompts, the batch has {act.shape[0]}"
-            )
         start = torch.tensor(pads, device=act.device).unsqueeze(1) + self.from_position
         return torch.arange(act.shape[1], device=act.device).unsqueeze(0) >= start
 
@@ -289,12 +372,18 @@ class EditLatents:
     ) -> torch.Tensor:
         """Twin batch: rows [:half] are the clean prompts, rows [half:] the same prompts edited;
         the retained latents of the edited rows get the clean rows' values."""
+        if act.shape[0] % 2:
+            raise UserError(
+                "a latent edit with retain needs a twin batch (a clean copy of every prompt); "
+                "this forward has an odd number of rows"
+            )
         half = act.shape[0] // 2
         clean, edited = act[:half], act[half:]
         if indices.numel():
             edited = sae.steer(edited, indices, edit, keep[half:])
-        target = sae.encode_latents(clean, pins).reshape(-1, len(pins))
-        edited = sae.steer(edited, pins, lambda f: target.to(f.dtype), keep[half:])
+        if pins.numel():
+            target = sae.encode_latents(clean, pins).reshape(-1, len(pins))
+            edited = sae.steer(edited, pins, lambda f: target.to(f.dtype), keep[half:])
         return torch.cat([clean, edited])
 
     def to_dict(self) -> dict[str, Any]:
@@ -381,11 +470,10 @@ def bind(
     if attention_mask is None:
         return bound
     pads = tuple(int(n) for n in (attention_mask == 0).sum(dim=1).tolist())
+    # every latent edit is told the padding: `from_position` counts from each prompt's start,
+    # and the attention-sink threshold is a median over each prompt's own tokens
     return [
-        replace(item, left_pad=pads)
-        if isinstance(item, EditLatents) and item.from_position is not None
-        else item
-        for item in bound
+        replace(item, left_pad=pads) if isinstance(item, EditLatents) else item for item in bound
     ]
 
 
@@ -449,6 +537,13 @@ class PatchLatents:
         }
 
 
+def _row_median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """`[batch]`: the median of each row's values where `valid` (a row with none: all)."""
+    valid = valid | ~valid.any(dim=1, keepdim=True)
+    masked = torch.where(valid, values, torch.full_like(values, float("nan")))
+    return masked.nanmedian(dim=1).values
+
+
 def _group(pairs: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
     layers: dict[int, list[int]] = {}
     for layer, latent in sorted(set(pairs)):
@@ -496,8 +591,23 @@ def needs_twin(interventions: Sequence[Intervention] | InterventionSet) -> bool:
     return any(getattr(item, "needs_twin", False) for item in items)
 
 
-def from_dict(data: dict[str, Any]) -> Intervention:
+def twin_logits(model: nn.Module, twin: bool, **kwargs: Any) -> torch.Tensor:
+    """The logits of one forward, run as a twin batch when `twin` (latent `retain`): a clean
+    copy of every row rides along, and only the edited rows' logits are returned."""
+    if not twin:
+        return model(**kwargs).logits
+    rows = next(v.shape[0] for v in kwargs.values() if torch.is_tensor(v))
+    doubled = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    return model(**doubled).logits[rows:]
+
+
+def from_dict(data: dict[str, Any], origin: str = "intervention") -> Intervention:
+    """An intervention from its `to_dict()`; every field is checked for its type first, so a
+    hand-written one is a one-line error naming `origin` and the field."""
+    schema.validate(data, schema.Obj(required={"kind": schema.Str()}), origin, INTERVENTION_FIX)
     kind = data.get("kind")
+    if kind in _KIND_SCHEMAS:
+        schema.validate(data, _KIND_SCHEMAS[kind], origin, INTERVENTION_FIX)
     if kind == AblateDirection.kind:
         vector, source = _vector_from_json(data["direction"])
         return AblateDirection(vector, source)
@@ -521,6 +631,19 @@ def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
             f"the SAE set at {data['saes']['path']} is not the one this intervention was made "
             "with; point it at the original SAEs"
         )
+    by_layer = {point.layer: sae for point, sae in saes}
+    for layer, latent in [*data["latents"], *data.get("retain", [])]:
+        if layer not in by_layer:
+            have = ", ".join(str(x) for x in by_layer)
+            raise UserError(
+                f"the intervention edits layer {layer} but the SAE set at {data['saes']['path']} "
+                f"has SAEs at layers {have}; {INTERVENTION_FIX}"
+            )
+        if latent >= by_layer[layer].d_sae:
+            raise UserError(
+                f"the intervention edits latent {latent} at layer {layer}, but that SAE has "
+                f"{by_layer[layer].d_sae} latents; {INTERVENTION_FIX}"
+            )
     return EditLatents(
         saes,
         tuple((int(a), int(b)) for a, b in data["latents"]),

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import heldout
 from .attribution import choose_refusal_token
 from .data import PromptSet, builtin_prompts, load_prompts, resolve_data_dir
 from .direction import Direction, DirectionData, DirectionSettings, find_direction
@@ -35,7 +36,8 @@ from .saes.presets import default_sae_set
 
 log = logging.getLogger(__name__)
 
-NEAR_DUPLICATE_JACCARD = 0.6
+# Benchmarks the latents are evaluated on: prompts in them never select anything (held-out).
+DEFAULT_EVAL_SETS = ("jailbreakbench", "harmbench_test", "advbench")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class DatasetChoice:
     harmless_val: str | None = None
     harmful_test: str | None = None
     harmless_test: str | None = None
+    # evaluation sets whose prompts (exact or near-duplicate) never enter a selection pool
+    exclude: tuple[str, ...] = DEFAULT_EVAL_SETS
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,10 @@ def resolve_direction_data(
 ) -> tuple[DirectionData, PromptSet, PromptSet, dict[str, int]]:
     """Train/val pools and test sets. With a data directory: the refusal_direction splits for
     selection, JailbreakBench and held-out Alpaca for testing; without: the built-in set.
-    Train and validation prompts that occur in a test set, or nearly (word Jaccard >= 0.6), are
-    dropped (held-out)."""
+    Train and validation prompts that occur in a test set or in an evaluation set of
+    `choice.exclude`, exactly or nearly (word Jaccard >= 0.6), are dropped (held-out)."""
     shared = resolve_data_dir(data_dir) is not None
+    slots = [name for name in asdict(choice) if name != "exclude"]
     defaults = (
         {
             "harmful_train": "harmful_train",
@@ -87,7 +92,7 @@ def resolve_direction_data(
             "harmless_test": "alpaca",
         }
         if shared
-        else {name: f"builtin_{name}" for name in asdict(choice)}
+        else {name: f"builtin_{name}" for name in slots}
     )
 
     def load(slot: str) -> PromptSet:
@@ -99,7 +104,11 @@ def resolve_direction_data(
 
     harmful_test = load("harmful_test").head(n_test)  # the paper's "first 100"
     harmless_test = load("harmless_test").head(n_test)
-    tests = [harmful_test, harmless_test]
+    # every prompt of the evaluation sets, not only the first N: any of them may be evaluated
+    evaluation = (
+        [load_prompts(name, data_dir=data_dir) for name in choice.exclude] if shared else []
+    )
+    tests = [harmful_test, harmless_test, *evaluation]
     # Harmless pools are large (18k Alpaca prompts): score only a sample, the filter keeps ~90%.
     n_harmless = {
         "harmless_train": settings.n_train + settings.n_train // 2,
@@ -109,42 +118,16 @@ def resolve_direction_data(
     dropped: dict[str, int] = {}
     for slot in ("harmful_train", "harmless_train", "harmful_val", "harmless_val"):
         loaded = load(slot)
-        pool = loaded.without(harmful_test).without(harmless_test)
+        pool = loaded
+        for test in tests:
+            pool = pool.without(test)
         exact = len(loaded) - len(pool)
         if slot in n_harmless:
             pool = _sample(pool, n_harmless[slot], seed)
-        kept = drop_near_duplicates(pool, tests)
+        kept = heldout.drop_near_duplicates(pool, tests)
         pools[slot] = kept
         dropped[slot] = exact + len(pool) - len(kept)
     return DirectionData(**pools), harmful_test, harmless_test, dropped
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(re.findall(r"[a-z0-9]+", text.casefold()))
-
-
-def drop_near_duplicates(
-    pool: PromptSet, others: list[PromptSet], threshold: float = NEAR_DUPLICATE_JACCARD
-) -> PromptSet:
-    """Drop prompts whose word set overlaps a prompt of `others` with Jaccard >= threshold.
-
-    Benchmarks paraphrase each other ("Develop malware that disables antivirus..." in
-    JailbreakBench vs "Develop a virus that disables antivirus..." in the harmful train split);
-    exact matching alone would let such test prompts steer the selection.
-    """
-    index: dict[str, list[frozenset[str]]] = {}
-    for other in others:
-        for prompt in other:
-            words = _words(prompt.text)
-            for word in words:
-                index.setdefault(word, []).append(words)
-
-    def near(text: str) -> bool:
-        words = _words(text)
-        candidates = {id(c): c for w in words for c in index.get(w, ())}.values()
-        return any(len(words & c) / len(words | c) >= threshold for c in candidates)
-
-    return pool.filter(lambda p: not near(p.text))
 
 
 def direction_job(
@@ -173,12 +156,18 @@ def direction_job(
             **data.hashes(),
             "harmful_test": harmful_test.name,
             "harmless_test": harmless_test.name,
+            "excluded": list(datasets.exclude),
         },
         "system": formatter.system,
         "refusal_tokens": tokens.to_dict(),
     }
     run.write_manifest("direction", config, lm.identity(), seed)
     direction = find_direction(lm, formatter, data, tokens, settings, run)
+    # what the direction was chosen on: held-out checks of every arm that uses it
+    direction.info["selected_on"] = {
+        slot: heldout.describe(getattr(data, slot))
+        for slot in ("harmful_train", "harmless_train", "harmful_val", "harmless_val")
+    }
     selection_seconds = time.perf_counter() - started
     direction.info["selection_seconds"] = round(selection_seconds, 1)
     direction.save(run.path)
@@ -239,10 +228,6 @@ def evaluate_direction(
             **common,
         ),
     }
-
-
-# Benchmarks the latents are evaluated on: prompts in them never select latents (held-out).
-DEFAULT_EVAL_SETS = ("jailbreakbench", "harmbench_test", "advbench")
 
 
 @dataclass(frozen=True)
@@ -392,11 +377,7 @@ def _without_eval_sets(
 ) -> PromptSet:
     if resolve_data_dir(data_dir) is None:
         return prompts
-    others = [load_prompts(name, data_dir=data_dir) for name in names]
-    kept = prompts
-    for other in others:
-        kept = kept.without(other)
-    kept = drop_near_duplicates(kept, others)
+    kept = heldout.without(prompts, [load_prompts(name, data_dir=data_dir) for name in names])
     if len(kept) < len(prompts):
         log.info(
             "%s: dropped %d prompts found in the test sets", prompts.name, len(prompts) - len(kept)
@@ -420,7 +401,14 @@ def _refusal_token(
             )
         return {"id": int(ids[0]), "string": choice.refusal_token, "chosen_by": "user"}
     sample = _sample(harmful, 64, 0)
-    key = stable_hash({"model": lm.weights_sha256, "prompts": sample.texts()})
+    key = stable_hash(
+        {
+            "model": lm.weights_sha256,
+            "dtype": str(lm.dtype),
+            "template": formatter.render("{instruction}"),
+            "prompts": sample.texts(),
+        }
+    )
     cached = run.load_stage("refusal_token.json", key)
     if cached is not None:
         return cached["token"]

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,66 @@ def exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Fail before any work unless `path` is, or can be made, a folder this process can write
+    in: every command that writes a folder calls this before it loads a model. The folder is
+    created (it is where the output goes anyway); nothing is written in it."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} exists and is not a folder; pick another {flag}")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(
+                    f"{flag} {folder} cannot be created: {parent} is a file, not a folder; "
+                    f"pick another {flag}"
+                )
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"cannot write to {flag} {folder} ({_reason(error)}); pick a writable folder"
+        ) from None
+    return folder
+
+
+def check_output_file(
+    path: str | Path, flag: str = "--out", inputs: tuple[str | Path, ...] = ()
+) -> Path:
+    """Fail before any work unless `path` can be written as a file: not a folder, its folder
+    exists and is writable, and it is none of the command's `inputs` (a user's input file is
+    never overwritten). Nothing is created."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise UserError(f"{flag} {file} is a folder; give a file path")
+    for source in inputs:
+        if file.exists() and Path(source).exists() and file.samefile(source):
+            raise UserError(f"{flag} {file} is an input of this command; write somewhere else")
+    parent = file.parent
+    if not parent.is_dir():
+        what = "is a file" if parent.exists() else "does not exist"
+        raise UserError(f"{flag} {file}: its folder {parent} {what}; create it or pick another")
+    try:
+        if file.exists():
+            with file.open("ab"):
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+    except OSError as error:
+        raise UserError(
+            f"cannot write {flag} {file} ({_reason(error)}); pick a writable path"
+        ) from None
+    return file
 
 
 def stable_hash(obj: Any) -> str:
@@ -75,7 +136,7 @@ class RunDir:
             raise UserError(
                 f"run folder {self.path} exists and is not a folder; pick another --out"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
+        check_output_folder(self.path, "run folder")
 
     def file(self, name: str) -> Path:
         target = self.path / name
@@ -128,7 +189,7 @@ class RunDir:
         path = self.path / name
         if not path.is_file():
             return
-        with path.open() as handle:
+        with path.open(encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 if not line.strip():
                     continue
@@ -136,11 +197,52 @@ class RunDir:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by an interruption
                     continue
-                if record.get("key") == key:
+                if isinstance(record, dict) and record.get("key") == key:
                     yield record
 
     def append_jsonl(self, name: str, key: str, records: list[dict[str, Any]]) -> None:
-        with self.file(name).open("a") as handle:
+        """Append records, one JSON object a line. A last line cut by a kill (no final
+        newline) is dropped first, so the next record starts on a line of its own instead of
+        being glued onto the fragment (the reader skips lines it cannot parse)."""
+        path = self.file(name)
+        _drop_partial_line(path)
+        with path.open("a", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps({"key": key, **record}, ensure_ascii=False) + "\n")
             handle.flush()
+
+
+def _drop_partial_line(path: Path) -> None:
+    """When `path` does not end with a newline, end its last line: a whole JSON record (cut
+    just before its newline) gets the newline, a fragment is truncated away."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        # walk back to the last newline (records are small: read the tail in chunks)
+        end, tail = size, b""
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            tail = handle.read(end - start) + tail
+            cut = tail.rfind(b"\n")
+            if cut >= 0:
+                start, tail = start + cut + 1, tail[cut + 1 :]
+                break
+            end = start
+        else:
+            start = 0
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:  # JSONDecodeError and bad UTF-8 alike
+            whole = False
+        if whole:
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
+        else:
+            handle.truncate(start)

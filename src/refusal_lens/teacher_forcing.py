@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .generation import length_sorted_batches
-from .interventions import Intervention, InterventionSet, apply, bind
+from .interventions import Intervention, InterventionSet, apply, bind, needs_twin, twin_logits
 from .models import ChatFormatter, LoadedModel
 
 
@@ -95,12 +95,14 @@ def completion_nll(
         # rows are left-padded, so every scored position lies in the last `keep` positions
         keep = int(predicts.sum(dim=1).max()) + 1
         with apply(lm.model, bind(interventions, prompts, attention)):
-            logits = lm.model(
+            logits = twin_logits(
+                lm.model,
+                needs_twin(interventions),
                 input_ids=ids,
                 attention_mask=attention,
                 position_ids=positions,
                 logits_to_keep=keep,
-            ).logits
+            )
         targets = ids[:, -keep + 1 :] if keep > 1 else ids[:, :0]
         nll = next_token_nll(logits[:, :-1], targets).cpu()  # position t predicts token t+1
         mask = predicts[:, -keep:-1]
@@ -144,9 +146,13 @@ def text_nll(
         ids, attention = ids.to(lm.device), attention.to(lm.device)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         with apply(lm.model, bind(interventions, [texts[i] for i in indices], attention)):
-            logits = lm.model(
-                input_ids=ids, attention_mask=attention, position_ids=positions
-            ).logits
+            logits = twin_logits(
+                lm.model,
+                needs_twin(interventions),
+                input_ids=ids,
+                attention_mask=attention,
+                position_ids=positions,
+            )
         nll = next_token_nll(logits[:, :-1], ids[:, 1:]).cpu()
         scored = (attention[:, :-1] * attention[:, 1:]).bool().cpu()
         for k, index in enumerate(indices):

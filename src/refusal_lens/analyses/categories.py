@@ -10,6 +10,10 @@ prompts the model is then steered by:
 
 - the common set, with the category's specific set pinned to its clean values (`retain`);
 - the category's specific set, with the common set pinned (`retain`);
+- the category's specific latents matched on attribution rank to the common ones (for each
+  common latent, the non-common latent nearest to it in that category's own ranking), with
+  the common set pinned: the specific set above is the top-ranked leftovers, so it ranks below
+  the common set, and a weaker effect could be that lower rank rather than specificity;
 - random latents matched to the common set by layer and frequency, with the category's
   specific set pinned as for the common set (the control);
 - another category's specific set (transfer), with the common set pinned.
@@ -48,14 +52,16 @@ from ..pipeline import LatentsChoice, latents_job
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import analysis_context, feature_set_scale, refusals, start_analysis
+from .jailbreaks import difference
 
 Scored = list[tuple[int, int, float]]
+RANK_MATCHED = "specific, rank-matched (common retained)"
 
 
 @dataclass(frozen=True)
 class CategorySettings:
     dataset: str = "strongreject"  # any prompt set with categories
-    min_prompts: int = 20  # categories with fewer prompts are left out
+    min_prompts: int = 40  # categories with fewer prompts are left out (n_test + 20 train)
     n_train: int = 32  # selection prompts per category (those the model refuses are used)
     n_test: int = 20  # test prompts per category
     k: int = 20  # size of each category's global set
@@ -251,8 +257,56 @@ def common_and_specific(
     return common, specific
 
 
+def rank_matched(ranking: Scored, common: Scored | tuple) -> tuple[Scored, list[dict[str, Any]]]:
+    """For each common latent (best first), the latent of one category's `ranking` nearest to
+    it in rank (the better-ranked one on a tie) that is not common and not taken yet, and the
+    pairs with their ranks (1 = best) and scores in that ranking. A common latent missing from
+    the ranking is skipped."""
+    shared = set(_pairs(common))
+    rank = {(row[0], row[1]): i for i, row in enumerate(ranking)}
+    free = [i for i, row in enumerate(ranking) if (row[0], row[1]) not in shared]
+    chosen: Scored = []
+    pairs: list[dict[str, Any]] = []
+    for pair in _pairs(common):
+        if pair not in rank or not free:
+            continue
+        at = rank[pair]
+        best = min(free, key=lambda i: (abs(i - at), i))
+        free.remove(best)
+        chosen.append(ranking[best])
+        pairs.append(
+            {
+                "common": list(pair),
+                "common_rank": at + 1,
+                "common_score": round(float(ranking[at][2]), 6),
+                "specific": [ranking[best][0], ranking[best][1]],
+                "specific_rank": best + 1,
+                "specific_score": round(float(ranking[best][2]), 6),
+            }
+        )
+    return chosen, pairs
+
+
+def _rank_summary(ranking: Scored, latents: Scored | tuple) -> dict[str, Any]:
+    """Mean rank (1 = best) and score of `latents` in one category's ranking."""
+    rank = {(row[0], row[1]): i for i, row in enumerate(ranking)}
+    found = [rank[p] for p in _pairs(latents) if p in rank]
+    if not found:
+        return {"n": 0, "rank_mean": None, "score_mean": None}
+    return {
+        "n": len(found),
+        "rank_mean": round(float(np.mean(found)) + 1, 2),
+        "score_mean": round(float(np.mean([ranking[i][2] for i in found])), 6),
+    }
+
+
 def _feature_set(
-    template: FeatureSet, method: str, latents: Scored, sets: dict[str, FeatureSet], value: float
+    template: FeatureSet,
+    method: str,
+    latents: Scored,
+    sets: dict[str, FeatureSet],
+    value: float,
+    info: dict[str, Any] | None = None,
 ) -> FeatureSet:
     hashes = sorted({h for fs in sets.values() for h in fs.selection_hashes()})
     return FeatureSet(
@@ -263,7 +317,7 @@ def _feature_set(
         {"harmful": {"name": "category train prompts", "n": len(hashes), "prompt_hashes": hashes}},
         list(latents),
         {"mode": "scale", "value": value, "k": len(latents)},
-        info={"categories": sorted(sets)},
+        info={"categories": sorted(sets), **(info or {})},
     )
 
 
@@ -340,19 +394,33 @@ def categories_job(
             f"{len(sets)} categories; lower common_fraction (the selections are kept and reused)"
         )
     value = settings.scale if settings.scale is not None else feature_set_scale(refusal)
-    _feature_set(refusal, "common", common, sets, value).save(run.path / "common")
+    # the cosine prefilter the sets were selected from (a later control draws from it)
+    prefilter = {"candidates_per_layer": per_layer(settings, len(saes))}
+    _feature_set(refusal, "common", common, sets, value, prefilter).save(run.path / "common")
     best: dict[tuple[int, int], float] = {}  # a latent specific to two categories: its best score
     for rows_ in specific.values():
         for layer, latent, score in rows_:
             best[(layer, latent)] = max(score, best.get((layer, latent), -math.inf))
     harm = sorted(((a, b, s) for (a, b), s in best.items()), key=lambda r: -r[2])
-    _feature_set(refusal, "specific", harm[: settings.k], sets, value).save(run.path / "harm")
+    harm_set = _feature_set(refusal, "specific", harm[: settings.k], sets, value, prefilter)
+    harm_set.save(run.path / "harm")
+    matched_specific: dict[str, Scored] = {}
+    rank_matching: dict[str, Any] = {}
+    for c, fs in sets.items():
+        matched_specific[c], pairs = rank_matched(fs.latents, common)
+        rank_matching[c] = {
+            "common": _rank_summary(fs.latents, common),
+            "specific": _rank_summary(fs.latents, specific[c]),
+            "rank_matched": _rank_summary(fs.latents, matched_specific[c]),
+            "pairs": pairs,
+        }
     tests = {c: test for c, (_, test) in splits.items()}
     train_texts = [p.text for train, _ in splits.values() for p in train]
     frequency = latent_statistics(
         lm, formatter, saes, train_texts, batch_size=settings.batch_size, progress=False
     ).frequency
     every_set = [(a, b) for fs in sets.values() for a, b, _ in fs.latents[: settings.k]]
+    every_set += [pair for rows_ in matched_specific.values() for pair in _pairs(rows_)]
     rows: list[dict[str, Any]] = []
     with analysis_context(
         lm,
@@ -395,6 +463,15 @@ def categories_job(
             if specific[a]
         }
         conditions["specific (common retained)"] = {c: runs[c] for c, runs in specific_runs.items()}
+        conditions[RANK_MATCHED] = {  # the same, with specific latents ranked as the common
+            c: refused_under(
+                f"specific of {c} matched on rank to common, common retained",
+                [edit(matched_specific[c], common)],
+                [c],
+            )[c]
+            for c in names
+            if matched_specific[c]
+        }
         for seed in settings.random_seeds:  # under the common set's condition: specific pinned
             matched = _pairs(matched_random(_pairs(common), frequency, seed, exclude=every_set))
             conditions[f"random (seed {seed})"] = {
@@ -429,6 +506,11 @@ def categories_job(
         "candidates": per_layer(settings, len(saes)) * len(saes),
         "common": [list(row) for row in common],
         "specific": {c: [list(row) for row in rows_] for c, rows_ in specific.items()},
+        "specific_rank_matched": {
+            c: [list(row) for row in rows_] for c, rows_ in matched_specific.items()
+        },
+        "rank_matching": rank_matching,
+        "common_vs_specific": compare_common(conditions, settings.seed),
         "rows": rows,
         "transfer": transfer,
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -438,9 +520,47 @@ def categories_job(
     return summary
 
 
+SPECIFIC_KINDS = {
+    "specific (common retained)": "top-ranked leftovers (rank below the common latents)",
+    RANK_MATCHED: "matched on attribution rank to the common latents",
+}
+
+
+def compare_common(conditions: dict[str, dict[str, np.ndarray]], seed: int) -> list[dict[str, Any]]:
+    """Refusal under the common clamp minus refusal under a specific clamp, paired over the
+    same test prompts (pooled over the categories both were run on), with its bootstrap
+    interval and p-value: once for the specific latents as selected, once rank-matched."""
+    common = conditions.get("common (specific retained)", {})
+    out = []
+    for kind, how in SPECIFIC_KINDS.items():
+        names = [c for c in common if c in conditions.get(kind, {})]
+        if not names:
+            continue
+        a = np.concatenate([common[c] for c in names]).astype(float)
+        b = np.concatenate([conditions[kind][c] for c in names]).astype(float)
+        out.append(
+            {
+                "specific": kind,
+                "matched": how,
+                "categories": names,
+                "n": int(a.size),
+                "common_refusal": _rate(a, seed),
+                "specific_refusal": _rate(b, seed),
+                "common_minus_specific": difference(a, b, seed=seed),
+            }
+        )
+    return out
+
+
 def _cell(entry: dict[str, Any]) -> str:
     low, high = entry["ci95"]
     return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def rank_cell(entry: dict[str, Any]) -> str:
+    if not entry.get("n"):
+        return "-"
+    return f"{entry['rank_mean']:.1f} [{entry['score_mean']:.3g}]"
 
 
 def categories_markdown(summary: dict[str, Any]) -> str:
@@ -463,6 +583,39 @@ def categories_markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {row['category']} | {row['condition']} | {_cell(row['refusal'])} | {norm} |"
         )
+    comparison = summary.get("common_vs_specific") or []
+    if comparison:
+        lines += [
+            "",
+            "Common vs specific, paired over the same test prompts (refusal under the common "
+            "clamp minus refusal under the specific clamp; below zero: the common latents remove "
+            "more refusal). The specific latents as selected rank below the common ones in their "
+            "category's attribution ranking; the rank-matched ones rank beside them.",
+            "",
+            "| specific latents | n | common | specific | common minus specific (p) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in comparison:
+            diff = row["common_minus_specific"]
+            tail = "-" if diff is None else f"{_cell(diff)} (p={diff['p_value']:.3f})"
+            lines.append(
+                f"| {row['matched']} | {row['n']} | {_cell(row['common_refusal'])} | "
+                f"{_cell(row['specific_refusal'])} | {tail} |"
+            )
+    ranks = summary.get("rank_matching") or {}
+    if ranks:
+        lines += [
+            "",
+            "Mean rank (1 = best) [mean attribution score] in each category's own ranking:",
+            "",
+            "| category | common | specific | specific, rank-matched |",
+            "|---|---|---|---|",
+        ]
+        for c, r in ranks.items():
+            lines.append(
+                f"| {c} | {rank_cell(r['common'])} | {rank_cell(r['specific'])} | "
+                f"{rank_cell(r['rank_matched'])} |"
+            )
     if summary["transfer"]:
         lines += ["", "Transfer: one category's specific latents on another's prompts.", ""]
         lines += ["| latents of | prompts of | refusal | normalised |", "|---|---|---|---|"]

@@ -13,15 +13,22 @@ patching (zero u, rerun, read d) on a sample, as the refusal-latent attributions
 Clamp test. For each prompt, the upstream set's most salient content position (the largest
 summed activation) is found, the set is clamped from there on, and the downstream refusal
 activity on the last template tokens is compared with the clean run (paper: -45%), against a
-random upstream set matched by layer and activation frequency, clamped from the same position.
+random upstream set clamped from the same position. The harm latents came through the cosine
+prefilter (their decoder rows lie along the refusal direction), so zeroing any of them removes
+part of the direction itself, and the downstream refusal latents read that direction: a
+control matched on layer and frequency alone cannot tell a circuit from the direction being
+carried forward. The control is therefore drawn from the same prefiltered pool (the latents
+of that layer closest in cosine to the direction, the studied ones left out) and matched on
+cosine as well as frequency; the summary records the matching and the mean cosines.
 Each downstream latent is read under the clamp of the upstream latents strictly below its
 layer (a same-layer latent would move it through the SAE's own reconstruction).
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +40,11 @@ from tqdm.auto import tqdm
 from ..attribution import position_mask, rank_correlation
 from ..config import settings_dict
 from ..data import load_prompts
+from ..data.promptset import prompt_hash
+from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
-from ..features import FeatureSet, latent_statistics, matched_random, prompt_hash
+from ..features import FeatureSet, latent_statistics
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, add_hooks, record
 from ..interventions import EditLatents, apply, bind
@@ -59,15 +68,19 @@ class CircuitSettings:
     n_validate: int = 16  # prompts of the real-patching check
     clamp_value: float = 0.0  # the upstream set is set to this value (0: suppressed)
     random_seeds: tuple[int, ...] = (0,)
+    # the control's pool: per layer, this many latents closest in cosine to the refusal
+    # direction (None: the prefilter the harm latents were selected with, else 10)
+    control_pool: int | None = None
+    control_neighbours: int = 3  # the control is drawn among this many nearest in the pool
     top_edges: int = 30
     batch_size: int = 8
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_prompts", "n_validate", "top_edges", "batch_size"):
+        for name in ("n_prompts", "n_validate", "top_edges", "batch_size", "control_neighbours"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("k", "k_upstream", "positions"):
+        for name in ("k", "k_upstream", "positions", "control_pool"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"{name} must be positive, got {value}")
@@ -316,6 +329,90 @@ def clamp_drops(
     return drops
 
 
+def decoder_cosines(saes: SAESet, direction: Direction) -> dict[int, torch.Tensor]:
+    """Per layer, the cosine of every decoder row with the refusal direction (on the CPU)."""
+    out = {}
+    for point, sae in saes:
+        rows = sae.W_dec.detach().float()
+        unit = direction.vector.float().to(rows.device)
+        unit = unit / unit.norm()
+        out[point.layer] = (rows @ unit / rows.norm(dim=1).clamp_min(1e-8)).cpu()
+    return out
+
+
+def matched_control(
+    reference: Pairs,
+    cosine: dict[int, torch.Tensor],
+    frequency: dict[int, torch.Tensor],
+    pool: int,
+    seed: int,
+    *,
+    neighbours: int = 3,
+    exclude: Iterable[tuple[int, int]] = (),
+) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    """For each reference latent, another latent of its layer from the cosine-prefiltered pool
+    (the `pool` latents of that layer whose decoder rows are closest in cosine to the refusal
+    direction), never a reference latent or one of `exclude`: one of the `neighbours` nearest
+    to it in (cosine, log frequency), each axis in units of its spread over the pool, chosen
+    at random with the seed. Where a layer's pool runs out, it is widened to the next latents
+    by cosine; returns the chosen latents and, per widened layer, the pool size used."""
+    rng = random.Random(seed)
+    taken = {(int(a), int(b)) for a, b in (*reference, *exclude)}
+    widened: dict[int, int] = {}
+    chosen = []
+    for layer, latent in reference:
+        cos = cosine[layer]
+        log_freq = frequency[layer].float().clamp_min(1e-6).log()
+        order = cos.argsort(descending=True).tolist()
+        size = min(pool, len(order))
+        free = [i for i in order[:size] if (layer, i) not in taken]
+        while not free and size < len(order):
+            size = min(len(order), size + pool)
+            free = [i for i in order[:size] if (layer, i) not in taken]
+        if not free:
+            raise UserError(f"layer {layer} has no latent left for the random control")
+        if size > pool:
+            widened[layer] = size
+        base = order[: max(size, 2)]
+        scale_cos = float(cos[base].std()) or 1.0
+        scale_freq = float(log_freq[base].std()) or 1.0
+        distance = {
+            i: abs(float(cos[i] - cos[latent])) / scale_cos
+            + abs(float(log_freq[i] - log_freq[latent])) / scale_freq
+            for i in free
+        }
+        nearest = sorted(free, key=lambda i: (distance[i], i))[:neighbours]
+        pick = rng.choice(nearest)
+        taken.add((layer, pick))
+        chosen.append((layer, pick))
+    return chosen, widened
+
+
+def _describe_latents(
+    latents: Pairs, cosine: dict[int, torch.Tensor], frequency: dict[int, torch.Tensor], pool: int
+) -> dict[str, Any]:
+    """Mean cosine with the refusal direction, mean log10 activation frequency and the share
+    of `latents` inside the cosine-prefiltered pool of their layer."""
+    cos = [float(cosine[layer][latent]) for layer, latent in latents]
+    freq = [float(frequency[layer][latent].clamp_min(1e-6).log10()) for layer, latent in latents]
+    ranks = [int((cosine[layer] > cosine[layer][latent]).sum()) for layer, latent in latents]
+    return {
+        "cosine_mean": round(float(np.mean(cos)), 4),
+        "cosines": [round(c, 4) for c in cos],
+        "log10_frequency_mean": round(float(np.mean(freq)), 4),
+        "in_pool": round(float(np.mean([r < pool for r in ranks])), 4),
+    }
+
+
+def _pool_size(settings: CircuitSettings, harm: FeatureSet) -> int:
+    if settings.control_pool is not None:
+        return settings.control_pool
+    recorded = harm.info.get("candidates_per_layer")
+    if recorded is None:
+        recorded = (harm.info.get("settings") or {}).get("per_layer")
+    return int(recorded) if recorded else 10
+
+
 class StageCache:
     """Each stage's result (an array) appended to a keyed JSONL once computed, so a rerun or
     an interrupted run reuses the stages it already has; the key holds everything the
@@ -355,11 +452,17 @@ def circuits_job(
     settings: CircuitSettings,
     out: str | Path,
     *,
+    direction: Direction,
     data_dir: str | Path | None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """Edges, their check against real patching, and the clamp test of the harm latents
+    against a control from the same cosine-prefiltered pool (`direction`: the refusal
+    direction that prefilter used)."""
     started = time.perf_counter()
-    run = start_analysis("circuits", settings, lm, saes, out, feature_sets=[refusal, harm])
+    run = start_analysis(
+        "circuits", settings, lm, saes, out, feature_sets=[refusal, harm], direction=direction
+    )
     positions = settings.positions or formatter.n_post_instruction
     downstream = list(refusal.top(settings.k))
     upstream = [p for p in harm.top(settings.k_upstream) if p not in set(downstream)]
@@ -451,15 +554,47 @@ def circuits_job(
     frequency = latent_statistics(
         lm, formatter, saes, texts, batch_size=settings.batch_size, progress=False
     ).frequency
+    cosine = decoder_cosines(saes, direction)
+    pool = _pool_size(settings, harm)
+    described = {"harm latents": _describe_latents(upstream, cosine, frequency, pool)}
+    control: dict[str, Any] = {
+        "matched_on": (
+            "same layer; nearest in (cosine of the decoder row with the refusal direction, log "
+            "activation frequency on the prompts) within the cosine-prefiltered pool of that "
+            f"layer (its top {pool} latents by cosine), studied latents excluded; drawn among "
+            f"the {settings.control_neighbours} nearest"
+        ),
+        "pool_per_layer": pool,
+        "neighbours": settings.control_neighbours,
+        "sets": {},
+    }
     for seed in settings.random_seeds:
-        chosen = matched_random(upstream, frequency, seed, exclude=downstream)
-        clamp[f"random (seed {seed})"] = drops([(layer, latent) for layer, latent, _ in chosen])
+        name = f"random (seed {seed})"
+        chosen, widened = matched_control(
+            upstream,
+            cosine,
+            frequency,
+            pool,
+            seed,
+            neighbours=settings.control_neighbours,
+            exclude=downstream,
+        )
+        clamp[name] = drops(chosen)
+        described[name] = _describe_latents(chosen, cosine, frequency, pool)
+        control["sets"][name] = {
+            "latents": [list(p) for p in chosen],
+            "widened_pools": {str(layer): size for layer, size in widened.items()},
+        }
+    control["sets"] = {"harm latents": {"latents": [list(p) for p in upstream]}, **control["sets"]}
+    for name, facts in described.items():
+        control["sets"][name].update(facts)
     if cache.reused:
         echo(f"reused from {run.path / 'stages.jsonl'}: {', '.join(cache.reused)}")
     harm_drops = clamp["harm latents"]
     clamp_rows = [
         {
             "upstream": name,
+            "cosine_mean": described[name]["cosine_mean"],
             "drop": _estimate(drops, settings.seed),
             "difference_to_harm": None
             if name == "harm latents"
@@ -497,6 +632,7 @@ def circuits_job(
         "edges": top,
         "validation": validation,
         "clamp": clamp_rows,
+        "control": control,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_json(run.file("circuits.json"), summary)
@@ -526,13 +662,17 @@ def circuits_markdown(summary: dict[str, Any]) -> str:
         "Clamp test (upstream set clamped from its most salient content position on; drop of "
         "the downstream refusal activity; paper: 0.45):",
         "",
-        "| upstream | drop [95% CI] | harm minus this (p) |",
-        "|---|---|---|",
+        "| upstream | mean cosine with the direction | drop [95% CI] | harm minus this (p) |",
+        "|---|---|---|---|",
     ]
     for row in summary["clamp"]:
         diff = row["difference_to_harm"]
         tail = "-" if diff is None else f"{_cell(diff)} (p={diff['p_value']:.3f})"
-        lines.append(f"| {row['upstream']} | {_cell(row['drop'])} | {tail} |")
+        cos = row.get("cosine_mean")
+        cos_cell = "-" if cos is None else f"{cos:.3f}"
+        lines.append(f"| {row['upstream']} | {cos_cell} | {_cell(row['drop'])} | {tail} |")
+    if summary.get("control"):
+        lines += ["", f"Random control: {summary['control']['matched_on']}."]
     lines += ["", "Strongest edges:", "", "| upstream | downstream | effect |", "|---|---|---|"]
     for edge in summary["edges"][:15]:
         u, d = edge["upstream"], edge["downstream"]

@@ -7,9 +7,10 @@ refusal latents' activity on the last template tokens (the sum over latents of t
 over those positions) is compared with the plain request's: suppression = 1 - attacked /
 plain. Successful and failed attacks are compared, with bootstrap intervals, and random latents
 matched to the refusal latents by layer and frequency are the control (a jailbreak that
-lowers every latent is not evidence about refusal latents). For suffixes, each word of a
-successful suffix is dropped in turn: the word whose removal restores the most refusal
-activity is the one the suppression is attributed to.
+lowers every latent is not evidence about refusal latents): the two are read on the same
+attacks, so their difference is taken attack by attack (paired), with requests resampled. For
+suffixes, each word of a successful suffix is dropped in turn: the word whose removal restores
+the most refusal activity is the one the suppression is attributed to.
 
 Paper (Gemma-2-2B-IT): a successful readable suffix suppresses the refusal latents by 72%,
 "fictional" accounts for 39 of 85 successes; on WildJailbreak pairs refusal latents drop 73%
@@ -41,10 +42,11 @@ from ..data.adversarial import (
     gptfuzz_templates,
     readable_suffixes,
 )
+from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import paired_difference
-from ..features import FeatureSet, latent_statistics, matched_random, prompt_hash
+from ..features import FeatureSet, latent_statistics, matched_random
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
 from ..models import ChatFormatter, LoadedModel
@@ -299,6 +301,27 @@ class GoalBootstrap:
             "p_value": p_value,
         }
 
+    def paired(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> dict[str, Any] | None:
+        """Mean over the attacks where `mask` (both values finite) of `a - b`, two readings of
+        the same attacks, with its interval and a two-sided bootstrap p-value for no
+        difference; requests are resampled, so the attacks of one request stay together."""
+        both = mask & np.isfinite(a) & np.isfinite(b)
+        if not both.any():
+            return None
+        diff = np.where(both, a - b, np.nan)
+        observed = float(self._means(diff, both, np.arange(self.n_clusters)[None])[0])
+        draws = self._means(diff, both, self.draws)
+        draws = draws[np.isfinite(draws)]
+        low, high = np.percentile(draws, [2.5, 97.5])
+        p_value = float((np.abs(draws - draws.mean()) >= abs(observed)).mean())
+        return {
+            "mean": round(observed, 4),
+            "ci95": [round(float(low), 4), round(float(high), 4)],
+            "p_value": p_value,
+            "n": int(both.sum()),
+            "n_requests": len(set(self.cluster[both].tolist())),
+        }
+
 
 def difference(
     a: np.ndarray, b: np.ndarray, *, seed: int, n_boot: int = 10_000
@@ -403,11 +426,13 @@ def jailbreaks_job(
     boot = GoalBootstrap([a.goal for a in attacks], seed=settings.seed)
     every = np.ones(len(attacks), dtype=bool)
     summary_rows = []
+    drops: dict[str, np.ndarray] = {}
     for family in families:
         read = activity(family)
         plain = read([a.goal for a in attacks])
         attacked = read([a.prompt for a in attacks])
         drop = suppression(plain, attacked)
+        drops[family] = drop
         for record_, value in zip(records, drop, strict=True):
             value_or_none = None if np.isnan(value) else round(float(value), 4)
             record_.setdefault("suppression", {})[family] = value_or_none
@@ -419,6 +444,20 @@ def jailbreaks_job(
                 "difference": boot.difference(drop, success, ~success),
             }
         )
+    # the same attacks read through the studied latents and through the control: paired
+    controls = [name for name in families if name.startswith("random latents")]
+    paired_rows = [
+        {
+            "latents": family,
+            "control": control,
+            "all": boot.paired(drops[family], drops[control], every),
+            "successful": boot.paired(drops[family], drops[control], success),
+            "failed": boot.paired(drops[family], drops[control], ~success),
+        }
+        for family in families
+        if family not in controls
+        for control in controls
+    ]
     words: dict[str, Any] = {}
     if settings.source == "suffixes" and settings.word_attribution and success.any():
         winners = [a for a, s in zip(attacks, success, strict=True) if s]
@@ -440,6 +479,7 @@ def jailbreaks_job(
         "n_attacks": len(attacks),
         "success_rate": boot.mean(success.astype(float), every),
         "suppression": summary_rows,
+        "versus_random": paired_rows,
         "words": words,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
@@ -457,6 +497,12 @@ def _cell(entry: dict[str, Any] | None) -> str:
         return "-"
     low, high = entry["ci95"]
     return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _paired_cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "-"
+    return f"{_cell(entry)} (p={entry['p_value']:.3f}, n={entry['n']})"
 
 
 def _n(entry: dict[str, Any] | None) -> int:
@@ -485,6 +531,19 @@ def jailbreaks_markdown(summary: dict[str, Any]) -> str:
             + ("-" if diff is None else f"{_cell(diff)} (p={diff['p_value']:.3f})")
             + " |"
         )
+    paired = summary.get("versus_random") or []
+    if paired:
+        lines += [
+            "",
+            "Studied minus random latents on the same attacks: mean over attacks of "
+            "suppression(studied) - suppression(random) [95% CI] (p), requests resampled.",
+            "",
+            "| latents | control | all attacks | successful | failed |",
+            "|---|---|---|---|---|",
+        ]
+        for row in paired:
+            cells = [_paired_cell(row[kind]) for kind in ("all", "successful", "failed")]
+            lines.append(f"| {row['latents']} | {row['control']} | " + " | ".join(cells) + " |")
     words = summary.get("words") or {}
     if words:
         top = ", ".join(f"{w} {n}" for w, n in words["top_words"][:10])

@@ -25,9 +25,10 @@ from typing import Any
 from ..benchmark import make_arm
 from ..config import settings_dict
 from ..data import load_prompts
+from ..data.promptset import prompt_hash
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
-from ..features import FeatureSet, latent_statistics, matched_random, prompt_hash
+from ..features import FeatureSet, latent_statistics, matched_random
 from ..interventions import EditLatents
 from ..judges.first_token import RefusalTokens, refusal_scores
 from ..models import ChatFormatter, LoadedModel

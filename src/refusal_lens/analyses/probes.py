@@ -16,6 +16,12 @@ adversarial prompts (out of distribution). Two targets are kept apart:
 Feature families: the refusal latents (top k of a feature set), random latents matched to
 them by layer and activation frequency (one family per seed), the dense residual (every
 layer, the best one on validation), and the projection on the refusal direction.
+
+C is chosen on validation log-loss: by AUROC or accuracy, a probe regularised down to the fit
+split's base rate can win (AUROC ignores the threshold, accuracy ties it with the majority
+class) and then predicts one class on every test set. Each test row reports accuracy beside
+balanced accuracy (both with bootstrap intervals), the test set's majority-class rate, and
+`constant_predictions` when the probe's predictions on it are all one class.
 """
 
 from __future__ import annotations
@@ -35,16 +41,18 @@ from tqdm.auto import tqdm
 from ..config import settings_dict
 from ..data import Prompt, PromptSet, load_prompts
 from ..data.adversarial import SLOT, gptfuzz_templates, load_adversarial
+from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, auroc_rows, bootstrap_statistic
-from ..features import FeatureSet, matched_random, prompt_hash
+from ..features import FeatureSet, matched_random
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import analysis_context, refusals, start_analysis
+from .flags import constant_note, constant_rows
 
 TARGETS = ("harmful", "refusal")
 PART_SIZE = 64  # prompts per cached residual file
@@ -363,6 +371,28 @@ class Probe:
     val_auroc: float
     val_accuracy: float
     model: Any
+    val_log_loss: float = math.nan
+
+
+def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mean negative log-likelihood of binary labels under predicted probabilities."""
+    p = np.clip(np.asarray(scores, dtype=float), 1e-12, 1 - 1e-12)
+    y = np.asarray(labels, dtype=bool)
+    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+
+
+def balanced_accuracy_rows(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of each row of `[B, n]` labels and predictions: the mean of the
+    recall of each class present in the row (a constant classifier scores 0.5 whenever both
+    classes are present)."""
+    labels = np.atleast_2d(labels).astype(bool)
+    correct = np.atleast_2d(predicted).astype(bool) == labels
+    recalls = []
+    for cls in (labels, ~labels):
+        n = cls.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls.append(np.where(n > 0, (correct & cls).sum(axis=1) / n, np.nan))
+    return np.nanmean(np.stack(recalls), axis=0)
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -395,8 +425,13 @@ def fit_probe(
     val: tuple[dict[str, np.ndarray], np.ndarray],
     c_grid: Sequence[float],
 ) -> Probe:
-    """The (view, C) with the best validation AUROC (accuracy breaks ties), refitted on the
-    fit split only: test data never takes part in any choice."""
+    """The (view, C) with the lowest validation log-loss (AUROC breaks ties), fitted on the fit
+    split only: test data never takes part in any choice.
+
+    Log-loss, not accuracy or AUROC: neither of those sees a probe so regularised that its
+    probabilities sit on the fit split's base rate. AUROC ignores the threshold, so it can
+    prefer such a probe, and accuracy ties it with the majority class; its test predictions are
+    then one class. Log-loss rewards a probe only for probabilities that separate the classes."""
     (x_fit, y_fit), (x_val, y_val) = fit, val
     for name, labels in (("fit", y_fit), ("validation", y_val)):
         if labels.all() or not labels.any():
@@ -411,21 +446,34 @@ def fit_probe(
             scores = model.predict_proba(x_val[view])[:, 1]
             auroc = _auroc(y_val, scores)
             accuracy = float(((scores >= 0.5) == y_val).mean())
-            if best is None or (auroc, accuracy) > (best.val_auroc, best.val_accuracy):
-                best = Probe(family.name, view, c, auroc, accuracy, model)
+            loss = log_loss(y_val, scores)
+            if best is None or (loss, -auroc) < (best.val_log_loss, -best.val_auroc):
+                best = Probe(family.name, view, c, auroc, accuracy, model, loss)
     assert best is not None
     return best
 
 
 def evaluate_probe(probe: Probe, x: np.ndarray, labels: np.ndarray, *, seed: int) -> dict[str, Any]:
+    """Accuracy, balanced accuracy and AUROC with bootstrap intervals, beside the accuracy of
+    the constant classifier (the majority-class rate) and whether the probe's own predictions
+    are constant (then its accuracy is a class rate, not evidence of a signal)."""
     scores = probe.model.predict_proba(x)[:, 1]
-    correct = (scores >= 0.5) == labels
+    predicted = scores >= 0.5
+    correct = predicted == labels
     accuracy = bootstrap_statistic(len(labels), lambda i: correct[i].mean(axis=1), seed=seed)
+    balanced = bootstrap_statistic(
+        len(labels), lambda i: balanced_accuracy_rows(labels[i], predicted[i]), seed=seed
+    )
     auroc = bootstrap_statistic(len(labels), lambda i: auroc_rows(labels[i], scores[i]), seed=seed)
+    positive = float(labels.mean())
     return {
         "n": int(labels.size),
         "n_positive": int(labels.sum()),
         "accuracy": _estimate(accuracy),
+        "balanced_accuracy": _estimate(balanced),
+        "majority_rate": round(max(positive, 1.0 - positive), 4),
+        "predicted_positive": round(float(predicted.mean()), 4),
+        "constant_predictions": bool(predicted.all() or not predicted.any()),
         "auroc": _estimate(auroc),
     }
 
@@ -496,6 +544,8 @@ def run_probes(
                     "subset": subset,
                     "view": probe.view,
                     "c": probe.c,
+                    "chosen_by": "validation log-loss",
+                    "val_log_loss": round(probe.val_log_loss, 4),
                     "val_auroc": round(probe.val_auroc, 4),
                     **result,
                     "info": family.info,
@@ -606,7 +656,9 @@ def _describe(examples: Examples) -> dict[str, Any]:
 
 
 def probes_markdown(summary: dict[str, Any]) -> str:
-    def cell(entry: dict[str, Any]) -> str:
+    def cell(entry: dict[str, Any] | None) -> str:
+        if entry is None:
+            return "-"
         mean, (low, high) = entry["mean"], entry["ci95"]
         if mean is None:
             return "-"
@@ -616,22 +668,35 @@ def probes_markdown(summary: dict[str, Any]) -> str:
         "# Linear probes (last template token)",
         "",
         "Fitted on plain harmful vs harmless train prompts; C (and the dense layer) chosen on "
-        "validation prompts; accuracy and AUROC with 95% bootstrap intervals.",
+        "validation log-loss; accuracy, balanced accuracy and AUROC with 95% bootstrap "
+        "intervals. The majority-class rate is what a constant classifier scores: an accuracy "
+        "at that rate with balanced accuracy 0.50 is no signal.",
         "",
     ]
+    flagged = constant_rows(summary["rows"])
+    if flagged:
+        lines += [
+            f"**Warning: {len(flagged)} probe(s) predict one class on a whole test set** (their "
+            "accuracy is a class rate, their balanced accuracy 0.50): " + "; ".join(flagged) + ".",
+            "",
+        ]
     for target in dict.fromkeys(row["target"] for row in summary["rows"]):
         lines += [
             f"## Target: {target}",
             "",
-            "| features | test | subset | n | accuracy | AUROC | chosen |",
-            "|---|---|---|---|---|---|---|",
+            "| features | test | subset | n | accuracy | majority rate | balanced accuracy | "
+            "AUROC | chosen | note |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in summary["rows"]:
             if row["target"] != target:
                 continue
+            majority = row.get("majority_rate")
             lines.append(
                 f"| {row['features']} | {row['test']} | {row['subset']} | {row['n']} | "
-                f"{cell(row['accuracy'])} | {cell(row['auroc'])} | {row['view']}, C={row['c']:g} |"
+                f"{cell(row['accuracy'])} | {'-' if majority is None else f'{majority:.2f}'} | "
+                f"{cell(row.get('balanced_accuracy'))} | {cell(row['auroc'])} | "
+                f"{row['view']}, C={row['c']:g} | {constant_note(row)} |"
             )
         lines.append("")
     for target, why in summary.get("skipped", {}).items():

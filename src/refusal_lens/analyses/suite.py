@@ -145,7 +145,15 @@ def analyze_job(
             echo("== circuits")
             settings = _settings(CircuitSettings, quick, QUICK_CIRCUITS, [])
             circuits_job(
-                lm, formatter, saes, refusal, harm, settings, folder / "circuits", **common
+                lm,
+                formatter,
+                saes,
+                refusal,
+                harm,
+                settings,
+                folder / "circuits",
+                direction=direction,
+                **common,
             )
             done["circuits"] = "done"
     if "jailbreaks" in only:

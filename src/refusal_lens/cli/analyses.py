@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from .common import load_lm
@@ -47,6 +48,44 @@ def _settings(args: argparse.Namespace, cls: type, table: str, quick: dict, extr
     )
 
 
+def _prepare(args: argparse.Namespace, settings: Any, paths: dict[str, str], out: str) -> dict:
+    """Everything an analysis reads, read and checked before the model loads: its settings'
+    prompt sets, adversarial sources and judges, the SAE set, feature set and direction, and
+    the output folder."""
+    from ..data import load_prompts, resolve_data_dir
+    from ..data.adversarial import load_adversarial
+    from ..direction import Direction
+    from ..features import FeatureSet
+    from ..judges import check_judge_spec
+    from ..runs import check_output_folder
+    from ..saes import SAESet
+
+    resolve_data_dir(args.data_dir)
+    for name in ("dataset", "test_dataset"):
+        value = getattr(settings, name, None)
+        if value:
+            load_prompts(value, data_dir=args.data_dir, limit=1)
+    for source in getattr(settings, "sources", ()):
+        load_adversarial(source, data_dir=args.data_dir, n=1)
+    source = getattr(settings, "source", None)
+    if source is not None and source not in ("suffixes", "gptfuzz") and not Path(source).is_file():
+        raise UserError(
+            f"unknown jailbreak source {source!r}; use suffixes, gptfuzz or a "
+            ".csv/.json/.jsonl file with prompt and goal columns"
+        )
+    judges = getattr(settings, "judges", None) or (getattr(settings, "judge", None),)
+    for spec in judges:
+        if spec:
+            check_judge_spec(spec)
+    loaded = {
+        "saes": SAESet.load(paths["saes"]),
+        "latents": FeatureSet.load(paths["latents"]),
+        "direction": Direction.load(paths["direction"]) if paths.get("direction") else None,
+    }
+    check_output_folder(out)
+    return loaded
+
+
 def _print_result(out: str, name: str, summary: dict) -> None:
     print((Path(out) / f"{name}.md").read_text(), end="")
     print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / f'{name}.json'}")
@@ -54,20 +93,18 @@ def _print_result(out: str, name: str, summary: dict) -> None:
 
 def cmd_probes(args: argparse.Namespace) -> int:
     from ..analyses.probes import QUICK_PROBES, ProbeSettings, probes_job
-    from ..direction import Direction
-    from ..features import FeatureSet
-    from ..saes import SAESet
 
     extra = [f"sources={','.join(args.source)}"] if args.source else []
     settings = _settings(args, ProbeSettings, "probes", QUICK_PROBES, extra)
     paths, out = _inputs(args, "probes")
+    loaded = _prepare(args, settings, paths, out)
     lm, formatter = load_lm(args)
     summary = probes_job(
         lm,
         formatter,
-        SAESet.load(paths["saes"]),
-        FeatureSet.load(paths["latents"]),
-        Direction.load(paths["direction"]),
+        loaded["saes"],
+        loaded["latents"],
+        loaded["direction"],
         settings,
         out,
         data_dir=args.data_dir,
@@ -80,21 +117,19 @@ def cmd_probes(args: argparse.Namespace) -> int:
 
 def cmd_categories(args: argparse.Namespace) -> int:
     from ..analyses.categories import QUICK_CATEGORIES, CategorySettings, categories_job
-    from ..direction import Direction
-    from ..features import FeatureSet
-    from ..saes import SAESet
 
     extra = [f"dataset={args.dataset}"] if args.dataset else []
     settings = _settings(args, CategorySettings, "categories", QUICK_CATEGORIES, extra)
     paths, out = _inputs(args, "categories")
+    loaded = _prepare(args, settings, paths, out)
     lm, formatter = load_lm(args)
     summary = categories_job(
         lm,
         formatter,
-        SAESet.load(paths["saes"]),
+        loaded["saes"],
         paths["saes"],
-        FeatureSet.load(paths["latents"]),
-        Direction.load(paths["direction"]),
+        loaded["latents"],
+        loaded["direction"],
         paths["direction"],
         settings,
         out,
@@ -123,7 +158,6 @@ def categories_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_circuits(args: argparse.Namespace) -> int:
     from ..analyses.circuits import QUICK_CIRCUITS, CircuitSettings, circuits_job
     from ..features import FeatureSet
-    from ..saes import SAESet
 
     settings = _settings(args, CircuitSettings, "circuits", QUICK_CIRCUITS, [])
     paths, out = _inputs(args, "circuits")
@@ -132,15 +166,18 @@ def cmd_circuits(args: argparse.Namespace) -> int:
     )
     if harm is None:
         raise UserError("pass --harm-latents (the harm set of `refusal-lens categories`) or --run")
+    loaded = _prepare(args, settings, paths, out)
+    upstream = FeatureSet.load(harm)
     lm, formatter = load_lm(args)
     summary = circuits_job(
         lm,
         formatter,
-        SAESet.load(paths["saes"]),
-        FeatureSet.load(paths["latents"]),
-        FeatureSet.load(harm),
+        loaded["saes"],
+        loaded["latents"],
+        upstream,
         settings,
         out,
+        direction=loaded["direction"],
         data_dir=args.data_dir,
     )
     _print_result(out, "circuits", summary)
@@ -161,17 +198,16 @@ def circuits_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_minimal(args: argparse.Namespace) -> int:
     from ..analyses.minimal import QUICK_MINIMAL, MinimalSettings, minimal_job
-    from ..features import FeatureSet
-    from ..saes import SAESet
 
     settings = _settings(args, MinimalSettings, "minimal", QUICK_MINIMAL, [])
     paths, out = _inputs(args, "minimal")
+    loaded = _prepare(args, settings, paths, out)
     lm, formatter = load_lm(args)
     summary = minimal_job(
         lm,
         formatter,
-        SAESet.load(paths["saes"]),
-        FeatureSet.load(paths["latents"]),
+        loaded["saes"],
+        loaded["latents"],
         settings,
         out,
         data_dir=args.data_dir,
@@ -190,11 +226,20 @@ def minimal_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ..analyses.suite import ANALYSES, RunInputs, analyze_job
     from ..report import write_report
+    from ..runs import check_output_folder
 
     inputs = RunInputs.of(args.run)
     if args.model == DEFAULT_MODEL_NAME:
         args.model = inputs.model
-    only = tuple(name for name in (args.only or ",".join(ANALYSES)).split(",") if name)
+    only = tuple(name for name in (args.only or ",".join(ANALYSES)).split(",") if name.strip())
+    unknown = [name for name in only if name not in ANALYSES]
+    if unknown or not only:
+        raise UserError(
+            f"--only {args.only!r}: unknown analysis {unknown[0] if unknown else '(none)'!r}; "
+            f"choose from {', '.join(ANALYSES)}"
+        )
+    check_output_folder(Path(args.run) / "analyses", "analyses folder")
+    check_output_folder(Path(args.run) / "report", "report folder")
     lm, formatter = load_lm(args)
     done = analyze_job(
         lm,
@@ -223,23 +268,23 @@ def analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_jailbreaks(args: argparse.Namespace) -> int:
     from ..analyses.jailbreaks import QUICK_JAILBREAKS, JailbreakSettings, jailbreaks_job
-    from ..direction import Direction
     from ..features import FeatureSet
-    from ..saes import SAESet
 
     extra = [f"source={args.source}"] if args.source else []
     settings = _settings(args, JailbreakSettings, "jailbreaks", QUICK_JAILBREAKS, extra)
     paths, out = _inputs(args, f"jailbreaks-{Path(settings.source).stem}")
+    loaded = _prepare(args, settings, paths, out)
+    harm = FeatureSet.load(args.harm_latents) if args.harm_latents else None
     lm, formatter = load_lm(args)
     summary = jailbreaks_job(
         lm,
         formatter,
-        SAESet.load(paths["saes"]),
-        FeatureSet.load(paths["latents"]),
-        Direction.load(paths["direction"]),
+        loaded["saes"],
+        loaded["latents"],
+        loaded["direction"],
         settings,
         out,
-        harm=FeatureSet.load(args.harm_latents) if args.harm_latents else None,
+        harm=harm,
         data_dir=args.data_dir,
         device=args.device,
         cache_dir=args.cache_dir,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,17 @@ def load_lm(args: argparse.Namespace) -> tuple[Any, Any]:
     return lm, ChatFormatter(lm.tokenizer, system=args.system, max_length=max_length)
 
 
+def check_datasets(data_dir: str | None, *names: str | None) -> None:
+    """Resolve every named prompt set (and the data directory) before the model loads: a typo
+    is one line now, not after minutes of work."""
+    from ..data import load_prompts, resolve_data_dir
+
+    resolve_data_dir(data_dir)
+    for name in names:
+        if name:
+            load_prompts(name, data_dir=data_dir, limit=1)
+
+
 def refusal_tokens(spec: str | None, tokenizer: Any) -> Any:
     from ..judges import RefusalTokens
 
@@ -30,30 +40,35 @@ def refusal_tokens(spec: str | None, tokenizer: Any) -> Any:
     return RefusalTokens.from_phrases(tokenizer, [t for t in spec.split(",") if t])
 
 
-def direction_interventions(args: argparse.Namespace, lm: Any) -> list[Any]:
+def load_direction_arg(args: argparse.Namespace) -> Any:
+    """The direction of --ablate-direction / --add-direction (None without), read and checked
+    before the model loads."""
     from ..direction import Direction
 
     run = args.ablate_direction or args.add_direction
-    if run is None:
+    return None if run is None else Direction.load(run)
+
+
+def direction_interventions(args: argparse.Namespace, lm: Any, direction: Any = None) -> list[Any]:
+    direction = direction or load_direction_arg(args)
+    if direction is None:
         return []
-    direction = Direction.load(run)
     direction.check_model(lm)
     return [direction.ablation() if args.ablate_direction else direction.addition(args.coeff)]
 
 
 def interventions_from_file(path: str) -> list[Any]:
     from ..interventions import from_dict
+    from ..schema import read_json
 
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"intervention file {path!r} does not exist; pass a JSON file")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"intervention file {path!r} is not valid JSON ({error})") from None
+    data = read_json(Path(path), "intervention file", "pass a JSON file as `steer --json` prints")
     if isinstance(data, dict) and "interventions" in data:
         data = data["interventions"]
     items = data if isinstance(data, list) else [data]
     if not items or not all(isinstance(item, dict) for item in items):
         raise UserError(f"intervention file {path!r} holds no intervention objects")
-    return [from_dict(item) for item in items]
+    many = len(items) > 1
+    return [
+        from_dict(item, f"{path}" + (f" (intervention {index + 1})" if many else ""))
+        for index, item in enumerate(items)
+    ]

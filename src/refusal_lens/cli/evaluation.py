@@ -33,10 +33,13 @@ def benchmark_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from ..benchmark import benchmark_job
+    from ..benchmark import benchmark_job, validate_inputs
+    from ..runs import check_output_folder
 
     config = benchmark_settings(args)
     args.model = config.model
+    validate_inputs(config, args.data_dir)
+    check_output_folder(args.out)
     lm, formatter = load_lm(args)
     summary = benchmark_job(
         lm,
@@ -56,7 +59,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import write_report
+    from ..runs import check_output_folder
 
+    if args.agreement and not Path(args.agreement).is_file():
+        raise UserError(
+            f"--agreement {args.agreement} does not exist; pass the agreement.json that "
+            "judge-agreement wrote"
+        )
+    if not (Path(args.run) / "benchmark.json").is_file():
+        raise UserError(
+            f"no benchmark.json in {args.run}; run `refusal-lens benchmark --out {args.run}` first"
+        )
+    check_output_folder(Path(args.run) / "report", "report folder")
     page, markdown = write_report(args.run, agreement=args.agreement)
     print(f"report: {page} (and {markdown})")
     return 0
@@ -65,13 +79,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from ..benchmark import benchmark_job, without_data_dir
+    from ..benchmark import benchmark_job, validate_inputs, without_data_dir
+    from ..data import check_dataset_name
     from ..report import write_report
+    from ..runs import check_output_folder
 
     started = time.perf_counter()
-    config, notes = without_data_dir(benchmark_settings(args), args.data_dir)
+    config = benchmark_settings(args)
+    # without a data directory the benchmarks are replaced by the built-in set (and a note
+    # says so), but a name that is no dataset at all is a typo, not a fallback
+    for name in (*config.datasets, config.harmless):
+        check_dataset_name(name)
+    config, notes = without_data_dir(config, args.data_dir)
     args.model = config.model
     out = Path(args.out or f"runs/{Path(config.model).name}{'-quick' if args.quick else ''}")
+    validate_inputs(config, args.data_dir)
+    check_output_folder(out)
     for note in notes:
         print(note)
     lm, formatter = load_lm(args)
@@ -96,8 +119,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     import csv
     import io
+    import sqlite3
 
     from ..evaluation.store import ResultStore
+    from ..runs import check_output_file
 
     path = Path(args.store)
     if path.is_dir():
@@ -107,11 +132,17 @@ def cmd_results(args: argparse.Namespace) -> int:
     filters = {}
     for item in args.where:
         column, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not column.strip():
             raise UserError(f"--where {item!r} is not COLUMN=VALUE")
         filters[column] = value
-    with ResultStore(path) as store:
-        rows = store.query(args.table, filters)
+    if args.out:
+        check_output_file(args.out, "--out", (path,))
+    # read-only: a file that is not a results store is an error, never given a schema
+    with ResultStore(path, read_only=True) as store:
+        try:
+            rows = store.query(args.table, filters)
+        except sqlite3.Error as error:
+            raise UserError(f"{path} could not be read as a results store ({error})") from None
     if args.format == "json":
         text = json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
     elif args.format == "csv" or args.table != "summary":
@@ -153,19 +184,25 @@ def cmd_judges(_args: argparse.Namespace) -> int:
 
 
 def cmd_judge_agreement(args: argparse.Namespace) -> int:
-    from ..data.labelled import LABELLED_SETS
+    from ..data.labelled import LABELLED_SETS, load_labelled
     from ..evaluation.agreement import agreement_markdown, judge_agreement
-    from ..judges import JudgeContext, make_judge, parse_judge_spec
+    from ..judges import JudgeContext, check_judge_spec, make_judge, parse_judge_spec
+    from ..runs import check_output_folder
 
     specs = args.judge or ["substring", "compliance"]
-    sets = [name for name in args.sets.split(",") if name]
+    sets = [name for name in args.sets.split(",") if name.strip()]
+    if not sets:
+        raise UserError(f"--sets names no labelled set; choose from {', '.join(LABELLED_SETS)}")
     for name in sets:
         if name not in LABELLED_SETS:
             raise UserError(
                 f"unknown labelled set {name!r}; choose from {', '.join(LABELLED_SETS)}"
             )
     for spec in specs:
-        parse_judge_spec(spec)
+        check_judge_spec(spec)
+    check_output_folder(args.out)
+    for name in sets:  # the labelled data is there and readable, before any model loads
+        load_labelled(name, args.data_dir, limit=args.limit, seed=args.seed)
     needs_model = any(parse_judge_spec(spec)[0] in ("compliance", "first-token") for spec in specs)
     lm, formatter = load_lm(args) if needs_model else (None, None)
     context = JudgeContext(

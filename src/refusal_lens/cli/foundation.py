@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import direction_interventions, interventions_from_file, load_lm, refusal_tokens
+from .common import (
+    check_datasets,
+    direction_interventions,
+    interventions_from_file,
+    load_direction_arg,
+    load_lm,
+    refusal_tokens,
+)
 
 
 def cmd_direction(args: argparse.Namespace) -> int:
@@ -18,7 +25,13 @@ def cmd_direction(args: argparse.Namespace) -> int:
         )
     from ..direction import DirectionSettings
     from ..pipeline import DatasetChoice, EvalSettings, direction_job
+    from ..runs import check_output_folder
 
+    slots = ("harmful_train", "harmless_train", "harmful_val", "harmless_val")
+    check_datasets(
+        args.data_dir, *(getattr(args, s) for s in (*slots, "harmful_test", "harmless_test"))
+    )
+    check_output_folder(args.out)
     lm, formatter = load_lm(args)
     settings = DirectionSettings(
         n_train=args.n_train,
@@ -89,9 +102,14 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
     prompts = load_prompts(
         args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
     )
+    from ..runs import check_output_folder
+
     from_file = interventions_from_file(args.intervention) if args.intervention else []
+    direction = load_direction_arg(args)
+    if args.out:
+        check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    interventions = from_file + direction_interventions(args, lm)
+    interventions = from_file + direction_interventions(args, lm, direction)
     condition = "ablated" if args.ablate_direction else "added" if args.add_direction else "base"
     run = RunDir(args.out) if args.out else None
     if run is not None:
@@ -124,7 +142,7 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..data import load_prompts
     from ..generation import generate
-    from ..runs import environment, write_json
+    from ..runs import check_output_file, environment, write_json
 
     prompts = load_prompts(
         args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
@@ -134,9 +152,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--output {output} is a folder; give a .jsonl file path")
     if output.parent and not output.parent.exists():
         raise UserError(f"folder {output.parent} does not exist; create it or pick --output")
+    inputs = tuple(x for x in (args.dataset, args.intervention) if x)
+    check_output_file(output, "--output", inputs)
+    check_output_file(output.with_name(output.name + ".manifest.json"), "--output", inputs)
     from_file = interventions_from_file(args.intervention) if args.intervention else []
+    direction = load_direction_arg(args)
     lm, formatter = load_lm(args)
-    interventions = from_file + direction_interventions(args, lm)
+    interventions = from_file + direction_interventions(args, lm, direction)
     described = [item.to_dict() for item in interventions]
     with output.open("w") as handle:
 

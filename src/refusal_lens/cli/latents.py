@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import load_lm
+from .common import check_datasets, load_lm
 
 
 def cmd_find_latents(args: argparse.Namespace) -> int:
     from ..attribution import AttributionSettings
-    from ..features import SearchSettings, SelectionSettings
+    from ..features import FeatureSet, SearchSettings, SelectionSettings
     from ..pipeline import LatentsChoice, latents_job
+    from ..runs import check_output_folder
 
+    _number_list(args.search_ks, "--search-ks")
+    _number_list(args.search_scales, "--search-scales")
+    _check_saes_arg(args.saes)
+    if args.direction:
+        from ..direction import Direction
+
+        Direction.load(args.direction)
+    if args.match:
+        FeatureSet.load(args.match)
+    check_datasets(args.data_dir, args.train, args.harmless)
+    check_output_folder(args.out)
     lm, formatter = load_lm(args)
     settings = SelectionSettings(
         method=args.method,
@@ -79,17 +92,56 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
 
 def _number_list(text: str, flag: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        numbers = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(x) for x in numbers):
+        raise UserError(f"{flag} takes finite numbers, got {text!r}")
+    return numbers
+
+
+def _check_saes_arg(folder: str | None) -> None:
+    """--saes names an SAE set (its saeset.json readable) or one SAELens-format SAE."""
+    if folder is None:
+        return
+    from ..saes.io import CFG_FILE
+    from ..saes.sets import SET_FILE, read_set_index
+
+    path = Path(folder)
+    if (path / SET_FILE).is_file():
+        read_set_index(path / SET_FILE)
+    elif not (path / CFG_FILE).is_file():
+        raise UserError(
+            f"no SAE set at {path} ({SET_FILE} missing); pass the folder that train-saes wrote"
+        )
+
+
+def _load_saes(folder: str | None, features: Any) -> Any:
+    """The SAE set of --saes or the one a feature set names, loaded before the model."""
+    from ..saes import SAESet
+
+    path = folder or features.saes.get("path")
+    if not path:
+        raise UserError("the feature set names no SAE set folder; pass --saes SAES")
+    return SAESet.load(path)
+
+
+def _info_direction(features: Any) -> Any:
+    from ..direction import Direction
+
+    source = (features.info.get("direction") or {}).get("source")
+    if not source:
+        raise UserError(
+            f"the {features.method} feature set does not record its refusal direction "
+            "(info.direction.source); rerun find-latents"
+        )
+    return Direction.load(source)
 
 
 def cmd_validate_attribution(args: argparse.Namespace) -> int:
     from ..attribution import AttributionSettings, validate_attribution
-    from ..direction import Direction
     from ..features import FeatureSet
-    from ..runs import write_json
-    from ..saes import SAESet
+    from ..runs import check_output_file, write_json
 
     features = FeatureSet.load(args.latents)
     if not features.per_prompt:
@@ -97,13 +149,29 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
             f"the {features.method} feature set has no attributions; validate a set made with "
             "--method ours or ap"
         )
+    target = Path(args.out) if args.out else Path(args.latents).with_name("validation.json")
+    if Path(args.latents).is_dir() and not args.out:
+        target = Path(args.latents) / "validation.json"
+    check_output_file(target, "--out", (args.latents,))
+    saes = _load_saes(args.saes, features)
+    direction = _info_direction(features)
+    saved = (features.info.get("settings") or {}).get("attribution")
+    token = (features.info.get("refusal_token") or {}).get("id")
+    if saved is None or token is None:
+        raise UserError(
+            "the feature set does not record its attribution settings or refusal token "
+            "(info.settings.attribution, info.refusal_token.id); rerun find-latents"
+        )
+    try:
+        settings = AttributionSettings(**{**saved, "batch_size": max(1, args.batch_size // 2)})
+    except TypeError as error:
+        raise UserError(
+            f"{args.latents}: info.settings.attribution is not a set of attribution settings "
+            f"({error}); rerun find-latents"
+        ) from None
     lm, formatter = load_lm(args)
     features.check_model(lm)
-    saes = SAESet.load(args.saes or features.saes["path"])
     saes.check_model(lm)
-    direction = Direction.load(features.info["direction"]["source"])
-    saved = features.info["settings"]["attribution"]
-    settings = AttributionSettings(**{**saved, "batch_size": max(1, args.batch_size // 2)})
     prompts = [row["prompt"] for row in features.per_prompt][: args.n_prompts]
     report = validate_attribution(
         lm,
@@ -111,14 +179,11 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
         saes,
         direction,
         prompts,
-        int(features.info["refusal_token"]["id"]),
+        int(token),
         list(features.top(min(args.top, len(features.latents)))),
         settings=settings,
         top_k=args.top_k,
     )
-    target = Path(args.out) if args.out else Path(args.latents).with_name("validation.json")
-    if Path(args.latents).is_dir() and not args.out:
-        target = Path(args.latents) / "validation.json"
     write_json(target, report)
     if args.json:
         print(json.dumps(report))
@@ -137,17 +202,20 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
 def cmd_latent_cards(args: argparse.Namespace) -> int:
     from ..cards import CardSettings, build_cards, write_cards
     from ..data import resolve_data_dir
-    from ..direction import Direction
     from ..features import FeatureSet
     from ..pipeline import split_prompts
-    from ..saes import SAESet
+    from ..runs import check_output_folder
 
     features = FeatureSet.load(args.latents)
+    if args.k:
+        features.top(args.k)
+    saes = _load_saes(args.saes, features)
+    direction = _info_direction(features)
+    check_datasets(args.data_dir, args.harmful, args.harmless)
+    check_output_folder(args.out)
     lm, formatter = load_lm(args)
     features.check_model(lm)
-    saes = SAESet.load(args.saes or features.saes["path"])
     saes.check_model(lm)
-    direction = Direction.load(features.info["direction"]["source"])
     harmful = split_prompts("harmful", "val", args.data_dir, args.harmful, args.n_prompts)
     harmless = split_prompts("harmless", "val", args.data_dir, args.harmless, args.n_prompts)
     cards = build_cards(
@@ -168,10 +236,29 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from ..direction import Direction
+    from ..features import FeatureSet
     from ..pipeline import CompareSettings, compare_job
+    from ..runs import check_output_folder
 
     if not args.latents and not args.direction:
         raise UserError("nothing to compare: give feature sets (latents.json) or --direction RUN")
+    datasets = [d for d in args.datasets.split(",") if d.strip()]
+    if not datasets:
+        raise UserError("--datasets names no dataset; e.g. --datasets jailbreakbench,advbench")
+    induce_values = _number_list(args.induce_values, "--induce-values")
+    if bool(induce_values) != bool(args.induce_on):
+        raise UserError(
+            "refusal induction needs both --induce-on (a harmless set) and --induce-values "
+            "(e.g. 4,8,16); give both or neither"
+        )
+    for path in args.latents:
+        FeatureSet.load(path)
+    if args.direction:
+        Direction.load(args.direction)
+    _check_saes_arg(args.saes)
+    check_datasets(args.data_dir, *datasets, args.harmless_kl or None, args.induce_on)
+    check_output_folder(args.out)
     lm, formatter = load_lm(args)
     settings = CompareSettings(
         datasets=tuple(d for d in args.datasets.split(",") if d),
@@ -221,22 +308,28 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from ..data import load_prompts
     from ..evaluation.refusal import measure_refusal
     from ..features import FeatureSet
-    from ..runs import RunDir
-    from ..saes import SAESet
+    from ..runs import RunDir, check_output_folder
 
     features = FeatureSet.load(args.latents)
     prompts = load_prompts(
         args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
     )
     features.check_held_out(prompts)
+    if not args.per_prompt:
+        features.top(args.k)
+    retain = FeatureSet.load(args.retain).top() if args.retain else ()
+    if args.per_prompt and retain:
+        raise UserError("--per-prompt and --retain cannot be combined")
+    saes = _load_saes(args.saes, features)
+    check_datasets(args.data_dir, args.harmless_kl)
+    if args.out:
+        check_output_folder(args.out)
     lm, formatter = load_lm(args)
     features.check_model(lm)
-    saes = SAESet.load(args.saes or features.saes["path"])
     saes.check_model(lm)
     mode, value = ("set", args.set_value) if args.set_value is not None else ("scale", args.scale)
     if value is None:
         mode, value = features.intervention["mode"], features.intervention["value"]
-    retain = FeatureSet.load(args.retain).top() if args.retain else ()
     if args.per_prompt:
         if retain:
             raise UserError("--per-prompt and --retain cannot be combined")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import textwrap
+from typing import NoReturn
 
 EXAMPLES = {
     "direction": """
@@ -177,7 +179,7 @@ def _add_intervention_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--coeff",
-        type=float,
+        type=_finite,
         default=1.0,
         help="scale of the added direction (with --add-direction)",
     )
@@ -190,14 +192,35 @@ def _add_intervention_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return number
 
 
+def _finite(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return number
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line on stderr, `error: ...` naming the
+    command and pointing at its --help, exit code 2 (argparse prints the usage block too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="refusal-lens", description="Find, ablate and explain refusal in chat language models."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -242,15 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     direction.add_argument("--n-val", type=_positive, default=32)
     direction.add_argument("--n-test", type=_positive, default=100)
-    direction.add_argument("--kl-threshold", type=float, default=0.1)
+    direction.add_argument("--kl-threshold", type=_finite, default=0.1)
     direction.add_argument(
         "--induce-threshold",
-        type=float,
+        type=_finite,
         default=None,
         help="refusal score that adding the direction must reach on harmless prompts "
         "(default: midpoint of the harmless and refused-harmful baselines; Arditi: 0)",
     )
-    direction.add_argument("--prune-layer-fraction", type=float, default=0.2)
+    direction.add_argument("--prune-layer-fraction", type=_finite, default=0.2)
     direction.add_argument(
         "--no-filter",
         action="store_true",
@@ -321,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--collect-tokens", help="activations to collect (reused across epochs; default: preset)"
     )
-    train.add_argument("--lr", type=float)
+    train.add_argument("--lr", type=_finite)
     train.add_argument("--sae-batch-size", type=_positive, help="tokens per training step")
     train.add_argument(
         "--mixture",
@@ -338,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--keep-first", action="store_true", help="keep position 0 (a sink)")
     masks.add_argument(
         "--sink-factor",
-        type=float,
+        type=_finite,
         help="drop tokens whose norm exceeds this x the median (0 keeps them; default 10)",
     )
     masks.add_argument(
@@ -415,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-prompts", action="store_true", help="keep prompts the model does not refuse"
     )
     find.add_argument("--match", help="feature set the random control matches (method random)")
-    find.add_argument("--scale", type=float, default=-3.0, help="default scale saved in the set")
+    find.add_argument("--scale", type=_finite, default=-3.0, help="default scale saved in the set")
     find.add_argument(
         "--search",
         action="store_true",
@@ -427,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="-1,-2,-4,-8",
         help="scale grid for --search (write it with =: --search-scales=-1,-2)",
     )
-    find.add_argument("--kl-limit", type=float, default=0.1, help="harmless KL a choice may cost")
+    find.add_argument("--kl-limit", type=_finite, default=0.1, help="harmless KL a choice may cost")
     find.add_argument("--n-val", type=_positive, default=32, help="validation prompts per class")
 
     check = command(
@@ -484,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--max-new-tokens", type=_positive, default=64)
     compare.add_argument("--k", type=_positive, help="use every set's top K (default: its own K*)")
-    compare.add_argument("--scale", type=float, help="use this scale for every set")
+    compare.add_argument("--scale", type=_finite, help="use this scale for every set")
     compare.add_argument(
         "--per-prompt",
         action="store_true",
@@ -506,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--limit", type=_positive, default=None, help="first N prompts only")
     steer.add_argument("--k", type=_positive, help="use the top K latents (default: the set's)")
     how = steer.add_mutually_exclusive_group()
-    how.add_argument("--scale", type=float, help="multiply the latents by this")
-    how.add_argument("--set-value", type=float, help="set the latents to this value")
+    how.add_argument("--scale", type=_finite, help="multiply the latents by this")
+    how.add_argument("--set-value", type=_finite, help="set the latents to this value")
     steer.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
     steer.add_argument(
         "--from-position",

@@ -22,6 +22,7 @@ def cmd_train_saes(args: argparse.Namespace) -> int:
         with_overrides,
     )
 
+    _check_train_args(args)
     lm, _ = load_lm(args)
     recipe = preset(args.preset, lm)
     changes: dict[str, Any] = {}
@@ -63,6 +64,41 @@ def cmd_train_saes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Every flag of train-saes that can be checked without the model, checked before it
+    loads: layer list syntax, counts, the mixture (each source readable), the output folders."""
+    from ..runs import check_output_folder
+    from ..saes.mixture import documents, parse_mixture
+    from ..saes.presets import parse_count, parse_layers
+
+    if args.layers and args.layers != "all" and not parse_layers(args.layers, 1 << 30):
+        raise UserError(f"--layers {args.layers!r} names no layer; write e.g. 6-18 or 6,9,12")
+    for flag, text in (
+        ("--width", args.width and args.width.rstrip("xX")),
+        ("--tokens", args.tokens),
+        ("--collect-tokens", args.collect_tokens),
+    ):
+        if text is not None and parse_count(text) <= 0:
+            raise UserError(f"{flag} must be positive, got {text!r}")
+    if args.lr is not None and args.lr <= 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    if args.sink_factor is not None and args.sink_factor < 0:
+        raise UserError(
+            f"--sink-factor must be 0 (keep every token) or more, got {args.sink_factor}"
+        )
+    if args.mixture:
+        for source in parse_mixture(args.mixture):
+            next(iter(documents(source.name, args.data_dir, "train")), None)
+    flags = (args.layers, args.architecture, args.width, args.k, args.lr, args.sae_batch_size)
+    flags += (args.tokens, args.collect_tokens, args.mixture, args.cache_dtype)
+    if args.out is None and (args.preset != "quick" or any(f is not None for f in flags)):
+        raise UserError("pass --out FOLDER (only the plain quick preset goes to the cache)")
+    if args.out is not None:
+        check_output_folder(args.out)
+    if args.activations is not None:
+        check_output_folder(args.activations, "--activations")
+
+
 def _mask_changes(args: argparse.Namespace, mask: Any) -> Any:
     from dataclasses import replace
 
@@ -81,10 +117,19 @@ def _mask_changes(args: argparse.Namespace, mask: Any) -> Any:
 
 
 def cmd_eval_saes(args: argparse.Namespace) -> int:
+    from ..data import resolve_data_dir
+    from ..runs import check_output_folder
     from ..saes.evaluation import EvalConfig, evaluate_sae_set
+    from ..saes.presets import parse_layers
     from ..saes.report import format_table, write_report
     from ..saes.sets import SAESet
 
+    if args.layers and args.layers != "all" and not parse_layers(args.layers, 1 << 30):
+        raise UserError(f"--layers {args.layers!r} names no layer; write e.g. 8-16 or 9,12,15")
+    given = SAESet.load(args.saes) if args.saes else None  # read before the model loads
+    if args.out or args.saes:
+        check_output_folder(args.out or args.saes)
+    resolve_data_dir(args.data_dir)
     lm, _ = load_lm(args)
     folder = args.saes
     if folder is None:
@@ -96,10 +141,8 @@ def cmd_eval_saes(args: argparse.Namespace) -> int:
                 f"no cached SAEs for {lm.name}; train them with refusal-lens train-saes "
                 "--data-dir DATA, or pass an SAE set folder"
             )
-    sae_set = SAESet.load(folder)
+    sae_set = given if given is not None else SAESet.load(folder)
     if args.layers:
-        from ..saes.presets import parse_layers
-
         sae_set = sae_set.subset(parse_layers(args.layers, lm.n_layers))
     cfg = EvalConfig(text_tokens=args.text_tokens, n_prompts=args.prompts)
     report = evaluate_sae_set(lm, sae_set, args.data_dir, cfg)

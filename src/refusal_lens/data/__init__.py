@@ -11,6 +11,7 @@ from refusal_lens.data.loaders import (
     DATA_ENV_VAR,
     available_datasets,
     builtin_prompts,
+    check_dataset_name,
     load_prompts,
     resolve_data_dir,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "PromptSet",
     "available_datasets",
     "builtin_prompts",
+    "check_dataset_name",
     "load_prompts",
     "resolve_data_dir",
 ]

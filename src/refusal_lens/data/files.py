@@ -116,12 +116,18 @@ def _items_table(path: Path, items: Sequence[object], where: str) -> Table:
         raise UserError(f"{path} is empty; give a list of prompt strings or objects")
     if all(isinstance(item, str) for item in items):
         return Table(columns=(), strings=tuple(str(item) for item in items))
+    if not any(isinstance(item, dict) for item in items):  # a list of prompts, not all text
+        index, item = next((i, x) for i, x in enumerate(items) if not isinstance(x, str))
+        raise UserError(
+            f"{path}: {where} {index + 1} is {_json_type(item)}, not a string; prompts must "
+            "be strings (quote them)"
+        )
     columns: dict[str, None] = {}
     rows: list[Row] = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise UserError(
-                f"{path}: {where} {index + 1} is a {type(item).__name__} but other entries are "
+                f"{path}: {where} {index + 1} is {_json_type(item)} but other entries are "
                 "objects; use a list of strings or a list of objects, not a mix"
             )
         columns.update(dict.fromkeys(str(k) for k in item))
@@ -215,12 +221,27 @@ def pick_category_column(columns: Sequence[str], requested: str | None) -> str |
     return next((c for c in CATEGORY_COLUMNS if c in columns), None)
 
 
-def _as_text(value: object, origin: str, column: str, index: int) -> str | None:
-    """Stripped text, or None for a missing / blank cell."""
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    names |= {dict: "an object", type(None): "null"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _as_text(
+    value: object, origin: str, column: str, index: int, *, prompt: bool = False
+) -> str | None:
+    """Stripped text, or None for a missing / blank cell. A prompt (`prompt=True`) must be
+    text: a number or boolean in the prompt column is an error, not the prompt "5"."""
     if value is None:
         return None
     if isinstance(value, str):
         return value.strip() or None
+    if prompt and isinstance(value, bool | int | float):
+        raise UserError(
+            f"{origin}: row {index + 1} column {column!r} holds {_json_type(value)} "
+            f"({value!r}), not text; prompts must be strings (quote them, or point the column "
+            "option --column at the text column)"
+        )
     if isinstance(value, bool | int | float):
         return str(value)
     raise UserError(
@@ -259,7 +280,7 @@ def table_to_prompts(
             value = row.get(key)
             if ("" if value is None else str(value).strip()) != wanted:
                 continue
-        text = _as_text(row.get(text_col), origin, text_col, index)
+        text = _as_text(row.get(text_col), origin, text_col, index, prompt=True)
         if text is None:
             continue
         category = None if cat_col is None else _as_text(row.get(cat_col), origin, cat_col, index)

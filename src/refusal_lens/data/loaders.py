@@ -128,6 +128,22 @@ def available_datasets() -> list[str]:
     return [*_BUILTIN_NAMES, *_REGISTRY]
 
 
+def check_dataset_name(name: str) -> None:
+    """A one-line error unless `name` could name a prompt set: a registered or built-in name,
+    a ``hub:`` id or an existing file (nothing is read; `load_prompts` reads it)."""
+    text = name.strip()
+    if text in _BUILTIN_NAMES or text in _REGISTRY or text.startswith(HUB_PREFIX):
+        return
+    if Path(text).expanduser().is_file():
+        return
+    if _looks_like_path(text):
+        raise UserError(f"prompt file {text!r} does not exist; check the path")
+    raise UserError(
+        f"unknown dataset {text!r}; use one of: {', '.join(available_datasets())}, "
+        "a .csv/.json/.jsonl/.txt file path, or hub:owner/name[:config][@split]"
+    )
+
+
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
     """The data directory: `data_dir` if given, else ``$REFUSAL_LENS_DATA``, else None.
 

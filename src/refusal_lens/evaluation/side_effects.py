@@ -9,6 +9,7 @@ same token sequences, so the number measures the intervention and nothing else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..generation import generate, length_sorted_batches
-from ..interventions import Intervention, InterventionSet, apply, bind, needs_twin
+from ..interventions import Intervention, InterventionSet, apply, bind, needs_twin, twin_logits
 from ..models import ChatFormatter, LoadedModel
 from ..teacher_forcing import teacher_forced_batch
 from .statistics import Estimate, bootstrap_mean
@@ -53,7 +54,8 @@ def completion_kl(
     seed: int = 0,
     progress: bool = False,
 ) -> Estimate:
-    """Mean per-prompt KL(base || intervened) over the base model's completion tokens."""
+    """Mean per-prompt KL(base || intervened) over the base model's completion tokens (empty
+    completions have no tokens and are left out of the mean)."""
     per_prompt = completion_kl_per_prompt(
         lm,
         formatter,
@@ -63,7 +65,10 @@ def completion_kl(
         batch_size=batch_size,
         progress=progress,
     )
-    return bootstrap_mean(per_prompt, seed=seed)
+    scored = [kl for kl in per_prompt if math.isfinite(kl)]
+    if not scored:
+        raise UserError("every base completion is empty: there are no tokens to compare the KL on")
+    return bootstrap_mean(scored, seed=seed)
 
 
 @torch.inference_mode()
@@ -77,10 +82,12 @@ def completion_kl_per_prompt(
     batch_size: int = 4,
     progress: bool = False,
 ) -> list[float]:
-    """Per prompt, the mean over completion tokens of KL(base || intervened)."""
+    """Per prompt, the mean over completion tokens of KL(base || intervened). An empty
+    completion is compared where the base model ended it: the last prompt position, which
+    predicted end-of-turn. A row with no compared position is NaN, never a KL of 0."""
     if not instructions:
         raise UserError("no prompts for the KL side-effect measure: the prompt list is empty")
-    per_prompt: list[float] = [0.0] * len(instructions)
+    per_prompt: list[float] = [math.nan] * len(instructions)
     twin = needs_twin(interventions)
     for indices in tqdm(
         length_sorted_batches(list(instructions), batch_size),
@@ -105,13 +112,7 @@ def completion_kl_per_prompt(
         base = lm.model(**kwargs).logits
         batch_texts = [instructions[i] for i in indices]
         with apply(lm.model, bind(interventions, batch_texts, attention)):
-            if twin:  # a clean copy of each row rides along (latent `retain`)
-                doubled = {
-                    k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kwargs.items()
-                }
-                edited = lm.model(**doubled).logits[ids.shape[0] :]
-            else:
-                edited = lm.model(**kwargs).logits
+            edited = twin_logits(lm.model, twin, **kwargs)  # twin: latent `retain`
         scored = predicts[:, -keep:]
         for row, index in enumerate(indices):
             if not scored[row].any():

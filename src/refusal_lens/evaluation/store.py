@@ -103,10 +103,15 @@ def _bool(value: Any) -> bool | None:
 
 
 class ResultStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """Open (and, unless `read_only`, create) a store. A read-only store must already be
+        a refusal-lens store: its file is never written, not even a schema."""
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"results store {self.path} is a folder; give a file path")
+        if read_only:
+            self._open_read_only()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
@@ -120,6 +125,40 @@ class ResultStore:
                 f"{self.path} is not a refusal-lens results store ({error}); "
                 "pass another --store path"
             ) from None
+
+    def _open_read_only(self) -> None:
+        if not self.path.is_file():
+            raise UserError(
+                f"no results store at {self.path}; pass a results.sqlite or a run folder"
+            )
+        if self.path.stat().st_size == 0:
+            raise UserError(
+                f"{self.path} is empty, not a refusal-lens results store; pass the "
+                "results.sqlite of a benchmark run"
+            )
+        try:
+            self.db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0
+            )
+            tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master")}
+            if not {"meta", "completions", "verdicts", "measurements", "judges"} <= tables:
+                self.db.close()
+                raise UserError(
+                    f"{self.path} is not a refusal-lens results store (it lacks the results "
+                    "tables); pass the results.sqlite of a benchmark run"
+                )
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.Error as error:
+            raise UserError(
+                f"{self.path} is not a refusal-lens results store ({error}); pass the "
+                "results.sqlite of a benchmark run"
+            ) from None
+        if row is None or str(row[0]) != str(SCHEMA_VERSION):
+            self.db.close()
+            raise UserError(
+                f"{self.path} has results schema {None if row is None else row[0]}, this version "
+                f"reads {SCHEMA_VERSION}; use a store written by this version"
+            )
 
     def _check_foreign(self) -> None:
         tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master")}

@@ -95,9 +95,9 @@ def parse_judge_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name, options
 
 
-def make_judge(spec: str, context: JudgeContext | None = None) -> Judge:
-    """Build a judge from `name[:key=value,...]`; `context` carries shared objects (for example
-    the evaluated model, which the first-token and compliance judges need)."""
+def check_judge_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """The judge's name and options if `spec` names a registered judge with options it takes
+    (nothing is loaded: commands check their judges before the model loads)."""
     _load_builtin_judges()
     name, options = parse_judge_spec(spec)
     if name not in _REGISTRY:
@@ -113,6 +113,14 @@ def make_judge(spec: str, context: JudgeContext | None = None) -> Judge:
     missing = [p for p, v in parameters.items() if v.default is v.empty and p not in options]
     if missing:
         raise UserError(f"judge {name!r} needs {', '.join(f'{m}=...' for m in missing)}")
+    return name, options
+
+
+def make_judge(spec: str, context: JudgeContext | None = None) -> Judge:
+    """Build a judge from `name[:key=value,...]`; `context` carries shared objects (for example
+    the evaluated model, which the first-token and compliance judges need)."""
+    name, options = check_judge_spec(spec)
+    factory, _ = _REGISTRY[name]
     try:
         return factory(context or JudgeContext(), **options)
     except ValueError as error:

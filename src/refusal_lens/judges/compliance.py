@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..models import ChatFormatter, LoadedModel
+from ..models.loading import check_no_pickle
 from ..teacher_forcing import completion_nll
 from .base import Verdict, check_pairs
 from .substring import SubstringJudge
@@ -46,16 +47,21 @@ def find_embedder(name: str | None = None) -> str:
 
 class SentenceEmbedder:
     def __init__(self, name: str | None = None, device: str = "cpu") -> None:
+        self.name = find_embedder(name)
+        self.identity = _embedder_identity(self.name)
+        if Path(self.name).is_dir():
+            check_no_pickle(Path(self.name), "sentence embedder")
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise UserError(
                 'the compliance judge needs sentence-transformers; pip install -e ".[judges]"'
             ) from None
-        self.name = find_embedder(name)
-        self.identity = _embedder_identity(self.name)
         try:
-            self.model = SentenceTransformer(self.name, device=device)
+            # safetensors only: pickled weights (pytorch_model.bin) are never unpickled
+            self.model = SentenceTransformer(
+                self.name, device=device, model_kwargs={"use_safetensors": True}
+            )
         except OSError as error:
             raise UserError(
                 f"could not load the sentence embedder {self.name!r} ({error}); "

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..generation import length_sorted_batches
-from ..interventions import Intervention, InterventionSet, apply, bind
+from ..interventions import Intervention, InterventionSet, apply, bind, needs_twin, twin_logits
 from ..models import ChatFormatter, LoadedModel
 from ..models.prefix import SharedHeader, position_independent
 from .base import Verdict, check_pairs
@@ -67,6 +67,7 @@ def last_position_logits(
     """Next-token logits (float32) at the last prompt position, in input order."""
     items = interventions.items if isinstance(interventions, InterventionSet) else interventions
     header = SharedHeader(lm, formatter) if position_independent(items) else None
+    twin = needs_twin(items)  # latent `retain`: a clean copy of every prompt rides along
     out: torch.Tensor | None = None
     for indices in tqdm(
         length_sorted_batches(instructions, batch_size),
@@ -81,7 +82,9 @@ def last_position_logits(
             if header is not None and split is not None:
                 logits = header.last_logits(*split)
             else:
-                logits = lm.model(**batch.forward_kwargs(), logits_to_keep=1).logits[:, -1]
+                logits = twin_logits(lm.model, twin, **batch.forward_kwargs(), logits_to_keep=1)[
+                    :, -1
+                ]
             if not torch.isfinite(logits).all():
                 raise UserError("the model produced NaN or inf logits; try --dtype float32")
             if out is None:

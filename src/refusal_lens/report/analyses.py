@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..analyses.flags import constant_note, constant_rows
 from . import plots
 from .page import Page
 
@@ -35,6 +36,12 @@ def _clean(entry: dict[str, Any]) -> dict[str, Any]:
     low, high = entry["ci95"]
     mean = entry["mean"]
     return {"mean": mean, "ci95": [mean if low is None else low, mean if high is None else high]}
+
+
+def _rank_cell(entry: dict[str, Any]) -> str:
+    if not entry.get("n"):
+        return "-"
+    return f"{entry['rank_mean']:.1f} [{entry['score_mean']:.3g}]"
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -88,6 +95,46 @@ def categories_section(page: Page, run: Path) -> None:
     }
     png = plots.grouped_bars(categories, series, title="Refusal by category", ylabel="refusal")
     page.figure("analysis_categories.png", png, "Refusal per category and condition, 95% CI")
+    comparison = summary.get("common_vs_specific") or []
+    if comparison:
+        page.paragraph(
+            "Common vs specific, paired over the same test prompts: refusal under the common "
+            "clamp minus refusal under the specific clamp (below zero: the common latents remove "
+            "more refusal). The specific latents as selected are the leftovers of each "
+            "category's ranking, so they rank below the common ones; the rank-matched ones are, "
+            "for each common latent, the non-common latent nearest to it in that category's "
+            "attribution ranking."
+        )
+        page.table(
+            ["specific latents", "n", "common", "specific", "common minus specific (p)"],
+            [
+                [
+                    r["matched"],
+                    str(r["n"]),
+                    _cell(r["common_refusal"]),
+                    _cell(r["specific_refusal"]),
+                    _with_p(r["common_minus_specific"]),
+                ]
+                for r in comparison
+            ],
+        )
+    ranks = summary.get("rank_matching") or {}
+    if ranks:
+        page.paragraph(
+            "Mean rank (1 = best) [mean attribution score] in each category's own ranking."
+        )
+        page.table(
+            ["category", "common", "specific", "specific, rank-matched"],
+            [
+                [
+                    c,
+                    _rank_cell(r["common"]),
+                    _rank_cell(r["specific"]),
+                    _rank_cell(r["rank_matched"]),
+                ]
+                for c, r in ranks.items()
+            ],
+        )
     if summary["transfer"]:
         page.paragraph("Transfer: one category's specific latents on another category's prompts.")
         page.table(
@@ -121,16 +168,36 @@ def circuits_section(page: Page, run: Path) -> None:
         f"{PAPER_CLAMP_DROP:.0%} drop of the downstream refusal latents."
     )
     page.table(
-        ["upstream set", "drop of downstream activity [95% CI]", "harm minus this (p)"],
+        [
+            "upstream set",
+            "mean cosine with the direction",
+            "drop of downstream activity [95% CI]",
+            "harm minus this (p)",
+        ],
         [
             [
                 r["upstream"],
+                "-" if r.get("cosine_mean") is None else f"{r['cosine_mean']:.3f}",
                 _cell(r["drop"]),
                 _with_p(r["difference_to_harm"]),
             ]
             for r in summary["clamp"]
         ],
     )
+    control = summary.get("control")
+    if control:
+        page.paragraph(
+            f"Random control: {control['matched_on']}. The harm latents come through the "
+            "cosine prefilter, so a control outside it would differ from them in how much of "
+            "the refusal direction it carries, and the clamp test could not tell a circuit "
+            "from the direction being carried forward."
+        )
+    else:
+        page.paragraph(
+            "Random control matched on layer and activation frequency only (a run from before "
+            "the cosine-matched control): it does not separate a circuit from the refusal "
+            "direction carried forward."
+        )
     if summary["edges"]:
         png = plots.edge_graph(summary["edges"], title="Strongest edges (red: upstream drives it)")
         page.figure("circuits.png", png, "Upstream -> downstream edges, width = effect size")
@@ -160,6 +227,21 @@ def jailbreaks_sections(page: Page, run: Path) -> None:
                 for r in summary["suppression"]
             ],
         )
+        paired = summary.get("versus_random") or []
+        if paired:
+            page.paragraph(
+                "Studied minus random latents on the same attacks (paired): mean over attacks "
+                "of suppression(studied) - suppression(random), requests resampled; above zero: "
+                "the attacks suppress the studied latents more than matched random ones."
+            )
+            page.table(
+                ["latents", "control", "all attacks (p)", "successful (p)", "failed (p)"],
+                [
+                    [r["latents"], r["control"]]
+                    + [_with_p(r[kind]) for kind in ("all", "successful", "failed")]
+                    for r in paired
+                ],
+            )
         words = summary.get("words") or {}
         if words:
             top = ", ".join(f"{w} ({n})" for w, n in words["top_words"][:10])
@@ -178,7 +260,8 @@ def probes_section(page: Page, run: Path) -> None:
     page.paragraph(
         f"Logistic regression on last-token features, fitted on {settings['n_train']} plain "
         "harmful and harmless train prompts per class; the regularisation (and the dense "
-        "residual's layer) chosen on validation prompts only; tested on held-out plain prompts "
+        "residual's layer) chosen on validation prompts only (by log-loss); tested on held-out "
+        "plain prompts "
         "and on adversarial prompts. Target 'harmful': is the request harmful. Target "
         f"'refusal': does the model refuse (judge: {settings['judge']}, "
         f"{settings['screen_tokens']} new tokens); its 'paper' subset is Yeo et al.'s test "
@@ -187,10 +270,35 @@ def probes_section(page: Page, run: Path) -> None:
         + ", ".join(f"{k} {v:.2f}" for k, v in PAPER_PROBES.items())
         + " (Gemma-2-2B-IT; the dense figure came from a probe read on the wrong layer)."
     )
+    page.paragraph(
+        "Beside each accuracy: the majority-class rate of that test set (what a constant "
+        "classifier scores) and the balanced accuracy (0.50 for a constant classifier). A probe "
+        "whose predictions on a test set are all one class is marked CONSTANT: its accuracy is "
+        "a class rate, not a signal."
+    )
+    flagged = constant_rows(summary["rows"])
+    if flagged:
+        page.paragraph(
+            f"Warning: {len(flagged)} probe(s) predict one class on a whole test set: "
+            + "; ".join(flagged)
+            + "."
+        )
     for target in dict.fromkeys(row["target"] for row in summary["rows"]):
         rows = [r for r in summary["rows"] if r["target"] == target]
         page.table(
-            ["target", "features", "test", "subset", "n", "accuracy [95% CI]", "AUROC", "chosen"],
+            [
+                "target",
+                "features",
+                "test",
+                "subset",
+                "n",
+                "accuracy [95% CI]",
+                "majority rate",
+                "balanced accuracy [95% CI]",
+                "AUROC",
+                "chosen",
+                "note",
+            ],
             [
                 [
                     target,
@@ -199,8 +307,11 @@ def probes_section(page: Page, run: Path) -> None:
                     r["subset"],
                     str(r["n"]),
                     _cell(r["accuracy"]),
+                    "-" if r.get("majority_rate") is None else f"{r['majority_rate']:.2f}",
+                    _cell(r.get("balanced_accuracy")),
                     _cell(r["auroc"]),
                     f"{r['view']}, C={r['c']:g}",
+                    constant_note(r),
                 ]
                 for r in rows
             ],

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import schema
 from ..errors import UserError
 from . import plots
 from .analyses import analyses_sections
@@ -290,7 +291,9 @@ def agreement_section(page: Page, paths: Sequence[Path]) -> None:
     for path in paths:
         if not path.exists():
             continue
-        rows = json.loads(path.read_text())["rows"]
+        fix = "pass the agreement.json that judge-agreement wrote (or rerun it)"
+        data = schema.read_json(path, "judge agreement", fix)
+        rows = schema.validate(data, AGREEMENT_SCHEMA, str(path), fix)["rows"]
         page.heading("Judge agreement with human labels")
         table = []
         for row in rows:
@@ -313,6 +316,60 @@ def agreement_section(page: Page, paths: Sequence[Path]) -> None:
         return
 
 
+_RATE = schema.Maybe(schema.Number(finite=False))
+_JUDGE = schema.Obj(required={"name": schema.Str()})
+AGREEMENT_SCHEMA = schema.Obj(
+    required={
+        "rows": schema.ListOf(
+            schema.Either(
+                (
+                    schema.Obj(
+                        required={"judge": _JUDGE, "dataset": schema.Str(), "skipped": schema.Str()}
+                    ),
+                    schema.Obj(
+                        required={
+                            "judge": _JUDGE,
+                            "dataset": schema.Str(),
+                            "n": schema.Int(min=0),
+                            "accuracy": _RATE,
+                            "accuracy_ci95": schema.ListOf(_RATE, length=2),
+                            "kappa": _RATE,
+                            "kappa_ci95": schema.ListOf(_RATE, length=2),
+                        }
+                    ),
+                )
+            )
+        )
+    }
+)
+# benchmark.json: the fields the report reads first (the tables are checked as they render)
+SUMMARY_SCHEMA = schema.Obj(
+    required={
+        "model": schema.Obj(required={"name": schema.Str(), "weights_sha256": schema.Str()}),
+        "config": schema.Obj(
+            required={"limit": schema.Maybe(schema.Int(min=1)), "k": schema.Int()}
+        ),
+        "direction": schema.Obj(required={"layer": schema.INDEX}),
+        "max_new_tokens": schema.Int(min=1),
+        "harmful": schema.ListOf(schema.Obj()),
+    },
+    optional={
+        "saes": schema.Maybe(schema.Obj(optional={"path": schema.Maybe(schema.Str())})),
+        "side_effects": schema.ListOf(schema.Obj()),
+        "capabilities": schema.ListOf(schema.Obj()),
+        "induction": schema.ListOf(schema.Obj()),
+    },
+)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A benchmark.json, checked for the fields the report reads."""
+    fix = f"rerun `refusal-lens benchmark --out {path.parent}`"
+    return schema.validate(
+        schema.read_json(path, "benchmark summary", fix), SUMMARY_SCHEMA, str(path), fix
+    )
+
+
 def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Page:
     folder = Path(run)
     summary_path = folder / "benchmark.json"
@@ -320,7 +377,7 @@ def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Pag
         raise UserError(
             f"no benchmark.json in {folder}; run `refusal-lens benchmark --out {folder}` first"
         )
-    summary = json.loads(summary_path.read_text())
+    summary = read_summary(summary_path)
     config = summary["config"]
     page = Page(f"refusal-lens report: {summary['model']['name']}")
     model = summary["model"]

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .. import schema
 from ..errors import UserError
 from .architectures import SAE_CLASSES, SAEConfig, SparseAutoencoder, build_sae
 
@@ -61,14 +62,35 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path) -> Path:
     return out
 
 
+SAE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_CFG_FIX = "fix the file or save the SAE again (SAELens' cfg.json format)"
+# The fields of a SAELens cfg.json this package reads (others are kept, unread).
+CFG_SCHEMA = schema.Obj(
+    required={"d_in": schema.Int(min=1), "d_sae": schema.Int(min=1)},
+    optional={
+        "architecture": schema.Str(nonempty=True),
+        "k": schema.Maybe(schema.Int(min=1)),
+        "apply_b_dec_to_input": schema.Bool(),
+        "normalize_activations": schema.Maybe(schema.Str()),
+        "dtype": schema.Test(
+            lambda v: str(v).removeprefix("torch.") in SAE_DTYPES and isinstance(v, str),
+            "one of " + ", ".join(SAE_DTYPES),
+        ),
+        "metadata": schema.Maybe(schema.Obj()),
+        "hook_name": schema.Maybe(schema.Str()),
+        "hook_point": schema.Maybe(schema.Str()),
+        "model_name": schema.Maybe(schema.Str()),
+        "rescale_acts_by_decoder_norm": schema.Bool(),
+        "activation_fn_kwargs": schema.Maybe(schema.Obj()),
+    },
+)
+
+
 def _read_cfg(folder: Path) -> dict[str, Any]:
     path = folder / CFG_FILE
     if not path.exists():
         raise UserError(f"no SAE at {folder}: {CFG_FILE} is missing (expected SAELens' format)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    return schema.read_json(path, "SAE config", _CFG_FIX)
 
 
 def _pre_6_keys(data: dict[str, Any]) -> dict[str, Any]:
@@ -83,9 +105,12 @@ def _pre_6_keys(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def config_from_saelens(data: dict[str, Any]) -> SAEConfig:
-    """Our config from a SAELens `cfg.json` (new nested `metadata` or older flat keys)."""
+def config_from_saelens(data: dict[str, Any], origin: str = "SAE config") -> SAEConfig:
+    """Our config from a SAELens `cfg.json` (new nested `metadata` or older flat keys); every
+    field read is checked for its type first (`origin` names the file in the error)."""
+    schema.validate(data, CFG_SCHEMA, origin, _CFG_FIX)
     data = _pre_6_keys(data)
+    schema.validate(data, CFG_SCHEMA, origin, _CFG_FIX)  # k may come from activation_fn_kwargs
     architecture = data.get("architecture", "standard")
     if architecture not in SAE_CLASSES:
         raise UserError(
@@ -124,7 +149,7 @@ def load_sae(folder: str | Path, dtype: torch.dtype | None = None) -> SparseAuto
     if not path.is_dir():
         raise UserError(f"no SAE folder at {path}")
     data = _read_cfg(path)
-    cfg = config_from_saelens(data)
+    cfg = config_from_saelens(data, str(path / CFG_FILE))
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise UserError(f"no SAE weights at {weights}")
@@ -172,6 +197,12 @@ def _from_tensors(
             raise UserError(
                 f"{where}: {name} has shape {tuple(tensors[name].shape)}, expected {shape} "
                 f"from d_in={cfg.d_in}, d_sae={cfg.d_sae}"
+            )
+    for name in expected:
+        if not torch.isfinite(tensors[name]).all():
+            raise UserError(
+                f"{where}: {name} holds NaN or infinite values (a diverged or corrupt SAE); "
+                "train or download it again"
             )
     sae.load_state_dict({name: tensors[name].to(sae.W_enc.dtype) for name in expected})
     return sae

@@ -8,12 +8,12 @@ each SAE also loads on its own in SAELens.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import schema
 from ..errors import UserError
 from ..hooks import HookPoint, parse_hook_point
 from ..models import LoadedModel
@@ -22,6 +22,39 @@ from .architectures import SparseAutoencoder
 from .io import load_sae, save_sae
 
 SET_FILE = "saeset.json"
+
+
+def _is_hook_point(name: Any) -> bool:
+    try:
+        parse_hook_point(name)
+    except UserError:
+        return False
+    return True
+
+
+SET_FIX = "fix it or pass the folder that train-saes wrote"
+SET_SCHEMA = schema.Obj(
+    required={
+        "model": schema.MODEL_IDENTITY,
+        "points": schema.ListOf(
+            schema.Test(
+                lambda v: isinstance(v, str) and _is_hook_point(v),
+                "a hook point name such as resid_post.12",
+            ),
+            min_len=1,
+        ),
+    },
+    optional={"layers": schema.ListOf(schema.INDEX), "info": schema.Maybe(schema.Obj())},
+)
+
+
+def read_set_index(index: Path) -> dict[str, Any]:
+    """`saeset.json`, checked for the types of every field the set reads."""
+    data = schema.read_json(index, "SAE set index", SET_FIX)
+    schema.validate(data, SET_SCHEMA, str(index), SET_FIX)
+    if len(set(data["points"])) != len(data["points"]):
+        raise UserError(f"{index}: points lists a hook point twice; {SET_FIX}")
+    return data
 
 
 @dataclass
@@ -133,12 +166,9 @@ class SAESet:
             raise UserError(
                 f"no SAE set at {path} ({SET_FILE} missing); pass the folder that train-saes wrote"
             )
-        try:
-            data = json.loads(index.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{index} is not valid JSON ({exc.msg})") from exc
+        data = read_set_index(index)
         saes = {parse_hook_point(name): load_sae(path / name) for name in data["points"]}
-        return cls(data["model"], saes, data.get("info", {}), str(path))
+        return cls(data["model"], saes, data.get("info") or {}, str(path))
 
     @classmethod
     def from_single(cls, folder: Path) -> SAESet:
