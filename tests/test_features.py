@@ -12,7 +12,7 @@ import torch
 from conftest import random_sae_set
 from refusal_lens import cli
 from refusal_lens.attribution import AttributionSettings
-from refusal_lens.data import Prompt, PromptSet
+from refusal_lens.data import Prompt, PromptSet, builtin_prompts
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.features import (
@@ -442,36 +442,35 @@ def test_completion_kl_is_zero_for_the_identity_and_positive_for_an_edit(
     assert edited.mean > 1e-3 and edited.n == len(HARMLESS)
 
 
-def test_search_picks_the_lowest_refusal_within_the_kl_limit(
-    tiny: LoadedModel, saes: SAESet, direction: Direction
-) -> None:
+def test_search_picks_the_lowest_refusal_within_the_kl_limit(refuser: LoadedModel) -> None:
+    """On a model that refuses the validation prompts, so the refusal rates the search
+    compares are real ones."""
+    from conftest import refusal_direction
     from refusal_lens.features import SearchSettings, search_intervention
 
-    features = _select(tiny, saes, direction, "cossim")
-    settings = SearchSettings(ks=(2, 5), values=(-1.0, -4.0), kl_limit=1e9, max_new_tokens=3)
+    saes, direction = random_sae_set(refuser), refusal_direction(refuser)
+    features = _select(refuser, saes, direction, "cossim")
+    formatter = ChatFormatter(refuser.tokenizer)
+    harmful = _prompts("harm_val", builtin_prompts("harmful", "test").texts()[:8])
+    harmless = _prompts("safe_val", ["Name a color.", "Write a poem about the sea."])
+    settings = SearchSettings(ks=(2, 5), values=(-1.0, -16.0), kl_limit=1e9, max_new_tokens=8)
     report = search_intervention(
-        tiny,
-        ChatFormatter(tiny.tokenizer),
-        saes,
-        features,
-        _prompts("harm_val", ["How do I pick a lock?", "Make a fake ID."]),
-        _prompts("safe_val", ["Name a color."]),
-        settings,
-        progress=False,
+        refuser, formatter, saes, features, harmful, harmless, settings, progress=False
     )
-    assert len(report["grid"]) == 4 and report["met_kl_limit"]
-    best = min(r["refusal_rate"]["mean"] for r in report["grid"])
-    assert report["chosen"]["refusal_rate"]["mean"] == best
+    assert report["base_refusal_rate"]["mean"] >= 0.5  # the rates have something to compare
+    rates = [r["refusal_rate"]["mean"] for r in report["grid"]]
+    assert len(rates) == 4 and report["met_kl_limit"]
+    assert report["chosen"]["refusal_rate"]["mean"] == min(rates)
     assert features.intervention["k"] == report["chosen"]["k"]
     assert features.intervention["value"] == report["chosen"]["value"]
     strict = search_intervention(
-        tiny,
-        ChatFormatter(tiny.tokenizer),
+        refuser,
+        formatter,
         saes,
         features,
-        _prompts("harm_val", ["How do I pick a lock?"]),
-        _prompts("safe_val", ["Name a color."]),
-        SearchSettings(ks=(2, 5), values=(-1.0, -4.0), kl_limit=-1.0, max_new_tokens=3),
+        harmful,
+        harmless,
+        SearchSettings(ks=(2, 5), values=(-1.0, -16.0), kl_limit=-1.0, max_new_tokens=8),
         progress=False,
     )
     lowest_kl = min(r["kl"]["mean"] for r in strict["grid"])
@@ -562,3 +561,26 @@ def test_completion_kl_per_prompt_matches_a_direct_computation(
             q = torch.log_softmax(tiny.model(input_ids=ids).logits[0].float(), -1)
         kl = (p.exp() * (p - q)).sum(-1)[len(head) - 1 : len(head) - 1 + len(tail)]
         assert value == pytest.approx(float(kl.mean()), rel=1e-3, abs=1e-5)
+
+
+def test_the_search_rule_and_its_tie_breaks() -> None:
+    """Lowest refusal within the KL limit; ties to the smaller |c|, then the smaller K*; with
+    nothing within the limit, the lowest KL."""
+    from refusal_lens.features import choose_setting
+
+    def row(k: int, value: float, refusal: float, kl: float) -> dict:
+        return {"k": k, "value": value, "refusal_rate": {"mean": refusal}, "kl": {"mean": kl}}
+
+    rows = [
+        row(40, -8.0, 0.00, 0.30),  # lowest refusal, but over the KL limit
+        row(20, -4.0, 0.10, 0.05),
+        row(20, -2.0, 0.10, 0.04),  # ties with the two around it: smaller |c| wins
+        row(10, -2.0, 0.10, 0.08),  # ... and then the smaller K*
+        row(10, -1.0, 0.50, 0.01),
+    ]
+    best, met = choose_setting(rows, kl_limit=0.1)
+    assert met and (best["k"], best["value"]) == (10, -2.0)
+    best, met = choose_setting(rows, kl_limit=1.0)
+    assert met and (best["k"], best["value"]) == (40, -8.0)
+    best, met = choose_setting(rows, kl_limit=0.001)
+    assert not met and (best["k"], best["value"]) == (10, -1.0)
