@@ -75,7 +75,7 @@ class BenchmarkConfig:
     protocols: tuple[str, ...] = ("heldout",)
     datasets: tuple[str, ...] = ("jailbreakbench", "harmbench_test", "advbench")
     # defaults sized so the whole benchmark of the default model takes under an hour on 2 CPU
-    # cores (README section 9); configs/paper.toml is the paper's size
+    # cores (docs/results.md, section 9); configs/paper.toml is the paper's size
     limit: int | None = 20  # first N prompts of each harmful benchmark
     max_new_tokens: int = 256
     screen_tokens: int = 64  # length of the refusal-only generations (XSTest, induction)

@@ -49,7 +49,7 @@ class DirectionSettings:
     kl_threshold: float = 0.1
     prune_layer_fraction: float = 0.2  # candidates in the last 20% of layers are dropped
     # None: the midpoint between the mean refusal scores of harmless and of (refused) harmful
-    # validation prompts; Arditi et al. use 0.0 (see README: "Selecting the direction").
+    # validation prompts; Arditi et al. use 0.0 (see docs/guide.md, "The refusal direction").
     induce_threshold: float | None = None
     filter_pools: bool = True
     full_sweep: bool = False  # score every candidate on every criterion (3x slower)
