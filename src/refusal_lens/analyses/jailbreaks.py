@@ -252,6 +252,18 @@ def word_attribution(
     return out
 
 
+def _difference(observed: float, draws: np.ndarray) -> dict[str, Any]:
+    """A difference with its 95% percentile interval and a two-sided bootstrap p-value for no
+    difference (draws centred on their mean)."""
+    draws = draws[np.isfinite(draws)]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {
+        "mean": round(observed, 4),
+        "ci95": [round(float(low), 4), round(float(high), 4)],
+        "p_value": float((np.abs(draws - draws.mean()) >= abs(observed)).mean()),
+    }
+
+
 class GoalBootstrap:
     """Percentile bootstrap over plain requests: several attacks share a request (and its
     plain activity), so requests, not attacks, are resampled; a resample keeps every attack
@@ -292,14 +304,7 @@ class GoalBootstrap:
             self._means(values, first, whole)[0] - self._means(values, second, whole)[0]
         )
         draws = self._means(values, first, self.draws) - self._means(values, second, self.draws)
-        draws = draws[np.isfinite(draws)]
-        low, high = np.percentile(draws, [2.5, 97.5])
-        p_value = float((np.abs(draws - draws.mean()) >= abs(observed)).mean())
-        return {
-            "mean": round(observed, 4),
-            "ci95": [round(float(low), 4), round(float(high), 4)],
-            "p_value": p_value,
-        }
+        return _difference(observed, draws)
 
     def paired(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> dict[str, Any] | None:
         """Mean over the attacks where `mask` (both values finite) of `a - b`, two readings of
@@ -310,14 +315,8 @@ class GoalBootstrap:
             return None
         diff = np.where(both, a - b, np.nan)
         observed = float(self._means(diff, both, np.arange(self.n_clusters)[None])[0])
-        draws = self._means(diff, both, self.draws)
-        draws = draws[np.isfinite(draws)]
-        low, high = np.percentile(draws, [2.5, 97.5])
-        p_value = float((np.abs(draws - draws.mean()) >= abs(observed)).mean())
         return {
-            "mean": round(observed, 4),
-            "ci95": [round(float(low), 4), round(float(high), 4)],
-            "p_value": p_value,
+            **_difference(observed, self._means(diff, both, self.draws)),
             "n": int(both.sum()),
             "n_requests": len(set(self.cluster[both].tolist())),
         }
