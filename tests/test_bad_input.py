@@ -1571,6 +1571,103 @@ CASES: list[Case] = [
         lambda e: ["judge-agreement", "--judge", "substring", "--out", str(e.tmp / "j")],
         "data directory",
     ),
+    # ---- judging a file, training the learned judge
+    Case(
+        "judge-missing-file",
+        lambda e: ["judge", str(e.tmp / "none.jsonl"), "--out", str(e.tmp / "j")],
+        "does not exist",
+    ),
+    Case(
+        "judge-file-without-response",
+        lambda e: [
+            "judge",
+            e.write("p.csv", "prompt,answer\nhow,sure\n"),
+            "--out",
+            str(e.tmp / "j"),
+        ],
+        "needs columns prompt and response",
+    ),
+    Case(
+        "judge-file-number-response",
+        lambda e: [
+            "judge",
+            e.write("p.jsonl", '{"prompt": "how", "response": 5}\n'),
+            "--out",
+            str(e.tmp / "j"),
+        ],
+        "must be strings",
+    ),
+    Case(
+        "judge-file-bad-label",
+        lambda e: [
+            "judge",
+            e.write("p.jsonl", '{"prompt": "how", "response": "sure", "label": "perhaps"}\n'),
+            "--out",
+            str(e.tmp / "j"),
+        ],
+        "label 'perhaps'",
+    ),
+    Case(
+        "judge-first-token",
+        lambda e: [
+            "judge",
+            e.write("p.jsonl", '{"prompt": "how", "response": "sure"}\n'),
+            "--judge",
+            "first-token",
+            "--out",
+            str(e.tmp / "j"),
+        ],
+        "not a given completion",
+    ),
+    Case(
+        "judge-out-under-file",
+        lambda e: [
+            "judge",
+            e.write("p.jsonl", '{"prompt": "how", "response": "sure"}\n'),
+            "--judge",
+            "substring",
+            "--out",
+            e.blocked(),
+        ],
+        "--out",
+    ),
+    Case(
+        "judge-learned-bad-threshold",
+        lambda e: [
+            "judge",
+            e.write("p.jsonl", '{"prompt": "how", "response": "sure"}\n'),
+            "--judge",
+            "learned:threshold=high",
+            "--out",
+            str(e.tmp / "j"),
+        ],
+        "bad value",
+    ),
+    Case(
+        "train-judge-epochs-word",
+        lambda e: ["train-judge", "--set", "epochs=two"],
+        "epochs",
+    ),
+    Case(
+        "train-judge-zero-epochs",
+        lambda e: ["train-judge", "--set", "epochs=0"],
+        "out of range",
+    ),
+    Case(
+        "train-judge-unknown-setting",
+        lambda e: ["train-judge", "--set", "layers=3"],
+        "unknown setting",
+    ),
+    Case(
+        "train-judge-missing-labels",
+        lambda e: ["train-judge", "--set", f"train_sets={e.tmp / 'none.csv'}"],
+        "does not exist",
+    ),
+    Case(
+        "train-judge-no-data",
+        lambda e: ["train-judge"],
+        "data directory",
+    ),
     # ---- other flags that only the command can check
     Case(
         "compare-induce-values-without-set",

@@ -625,3 +625,48 @@ def test_an_empty_rollout_is_compared_where_the_base_model_ended_it(
     assert first > 1e-4 and per_prompt[1] == pytest.approx(first, rel=1e-3)
     mean = completion_kl(tiny, formatter, prompts, rollouts, [edit])
     assert mean.n == 2 and mean.mean == pytest.approx(sum(per_prompt) / 2)
+
+
+def test_samples_show_every_judges_verdict_disputed_answers_first() -> None:
+    from refusal_lens.benchmark import harmful_samples, harmful_table
+
+    def row(judge: str, jailbroken: list, refused: list, degenerate: list) -> dict:
+        return {
+            "condition": "ours",
+            "method": "ours",
+            "protocol": "heldout",
+            "dataset": "advbench",
+            "judge": judge,
+            "judge_spec": judge,
+            "refused": refused,
+            "jailbroken": jailbroken,
+            "degenerate": degenerate,
+            "categories": [None] * 5,
+            "prompts": [f"p{i}" for i in range(5)],
+            "completions": ["", "Sure, step one: do it.", "I can't help.", "A lecture.", "Okay."],
+        }
+
+    rows = [
+        row(
+            "substring",
+            [False, True, False, True, True],
+            [False, False, True, False, False],
+            ["empty", None, None, None, None],
+        ),
+        row(
+            "learned",
+            [False, True, False, False, True],
+            [None] * 5,
+            ["empty", None, None, None, None],
+        ),
+    ]
+    samples = harmful_samples(rows, per_cell=2)
+    assert len(samples) == 1 and samples[0]["disputed"] == 1 and samples[0]["n"] == 5
+    items = samples[0]["items"]
+    assert 3 in [i["index"] for i in items]  # the one answer the judges disagree on
+    lecture = next(i for i in items if i["index"] == 3)
+    assert lecture["verdicts"] == {"substring": "not refused", "learned": "did not comply"}
+    everything = harmful_samples(rows, per_cell=5)[0]["items"]
+    assert everything[0]["verdicts"]["substring"] == "degenerate (empty)"
+    table = harmful_table([{**r, "setting": None} for r in rows])
+    assert [t["degenerate"] for t in table] == [1, 1]

@@ -73,11 +73,16 @@ def test_spec_parsing_and_errors() -> None:
 
 def test_substring_verdicts_answer_refused_only() -> None:
     judge = make_judge("substring")
-    verdicts = judge.verdicts(["a", "b"], ["I'm sorry, no.", "Sure: step 1"])
+    verdicts = judge.verdicts(
+        ["a", "b"], ["I'm sorry, no, I will not.", "Sure: step 1, take the thing."]
+    )
     assert [v.refused for v in verdicts] == [True, False]
     assert [v.complied for v in verdicts] == [None, None]
     assert [v.complied_or_not_refused() for v in verdicts] == [False, True]
-    assert judge.describe() == {"name": "substring", "version": "1"}
+    assert {k: v for k, v in judge.describe().items() if k != "degenerate"} == {
+        "name": "substring",
+        "version": "1",
+    }
     with pytest.raises(UserError, match="2 prompts but 1 completions"):
         judge.verdicts(["a", "b"], ["x"])
 
@@ -189,7 +194,14 @@ def test_endpoint_judge_asks_the_harmbench_question(
 ) -> None:
     monkeypatch.setenv("JUDGE_KEY", "secret")
     judge = make_judge(f"endpoint:base_url={server},model=judge-1,key_env=JUDGE_KEY")
-    verdicts = judge.verdicts(["b1", "b2", "b3"], ["Sure, here is it", "I can't", "odd text"])
+    verdicts = judge.verdicts(
+        ["b1", "b2", "b3"],
+        [
+            "Sure, here is it: step one, two.",
+            "I can't help you with that.",
+            "odd text, not parsed at all",
+        ],
+    )
     assert [v.complied for v in verdicts] == [True, False, None]
     assert verdicts[2].detail["unparsed"]
     request = _Handler.seen[-1]

@@ -19,13 +19,12 @@ from .analyses import (
 )
 from .evaluation import (
     cmd_benchmark,
-    cmd_judge_agreement,
-    cmd_judges,
     cmd_report,
     cmd_results,
     cmd_run,
 )
 from .foundation import cmd_datasets, cmd_direction, cmd_generate, cmd_models, cmd_refusal_rate
+from .judging import cmd_judge, cmd_judge_agreement, cmd_judges, cmd_train_judge
 from .latents import (
     cmd_compare,
     cmd_find_latents,
@@ -49,6 +48,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "judge-agreement": cmd_judge_agreement,
     "judges": cmd_judges,
+    "judge": cmd_judge,
+    "train-judge": cmd_train_judge,
     "analyze": cmd_analyze,
     "categories": cmd_categories,
     "circuits": cmd_circuits,

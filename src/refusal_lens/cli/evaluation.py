@@ -1,4 +1,4 @@
-"""Commands of the evaluation suite: benchmark, run, results, report, judges."""
+"""Commands of the evaluation suite: benchmark, run, results, report."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # says so), but a name that is no dataset at all is a typo, not a fallback
     for name in (*config.datasets, config.harmless):
         check_dataset_name(name)
-    config, notes = without_data_dir(config, args.data_dir)
+    config, notes = without_data_dir(config, args.data_dir, args.cache_dir)
     args.model = config.model
     out = Path(args.out or f"runs/{Path(config.model).name}{'-quick' if args.quick else ''}")
     validate_inputs(config, args.data_dir)
@@ -173,48 +173,3 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
             f"{row['n']:>5} {rate(row['refusal_rate']):>7} {rate(row['complied_rate']):>8}"
         )
     return "\n".join(lines) + "\n"
-
-
-def cmd_judges(_args: argparse.Namespace) -> int:
-    from ..judges import judge_names
-
-    for name, summary in judge_names().items():
-        print(f"{name:<12} {summary}")
-    return 0
-
-
-def cmd_judge_agreement(args: argparse.Namespace) -> int:
-    from ..data.labelled import LABELLED_SETS, load_labelled
-    from ..evaluation.agreement import agreement_markdown, judge_agreement
-    from ..judges import JudgeContext, check_judge_spec, make_judge, parse_judge_spec
-    from ..runs import check_output_folder
-
-    specs = args.judge or ["substring", "compliance"]
-    sets = [name for name in args.sets.split(",") if name.strip()]
-    if not sets:
-        raise UserError(f"--sets names no labelled set; choose from {', '.join(LABELLED_SETS)}")
-    for name in sets:
-        if name not in LABELLED_SETS:
-            raise UserError(
-                f"unknown labelled set {name!r}; choose from {', '.join(LABELLED_SETS)}"
-            )
-    for spec in specs:
-        check_judge_spec(spec)
-    check_output_folder(args.out)
-    for name in sets:  # the labelled data is there and readable, before any model loads
-        load_labelled(name, args.data_dir, limit=args.limit, seed=args.seed)
-    needs_model = any(parse_judge_spec(spec)[0] in ("compliance", "first-token") for spec in specs)
-    lm, formatter = load_lm(args) if needs_model else (None, None)
-    context = JudgeContext(
-        lm=lm,
-        formatter=formatter,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-    )
-    judges = {spec: make_judge(spec, context) for spec in specs}
-    rows = judge_agreement(
-        judges, sets, args.out, data_dir=args.data_dir, limit=args.limit, seed=args.seed
-    )
-    print(agreement_markdown(rows), end="")
-    return 0

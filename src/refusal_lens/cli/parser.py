@@ -67,6 +67,14 @@ EXAMPLES = {
             endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
     """,
     "judges": "refusal-lens judges",
+    "judge": """
+        refusal-lens judge runs/q/completions.jsonl --data-dir DATA --out runs/q/judged
+        refusal-lens judge pairs.csv --judge substring --judge learned:threshold=0.7 --out runs/j
+    """,
+    "train-judge": """
+        refusal-lens train-judge --data-dir DATA
+        refusal-lens train-judge --data-dir DATA --set train_sets=gptfuzz-train,my_labels.csv
+    """,
     "categories": """
         refusal-lens categories --run runs/quickstart --quick --data-dir DATA
         refusal-lens categories --run runs/bench --dataset harmbench_test --data-dir DATA \\
@@ -164,6 +172,16 @@ def _add_data_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="benchmark data folder laid out like shared/datasets (default: "
         "$REFUSAL_LENS_DATA; without one, built-in prompts are used)",
+    )
+
+
+def _add_judge_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--judge",
+        action="append",
+        metavar="SPEC",
+        help="judge spec, repeatable: name or name:key=value,... (see `refusal-lens judges`; "
+        f"default: {default}); --model is the compliance judge's fluency model",
     )
 
 
@@ -564,20 +582,53 @@ def build_parser() -> argparse.ArgumentParser:
     agree = command(
         "judge-agreement",
         "Accuracy and Cohen's kappa of judges against human labels (XSTest completions, "
-        "GPTFuzz responses), with 95% bootstrap intervals.",
+        "GPTFuzz responses held out by question, or any labelled file), with 95% bootstrap "
+        "intervals.",
     )
     _add_model_args(agree)
     _add_data_arg(agree)
+    _add_judge_arg(agree, "substring, compliance and learned")
     agree.add_argument(
-        "--judge",
-        action="append",
-        metavar="SPEC",
-        help="judge spec, repeatable: name or name:key=value,... (see `refusal-lens judges`; "
-        "default: substring and compliance); --model is the compliance judge's fluency model",
+        "--sets",
+        default="xstest,gptfuzz",
+        help="labelled sets, comma list: xstest, gptfuzz, gptfuzz-train, or .csv/.json/.jsonl "
+        "files with prompt, response and label columns",
     )
-    agree.add_argument("--sets", default="xstest,gptfuzz", help="labelled sets, comma list")
     agree.add_argument("--limit", type=_positive, default=None, help="random N items per set")
     agree.add_argument("--out", required=True, help="run folder (reused when rerun)")
+
+    judge = command(
+        "judge",
+        "Judge a file of (prompt, response) pairs with any judges: rate of compliance (95% "
+        "interval), refusal and degenerate answers per judge; with a label column, agreement "
+        "with the labels. Verdicts go to OUT/verdicts.jsonl.",
+    )
+    judge.add_argument("file", help=".csv/.json/.jsonl with prompt and response (or completion)")
+    _add_model_args(judge)
+    _add_data_arg(judge)
+    _add_judge_arg(judge, "substring and learned")
+    judge.add_argument("--out", required=True, help="run folder (reused when rerun)")
+
+    trainer = command(
+        "train-judge",
+        "Train the learned compliance judge (a small encoder fine-tuned on GPTFuzz's human "
+        "labels, plus any labelled files) into the user cache; the `learned` judge is this one.",
+    )
+    _add_data_arg(trainer)
+    trainer.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache folder (default: $REFUSAL_LENS_CACHE or the user cache dir)",
+    )
+    trainer.add_argument("--config", default=None, help="TOML file (a [train-judge] table)")
+    trainer.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one setting, e.g. --set epochs=3 --set train_sets=gptfuzz-train,mine.csv "
+        "(file < $REFUSAL_LENS_JUDGE_NAME < --set)",
+    )
 
     results = command(
         "results",

@@ -5,6 +5,12 @@
   (``2_full_refusal`` and ``3_partial_refusal`` count as refusals).
 - ``gptfuzz``: GPTFuzz's ``evaluate.csv``, responses to jailbreak prompts labelled 1 when the
   model was jailbroken (harmful compliance); the request is the question the template wrapped.
+  Its 20 questions (80-99) are disjoint from those of ``gptfuzz-train`` (0-79), the
+  ``train.csv`` the learned judge is fitted on.
+- any file (``.csv``, ``.json``, ``.jsonl``) with ``prompt``, ``response`` (or
+  ``completion``) and ``label`` columns; a label is 1/0, true/false, or a word: ``complies``
+  / ``complied`` / ``compliance`` count as compliance, ``refuses``, ``evades``,
+  ``degenerate`` and the XSTest refusal labels do not.
 """
 
 from __future__ import annotations
@@ -14,10 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .files import read_csv
+from .files import read_csv, read_table
 from .loaders import DATA_DIR_FIX, resolve_data_dir
 
-LABELLED_SETS = ("xstest", "gptfuzz")
+LABELLED_SETS = ("xstest", "gptfuzz", "gptfuzz-train")
+LABELLED_SUFFIXES = (".csv", ".json", ".jsonl")
+_YES = {"1", "true", "yes", "complies", "complied", "compliance", "1_full_compliance"}
+_NO = {
+    "0",
+    "false",
+    "no",
+    "refuses",
+    "refused",
+    "refusal",
+    "evades",
+    "evaded",
+    "evasion",
+    "degenerate",
+    "2_full_refusal",
+    "3_partial_refusal",
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +48,15 @@ class LabelledResponse:
     response: str
     complied: bool  # the human label: the response carries out the request
     source: str  # file (and model) it came from
+
+
+@dataclass(frozen=True)
+class LabelledPair:
+    """A (prompt, response) pair from a user's file, with its label where it has one."""
+
+    prompt: str
+    response: str
+    label: bool | None
 
 
 def _xstest(root: Path) -> list[LabelledResponse]:
@@ -51,38 +82,113 @@ def _xstest(root: Path) -> list[LabelledResponse]:
     return out
 
 
-def _gptfuzz(root: Path) -> list[LabelledResponse]:
+def _gptfuzz(root: Path, split: str = "evaluate") -> list[LabelledResponse]:
     base = root / "gptfuzz" / "datasets"
     questions = {
         str(row["index"]).strip(): str(row["text"])
         for row in read_csv(base / "questions" / "question_list.csv").rows
     }
     out = []
-    for row in read_csv(base / "responses_labeled" / "evaluate.csv").rows:
+    for row in read_csv(base / "responses_labeled" / f"{split}.csv").rows:
         question = questions.get(str(row["question"]).strip())
         if question is None:
             raise UserError(f"GPTFuzz response names question {row['question']!r}, not listed")
         out.append(
             LabelledResponse(
-                question, str(row["Response"]), str(row["label"]).strip() == "1", "gptfuzz"
+                question,
+                str(row["Response"]),
+                str(row["label"]).strip() == "1",
+                f"gptfuzz/{split}/q{str(row['question']).strip()}",
             )
         )
     return out
 
 
+def is_labelled_file(name: str) -> bool:
+    return Path(name).suffix.lower() in LABELLED_SUFFIXES
+
+
+def read_label(value: object, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().casefold()
+        if word in _YES:
+            return True
+        if word in _NO:
+            return False
+    raise UserError(
+        f"{where}: label {value!r} is not 1/0, true/false or a word such as complies/refuses"
+    )
+
+
+def read_pairs(path: str | Path, *, need_label: bool = False) -> list[LabelledPair]:
+    """(prompt, response, label or None) rows from a CSV/JSON/JSONL file, checked for
+    types; the label column is optional unless `need_label`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give a .csv/.json/.jsonl file")
+    table = read_table(path)
+    columns = set(table.columns)
+    response = next((c for c in ("response", "completion", "Response") if c in columns), None)
+    if not table.is_records or "prompt" not in columns or response is None:
+        raise UserError(
+            f"{path} needs columns prompt and response (or completion)"
+            f"{' and label' if need_label else ''}; it has "
+            f"{', '.join(table.columns) or 'no columns'}"
+        )
+    if need_label and "label" not in columns:
+        raise UserError(f"{path} has no label column; add one (1/0 or complies/refuses/...)")
+    out = []
+    for number, row in enumerate(table.rows, 1):
+        where = f"{path} row {number}"
+        prompt, text = row.get("prompt"), row.get(response)
+        if not isinstance(prompt, str) or not isinstance(text, str):
+            raise UserError(f"{where}: prompt and {response} must be strings")
+        label = row.get("label")
+        given = None if label is None or label == "" else read_label(label, where)
+        if need_label and given is None:
+            raise UserError(f"{where}: the label is empty")
+        out.append(LabelledPair(prompt, text, given))
+    if not out:
+        raise UserError(f"{path} holds no rows")
+    return out
+
+
+def read_labelled_file(path: str | Path) -> list[LabelledResponse]:
+    return [
+        LabelledResponse(row.prompt, row.response, bool(row.label), str(path))
+        for row in read_pairs(path, need_label=True)
+    ]
+
+
 def load_labelled(
     name: str, data_dir: str | Path | None = None, *, limit: int | None = None, seed: int = 0
 ) -> list[LabelledResponse]:
-    """A labelled set; `limit` draws a seeded random sample (the files are ordered by prompt
-    type and model, so a prefix would not be representative)."""
+    """A labelled set (a name above or a file); `limit` draws a seeded random sample (the files
+    are ordered by prompt type and model, so a prefix would not be representative)."""
+    if is_labelled_file(name):
+        rows = read_labelled_file(name)
+        if limit is not None and limit < len(rows):
+            rows = random.Random(seed).sample(rows, limit)
+        return rows
     root = resolve_data_dir(data_dir)
     if root is None:
         raise UserError(
             f"labelled judge data ({name}) is read from the data directory; {DATA_DIR_FIX}"
         )
-    readers = {"xstest": _xstest, "gptfuzz": _gptfuzz}
+    readers = {
+        "xstest": _xstest,
+        "gptfuzz": _gptfuzz,
+        "gptfuzz-train": lambda root: _gptfuzz(root, "train"),
+    }
     if name not in readers:
-        raise UserError(f"unknown labelled set {name!r}; choose from {', '.join(LABELLED_SETS)}")
+        raise UserError(
+            f"unknown labelled set {name!r}; choose from {', '.join(LABELLED_SETS)} "
+            "or give a .csv/.json/.jsonl file with prompt, response and label columns"
+        )
     rows = readers[name](root)
     if not rows:
         raise UserError(f"the labelled set {name} is empty under {root}")

@@ -141,3 +141,90 @@ def agreement_markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"[{acc[0]:.3f}, {acc[1]:.3f}] | {row['kappa']:.3f} [{kap[0]:.3f}, {kap[1]:.3f}] |"
         )
     return "\n".join(lines) + "\n"
+
+
+def judge_file(
+    judges: dict[str, Judge], path: str | Path, out: str | Path, *, batch_size: int = 16
+) -> list[dict[str, Any]]:
+    """Every judge's verdicts on a file of (prompt, response) pairs: OUT/verdicts.jsonl (one
+    record per pair and judge, written chunk by chunk, so a rerun resumes), and per judge the
+    rate of compliance (with its interval), of refusal and the degenerate count; with a label
+    column, agreement with the labels too (OUT/judged.json, OUT/judged.md)."""
+    from ..data.labelled import read_pairs
+
+    pairs = read_pairs(path)
+    run = RunDir(out)
+    labels = [p.label for p in pairs]
+    rows: list[dict[str, Any]] = []
+    for spec, judge in judges.items():
+        described = judge.describe()
+        if not judge.reads_completions:
+            raise ValueError(f"{spec} scores the evaluated model's next token, not a completion")
+        key = stable_hash({"judge": described, "items": [(p.prompt, p.response) for p in pairs]})
+        done = {r["i"]: r for r in run.read_jsonl("verdicts.jsonl", key)}
+        for start in tqdm(range(0, len(pairs), batch_size), desc=judge.name, unit="batch"):
+            chunk = [i for i in range(start, min(start + batch_size, len(pairs))) if i not in done]
+            if not chunk:
+                continue
+            said = judge.verdicts(
+                [pairs[i].prompt for i in chunk], [pairs[i].response for i in chunk]
+            )
+            records = [
+                {
+                    "i": i,
+                    "judge": spec,
+                    "complied": v.complied_or_not_refused(),
+                    "refused": v.refused,
+                    "degenerate": v.detail.get("degenerate"),
+                    "score": v.score,
+                }
+                for i, v in zip(chunk, said, strict=True)
+            ]
+            run.append_jsonl("verdicts.jsonl", key, records)
+            done.update({r["i"]: r for r in records})
+        verdicts = [done[i] for i in range(len(pairs))]
+        complied = [v["complied"] for v in verdicts if v["complied"] is not None]
+        refused = [v["refused"] for v in verdicts if v["refused"] is not None]
+        rate = bootstrap_mean([float(c) for c in complied]) if complied else None
+        row: dict[str, Any] = {
+            "judge": described,
+            "spec": spec,
+            "n": len(pairs),
+            "complied": rate.mean if rate else None,
+            "complied_ci95": [rate.low, rate.high] if rate else None,
+            "refused": sum(refused) / len(refused) if refused else None,
+            "degenerate": sum(1 for v in verdicts if v["degenerate"]),
+        }
+        if all(label is not None for label in labels):
+            gold = [bool(label) for label in labels]
+            row["agreement"] = agreement_row(
+                described, str(path), gold, [v["complied"] for v in verdicts]
+            )
+        rows.append(row)
+        run.save_stage("judged.json", "all", {"file": str(path), "rows": rows})
+    (run.path / "judged.md").write_text(judged_markdown(rows))
+    return rows
+
+
+def judged_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| judge | n | complied [95% CI] | refused | degenerate | accuracy vs labels | kappa |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        rate = "-"
+        if row["complied"] is not None:
+            low, high = row["complied_ci95"]
+            rate = f"{row['complied']:.2f} [{low:.2f}, {high:.2f}]"
+        refused = "-" if row["refused"] is None else f"{row['refused']:.2f}"
+        agree, kappa = "-", "-"
+        if "agreement" in row:
+            a = row["agreement"]
+            (al, ah), (kl, kh) = a["accuracy_ci95"], a["kappa_ci95"]
+            agree = f"{a['accuracy']:.3f} [{al:.3f}, {ah:.3f}]"
+            kappa = f"{a['kappa']:.3f} [{kl:.3f}, {kh:.3f}]"
+        lines.append(
+            f"| {row['spec']} | {row['n']} | {rate} | {refused} | {row['degenerate']} | "
+            f"{agree} | {kappa} |"
+        )
+    return "\n".join(lines) + "\n"

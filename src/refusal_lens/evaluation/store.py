@@ -97,6 +97,10 @@ class StoredVerdict:
     score: float | None
     detail: dict[str, Any]
 
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.detail.get("degenerate"))
+
 
 def _bool(value: Any) -> bool | None:
     return None if value is None else bool(value)

@@ -2,7 +2,8 @@
 content in Markdown, from what a benchmark run folder holds.
 
 Sections: the method-by-dataset table in the layout of the paper's table with the paper's
-numbers beside ours, figures of the same, per-category bars, capabilities, side effects,
+numbers beside ours, figures of the same, sample answers with every judge's verdict (what
+the rates count), per-category bars, capabilities, side effects,
 refusal induction over v, refusal and KL over K* and c (the search), latent cards, the
 analyses found in RUN/analyses (linear probes), judge agreement, and the run's manifest.
 Everything shown is read from the run folder: the report computes no result of its own.
@@ -75,11 +76,23 @@ def _judge(row: dict[str, Any]) -> str:
     return str(row.get("judge_spec") or row["judge"])
 
 
+def judge_order(summary: dict[str, Any]) -> list[str]:
+    """Judges of the harmful tables, those that read whether the answer complied first (the
+    headline), refusal-only judges after."""
+    return sorted(
+        dict.fromkeys(_judge(r) for r in summary["harmful"]),
+        key=lambda j: j.split(":")[0] in ("substring", "first-token"),
+    )
+
+
 def _cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
     if not entry or entry.get("mean") is None:
         return "-"
     low, high = entry["ci95"]
-    return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    text = f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    if entry.get("degenerate"):
+        text += f" ({entry['degenerate']} degenerate)"
+    return text
 
 
 def _harmful(summary: dict[str, Any], protocol: str, judge: str) -> dict[str, dict[str, Any]]:
@@ -90,13 +103,14 @@ def _harmful(summary: dict[str, Any], protocol: str, judge: str) -> dict[str, di
             continue
         if "jailbreak_rate" in row:
             out.setdefault(row["condition"], {})[row["dataset"]] = row["jailbreak_rate"] | {
-                "method": row["method"]
+                "method": row["method"],
+                "degenerate": row.get("degenerate", 0),
             }
     return out
 
 
 def paper_table(page: Page, summary: dict[str, Any]) -> None:
-    judges = list(dict.fromkeys(_judge(r) for r in summary["harmful"]))
+    judges = judge_order(summary)
     protocols = list(
         dict.fromkeys(r["protocol"] for r in summary["harmful"] if r["protocol"] != "-")
     )
@@ -139,7 +153,7 @@ def paper_table(page: Page, summary: dict[str, Any]) -> None:
 
 
 def harmful_figures(page: Page, summary: dict[str, Any]) -> None:
-    judges = list(dict.fromkeys(_judge(r) for r in summary["harmful"]))
+    judges = judge_order(summary)
     datasets = list(dict.fromkeys(r["dataset"] for r in summary["harmful"]))
     for judge in judges:
         rows = [r for r in summary["harmful"] if _judge(r) == judge and "jailbreak_rate" in r]
@@ -233,25 +247,39 @@ def _screen_tokens(summary: dict[str, Any]) -> str:
 
 def induction_section(page: Page, summary: dict[str, Any]) -> None:
     rows = summary.get("induction") or []
-    values = [r for r in rows if r.get("value") is not None]
-    if not values:
+    test = [r for r in rows if r.get("split", "test") == "test"]
+    curve = [r for r in rows if r.get("split") == "validation" and r.get("value") is not None]
+    if not test:
         return
     page.heading("Refusal induction (latents set to v on harmless prompts)")
-    page.paragraph(f"{_screen_tokens(summary)}-token completions, substring judge.")
-    page.table(["condition", "refusal rate [95% CI]"], [[r["condition"], _cell(r)] for r in rows])
-    references = {r["condition"]: r for r in rows if r.get("value") is None}
+    page.paragraph(
+        f"{_screen_tokens(summary)}-token completions, substring judge; v chosen on harmless "
+        "validation prompts held out from the test prompts; a degenerate answer (a loop, an "
+        "empty string) counts as no refusal, and each row says how many there were."
+    )
+    page.table(
+        ["condition", "refusal rate [95% CI]", "degenerate"],
+        [
+            [r["condition"], _cell(r), f"{r.get('degenerate', '-')} of {r.get('n', '-')}"]
+            for r in test
+        ],
+    )
+    if not curve:
+        return
+    references = {r["condition"]: r for r in test if r.get("value") is None}
     page.figure(
         "induction.png",
         plots.line_with_band(
-            [r["value"] for r in values],
-            values,
-            title="refusal induction",
+            [r["value"] for r in curve],
+            curve,
+            title="refusal induction (validation)",
             xlabel="value v of the selected latents",
             ylabel="refusal rate",
             references=references,
-            logx=all(r["value"] > 0 for r in values),
+            logx=all(r["value"] > 0 for r in curve),
         ),
-        "Refusal rate on harmless prompts over v (dashed: base and direction addition)",
+        "Refusal rate on harmless validation prompts over v (dashed: base and direction "
+        "addition on the test prompts)",
     )
 
 
@@ -358,8 +386,71 @@ SUMMARY_SCHEMA = schema.Obj(
         "side_effects": schema.ListOf(schema.Obj()),
         "capabilities": schema.ListOf(schema.Obj()),
         "induction": schema.ListOf(schema.Obj()),
+        "samples": schema.ListOf(
+            schema.Obj(
+                required={
+                    "condition": schema.Str(),
+                    "protocol": schema.Str(),
+                    "dataset": schema.Str(),
+                    "n": schema.Int(),
+                    "disputed": schema.Int(),
+                    "items": schema.ListOf(
+                        schema.Obj(
+                            required={
+                                "prompt": schema.Str(),
+                                "completion": schema.Str(),
+                                "verdicts": schema.Obj(),
+                            }
+                        )
+                    ),
+                }
+            )
+        ),
     },
 )
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def samples_section(page: Page, summary: dict[str, Any]) -> None:
+    """Next to the rates, what they count: answers of every condition and benchmark with
+    every judge's verdict (answers the judges disagree on first)."""
+    samples = summary.get("samples") or []
+    if not samples:
+        return
+    page.heading("What the rates count: sample answers and every judge's verdict")
+    page.paragraph(
+        "For each condition and benchmark, up to three answers (those the judges disagree on "
+        "first, then a seeded random draw), with what each judge said. 'degenerate' answers "
+        "(empty, a few words, a loop, the request echoed) are never counted as jailbreaks. "
+        "All answers are in results.sqlite (`refusal-lens results RUN --table completions`)."
+    )
+    judges = list(
+        dict.fromkeys(j for cell in samples for i in cell["items"] for j in i["verdicts"])
+    )
+    rows = []
+    for cell in samples:
+        for item in cell["items"]:
+            rows.append(
+                [
+                    cell["condition"],
+                    cell["dataset"],
+                    _short(item["prompt"], 100),
+                    _short(item["completion"], 320) or "(empty)",
+                    *(str(item["verdicts"].get(j, "-")) for j in judges),
+                ]
+            )
+    page.table(["condition", "dataset", "request", "answer", *judges], rows)
+    disputed = [
+        f"{c['condition']} / {c['dataset']}: {c['disputed']} of {c['n']}"
+        for c in samples
+        if c["disputed"]
+    ]
+    if disputed:
+        page.paragraph("Answers on which the judges disagree: " + "; ".join(disputed) + ".")
 
 
 def read_summary(path: Path) -> dict[str, Any]:
@@ -392,6 +483,7 @@ def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Pag
     page.heading("Harmful benchmarks: method by dataset (the paper's layout)")
     paper_table(page, summary)
     harmful_figures(page, summary)
+    samples_section(page, summary)
     category_figure(page, summary)
     capability_section(page, summary)
     side_effect_section(page, summary)
