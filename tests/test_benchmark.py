@@ -670,3 +670,38 @@ def test_samples_show_every_judges_verdict_disputed_answers_first() -> None:
     assert everything[0]["verdicts"]["substring"] == "degenerate (empty)"
     table = harmful_table([{**r, "setting": None} for r in rows])
     assert [t["degenerate"] for t in table] == [1, 1]
+
+
+def test_pooled_rows_join_every_benchmark_of_a_condition_and_judge() -> None:
+    from refusal_lens.benchmark import POOLED, harmful_table, pooled_rows
+
+    def row(condition: str, dataset: str, jailbroken: list[bool]) -> dict:
+        n = len(jailbroken)
+        return {
+            "condition": condition,
+            "method": condition,
+            "protocol": "-",
+            "dataset": dataset,
+            "judge": "substring",
+            "judge_spec": "substring",
+            "refused": [not j for j in jailbroken],
+            "jailbroken": jailbroken,
+            "degenerate": [None] * n,
+            "categories": [None] * n,
+        }
+
+    rows = [
+        row("base", "a", [False, False]),
+        row("base", "b", [True, False, False]),
+        row("direction", "a", [True, True]),
+        row("direction", "b", [True, True, False]),
+        row("only-a", "a", [True]),
+    ]
+    pooled = pooled_rows(rows)
+    assert [(p["condition"], p["dataset"], len(p["jailbroken"])) for p in pooled] == [
+        ("base", POOLED, 5),
+        ("direction", POOLED, 5),
+    ]
+    table = {(t["condition"], t["dataset"]): t for t in harmful_table(rows + pooled)}
+    assert table[("direction", POOLED)]["jailbreak_rate"]["mean"] == pytest.approx(0.8)
+    assert table[("direction", POOLED)]["jailbreak_rate"]["difference"] == pytest.approx(0.6)

@@ -199,7 +199,7 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
 QUICK: dict[str, Any] = {
     "direction_n_train": 64,  # the difference in means of each candidate
     "direction_n_val": 16,  # each candidate direction is scored on these: the stage's cost
-    "limit": 8,
+    "limit": 16,
     "max_new_tokens": 64,
     "methods": "base,direction,ours,cossim,random",
     "judges": "substring,learned",
@@ -1076,6 +1076,27 @@ def harmful_samples(
     return out
 
 
+POOLED = "all"  # the column of every benchmark's prompts together
+
+
+def pooled_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each (condition, protocol, judge) evaluated on two or more benchmarks, one more row
+    over all their prompts together: with a few prompts per set, the pooled interval is the
+    one that can separate two conditions."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["condition"], row["protocol"], row["judge_spec"]), []).append(row)
+    out = []
+    for parts in groups.values():
+        if len({r["dataset"] for r in parts}) < 2:
+            continue
+        pooled = {**parts[0], "dataset": POOLED}
+        for name in ("refused", "jailbroken", "degenerate", "categories"):
+            pooled[name] = [value for r in parts for value in r[name]]
+        out.append(pooled)
+    return out
+
+
 def harmful_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (arm, dataset, judge spec): rates over the items the judge answered
     (`unjudged` counts the rest), paired tests against base, per-category rates."""
@@ -1247,7 +1268,7 @@ def benchmark_job(
             else {"path": str(saes.path), "fingerprint": saes.fingerprint()},
             "max_new_tokens": config.max_new_tokens,
             "screen_tokens": config.screen_tokens,
-            "harmful": harmful_table(harmful_rows),
+            "harmful": harmful_table(harmful_rows + pooled_rows(harmful_rows)),
             "samples": harmful_samples(harmful_rows, seed=config.seed),
             "side_effects": side_effect_table(side),
             "capabilities": capabilities,
