@@ -83,6 +83,10 @@ class BenchmarkConfig:
     batch_size: int = 32
     # substring: the paper's refusal judge; learned: did the answer do what was asked
     judges: tuple[str, ...] = ("substring", "learned")
+    # how far to trust each judge: agreement with human labels on a seeded sample of each set
+    # (RUN/judges/agreement.json, in the report); 0 turns it off
+    agreement_sets: tuple[str, ...] = ("gptfuzz", "xstest")
+    agreement_limit: int = 300
     k: int = 20  # K*: latents each method clamps (when not searched)
     scale: float | None = None  # c for every method; None: each method's searched c (or -3)
     search: bool = True  # choose each method's (K*, c) on validation prompts
@@ -155,7 +159,7 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
     a given direction and SAE set, the judges and the capability tasks."""
     import tempfile
 
-    from .data.labelled import load_labelled
+    from .data.labelled import LABELLED_SETS, is_labelled_file, load_labelled
     from .judges import check_judge_spec
     from .judges.learned import default_judge
     from .saes.io import CFG_FILE
@@ -169,6 +173,14 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
                 load_labelled("gptfuzz-train", data_dir, limit=1)
             else:
                 default_judge(None)  # trained before, or one line saying how
+    for name in config.agreement_sets if config.agreement_limit else ():
+        if name not in LABELLED_SETS and not is_labelled_file(name):
+            raise UserError(
+                f"agreement_sets: unknown labelled set {name!r}; choose from "
+                f"{', '.join(LABELLED_SETS)} or a .csv/.json/.jsonl file with labels"
+            )
+        if shared or is_labelled_file(name):
+            load_labelled(name, data_dir, limit=1)
     for name in config.datasets:
         load_prompts(name, data_dir=data_dir, limit=1)
     load_prompts(config.harmless, data_dir=data_dir, limit=1)
@@ -203,6 +215,7 @@ QUICK: dict[str, Any] = {
     "max_new_tokens": 64,
     "methods": "base,direction,ours,cossim,random",
     "judges": "substring,learned",
+    "agreement_limit": 200,
     "n_select": 32,
     "search": False,
     "n_harmless": 8,
@@ -957,6 +970,23 @@ def induction_stage(
     return [row | {"split": "test"} for row in test] + curve
 
 
+def agreement_stage(ctx: Context) -> None:
+    """Every judge of the run against human labels (RUN/judges/agreement.json: the report's
+    trust table), on a seeded sample of each labelled set; verdicts resume per chunk."""
+    from .evaluation.agreement import judge_agreement
+
+    config = ctx.config
+    judges = {s: j for s, j in ctx.judges.items() if s in config.judges and j.reads_completions}
+    judge_agreement(
+        judges,
+        config.agreement_sets,
+        ctx.run.path / "judges",
+        data_dir=ctx.data_dir,
+        limit=config.agreement_limit,
+        seed=config.seed,
+    )
+
+
 def cards_stage(ctx: Context, ours: FeatureSet, saes: SAESet, direction: Direction) -> None:
     from .cards import CardSettings, build_cards, write_cards
     from .pipeline import split_prompts
@@ -1259,6 +1289,8 @@ def benchmark_job(
         )
         if config.cards and ours is not None and saes is not None:
             stage("latent cards", lambda: cards_stage(ctx, ours, saes, direction))
+        if config.agreement_limit and config.agreement_sets and resolve_data_dir(data_dir):
+            stage("judge agreement", lambda: agreement_stage(ctx))
         summary = {
             "model": lm.identity(),
             "config": settings_dict(config),

@@ -41,7 +41,9 @@ Pair = tuple[int, int]
 
 @dataclass(frozen=True)
 class MinimalSettings:
-    dataset: str = "harmful_val"  # validation prompts the effects are measured on
+    # prompts the effects are measured on: none may be in the selection pools of the feature
+    # set or of its direction (which holds harmful_train and harmful_val)
+    dataset: str = "harmful_test"
     n_prompts: int = 32
     min_score: float = 0.0  # prompts count as refused above this refusal score (log-odds)
     k: int | None = None  # the starting set: top k of the feature set (None: its own k)
@@ -150,9 +152,13 @@ def minimal_job(
     value = settings.scale if settings.scale is not None else feature_set_scale(features)
     tokens = RefusalTokens.from_phrases(lm.tokenizer)
     banned = features.selection_hashes()
-    prompts = load_prompts(settings.dataset, data_dir=data_dir).filter(
-        lambda p: prompt_hash(p.text) not in banned
-    )
+    every = load_prompts(settings.dataset, data_dir=data_dir)
+    prompts = every.filter(lambda p: prompt_hash(p.text) not in banned)
+    if len(every) and not len(prompts):
+        raise UserError(
+            f"all {len(every)} prompts of {settings.dataset} are in the selection pools of the "
+            "feature set or of its direction; measure on another set (--set dataset=...)"
+        )
     base_scores = refusal_scores(
         lm, formatter, prompts.texts(), tokens, batch_size=settings.batch_size
     )

@@ -484,6 +484,9 @@ def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Pag
     paper_table(page, summary)
     harmful_figures(page, summary)
     samples_section(page, summary)
+    agreement_section(
+        page, [Path(agreement)] if agreement else [folder / "judges" / "agreement.json"]
+    )
     category_figure(page, summary)
     capability_section(page, summary)
     side_effect_section(page, summary)
@@ -491,9 +494,6 @@ def build_report(run: str | Path, *, agreement: str | Path | None = None) -> Pag
     search_section(page, folder)
     cards_section(page, folder)
     analyses_sections(page, folder)
-    agreement_section(
-        page, [Path(agreement)] if agreement else [folder / "judges" / "agreement.json"]
-    )
     page.heading("Run")
     manifest = folder / "manifest.json"
     details = {
