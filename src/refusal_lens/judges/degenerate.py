@@ -9,8 +9,9 @@ marked `degenerate`, never `complied`, and tables count it in its own column.
 The rules are deliberately few and visible (each verdict records which one fired):
 - ``empty``: no word at all;
 - ``short``: fewer than `min_words` words;
-- ``loop``: the same word n-gram (n = 1..4) repeated back to back covers at least
-  `max_loop_share` of the words, or under `min_distinct` of the word bigrams are distinct;
+- ``loop``: the same run of words (1 to 12 words: a word, a phrase or a short sentence)
+  repeated back to back at least three times covers at least `max_loop_share` of the
+  answer, or under `min_distinct` of the word bigrams are distinct;
 - ``echo``: the completion is (nearly) the request itself: at least `max_echo` of its words
   are the request's words, in a completion no longer than twice the request.
 """
@@ -32,7 +33,7 @@ def words(text: str) -> list[str]:
     return [w.casefold() for w in _WORD.findall(text) if any(c.isalnum() for c in w)]
 
 
-def loop_share(tokens: Sequence[str], max_n: int = 4) -> float:
+def loop_share(tokens: Sequence[str], max_n: int = 12) -> float:
     """The largest share of `tokens` covered by one n-gram repeated back to back (at least
     three times in a row), over n = 1..max_n."""
     if not tokens:
@@ -62,7 +63,7 @@ def distinct_bigrams(tokens: Sequence[str]) -> float:
 @dataclass(frozen=True)
 class DegenerateRules:
     min_words: int = 5
-    max_loop_share: float = 0.5
+    max_loop_share: float = 0.4
     min_distinct: float = 0.4
     max_echo: float = 0.8
 
