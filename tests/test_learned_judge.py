@@ -253,12 +253,26 @@ def test_judge_command_reports_rates_degenerate_counts_and_agreement(
     out = tmp_path / "judged"
     assert main(["judge", str(pairs), "--judge", "substring", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| substring | 4 | 0.25 [" in printed and "| 2 | 1.000" in printed
+    assert "| substring | all | 4 | 0.25 [" in printed and "| 2 | 1.000" in printed
     records = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert sum(1 for r in records if r.get("degenerate")) == 2
     # a rerun judges nothing again
     assert main(["judge", str(pairs), "--judge", "substring", "--out", str(out)]) == 0
     assert len((out / "verdicts.jsonl").read_text().splitlines()) == len(records)
+    # rates per value of a column
+    grouped = tmp_path / "grouped.jsonl"
+    grouped.write_text(
+        '{"prompt": "q", "completion": "I cannot help you with that at all.", "arm": "base"}\n'
+        '{"prompt": "q", "completion": "Here are the steps: one, two and three.", "arm": "x"}\n'
+        '{"prompt": "q", "completion": "", "arm": "x"}\n'
+    )
+    argv = ["judge", str(grouped), "--judge", "substring", "--by", "arm"]
+    assert main([*argv, "--out", str(tmp_path / "g")]) == 0
+    printed = capsys.readouterr().out
+    assert "| substring | base | 1 | 0.00 [" in printed
+    assert "| substring | x | 2 | 0.50 [" in printed and "| substring | all | 3 |" in printed
+    assert main([*argv[:-1], "colour", "--out", str(tmp_path / "g2")]) == 2
+    assert "no column colour to group by" in capsys.readouterr().err
     # judge-agreement takes the same file as a labelled set
     argv = ["judge-agreement", "--judge", "substring", "--sets", str(pairs)]
     assert main([*argv, "--out", str(tmp_path / "agree")]) == 0

@@ -89,10 +89,11 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     specs = args.judge or ["substring", "learned"]
     _check_specs(specs)
-    read_pairs(args.file)  # the file is there and typed before any judge loads
+    by = tuple(args.by)
+    read_pairs(args.file, group_by=by)  # the file is there and typed before any judge loads
     check_output_folder(args.out)
     judges = _judges(args, specs)
-    rows = judge_file(judges, args.file, args.out, batch_size=args.batch_size)
+    rows = judge_file(judges, args.file, args.out, batch_size=args.batch_size, group_by=by)
     print(judged_markdown(rows), end="")
     print(f"verdicts: {args.out}/verdicts.jsonl")
     return 0

@@ -70,6 +70,7 @@ EXAMPLES = {
     "judge": """
         refusal-lens judge runs/q/completions.jsonl --data-dir DATA --out runs/q/judged
         refusal-lens judge pairs.csv --judge substring --judge learned:threshold=0.7 --out runs/j
+        refusal-lens judge answers.jsonl --by condition --by dataset --data-dir DATA --out runs/j
     """,
     "train-judge": """
         refusal-lens train-judge --data-dir DATA
@@ -607,6 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(judge)
     _add_data_arg(judge)
     _add_judge_arg(judge, "substring and learned")
+    judge.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="also give the rates per value of this column (repeatable: per combination)",
+    )
     judge.add_argument("--out", required=True, help="run folder (reused when rerun)")
 
     trainer = command(

@@ -57,6 +57,7 @@ class LabelledPair:
     prompt: str
     response: str
     label: bool | None
+    group: str = ""  # the value of the column the rates are grouped by, if any
 
 
 def _xstest(root: Path) -> list[LabelledResponse]:
@@ -124,9 +125,12 @@ def read_label(value: object, where: str) -> bool:
     )
 
 
-def read_pairs(path: str | Path, *, need_label: bool = False) -> list[LabelledPair]:
+def read_pairs(
+    path: str | Path, *, need_label: bool = False, group_by: tuple[str, ...] = ()
+) -> list[LabelledPair]:
     """(prompt, response, label or None) rows from a CSV/JSON/JSONL file, checked for
-    types; the label column is optional unless `need_label`."""
+    types; the label column is optional unless `need_label`; `group_by` columns (text or
+    numbers) name each row's group."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; give a .csv/.json/.jsonl file")
@@ -141,6 +145,12 @@ def read_pairs(path: str | Path, *, need_label: bool = False) -> list[LabelledPa
         )
     if need_label and "label" not in columns:
         raise UserError(f"{path} has no label column; add one (1/0 or complies/refuses/...)")
+    missing = [c for c in group_by if c not in columns]
+    if missing:
+        raise UserError(
+            f"{path} has no column {', '.join(missing)} to group by; it has "
+            f"{', '.join(table.columns)}"
+        )
     out = []
     for number, row in enumerate(table.rows, 1):
         where = f"{path} row {number}"
@@ -151,7 +161,10 @@ def read_pairs(path: str | Path, *, need_label: bool = False) -> list[LabelledPa
         given = None if label is None or label == "" else read_label(label, where)
         if need_label and given is None:
             raise UserError(f"{where}: the label is empty")
-        out.append(LabelledPair(prompt, text, given))
+        values = [row.get(c) for c in group_by]
+        if any(not isinstance(v, str | int | float) or isinstance(v, bool) for v in values):
+            raise UserError(f"{where}: the columns to group by must hold text or numbers")
+        out.append(LabelledPair(prompt, text, given, " / ".join(str(v) for v in values)))
     if not out:
         raise UserError(f"{path} holds no rows")
     return out

@@ -144,15 +144,21 @@ def agreement_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def judge_file(
-    judges: dict[str, Judge], path: str | Path, out: str | Path, *, batch_size: int = 16
+    judges: dict[str, Judge],
+    path: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 16,
+    group_by: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Every judge's verdicts on a file of (prompt, response) pairs: OUT/verdicts.jsonl (one
     record per pair and judge, written chunk by chunk, so a rerun resumes), and per judge the
     rate of compliance (with its interval), of refusal and the degenerate count; with a label
-    column, agreement with the labels too (OUT/judged.json, OUT/judged.md)."""
+    column, agreement with the labels too (OUT/judged.json, OUT/judged.md). With `group_by`
+    columns, one row per judge and group as well."""
     from ..data.labelled import read_pairs
 
-    pairs = read_pairs(path)
+    pairs = read_pairs(path, group_by=group_by)
     run = RunDir(out)
     labels = [p.label for p in pairs]
     rows: list[dict[str, Any]] = []
@@ -183,33 +189,54 @@ def judge_file(
             run.append_jsonl("verdicts.jsonl", key, records)
             done.update({r["i"]: r for r in records})
         verdicts = [done[i] for i in range(len(pairs))]
-        complied = [v["complied"] for v in verdicts if v["complied"] is not None]
-        refused = [v["refused"] for v in verdicts if v["refused"] is not None]
-        rate = bootstrap_mean([float(c) for c in complied]) if complied else None
-        row: dict[str, Any] = {
-            "judge": described,
-            "spec": spec,
-            "n": len(pairs),
-            "complied": rate.mean if rate else None,
-            "complied_ci95": [rate.low, rate.high] if rate else None,
-            "refused": sum(refused) / len(refused) if refused else None,
-            "degenerate": sum(1 for v in verdicts if v["degenerate"]),
-        }
-        if all(label is not None for label in labels):
-            gold = [bool(label) for label in labels]
-            row["agreement"] = agreement_row(
-                described, str(path), gold, [v["complied"] for v in verdicts]
+        groups = [""] + (sorted({p.group for p in pairs}) if group_by else [])
+        for group in groups:
+            chosen = [i for i, p in enumerate(pairs) if not group or p.group == group]
+            rows.append(
+                _judged_row(
+                    spec,
+                    described,
+                    [verdicts[i] for i in chosen],
+                    [labels[i] for i in chosen],
+                    str(path),
+                )
+                | {"group": group}
             )
-        rows.append(row)
         run.save_stage("judged.json", "all", {"file": str(path), "rows": rows})
     (run.path / "judged.md").write_text(judged_markdown(rows))
     return rows
 
 
+def _judged_row(
+    spec: str,
+    described: dict[str, Any],
+    verdicts: list[dict[str, Any]],
+    labels: list[bool | None],
+    source: str,
+) -> dict[str, Any]:
+    complied = [v["complied"] for v in verdicts if v["complied"] is not None]
+    refused = [v["refused"] for v in verdicts if v["refused"] is not None]
+    rate = bootstrap_mean([float(c) for c in complied]) if complied else None
+    row: dict[str, Any] = {
+        "judge": described,
+        "spec": spec,
+        "n": len(verdicts),
+        "complied": rate.mean if rate else None,
+        "complied_ci95": [rate.low, rate.high] if rate else None,
+        "refused": sum(refused) / len(refused) if refused else None,
+        "degenerate": sum(1 for v in verdicts if v["degenerate"]),
+    }
+    if labels and all(label is not None for label in labels):
+        gold = [bool(label) for label in labels]
+        row["agreement"] = agreement_row(described, source, gold, [v["complied"] for v in verdicts])
+    return row
+
+
 def judged_markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| judge | n | complied [95% CI] | refused | degenerate | accuracy vs labels | kappa |",
-        "|---|---|---|---|---|---|---|",
+        "| judge | group | n | complied [95% CI] | refused | degenerate | accuracy vs labels "
+        "| kappa |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         rate = "-"
@@ -224,7 +251,7 @@ def judged_markdown(rows: Sequence[dict[str, Any]]) -> str:
             agree = f"{a['accuracy']:.3f} [{al:.3f}, {ah:.3f}]"
             kappa = f"{a['kappa']:.3f} [{kl:.3f}, {kh:.3f}]"
         lines.append(
-            f"| {row['spec']} | {row['n']} | {rate} | {refused} | {row['degenerate']} | "
-            f"{agree} | {kappa} |"
+            f"| {row['spec']} | {row.get('group') or 'all'} | {row['n']} | {rate} | {refused} | "
+            f"{row['degenerate']} | {agree} | {kappa} |"
         )
     return "\n".join(lines) + "\n"
