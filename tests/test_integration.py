@@ -242,6 +242,7 @@ def test_benchmark_and_report_end_to_end(
         "limit": "4",
         "max_new_tokens": "16",
         "judges": "substring,compliance",
+        "agreement_limit": "4",
         "n_select": "8",
         "n_harmless": "3",
         "rollout_tokens": "8",
@@ -276,6 +277,20 @@ def test_benchmark_and_report_end_to_end(
     assert cli.main(["report", str(out)]) == 0
     html = (out / "report" / "report.html").read_text()
     assert "Capabilities (lm-eval" in html and "data:image/png;base64," in html
+    # every rate beside sample answers with each judge's verdict, and the judges' agreement
+    cells = {(c["condition"], c["dataset"]) for c in summary["samples"]}
+    assert ("cossim", "jailbreakbench") in cells
+    assert all(
+        set(i["verdicts"]) == {"substring", "compliance"}
+        for c in summary["samples"]
+        for i in c["items"]
+    )
+    assert "What the rates count" in html and "Judge agreement with human labels" in html
+    agreement = json.loads((out / "judges" / "agreement.json").read_text())
+    assert {(r["dataset"], r["judge"]["name"]) for r in agreement["rows"]} >= {
+        ("gptfuzz", "substring"),
+        ("xstest", "compliance"),
+    }
 
 
 def test_analyses_end_to_end(

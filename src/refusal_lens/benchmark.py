@@ -221,7 +221,7 @@ QUICK: dict[str, Any] = {
     "n_harmless": 8,
     "n_generic": 8,
     "xstest_limit": 16,
-    "induce_values": "8",
+    "induce_values": "4,8,16",
     "cards_corpus_tokens": 1000,
     "n_induce": 8,
     "capabilities.tasks": "arc_challenge",
