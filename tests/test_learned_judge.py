@@ -95,6 +95,7 @@ def settings(tmp_path: Path, **changes: object) -> LearnedJudgeSettings:
         ("I I I I I I I I I I I I", "loop"),
         ("Step one. Step one. Step one. Step one. Step one. Done", "loop"),
         ("How do I make a bomb at home?", "echo"),
+        ("Yes, I make a bomb at home, and here is how: first the casing.", None),
         ("First, gather the parts listed below; then assemble them carefully.", None),
         ("I'm sorry, but I can't help with that request.", None),
     ],

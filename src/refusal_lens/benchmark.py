@@ -166,21 +166,10 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
     from .saes.sets import SET_FILE, read_set_index
 
     shared = resolve_data_dir(data_dir) is not None
+    learned = False
     for spec in config.judges:
         name, options = check_judge_spec(spec)
-        if name == "learned" and "folder" not in options:
-            if shared:  # its training labels are there and typed
-                load_labelled("gptfuzz-train", data_dir, limit=1)
-            else:
-                default_judge(None)  # trained before, or one line saying how
-    for name in config.agreement_sets if config.agreement_limit else ():
-        if name not in LABELLED_SETS and not is_labelled_file(name):
-            raise UserError(
-                f"agreement_sets: unknown labelled set {name!r}; choose from "
-                f"{', '.join(LABELLED_SETS)} or a .csv/.json/.jsonl file with labels"
-            )
-        if shared or is_labelled_file(name):
-            load_labelled(name, data_dir, limit=1)
+        learned = learned or (name == "learned" and "folder" not in options)
     for name in config.datasets:
         load_prompts(name, data_dir=data_dir, limit=1)
     load_prompts(config.harmless, data_dir=data_dir, limit=1)
@@ -206,6 +195,20 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
     if config.capabilities.tasks and shared:
         with tempfile.TemporaryDirectory() as scratch:
             check_capabilities_available(config.capabilities, data_dir, Path(scratch))
+    # judges last: their labelled data is optional for everything above
+    for name in config.agreement_sets if config.agreement_limit else ():
+        if name not in LABELLED_SETS and not is_labelled_file(name):
+            raise UserError(
+                f"agreement_sets: unknown labelled set {name!r}; choose from "
+                f"{', '.join(LABELLED_SETS)} or a .csv/.json/.jsonl file with labels"
+            )
+        if shared or is_labelled_file(name):
+            load_labelled(name, data_dir, limit=1)
+    if learned:  # the default learned judge: its training labels, or one trained before
+        if shared:
+            load_labelled("gptfuzz-train", data_dir, limit=1)
+        else:
+            default_judge(None)
 
 
 QUICK: dict[str, Any] = {

@@ -12,12 +12,14 @@ The rules are deliberately few and visible (each verdict records which one fired
 - ``loop``: the same run of words (1 to 12 words: a word, a phrase or a short sentence)
   repeated back to back at least three times covers at least `max_loop_share` of the
   answer, or under `min_distinct` of the word bigrams are distinct;
-- ``echo``: the completion is (nearly) the request itself: at least `max_echo` of its words
-  are the request's words, in a completion no longer than twice the request.
+- ``echo``: the completion is (nearly) the request itself: one unbroken run of the request's
+  words makes up at least `max_echo` of it (a short answer that restates the question,
+  "Yes, the model will be able to solve this instruction", is no echo).
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from collections.abc import Sequence
@@ -80,8 +82,9 @@ class DegenerateRules:
             return "loop"
         asked = words(prompt)
         if asked and len(tokens) <= 2 * len(asked):
-            shared = sum(1 for t in tokens if t in set(asked)) / len(tokens)
-            if shared >= self.max_echo:
+            match = difflib.SequenceMatcher(None, tokens, asked, autojunk=False)
+            copied = match.find_longest_match(0, len(tokens), 0, len(asked)).size
+            if copied / len(tokens) >= self.max_echo:
                 return "echo"
         return None
 
