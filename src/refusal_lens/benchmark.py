@@ -40,7 +40,14 @@ from .evaluation.store import Condition, ResultStore, StoredVerdict, stored
 from .features import FeatureSet, SearchSettings, SelectionSettings
 from .generation import generate
 from .interventions import Intervention, vector_sha256
-from .judges import FirstTokenJudge, Judge, JudgeContext, RefusalTokens, make_judge
+from .judges import (
+    FirstTokenJudge,
+    Judge,
+    JudgeContext,
+    RefusalTokens,
+    make_judge,
+    parse_judge_spec,
+)
 from .models import DEFAULT_MODEL, ChatFormatter, LoadedModel
 from .pipeline import (
     DEFAULT_EVAL_SETS,
@@ -161,7 +168,6 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
 
     from .data.labelled import LABELLED_SETS, is_labelled_file, load_labelled
     from .judges import check_judge_spec
-    from .judges.learned import default_judge
     from .saes.io import CFG_FILE
     from .saes.sets import SET_FILE, read_set_index
 
@@ -204,11 +210,8 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
             )
         if shared or is_labelled_file(name):
             load_labelled(name, data_dir, limit=1)
-    if learned:  # the default learned judge: its training labels, or one trained before
-        if shared:
-            load_labelled("gptfuzz-train", data_dir, limit=1)
-        else:
-            default_judge(None)
+    if learned and shared:  # the default learned judge's training labels
+        load_labelled("gptfuzz-train", data_dir, limit=1)
 
 
 QUICK: dict[str, Any] = {
@@ -251,8 +254,6 @@ def without_data_dir(
     """With no data directory the benchmarks, XSTest and the capability tasks are not there:
     use the built-in prompt sets instead, and say what was left out (the learned judge too,
     unless it was trained before: its labels are in the data directory)."""
-    from .judges.learned import default_folder
-
     if resolve_data_dir(data_dir) is not None:
         return config, []
     notes = [
@@ -266,14 +267,33 @@ def without_data_dir(
     changes: dict[str, Any] = dict(BUILTIN_FALLBACK)
     if config.harmless != "alpaca":
         changes.pop("harmless")
-    if "learned" in config.judges and default_folder(cache) is None:
-        changes["judges"] = tuple(j for j in config.judges if j != "learned") or ("substring",)
-        notes.append(
-            "no data directory and no trained learned judge: answers judged by "
-            + ", ".join(changes["judges"])
-            + " only (refusal-lens train-judge --data-dir DATA trains it once)"
-        )
-    return replace(config, **changes), notes
+    config, judge_notes = usable_judges(replace(config, **changes), data_dir, cache)
+    return config, notes + judge_notes
+
+
+def usable_judges(
+    config: BenchmarkConfig, data_dir: str | Path | None, cache: str | Path | None = None
+) -> tuple[BenchmarkConfig, list[str]]:
+    """Without a data directory the default learned judge can only be one trained before:
+    if there is none, judge by the others and say so (before any model loads)."""
+    from .judges.learned import default_folder
+
+    default_learned = [
+        spec
+        for spec in config.judges
+        if parse_judge_spec(spec)[0] == "learned" and "folder" not in parse_judge_spec(spec)[1]
+    ]
+    if not default_learned or resolve_data_dir(data_dir) is not None:
+        return config, []
+    if default_folder(cache) is not None:
+        return config, []
+    judges = tuple(j for j in config.judges if j not in default_learned) or ("substring",)
+    note = (
+        "no data directory and no trained learned judge: answers judged by "
+        + ", ".join(judges)
+        + " only (refusal-lens train-judge --data-dir DATA trains it once)"
+    )
+    return replace(config, judges=judges), [note]
 
 
 @dataclass

@@ -33,12 +33,14 @@ def benchmark_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from ..benchmark import benchmark_job, validate_inputs
+    from ..benchmark import benchmark_job, usable_judges, validate_inputs
     from ..runs import check_output_folder
 
-    config = benchmark_settings(args)
+    config, notes = usable_judges(benchmark_settings(args), args.data_dir, args.cache_dir)
     args.model = config.model
     validate_inputs(config, args.data_dir)
+    for note in notes:
+        print(note)
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
     summary = benchmark_job(
