@@ -24,7 +24,8 @@ from refusal_lens.analyses.jailbreaks import (
 from refusal_lens.direction import Direction
 from refusal_lens.features import FeatureSet
 from refusal_lens.hooks import HookPoint, record
-from refusal_lens.judges import register_judge
+from refusal_lens.judges import degenerate, register_judge
+from refusal_lens.judges.degenerate import DegenerateRules
 from refusal_lens.models import ChatFormatter, LoadedModel
 from test_probes import _ParityJudge
 
@@ -136,8 +137,10 @@ def test_jailbreaks_job_on_a_tiny_model(
         {"mode": "scale", "value": -3.0, "k": 3},
     )
     register_judge("test-parity", lambda context: _ParityJudge(), "refuses prompts of even CRC")
+    # the tiny random model writes bytes, not words: every answer would be degenerate
+    monkeypatch.setattr(degenerate, "RULES", DegenerateRules(min_words=0, max_loop_share=1.1))
     settings = JailbreakSettings(
-        n_goals=8, attacks_per_goal=3, judges=("test-parity",), max_new_tokens=3
+        n_goals=8, attacks_per_goal=3, judges=("test-parity",), max_new_tokens=12
     )
 
     def job() -> dict:

@@ -130,9 +130,9 @@ class Screened:
     that reads completions). Its description records the rules, so verdicts stored before a
     rule changed are judged again."""
 
-    def __init__(self, judge: Any, rules: DegenerateRules = RULES) -> None:
+    def __init__(self, judge: Any, rules: DegenerateRules | None = None) -> None:
         self.inner = judge
-        self.rules = rules
+        self.rules = rules or RULES
         self.name = judge.name
         self.version = judge.version
         self.reads_completions = judge.reads_completions
