@@ -21,7 +21,7 @@ STEERED = Path(__file__).parent / "data" / "steered" / "labelled.jsonl"
 @pytest.fixture(scope="module")
 def small_judge(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     pytest.importorskip("sentence_transformers")
-    settings = LearnedJudgeSettings(limit=512, epochs=1, max_tokens=128)
+    settings = LearnedJudgeSettings(limit=1024, epochs=2, max_tokens=128, learning_rate=1e-4)
     cache = tmp_path_factory.mktemp("judge-cache")
     return train(settings, shared_data, cache=cache, progress=False)
 
