@@ -176,6 +176,20 @@ def _add_data_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_settings_args(
+    parser: argparse.ArgumentParser, table: str, env_prefix: str, example: str
+) -> None:
+    """--config (a TOML table) and repeatable --set NAME=VALUE over one settings class."""
+    parser.add_argument("--config", default=None, help=f"TOML file (a [{table}] table)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"override one setting, e.g. {example} (file < ${env_prefix}NAME < --set)",
+    )
+
+
 def _add_judge_arg(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
         "--judge",
@@ -628,14 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cache folder (default: $REFUSAL_LENS_CACHE or the user cache dir)",
     )
-    trainer.add_argument("--config", default=None, help="TOML file (a [train-judge] table)")
-    trainer.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override one setting, e.g. --set epochs=3 --set train_sets=gptfuzz-train,mine.csv "
-        "(file < $REFUSAL_LENS_JUDGE_NAME < --set)",
+    _add_settings_args(
+        trainer,
+        "train-judge",
+        "REFUSAL_LENS_JUDGE_",
+        "--set epochs=3 --set train_sets=gptfuzz-train,mine.csv",
     )
 
     results = command(
@@ -669,15 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arg(bench)
     bench.add_argument("--saes", default=None, help="SAE set folder (default: cached quick set)")
     bench.add_argument("--direction", metavar="RUN", default=None, help="refusal direction run")
-    bench.add_argument("--config", default=None, help="TOML file (a [benchmark] table)")
     bench.add_argument("--quick", action="store_true", help="small sizes (CI, the main job)")
-    bench.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override one setting, e.g. --set limit=100 --set capabilities.tasks=arc_challenge "
-        "(file < $REFUSAL_LENS_BENCH_NAME < --set)",
+    _add_settings_args(
+        bench,
+        "benchmark",
+        "REFUSAL_LENS_BENCH_",
+        "--set limit=100 --set capabilities.tasks=arc_challenge",
     )
     bench.add_argument("--out", required=True, help="run folder (reused when rerun)")
 
