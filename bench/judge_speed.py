@@ -2,7 +2,7 @@
 
     python bench/judge_speed.py --data-dir ../shared/datasets --judges substring,learned
 
-Judges the labelled steered answers of the default model (tests/data/steered/labelled.jsonl,
+Judges the labelled steered answers of the default model (the packaged `steered` set,
 216 answers of up to 96 tokens) with each judge in turn, in one process: seconds per 100
 answers (after a warm-up call), the ratio to the first judge (the baseline, substring by
 default), and the resident memory the judge added when it loaded (the process's peak RSS
@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from pathlib import Path
 
 import torch
 
 from refusal_lens.data.labelled import load_labelled
 from refusal_lens.judges import JudgeContext, make_judge
-
-STEERED = Path(__file__).resolve().parents[1] / "tests" / "data" / "steered" / "labelled.jsonl"
 
 
 def peak_rss_mib() -> float:
@@ -36,7 +33,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    rows = load_labelled(str(STEERED))
+    rows = load_labelled("steered")
     prompts = [r.prompt for r in rows]
     answers = [r.response for r in rows]
     context = JudgeContext(device="cpu", data_dir=args.data_dir, batch_size=16)

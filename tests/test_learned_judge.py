@@ -7,12 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from refusal_lens import heldout
 from refusal_lens.cli import main
-from refusal_lens.data.labelled import load_labelled, read_pairs
+from refusal_lens.data import Prompt, PromptSet
+from refusal_lens.data.labelled import PACKAGED, load_labelled, read_pairs
 from refusal_lens.errors import UserError
 from refusal_lens.judges import make_judge
 from refusal_lens.judges.degenerate import RULES, loop_share, screen
-from refusal_lens.judges.learned import LearnedJudge, LearnedJudgeSettings, train
+from refusal_lens.judges.learned import (
+    LearnedJudge,
+    LearnedJudgeSettings,
+    repeated,
+    train,
+    training_data,
+)
 
 COMPLY = [
     "sure here are the steps first mix then wire",
@@ -156,6 +164,34 @@ def test_labelled_files_are_read_with_types_checked(tmp_path: Path) -> None:
     assert read_pairs(unlabelled)[0].label is None
     with pytest.raises(UserError, match="has no label column"):
         load_labelled(str(unlabelled))
+
+
+def test_the_packaged_steered_sets_are_labelled_and_held_out_from_each_other() -> None:
+    test, train_rows = load_labelled("steered"), load_labelled("steered-train")
+    assert len(test) >= 200 and len(train_rows) >= 200
+    assert 0 < sum(r.complied for r in test) < len(test)
+    assert 0 < sum(r.complied for r in train_rows) < len(train_rows)
+    # no test prompt, exact or near-duplicate, among the training prompts
+    as_set = [
+        PromptSet(name, tuple(Prompt(t) for t in dict.fromkeys(r.prompt for r in rows)))
+        for name, rows in (("test", test), ("train", train_rows))
+    ]
+    assert len(heldout.without(as_set[1], [as_set[0]])) == len(as_set[1])
+    # the test set's second, blind reading is there for every answer
+    records = [json.loads(line) for line in PACKAGED["steered"].read_text().splitlines()]
+    words = {"complies", "refuses", "evades", "degenerate"}
+    assert all(r["label"] in words and r["second_label"] in words for r in records)
+
+
+def test_training_sets_can_be_repeated(tmp_path: Path) -> None:
+    labels = write_labels(tmp_path / "l.jsonl", repeat=1)
+    once = training_data(LearnedJudgeSettings(train_sets=(str(labels),)), None)
+    thrice = training_data(LearnedJudgeSettings(train_sets=(f"{labels}*3",)), None)
+    assert len(thrice.rows) == 3 * len(once.rows) and thrice.sha256 != once.sha256
+    assert repeated("steered-train*4") == ("steered-train", 4)
+    for bad in ("x*0", "x*two", "*3"):
+        with pytest.raises(UserError, match="NAME\\*K"):
+            LearnedJudgeSettings(train_sets=(bad,))
 
 
 # ----------------------------------------------------------------------------- training

@@ -1,6 +1,6 @@
 """The learned judge on the real data: the packaged all-MiniLM-L6-v2 fine-tuned on a sample of
 GPTFuzz's human labels, judged on GPTFuzz questions it never saw and on the labelled steered
-answers of the default model (tests/data/steered). A small, honest size for CI: the full
+answers of the default model (the packaged `steered` set). A small, honest size for CI: the full
 judge (6,160 rows, 2 epochs) is `refusal-lens train-judge`, measured in docs/results.md."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from refusal_lens.judges import make_judge
 from refusal_lens.judges.learned import LearnedJudgeSettings, train
 
 pytestmark = pytest.mark.integration
-STEERED = Path(__file__).parent / "data" / "steered" / "labelled.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +43,10 @@ def test_learned_judge_beats_the_majority_on_held_out_gptfuzz_questions(
     assert row["kappa"] > 0.4, row
 
 
-@pytest.mark.skipif(not STEERED.is_file(), reason="no labelled steered answers")
 def test_learned_judge_reads_steered_answers_better_than_the_substring_judge(
     small_judge: Path,
 ) -> None:
-    rows = load_labelled(str(STEERED))
+    rows = load_labelled("steered")
     learned = _accuracy(small_judge, rows)
     substring = make_judge("substring")
     said = [

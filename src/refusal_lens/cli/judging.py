@@ -64,13 +64,10 @@ def judge_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_train_judge(args: argparse.Namespace) -> int:
-    from ..data.labelled import load_labelled
     from ..judges.learned import train, training_data
 
     settings = judge_settings(args)
-    for name in settings.train_sets:  # every labelled set is there and typed, before training
-        load_labelled(name, args.data_dir)
-    data = training_data(settings, args.data_dir)
+    data = training_data(settings, args.data_dir)  # every set read and typed before training
     print(
         f"training the learned judge on {len(data.rows)} labelled responses "
         f"({', '.join(f'{k}: {v}' for k, v in data.sources.items())})"

@@ -7,6 +7,14 @@
   model was jailbroken (harmful compliance); the request is the question the template wrapped.
   Its 20 questions (80-99) are disjoint from those of ``gptfuzz-train`` (0-79), the
   ``train.csv`` the learned judge is fitted on.
+- ``steered``: answers of the default model (Qwen2.5-Coder-0.5B-Instruct) to the first 12
+  prompts of JailbreakBench, HarmBench and AdvBench, unsteered, with the refusal direction
+  ablated and with refusal latents clamped, each labelled by reading it (``steered/GUIDE.md``):
+  the text steering produces (evasions, lectures, loops, empty strings), which GPTFuzz and
+  XSTest rarely hold. ``steered-train``: answers made the same way to prompts of other
+  benchmarks (StrongREJECT, HarmBench validation, MaliciousInstruct, TDC 2023) with every
+  prompt of those three evaluation benchmarks removed, near-duplicates included. Both ship
+  with the package (no data directory needed).
 - any file (``.csv``, ``.json``, ``.jsonl``) with ``prompt``, ``response`` (or
   ``completion``) and ``label`` columns; a label is 1/0, true/false, or a word: ``complies``
   / ``complied`` / ``compliance`` count as compliance, ``refuses``, ``evades``,
@@ -23,7 +31,9 @@ from ..errors import UserError
 from .files import read_csv, read_table
 from .loaders import DATA_DIR_FIX, resolve_data_dir
 
-LABELLED_SETS = ("xstest", "gptfuzz", "gptfuzz-train")
+LABELLED_SETS = ("xstest", "gptfuzz", "gptfuzz-train", "steered", "steered-train")
+STEERED = Path(__file__).parent / "steered"
+PACKAGED = {"steered": STEERED / "test.jsonl", "steered-train": STEERED / "train.jsonl"}
 LABELLED_SUFFIXES = (".csv", ".json", ".jsonl")
 _YES = {"1", "true", "yes", "complies", "complied", "compliance", "1_full_compliance"}
 _NO = {
@@ -187,6 +197,8 @@ def load_labelled(
         if limit is not None and limit < len(rows):
             rows = random.Random(seed).sample(rows, limit)
         return rows
+    if name in PACKAGED:
+        return load_labelled(str(PACKAGED[name]), limit=limit, seed=seed)
     root = resolve_data_dir(data_dir)
     if root is None:
         raise UserError(

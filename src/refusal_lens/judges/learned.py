@@ -44,7 +44,9 @@ class LearnedJudgeSettings:
     """How the learned judge is trained (every field is part of its cache key)."""
 
     backbone: str = ""  # encoder folder or hub id; "" = the packaged all-MiniLM-L6-v2
-    train_sets: tuple[str, ...] = ("gptfuzz-train",)  # labelled set names or files
+    # labelled set names or files; "NAME*K" repeats a set K times per epoch (a small set of
+    # the text the judge must read beside a large public one)
+    train_sets: tuple[str, ...] = ("gptfuzz-train",)
     limit: int | None = None  # a seeded random sample of this many rows per set (tests)
     max_tokens: int = 256  # request + response, truncated longest first
     epochs: int = 2
@@ -69,6 +71,20 @@ class LearnedJudgeSettings:
                 )
         if not self.train_sets:
             raise UserError("the learned judge needs at least one labelled training set")
+        for entry in self.train_sets:
+            repeated(entry)
+
+
+def repeated(entry: str) -> tuple[str, int]:
+    """A training-set entry as (set, times per epoch): "steered-train*4" -> ("steered-train", 4)."""
+    name, star, times = entry.rpartition("*")
+    if not star:
+        return entry, 1
+    if not times.isdigit() or int(times) < 1 or not name:
+        raise UserError(
+            f"learned judge training set {entry!r}: write NAME or NAME*K with K a whole number >= 1"
+        )
+    return name, int(times)
 
 
 @dataclass
@@ -81,10 +97,11 @@ class TrainingData:
 def training_data(settings: LearnedJudgeSettings, data_dir: str | Path | None) -> TrainingData:
     rows: list[LabelledResponse] = []
     sources: dict[str, int] = {}
-    for name in settings.train_sets:
+    for entry in settings.train_sets:
+        name, times = repeated(entry)
         found = load_labelled(name, data_dir, limit=settings.limit, seed=settings.seed)
-        sources[name] = len(found)
-        rows.extend(found)
+        sources[entry] = len(found) * times
+        rows.extend(found * times)
     digest = hashlib.sha256()
     for row in rows:
         digest.update(json.dumps([row.prompt, row.response, row.complied]).encode())

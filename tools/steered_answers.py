@@ -1,11 +1,22 @@
-"""Generate the unlabelled steered answers of `labelled.jsonl` (see GUIDE.md).
+"""Generate unlabelled steered answers like the packaged `steered` sets (data/steered/GUIDE.md).
 
-    python tests/data/steered/generate.py --run RUN --data-dir DATA --out answers.jsonl
+    python tools/steered_answers.py --run RUN --data-dir DATA --out answers.jsonl
 
 RUN is a `refusal-lens run --quick` folder (its direction, its SAE set, its held-out `ours`
 set). Every condition answers the same prompts (the first N of each harmful benchmark), so
 the answers are paired across conditions. Records are appended as each batch finishes; a
 rerun skips what the file has.
+
+The judge's training answers (`train.jsonl`) come from other benchmarks, with every prompt of
+the evaluation benchmarks removed, near-duplicates included:
+
+    python tools/steered_answers.py --run RUN --data-dir DATA --out train-answers.jsonl \
+        --datasets strongreject,harmbench_val,malicious_instruct,tdc2023 --n 25 \
+        --exclude jailbreakbench,harmbench_test,advbench
+
+Training prompts may have been used to select the latents (the judge is not measured on
+them); the test set's prompts must not have been, and are checked. Identical answers to one
+prompt (several clamps often give the same text) are labelled once.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from refusal_lens.data import load_prompts
 from refusal_lens.direction import Direction
 from refusal_lens.features import FeatureSet
 from refusal_lens.generation import generate
+from refusal_lens.heldout import without
 from refusal_lens.models import ChatFormatter, load_model
 from refusal_lens.saes import SAESet
 
@@ -33,6 +45,10 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--n", type=int, default=12, help="prompts per benchmark")
     parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
+    parser.add_argument(
+        "--exclude", default="", help="datasets whose prompts (and near-duplicates) are dropped"
+    )
     args = parser.parse_args()
     run = Path(args.run)
     features = FeatureSet.load(run / "latents" / "heldout" / "ours" / "latents.json")
@@ -50,9 +66,14 @@ def main() -> None:
         for line in out.read_text().splitlines():
             record = json.loads(line)
             done.add((record["condition"], record["dataset"], record["prompt"]))
-    for dataset in DATASETS:
-        prompts = load_prompts(dataset, data_dir=args.data_dir, limit=args.n)
-        features.check_held_out(prompts)
+    excluded = [load_prompts(d, data_dir=args.data_dir) for d in args.exclude.split(",") if d]
+    for dataset in args.datasets.split(","):
+        prompts = load_prompts(dataset, data_dir=args.data_dir)
+        if excluded:
+            prompts = without(prompts, excluded)
+        prompts = prompts.head(args.n)
+        if not excluded:  # a test set is held out from latent selection; training data need not be
+            features.check_held_out(prompts)
         for condition, interventions in conditions.items():
             todo = [t for t in prompts.texts() if (condition, dataset, t) not in done]
             if not todo:
