@@ -330,3 +330,15 @@ def test_judge_commands_reject_bad_input_before_loading(
     assert capsys.readouterr().err.startswith("error: ")
     assert main(["train-judge", "--set", f"train_sets={missing}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_agreement_table_tells_two_trained_judges_apart() -> None:
+    from refusal_lens.evaluation.agreement import agreement_markdown, agreement_row
+
+    rows = [
+        agreement_row({"name": "learned", "weights": name}, "steered", [True, False], [True, True])
+        for name in ("learned-aaaa", "learned-bbbb")
+    ]
+    table = agreement_markdown(rows)
+    assert "learned (learned-aaaa) | steered | 2 | 0.500" in table
+    assert "learned (learned-bbbb)" in table

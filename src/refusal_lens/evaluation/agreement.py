@@ -130,8 +130,9 @@ def agreement_markdown(rows: Sequence[dict[str, Any]]) -> str:
     ]
     for row in rows:
         name = row["judge"]["name"]
-        if "model" in row["judge"]:
-            name += f" ({row['judge']['model']})"
+        for key in ("model", "weights"):  # which model or trained judge, when it has one
+            if key in row["judge"]:
+                name += f" ({row['judge'][key]})"
         if "skipped" in row:
             lines.append(f"| {name} | {row['dataset']} | - | not applicable: {row['skipped']} | |")
             continue
