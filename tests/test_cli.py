@@ -294,3 +294,13 @@ def test_train_saes_bad_input(
     assert_one_line_error(code, err, "bad mixture entry")
     code, _, err = run(capsys, "eval-saes", str(tmp_path / "nothing"), "--model", str(model))
     assert_one_line_error(code, err, "no SAE set")
+
+
+def test_the_cli_reference_page_is_current() -> None:
+    """docs/cli.md is generated from the parser; regenerate it with
+    `python -m refusal_lens.cli.reference > docs/cli.md` when a command changes."""
+    from refusal_lens.cli.reference import reference
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    assert page.read_text() == reference(), "docs/cli.md is stale: regenerate it"
+    assert "## train-judge" in page.read_text() and "--set" in page.read_text()

@@ -10,7 +10,7 @@ from typing import NoReturn
 EXAMPLES = {
     "direction": """
         refusal-lens direction --out runs/direction        # default model, built-in prompts
-        refusal-lens direction --data-dir ../shared/datasets --out runs/qwen05
+        refusal-lens direction --data-dir DATA --out runs/qwen05
         refusal-lens direction --model qwen2.5-coder-1.5b-instruct --data-dir DATA --out runs/q15
     """,
     "refusal-rate": """
@@ -87,7 +87,7 @@ EXAMPLES = {
             --direction runs/qwen05 --data-dir DATA --out runs/circuits
     """,
     "analyze": """
-        refusal-lens analyze runs/quickstart --quick --data-dir ../shared/datasets
+        refusal-lens analyze runs/quickstart --quick --data-dir DATA
         refusal-lens analyze runs/bench --only categories,circuits --data-dir DATA
     """,
     "minimal": """
@@ -108,7 +108,7 @@ EXAMPLES = {
     """,
     "run": """
         refusal-lens run --quick                              # the embedded default, minutes
-        refusal-lens run --data-dir ../shared/datasets        # the full benchmark
+        refusal-lens run --data-dir DATA        # the full benchmark
         refusal-lens run --model qwen2.5-coder-1.5b-instruct --data-dir DATA --out runs/q15
     """,
     "report": """
@@ -171,7 +171,7 @@ def _add_data_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="benchmark data folder laid out like shared/datasets (default: "
+        help="benchmark data folder in the layout of the guide's Data section (default: "
         "$REFUSAL_LENS_DATA; without one, built-in prompts are used)",
     )
 

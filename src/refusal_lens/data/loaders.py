@@ -7,8 +7,9 @@ Resolution order of `load_prompts(name_or_path)`:
 2. ``hub:owner/name[:config][@split]``: that Hugging Face hub dataset (needs the `hub` extra).
 3. An existing local file (.csv, .json, .jsonl, .txt with one prompt per line).
 4. A registered name (`available_datasets`), read from the data directory (argument, else
-   ``$REFUSAL_LENS_DATA``), laid out like ``shared/datasets``; when the data directory is unset
-   or lacks the file, a hub mirror of the same benchmark is tried where one is known.
+   ``$REFUSAL_LENS_DATA``), laid out as the guide's *Data* section describes; when the data
+   directory is unset or lacks the file, a hub mirror of the same benchmark is tried where one
+   is known.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 DATA_ENV_VAR = "REFUSAL_LENS_DATA"
 DATA_DIR_FIX = (
-    f"pass --data-dir DIR or set {DATA_ENV_VAR}=DIR (a folder laid out like shared/datasets)"
+    f"pass --data-dir DIR or set {DATA_ENV_VAR}=DIR (a benchmark data folder, laid out as the "
+    "guide's Data section describes)"
 )
 
 Kind = Literal["harmful", "harmless"]

@@ -114,7 +114,7 @@ def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise UserError(
             f"{what} not found at {path}; pass --data-dir pointing at a folder laid out like "
-            "shared/datasets, or leave it out of --mixture"
+            "the guide's Data section describes, or leave it out of --mixture"
         )
     return path
 
