@@ -1,4 +1,5 @@
-"""Where refusal-lens keeps things: cache directory and environment overrides."""
+"""Where refusal-lens keeps things (cache directory, environment overrides) and which model it
+studies when none is named."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from platformdirs import user_cache_dir
 
 CACHE_ENV_VAR = "REFUSAL_LENS_CACHE"
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"  # the embedded default (installs from PyPI)
 
 
 def cache_dir(override: str | Path | None = None) -> Path:

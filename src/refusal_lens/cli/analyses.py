@@ -9,7 +9,6 @@ from typing import Any
 
 from ..errors import UserError
 from .common import load_lm
-from .parser import DEFAULT_MODEL_NAME
 
 
 def _from_benchmark(run: str | None) -> dict[str, str]:
@@ -27,7 +26,7 @@ def _inputs(args: argparse.Namespace, name: str) -> tuple[dict[str, str], str]:
     for key, path in paths.items():
         if path is None:
             raise UserError(f"pass --{key} (or --run, a benchmark folder that has one)")
-    if args.run and args.model == DEFAULT_MODEL_NAME:
+    if args.run and args.model is None:
         args.model = found["model"]
     out = args.out or (str(Path(args.run) / "analyses" / name) if args.run else None)
     if out is None:
@@ -229,7 +228,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ..runs import check_output_folder
 
     inputs = RunInputs.of(args.run)
-    if args.model == DEFAULT_MODEL_NAME:
+    if args.model is None:
         args.model = inputs.model
     only = tuple(name for name in (args.only or ",".join(ANALYSES)).split(",") if name.strip())
     unknown = [name for name in only if name not in ANALYSES]

@@ -12,11 +12,13 @@ from ..errors import UserError
 def load_lm(args: argparse.Namespace) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
-    from ..models import ChatFormatter, load_model
+    from ..models import DEFAULT_MODEL, ChatFormatter, load_model
 
     if not args.verbose:  # transformers' per-tensor loading bars are noise here
         hf_logging.disable_progress_bar()
-    lm = load_model(args.model, dtype=args.dtype, device=args.device, cache=args.cache_dir)
+    lm = load_model(
+        args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device, cache=args.cache_dir
+    )
     max_length = getattr(lm.model.config, "max_position_embeddings", None)
     return lm, ChatFormatter(lm.tokenizer, system=args.system, max_length=max_length)
 

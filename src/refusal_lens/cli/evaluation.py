@@ -9,7 +9,6 @@ from typing import Any
 
 from ..errors import UserError
 from .common import load_lm
-from .parser import DEFAULT_MODEL_NAME
 
 
 def benchmark_settings(args: argparse.Namespace) -> Any:
@@ -20,7 +19,7 @@ def benchmark_settings(args: argparse.Namespace) -> Any:
     for name in ("saes", "direction"):
         if getattr(args, name):
             overrides.append(f"{name}={getattr(args, name)}")
-    if args.model != DEFAULT_MODEL_NAME:  # --model given: it beats the file
+    if args.model is not None:  # --model given: it beats the file
         overrides.append(f"model={args.model}")
     return load_settings(
         BenchmarkConfig,

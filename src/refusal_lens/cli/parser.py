@@ -7,6 +7,8 @@ import math
 import textwrap
 from typing import NoReturn
 
+from ..settings import DEFAULT_MODEL
+
 EXAMPLES = {
     "direction": """
         refusal-lens direction --out runs/direction        # default model, built-in prompts
@@ -138,15 +140,13 @@ def _examples(name: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(EXAMPLES[name]).strip(), "  ")
 
 
-DEFAULT_MODEL_NAME = "qwen2.5-coder-0.5b-instruct"
-
-
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        default=DEFAULT_MODEL_NAME,
-        help="registered alias, HF hub id, local HF folder or .gguf file (default: %(default)s)",
+        default=None,  # None = not given: a run folder's or config's model, else DEFAULT_MODEL
+        help="registered alias, HF hub id, local HF folder or .gguf file (default: the run's or "
+        f"config's model, else {DEFAULT_MODEL})",
     )
     group.add_argument(
         "--dtype",

@@ -82,8 +82,6 @@ REGISTRY: dict[str, ModelSpec] = {
     )
 }
 
-DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
-
 
 def find_spec(name: str) -> ModelSpec | None:
     """The registered model called `name` (case-insensitive, aliases accepted), or None."""
