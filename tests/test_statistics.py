@@ -32,3 +32,13 @@ def test_paired_difference_detects_a_shift() -> None:
     assert diff.high < 0 and p_value < 0.01
     same, p_same = paired_difference(before, before)
     assert same.mean == 0 and p_same == 1.0
+
+
+def test_interval_cell_is_the_one_way_to_print_an_estimate() -> None:
+    from refusal_lens.evaluation.statistics import interval_cell
+
+    assert interval_cell({"mean": 0.5, "ci95": [0.25, 0.75]}) == "0.50 [0.25, 0.75]"
+    assert interval_cell({"mean": 0.5, "ci95": [0.25, 0.75]}, digits=3) == "0.500 [0.250, 0.750]"
+    assert interval_cell({"mean": 0.5, "ci95": [None, None]}) == "0.50"
+    assert interval_cell({"mean": None, "ci95": [None, None]}) == "-"
+    assert interval_cell(None) == "-"

@@ -44,7 +44,7 @@ from ..config import settings_dict
 from ..data import PromptSet, load_prompts
 from ..direction import Direction
 from ..errors import UserError
-from ..evaluation.statistics import bootstrap_mean
+from ..evaluation.statistics import bootstrap_mean, interval_cell
 from ..features import FeatureSet, SelectionSettings, latent_statistics, matched_random
 from ..interventions import EditLatents, vector_sha256
 from ..models import ChatFormatter, LoadedModel
@@ -552,11 +552,6 @@ def compare_common(conditions: dict[str, dict[str, np.ndarray]], seed: int) -> l
     return out
 
 
-def _cell(entry: dict[str, Any]) -> str:
-    low, high = entry["ci95"]
-    return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
-
-
 def rank_cell(entry: dict[str, Any]) -> str:
     if not entry.get("n"):
         return "-"
@@ -581,7 +576,7 @@ def categories_markdown(summary: dict[str, Any]) -> str:
     for row in summary["rows"]:
         norm = "-" if row["normalised"] is None else f"{row['normalised']:.2f}"
         lines.append(
-            f"| {row['category']} | {row['condition']} | {_cell(row['refusal'])} | {norm} |"
+            f"| {row['category']} | {row['condition']} | {interval_cell(row['refusal'])} | {norm} |"
         )
     comparison = summary.get("common_vs_specific") or []
     if comparison:
@@ -597,10 +592,10 @@ def categories_markdown(summary: dict[str, Any]) -> str:
         ]
         for row in comparison:
             diff = row["common_minus_specific"]
-            tail = "-" if diff is None else f"{_cell(diff)} (p={diff['p_value']:.3f})"
+            tail = "-" if diff is None else f"{interval_cell(diff)} (p={diff['p_value']:.3f})"
             lines.append(
-                f"| {row['matched']} | {row['n']} | {_cell(row['common_refusal'])} | "
-                f"{_cell(row['specific_refusal'])} | {tail} |"
+                f"| {row['matched']} | {row['n']} | {interval_cell(row['common_refusal'])} | "
+                f"{interval_cell(row['specific_refusal'])} | {tail} |"
             )
     ranks = summary.get("rank_matching") or {}
     if ranks:
@@ -622,7 +617,8 @@ def categories_markdown(summary: dict[str, Any]) -> str:
         for row in summary["transfer"]:
             norm = "-" if row["normalised"] is None else f"{row['normalised']:.2f}"
             lines.append(
-                f"| {row['latents_of']} | {row['prompts_of']} | {_cell(row['refusal'])} | {norm} |"
+                f"| {row['latents_of']} | {row['prompts_of']} | "
+                f"{interval_cell(row['refusal'])} | {norm} |"
             )
     lines.append("")
     return "\n".join(lines)

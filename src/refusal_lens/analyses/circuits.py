@@ -43,7 +43,7 @@ from ..data import load_prompts
 from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
-from ..evaluation.statistics import bootstrap_mean
+from ..evaluation.statistics import bootstrap_mean, interval_cell
 from ..features import FeatureSet, latent_statistics
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, add_hooks, record
@@ -640,13 +640,6 @@ def circuits_job(
     return summary
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        return "-"
-    low, high = entry["ci95"]
-    return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
-
-
 def circuits_markdown(summary: dict[str, Any]) -> str:
     v = summary["validation"]
     lines = [
@@ -667,10 +660,10 @@ def circuits_markdown(summary: dict[str, Any]) -> str:
     ]
     for row in summary["clamp"]:
         diff = row["difference_to_harm"]
-        tail = "-" if diff is None else f"{_cell(diff)} (p={diff['p_value']:.3f})"
+        tail = "-" if diff is None else f"{interval_cell(diff)} (p={diff['p_value']:.3f})"
         cos = row.get("cosine_mean")
         cos_cell = "-" if cos is None else f"{cos:.3f}"
-        lines.append(f"| {row['upstream']} | {cos_cell} | {_cell(row['drop'])} | {tail} |")
+        lines.append(f"| {row['upstream']} | {cos_cell} | {interval_cell(row['drop'])} | {tail} |")
     if summary.get("control"):
         lines += ["", f"Random control: {summary['control']['matched_on']}."]
     lines += ["", "Strongest edges:", "", "| upstream | downstream | effect |", "|---|---|---|"]

@@ -45,7 +45,7 @@ from ..data.adversarial import (
 from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
-from ..evaluation.statistics import paired_difference
+from ..evaluation.statistics import interval_cell, paired_difference
 from ..features import FeatureSet, latent_statistics, matched_random
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
@@ -491,17 +491,10 @@ def jailbreaks_job(
     return summary
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        return "-"
-    low, high = entry["ci95"]
-    return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
-
-
 def _paired_cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "-"
-    return f"{_cell(entry)} (p={entry['p_value']:.3f}, n={entry['n']})"
+    return f"{interval_cell(entry)} (p={entry['p_value']:.3f}, n={entry['n']})"
 
 
 def _n(entry: dict[str, Any] | None) -> int:
@@ -515,7 +508,8 @@ def jailbreaks_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Source {settings['source']}: {summary['n_refused_goals']} of {summary['n_goals']} plain "
         f"requests refused, {summary['n_attacks']} attacks on them, success rate "
-        f"{_cell(summary['success_rate'])} (judges: {', '.join(settings['judges'])}). Latent "
+        f"{interval_cell(summary['success_rate'])} (judges: {', '.join(settings['judges'])}). "
+        "Latent "
         f"activity read on the last {summary['positions']} template tokens; suppression = 1 - "
         "attacked / plain.",
         "",
@@ -525,9 +519,10 @@ def jailbreaks_markdown(summary: dict[str, Any]) -> str:
     for row in summary["suppression"]:
         diff = row["difference"]
         lines.append(
-            f"| {row['latents']} | {_cell(row['successful'])} (n={_n(row['successful'])}) | "
-            f"{_cell(row['failed'])} (n={_n(row['failed'])}) | "
-            + ("-" if diff is None else f"{_cell(diff)} (p={diff['p_value']:.3f})")
+            f"| {row['latents']} | "
+            f"{interval_cell(row['successful'])} (n={_n(row['successful'])}) | "
+            f"{interval_cell(row['failed'])} (n={_n(row['failed'])}) | "
+            + ("-" if diff is None else f"{interval_cell(diff)} (p={diff['p_value']:.3f})")
             + " |"
         )
     paired = summary.get("versus_random") or []

@@ -44,7 +44,7 @@ from ..data.adversarial import SLOT, gptfuzz_templates, load_adversarial
 from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
-from ..evaluation.statistics import Estimate, auroc_rows, bootstrap_statistic
+from ..evaluation.statistics import Estimate, auroc_rows, bootstrap_statistic, interval_cell
 from ..features import FeatureSet, matched_random
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
@@ -656,14 +656,6 @@ def _describe(examples: Examples) -> dict[str, Any]:
 
 
 def probes_markdown(summary: dict[str, Any]) -> str:
-    def cell(entry: dict[str, Any] | None) -> str:
-        if entry is None:
-            return "-"
-        mean, (low, high) = entry["mean"], entry["ci95"]
-        if mean is None:
-            return "-"
-        return f"{mean:.2f}" if low is None else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
-
     lines = [
         "# Linear probes (last template token)",
         "",
@@ -694,8 +686,9 @@ def probes_markdown(summary: dict[str, Any]) -> str:
             majority = row.get("majority_rate")
             lines.append(
                 f"| {row['features']} | {row['test']} | {row['subset']} | {row['n']} | "
-                f"{cell(row['accuracy'])} | {'-' if majority is None else f'{majority:.2f}'} | "
-                f"{cell(row.get('balanced_accuracy'))} | {cell(row['auroc'])} | "
+                f"{interval_cell(row['accuracy'])} | "
+                f"{'-' if majority is None else f'{majority:.2f}'} | "
+                f"{interval_cell(row.get('balanced_accuracy'))} | {interval_cell(row['auroc'])} | "
                 f"{row['view']}, C={row['c']:g} | {constant_note(row)} |"
             )
         lines.append("")

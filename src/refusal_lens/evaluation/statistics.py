@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,18 @@ class Estimate:
 
     def __str__(self) -> str:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
+
+
+def interval_cell(entry: Mapping[str, Any] | None, digits: int = 2) -> str:
+    """A stored estimate ({"mean": m, "ci95": [low, high]}) as a table cell, "m [low, high]";
+    "-" when there is none, the mean alone when it has no interval."""
+    if entry is None or entry.get("mean") is None:
+        return "-"
+    mean = entry["mean"]
+    low, high = entry.get("ci95") or (None, None)
+    if low is None or high is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def bootstrap_mean(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analyses.flags import constant_note, constant_rows
+from ..evaluation.statistics import interval_cell
 from . import plots
 from .page import Page
 
@@ -20,15 +21,8 @@ PAPER_JAILBREAK = (
 )
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
-    if entry is None or entry.get("mean") is None:
-        return "-"
-    low, high = entry["ci95"]
-    return f"{entry['mean']:.2f}" if low is None else f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
-
-
 def _with_p(entry: dict[str, Any] | None) -> str:
-    return "-" if entry is None else f"{_cell(entry)} (p={entry['p_value']:.3f})"
+    return "-" if entry is None else f"{interval_cell(entry)} (p={entry['p_value']:.3f})"
 
 
 def _clean(entry: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +65,7 @@ def categories_section(page: Page, run: Path) -> None:
             [
                 r["category"],
                 r["condition"],
-                _cell(r["refusal"]),
+                interval_cell(r["refusal"]),
                 "-" if r["normalised"] is None else f"{r['normalised']:.2f}",
             ]
             for r in summary["rows"]
@@ -111,8 +105,8 @@ def categories_section(page: Page, run: Path) -> None:
                 [
                     r["matched"],
                     str(r["n"]),
-                    _cell(r["common_refusal"]),
-                    _cell(r["specific_refusal"]),
+                    interval_cell(r["common_refusal"]),
+                    interval_cell(r["specific_refusal"]),
                     _with_p(r["common_minus_specific"]),
                 ]
                 for r in comparison
@@ -143,7 +137,7 @@ def categories_section(page: Page, run: Path) -> None:
                 [
                     r["latents_of"],
                     r["prompts_of"],
-                    _cell(r["refusal"]),
+                    interval_cell(r["refusal"]),
                     "-" if r["normalised"] is None else f"{r['normalised']:.2f}",
                 ]
                 for r in summary["transfer"]
@@ -178,7 +172,7 @@ def circuits_section(page: Page, run: Path) -> None:
             [
                 r["upstream"],
                 "-" if r.get("cosine_mean") is None else f"{r['cosine_mean']:.3f}",
-                _cell(r["drop"]),
+                interval_cell(r["drop"]),
                 _with_p(r["difference_to_harm"]),
             ]
             for r in summary["clamp"]
@@ -211,7 +205,7 @@ def jailbreaks_sections(page: Page, run: Path) -> None:
         page.paragraph(
             f"{summary['n_refused_goals']} of {summary['n_goals']} plain requests refused; "
             f"{summary['n_attacks']} attacks on them, success rate "
-            f"{_cell(summary['success_rate'])} (judges: {', '.join(settings['judges'])}). "
+            f"{interval_cell(summary['success_rate'])} (judges: {', '.join(settings['judges'])}). "
             "Suppression = 1 - attacked / plain refusal-latent activity on the last "
             f"{summary['positions']} template tokens. Paper: {PAPER_JAILBREAK}."
         )
@@ -220,8 +214,8 @@ def jailbreaks_sections(page: Page, run: Path) -> None:
             [
                 [
                     r["latents"],
-                    _cell(r["successful"]),
-                    _cell(r["failed"]),
+                    interval_cell(r["successful"]),
+                    interval_cell(r["failed"]),
                     _with_p(r["difference"]),
                 ]
                 for r in summary["suppression"]
@@ -306,10 +300,10 @@ def probes_section(page: Page, run: Path) -> None:
                     r["test"],
                     r["subset"],
                     str(r["n"]),
-                    _cell(r["accuracy"]),
+                    interval_cell(r["accuracy"]),
                     "-" if r.get("majority_rate") is None else f"{r['majority_rate']:.2f}",
-                    _cell(r.get("balanced_accuracy")),
-                    _cell(r["auroc"]),
+                    interval_cell(r.get("balanced_accuracy")),
+                    interval_cell(r["auroc"]),
                     f"{r['view']}, C={r['c']:g}",
                     constant_note(r),
                 ]
@@ -352,7 +346,7 @@ def minimal_section(page: Page, run: Path) -> None:
         page.table(
             ["set", "size", "dataset", "refusal [95% CI]"],
             [
-                [r["set"], str(r["size"]), r["dataset"], _cell(r["refusal"])]
+                [r["set"], str(r["size"]), r["dataset"], interval_cell(r["refusal"])]
                 for r in summary["test"]
             ],
         )
