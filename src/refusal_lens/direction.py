@@ -173,7 +173,7 @@ def filter_pool(
 ) -> tuple[PromptSet, list[bool]]:
     """Keep prompts whose greedy first token is a refusal token (refused=True) or is not.
 
-    The greedy criterion of method.md section 2, not Arditi's `score > 0`: small models often
+    A greedy criterion, not Arditi's `score > 0`: small models often
     refuse with a first-token probability under 0.5 and still answer "I'm sorry...".
     """
     logits = last_position_logits(

@@ -1,13 +1,13 @@
 """Feature sets: which SAE latents to intervene on, how they were chosen, and on what data.
 
-Methods (method.md section 3): `ours` (per layer the K latents whose decoder rows are closest
-in cosine to the refusal direction, ranked over all layers by LA-IG), `cossim` (cosine only),
-`actdiff` (harmful-minus-harmless mean of each prompt's max activation), `ap` (LA-IG over every
-latent, no prefilter), `random` (a control matched to another set by layer and by activation
-frequency). A feature set is one JSON file every later command accepts: the model and SAE set
-it belongs to, the method and protocol, the prompts it was selected on (hashes, so that a
-held-out evaluation can refuse to run on them), the ranked latents, per-prompt lists aligned
-with their prompts, and the intervention to apply (scale or value, how many latents).
+Methods (Yeo et al. 2025 and its baselines): `ours` (per layer the K latents whose decoder rows
+are closest in cosine to the refusal direction, ranked over all layers by LA-IG), `cossim`
+(cosine only), `actdiff` (harmful-minus-harmless mean of each prompt's max activation), `ap`
+(LA-IG over every latent, no prefilter), `random` (a control matched to another set by layer and
+by activation frequency). A feature set is one JSON file every later command accepts: the model
+and SAE set it belongs to, the method and protocol, the prompts it was selected on (hashes, so
+that a held-out evaluation can refuse to run on them), the ranked latents, per-prompt lists
+aligned with their prompts, and the intervention to apply (scale or value, how many latents).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Category-specific and common latents (method.md section 6).
+"""Category-specific and common latents (Yeo et al. 2025).
 
 Protocol: the prompts of a categorised harmful set (StrongREJECT by default) are split per
 category into selection (train) and test prompts. For each category, a global latent set is

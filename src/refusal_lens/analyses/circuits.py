@@ -1,4 +1,4 @@
-"""Upstream harm latents -> downstream refusal latents (method.md section 6).
+"""Upstream harm latents -> downstream refusal latents (Yeo et al. 2025).
 
 Edges. The effect of an upstream latent u (layer l) on a downstream latent d (layer l' > l) is
 the change of d's activity (its mean activation over the last template tokens) when u is set

@@ -1,4 +1,4 @@
-"""Jailbreaks at the latent level (method.md section 6).
+"""Jailbreaks at the latent level (Yeo et al. 2025).
 
 Protocol: take plain requests the model refuses alone (requests the refusal latents were
 selected on are left out), put each in several attacks (readable suffixes, GPTFuzz templates

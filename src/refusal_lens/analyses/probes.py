@@ -1,4 +1,4 @@
-"""Linear probes on last-token features, in and out of distribution (method.md section 6).
+"""Linear probes on last-token features, in and out of distribution (Yeo et al. 2025).
 
 Protocol: every probe is fitted on plain prompts (``harmful_train`` vs ``harmless_train``); its
 regularisation, and for the dense residual its layer, is chosen on a validation part of those

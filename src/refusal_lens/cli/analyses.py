@@ -1,4 +1,4 @@
-"""Commands of the analyses (method.md section 6): categories, circuits, probes, jailbreaks,
+"""Commands of the analyses (Yeo et al. 2025): categories, circuits, probes, jailbreaks,
 minimal sets."""
 
 from __future__ import annotations

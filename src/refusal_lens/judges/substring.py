@@ -1,4 +1,4 @@
-"""Substring refusal judge (Yeo et al. 2025; the list of method.md section 5)."""
+"""Substring refusal judge (the refusal-phrase list of Arditi et al. 2024 and Yeo et al. 2025)."""
 
 from __future__ import annotations
 

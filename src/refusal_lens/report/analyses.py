@@ -1,5 +1,5 @@
 """Report sections of the analyses found in RUN/analyses/: each reads the JSON its command
-wrote and nothing else (method.md section 6; the paper's figures beside ours)."""
+wrote and nothing else (Yeo et al. 2025's analyses; the paper's figures beside ours)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..evaluation.statistics import interval_cell
 from . import plots
 from .page import Page
 
-# method.md section 6 (Gemma-2-2B-IT)
+# the paper's figures (Yeo et al. 2025, Gemma-2-2B-IT)
 PAPER_PROBES = {"refusal latents": 0.87, "random latents": 0.50, "dense residual": 0.51}
 PAPER_CLAMP_DROP = 0.45
 PAPER_JAILBREAK = (

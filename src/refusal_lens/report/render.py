@@ -23,7 +23,7 @@ from . import plots
 from .analyses import analyses_sections
 from .page import Page
 
-# method.md section 7: HarmBench-classifier jailbreak rate on HarmBench / JBB / AdvBench,
+# Yeo et al. 2025: HarmBench-classifier jailbreak rate on HarmBench / JBB / AdvBench,
 # transductive protocol (per-prompt sets selected on the evaluation prompts).
 PAPER_DATASETS = ("harmbench_test", "jailbreakbench", "advbench")
 PAPER_TABLE: dict[str, dict[str, tuple[float, float, float]]] = {
