@@ -16,8 +16,8 @@ import torch
 
 from refusal_lens.data import builtin_prompts
 from refusal_lens.generation import generate
-from refusal_lens.judges.first_token import last_position_logits
 from refusal_lens.models import ChatFormatter, load_model
+from refusal_lens.scoring import last_position_logits
 
 
 def main() -> None:

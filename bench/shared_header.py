@@ -18,7 +18,7 @@ import json
 
 import torch
 
-import refusal_lens.judges.first_token as first_token
+import refusal_lens.scoring as scoring
 from generation_overhead import time_arms
 from refusal_lens.data import load_prompts
 from refusal_lens.interventions import AblateDirection
@@ -45,11 +45,11 @@ def main() -> None:
 
     def arm(name: str, share: bool):
         def run() -> None:
-            first_token.position_independent = position_independent if share else _never
-            outputs[name] = first_token.last_position_logits(
+            scoring.position_independent = position_independent if share else _never
+            outputs[name] = scoring.last_position_logits(
                 lm, formatter, texts, batch_size=args.batch_size, interventions=edits
             )
-            first_token.position_independent = position_independent
+            scoring.position_independent = position_independent
 
         return run
 

@@ -611,7 +611,7 @@ def test_an_empty_rollout_is_compared_where_the_base_model_ended_it(
     predicted end-of-turn): its KL is that position's, not a 0 added to the mean."""
     from refusal_lens.evaluation.side_effects import completion_kl, completion_kl_per_prompt
     from refusal_lens.interventions import EditLatents
-    from refusal_lens.judges.first_token import last_position_logits
+    from refusal_lens.scoring import last_position_logits
 
     edit = EditLatents(tiny_saes, tuple((1, i) for i in range(0, 256, 5)), "set", 6.0)
     prompts = ["Write a poem about the sea.", "Name a color."]

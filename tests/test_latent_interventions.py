@@ -282,7 +282,7 @@ def test_retain_reaches_every_scoring_path_through_a_twin(
 ) -> None:
     """Paths that score without generating build the twin too: a retain-only edit is the
     identity, an edit with retain differs from the same edit without it."""
-    from refusal_lens.judges.first_token import last_position_logits
+    from refusal_lens.scoring import last_position_logits
     from refusal_lens.teacher_forcing import completion_nll, text_nll
 
     pin_only = EditLatents(tiny_saes, (), retain=((1, 5), (2, 9)), edit_sinks=True)

@@ -47,11 +47,11 @@ from .errors import UserError
 from .generation import generate, length_sorted_batches
 from .hooks import HookFn, HookPoint, add_hooks, record
 from .interventions import apply, vector_sha256
-from .judges.first_token import last_position_logits
 from .judges.substring import SubstringJudge
 from .models import ChatFormatter, EncodedBatch, LoadedModel
 from .runs import stable_hash, write_json
 from .saes import SAESet, SparseAutoencoder
+from .scoring import last_position_logits
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from .errors import UserError
 from .generation import length_sorted_batches
 from .hooks import HookPoint, record
 from .interventions import AblateDirection, AddDirection, read_direction_file
-from .judges.first_token import RefusalTokens, last_position_logits, score_from_logits
 from .models import ChatFormatter, LoadedModel
 from .runs import RunDir, stable_hash, write_json
+from .scoring import RefusalTokens, last_position_logits, score_from_logits
 
 # direction.json: the fields `Direction.load` reads, with their types.
 DIRECTION_SCHEMA = schema.Obj(

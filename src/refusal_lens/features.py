@@ -33,11 +33,11 @@ from .evaluation.statistics import bootstrap_mean
 from .generation import generate, length_sorted_batches
 from .hooks import record
 from .interventions import EditLatents, PerPromptLatents
-from .judges.first_token import last_position_logits
 from .judges.substring import SubstringJudge
 from .models import ChatFormatter, LoadedModel
 from .runs import RunDir, stable_hash, write_json
 from .saes import SAESet
+from .scoring import last_position_logits
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
 from ..features import FeatureSet, latent_statistics, matched_random
 from ..interventions import EditLatents
-from ..judges.first_token import RefusalTokens, refusal_scores
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
+from ..scoring import RefusalTokens, refusal_scores
 from .common import analysis_context, feature_set_scale, refusals, start_analysis
 
 Pair = tuple[int, int]

@@ -1,6 +1,7 @@
 """Judges: one interface (`Judge.verdicts(prompts, completions)`), a registry built from spec
 strings (`make_judge("harmbench:model=...")`), and the built-in judges."""
 
+from ..scoring import RefusalTokens, refusal_scores
 from .base import (
     Judge,
     JudgeContext,
@@ -11,7 +12,7 @@ from .base import (
     parse_judge_spec,
     register_judge,
 )
-from .first_token import FirstTokenJudge, RefusalTokens, refusal_scores
+from .first_token import FirstTokenJudge
 from .substring import REFUSAL_PHRASES, SubstringJudge
 
 __all__ = [
