@@ -164,3 +164,21 @@ def test_intervention_round_trip_and_bad_input(tiny: LoadedModel) -> None:
         AblateDirection(torch.full((tiny.d_model,), float("nan"))).hooks(tiny.model)
     with pytest.raises(UserError, match="unknown intervention"):
         from_dict({"kind": "melt"})
+
+
+def test_a_new_intervention_kind_is_one_registered_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from refusal_lens import interventions, schema
+
+    monkeypatch.setattr(interventions, "_READERS", dict(interventions._READERS))
+
+    @interventions.reads("noop", schema.Obj(required={"layer": schema.INDEX}))
+    def _noop(data: dict) -> interventions.AddDirection:
+        return interventions.AddDirection(torch.zeros(4), int(data["layer"]))
+
+    made = interventions.from_dict({"kind": "noop", "layer": 2})
+    assert isinstance(made, interventions.AddDirection) and made.layer == 2
+    with pytest.raises(UserError, match="layer"):
+        interventions.from_dict({"kind": "noop", "layer": "two"})
+    known = "known: ablate_direction, add_direction, edit_latents, noop"
+    with pytest.raises(UserError, match=known):
+        interventions.from_dict({"kind": "nothing"})

@@ -601,26 +601,50 @@ def twin_logits(model: nn.Module, twin: bool, **kwargs: Any) -> torch.Tensor:
     return model(**doubled).logits[rows:]
 
 
+# How each serialisable kind is read back: kind -> (schema of its fields, reader). A new kind
+# registers itself with `@reads(kind, schema)`; `from_dict` checks the fields, then calls it.
+_READERS: dict[str, tuple[Any, Callable[[dict[str, Any]], Intervention]]] = {}
+
+
+def reads(
+    kind: str, fields: Any
+) -> Callable[[Callable[[dict[str, Any]], Intervention]], Callable[[dict[str, Any]], Intervention]]:
+    """Register the reader of one intervention kind (its `to_dict()` back to the object)."""
+
+    def register(
+        reader: Callable[[dict[str, Any]], Intervention],
+    ) -> Callable[[dict[str, Any]], Intervention]:
+        _READERS[kind] = (fields, reader)
+        return reader
+
+    return register
+
+
 def from_dict(data: dict[str, Any], origin: str = "intervention") -> Intervention:
     """An intervention from its `to_dict()`; every field is checked for its type first, so a
     hand-written one is a one-line error naming `origin` and the field."""
     schema.validate(data, schema.Obj(required={"kind": schema.Str()}), origin, INTERVENTION_FIX)
-    kind = data.get("kind")
-    if kind in _KIND_SCHEMAS:
-        schema.validate(data, _KIND_SCHEMAS[kind], origin, INTERVENTION_FIX)
-    if kind == AblateDirection.kind:
-        vector, source = _vector_from_json(data["direction"])
-        return AblateDirection(vector, source)
-    if kind == AddDirection.kind:
-        vector, source = _vector_from_json(data["direction"])
-        return AddDirection(vector, int(data["layer"]), float(data.get("coeff", 1.0)), source)
-    if kind == EditLatents.kind:
-        return _edit_latents_from_dict(data)
-    raise UserError(
-        f"unknown intervention kind {kind!r}; known: ablate_direction, add_direction, edit_latents"
-    )
+    kind = data["kind"]
+    if kind not in _READERS:
+        raise UserError(f"unknown intervention kind {kind!r}; known: {', '.join(_READERS)}")
+    fields, reader = _READERS[kind]
+    schema.validate(data, fields, origin, INTERVENTION_FIX)
+    return reader(data)
 
 
+@reads(AblateDirection.kind, _KIND_SCHEMAS["ablate_direction"])
+def _ablate_direction_from_dict(data: dict[str, Any]) -> AblateDirection:
+    vector, source = _vector_from_json(data["direction"])
+    return AblateDirection(vector, source)
+
+
+@reads(AddDirection.kind, _KIND_SCHEMAS["add_direction"])
+def _add_direction_from_dict(data: dict[str, Any]) -> AddDirection:
+    vector, source = _vector_from_json(data["direction"])
+    return AddDirection(vector, int(data["layer"]), float(data.get("coeff", 1.0)), source)
+
+
+@reads(EditLatents.kind, _KIND_SCHEMAS["edit_latents"])
 def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
     from .saes import SAESet
 
@@ -644,19 +668,18 @@ def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
                 f"the intervention edits latent {latent} at layer {layer}, but that SAE has "
                 f"{by_layer[layer].d_sae} latents; {INTERVENTION_FIX}"
             )
+    rows = data.get("rows")
     return EditLatents(
-        saes,
-        tuple((int(a), int(b)) for a, b in data["latents"]),
-        data.get("mode", "scale"),
-        float(data.get("value", 0.0)),
-        data.get("positions", "all"),
-        data.get("last_prompt_tokens"),
-        bool(data.get("edit_sinks", False)),
-        float(data.get("sink_factor", 10.0)),
-        tuple((int(a), int(b)) for a, b in data.get("retain", [])),
-        None
-        if data.get("rows") is None
-        else tuple(tuple((int(a), int(b)) for a, b in row) for row in data["rows"]),
+        saes=saes,
+        latents=tuple((int(a), int(b)) for a, b in data["latents"]),
+        mode=data.get("mode", "scale"),
+        value=float(data.get("value", 0.0)),
+        positions=data.get("positions", "all"),
+        last_prompt_tokens=data.get("last_prompt_tokens"),
+        edit_sinks=bool(data.get("edit_sinks", False)),
+        sink_factor=float(data.get("sink_factor", 10.0)),
+        retain=tuple((int(a), int(b)) for a, b in data.get("retain", [])),
+        rows=None if rows is None else tuple(tuple((int(a), int(b)) for a, b in r) for r in rows),
         from_position=data.get("from_position"),
     )
 
