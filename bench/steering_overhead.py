@@ -24,7 +24,7 @@ from refusal_lens.generation import generate
 from refusal_lens.interventions import EditLatents
 from refusal_lens.models import ChatFormatter, load_model
 from refusal_lens.saes import SAESet
-from refusal_lens.saes.presets import default_sae_set
+from refusal_lens.saes.presets import ensure_default_sae_set
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
 
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
     formatter = ChatFormatter(lm.tokenizer)
-    saes = SAESet.load(args.saes) if args.saes else default_sae_set(lm, args.data_dir)
+    saes = SAESet.load(args.saes) if args.saes else ensure_default_sae_set(lm, args.data_dir)
     if args.latents:
         latents = FeatureSet.load(args.latents).top(args.n_latents)
         source = args.latents

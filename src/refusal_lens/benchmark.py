@@ -61,7 +61,7 @@ from .pipeline import (
 )
 from .runs import RunDir, exclusive, stable_hash, write_json
 from .saes import SAESet
-from .saes.presets import check_default_sae_set, default_sae_set
+from .saes.presets import check_default_sae_set, ensure_default_sae_set
 from .settings import cache_dir as user_cache_dir
 from .teacher_forcing import completion_nll, text_nll
 
@@ -554,9 +554,10 @@ def _copy_into_place(source: Path, target: Path) -> None:
 
 
 def _saes(ctx: Context) -> SAESet:
-    saes = (
-        SAESet.load(ctx.config.saes) if ctx.config.saes else default_sae_set(ctx.lm, ctx.data_dir)
-    )
+    if ctx.config.saes:
+        saes = SAESet.load(ctx.config.saes)
+    else:
+        saes = ensure_default_sae_set(ctx.lm, ctx.data_dir)
     saes.check_model(ctx.lm)
     return saes
 

@@ -32,7 +32,7 @@ from .judges import RefusalTokens
 from .models import ChatFormatter, LoadedModel
 from .runs import RunDir, stable_hash, write_json
 from .saes import SAESet
-from .saes.presets import default_sae_set
+from .saes.presets import ensure_default_sae_set
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def latents_job(
         lm.identity(),
         seed,
     )
-    saes = SAESet.load(choice.saes) if choice.saes else default_sae_set(lm, data_dir)
+    saes = SAESet.load(choice.saes) if choice.saes else ensure_default_sae_set(lm, data_dir)
     saes.check_model(lm)
     direction = _direction_for(lm, formatter, choice, run, data_dir, seed)
     harmful = split_prompts("harmful", "train", data_dir, choice.harmful)

@@ -1,9 +1,9 @@
 """Training an SAE set for a model end to end, the `quick` / `full` presets, the default cache.
 
 `train_sae_set` = collect activations (cached, resumable) -> train (checkpointed, resumable) ->
-save an `SAESet`. `default_sae_set` is what later stages call when the user gives no `--saes`:
-it trains the `quick` preset once per model and caches it in the user cache directory, keyed by
-the model's weights hash and the preset's settings.
+save an `SAESet`. `ensure_default_sae_set` is what later stages call when the user gives no
+`--saes`: it trains the `quick` preset once per model and caches it in the user cache directory,
+keyed by the model's weights hash and the preset's settings.
 """
 
 from __future__ import annotations
@@ -185,10 +185,11 @@ def check_default_sae_set(
     )
 
 
-def default_sae_set(
+def ensure_default_sae_set(
     lm: LoadedModel, data_dir: str | Path | None = None, cache: str | Path | None = None
 ) -> SAESet:
-    """The `quick` SAEs of this model from the user cache, trained on first use."""
+    """The `quick` SAEs of this model from the user cache, trained first when they are not there
+    (minutes on a CPU: the name says it may do work; `check_default_sae_set` only checks)."""
     recipe = preset("quick", lm)
     folder = default_sae_folder(lm, cache)
     check_default_sae_set(lm, data_dir, cache)
