@@ -74,6 +74,12 @@ class AttributionSettings:
         if self.steps < 1 or self.batch_size < 1:
             raise UserError("attribution steps and batch size must be at least 1")
 
+    @staticmethod
+    def batch_for(generation_batch: int) -> int:
+        """The attribution batch that goes with a generation batch: half of it (a backward pass
+        through every SAE layer holds about twice a forward's activations), at most 8."""
+        return max(1, min(8, generation_batch // 2))
+
     def alphas(self) -> list[float]:
         if self.estimator == "paper":
             return [s / self.steps for s in range(self.steps)]

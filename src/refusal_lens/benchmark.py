@@ -569,7 +569,9 @@ def _selection(ctx: Context, method: str, protocol: str, seed: int) -> Selection
         k=ctx.config.k,
         seed=seed,
         batch_size=ctx.config.batch_size,
-        attribution=AttributionSettings(batch_size=max(1, min(8, ctx.config.batch_size // 2))),
+        attribution=AttributionSettings(
+            batch_size=AttributionSettings.batch_for(ctx.config.batch_size)
+        ),
     )
 
 

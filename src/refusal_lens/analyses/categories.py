@@ -172,7 +172,9 @@ def select_per_category(
         per_layer=per_layer(settings, len(saes)),
         seed=settings.seed,
         batch_size=settings.batch_size,
-        attribution=AttributionSettings(batch_size=max(1, settings.batch_size // 2)),
+        attribution=AttributionSettings(
+            batch_size=AttributionSettings.batch_for(settings.batch_size)
+        ),
     )
     direction = Direction.load(direction_path)
     direction_key = {

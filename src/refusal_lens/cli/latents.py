@@ -42,7 +42,7 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
             steps=args.steps,
             estimator=args.estimator,
             positions=args.positions,
-            batch_size=max(1, args.batch_size // 2),
+            batch_size=AttributionSettings.batch_for(args.batch_size),
         ),
     )
     choice = LatentsChoice(
@@ -163,7 +163,8 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
             "(info.settings.attribution, info.refusal_token.id); rerun find-latents"
         )
     try:
-        settings = AttributionSettings(**{**saved, "batch_size": max(1, args.batch_size // 2)})
+        batch = AttributionSettings.batch_for(args.batch_size)
+        settings = AttributionSettings(**{**saved, "batch_size": batch})
     except TypeError as error:
         raise UserError(
             f"{args.latents}: info.settings.attribution is not a set of attribution settings "
