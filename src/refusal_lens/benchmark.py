@@ -278,10 +278,11 @@ def usable_judges(
     if there is none, judge by the others and say so (before any model loads)."""
     from .judges.learned import default_folder
 
+    parsed = {spec: parse_judge_spec(spec) for spec in config.judges}
     default_learned = [
         spec
-        for spec in config.judges
-        if parse_judge_spec(spec)[0] == "learned" and "folder" not in parse_judge_spec(spec)[1]
+        for spec, (name, options) in parsed.items()
+        if name == "learned" and "folder" not in options
     ]
     if not default_learned or resolve_data_dir(data_dir) is not None:
         return config, []

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import load_lm
+from .common import add_settings_args, load_lm
 
 
 def _from_benchmark(run: str | None) -> dict[str, str]:
@@ -299,15 +299,8 @@ def _common_arguments(parser: argparse.ArgumentParser, table: str) -> None:
     parser.add_argument("--saes", default=None, help="SAE set folder")
     parser.add_argument("--latents", default=None, help="refusal latents (a latents.json)")
     parser.add_argument("--direction", metavar="RUN", default=None, help="refusal direction run")
-    parser.add_argument("--config", default=None, help=f"TOML file (a [{table}] table)")
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"override one setting (file < $REFUSAL_LENS_{table.upper()}_NAME < --set)",
-    )
+    add_settings_args(parser, table, f"REFUSAL_LENS_{table.upper()}_")
 
 
 def jailbreaks_arguments(parser: argparse.ArgumentParser) -> None:

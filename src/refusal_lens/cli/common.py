@@ -74,3 +74,18 @@ def interventions_from_file(path: str) -> list[Any]:
         from_dict(item, f"{path}" + (f" (intervention {index + 1})" if many else ""))
         for index, item in enumerate(items)
     ]
+
+
+def add_settings_args(
+    parser: argparse.ArgumentParser, table: str, env_prefix: str, example: str | None = None
+) -> None:
+    """--config (a TOML table) and repeatable --set NAME=VALUE over one settings class."""
+    parser.add_argument("--config", default=None, help=f"TOML file (a [{table}] table)")
+    shown = f", e.g. {example}" if example else ""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"override one setting{shown} (file < ${env_prefix}NAME < --set)",
+    )

@@ -8,6 +8,7 @@ import textwrap
 from typing import NoReturn
 
 from ..settings import DEFAULT_MODEL
+from .common import add_settings_args
 
 EXAMPLES = {
     "direction": """
@@ -110,7 +111,7 @@ EXAMPLES = {
     """,
     "run": """
         refusal-lens run --quick                              # the embedded default, minutes
-        refusal-lens run --data-dir DATA        # the full benchmark
+        refusal-lens run --data-dir DATA                      # the full benchmark
         refusal-lens run --model qwen2.5-coder-1.5b-instruct --data-dir DATA --out runs/q15
     """,
     "report": """
@@ -173,20 +174,6 @@ def _add_data_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="benchmark data folder in the layout of the guide's Data section (default: "
         "$REFUSAL_LENS_DATA; without one, built-in prompts are used)",
-    )
-
-
-def _add_settings_args(
-    parser: argparse.ArgumentParser, table: str, env_prefix: str, example: str
-) -> None:
-    """--config (a TOML table) and repeatable --set NAME=VALUE over one settings class."""
-    parser.add_argument("--config", default=None, help=f"TOML file (a [{table}] table)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"override one setting, e.g. {example} (file < ${env_prefix}NAME < --set)",
     )
 
 
@@ -642,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cache folder (default: $REFUSAL_LENS_CACHE or the user cache dir)",
     )
-    _add_settings_args(
+    add_settings_args(
         trainer,
         "train-judge",
         "REFUSAL_LENS_JUDGE_",
@@ -681,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--saes", default=None, help="SAE set folder (default: cached quick set)")
     bench.add_argument("--direction", metavar="RUN", default=None, help="refusal direction run")
     bench.add_argument("--quick", action="store_true", help="small sizes (CI, the main job)")
-    _add_settings_args(
+    add_settings_args(
         bench,
         "benchmark",
         "REFUSAL_LENS_BENCH_",
