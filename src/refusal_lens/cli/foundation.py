@@ -215,9 +215,40 @@ def cmd_models(_args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_datasets(_args: argparse.Namespace) -> int:
+def cmd_datasets(args: argparse.Namespace) -> int:
     from ..data import available_datasets
+    from ..data.fetch import DataFile, check_data, fetch_data, groups, manifest, select
 
-    print("\n".join(available_datasets()))
-    print("or: a local .csv/.json/.jsonl/.txt file (with --column), or hub:owner/name")
+    if args.action == "list":
+        if args.folder or args.only or args.mirror:
+            raise UserError("datasets (list) takes no folder or options; did you mean fetch?")
+        print("\n".join(available_datasets()))
+        print("or: a local .csv/.json/.jsonl/.txt file (with --column), or hub:owner/name")
+        print(f"data groups (datasets fetch DIR --only ...): {', '.join(groups(manifest()))}")
+        return 0
+    if not args.folder:
+        raise UserError(f"datasets {args.action} needs a folder, e.g. datasets {args.action} data")
+    only = [g.strip() for g in args.only.split(",") if g.strip()]
+    select(manifest(), only)  # unknown groups fail before any download
+    if args.action == "check":
+        missing = check_data(args.folder, only)
+        for entry in missing:
+            print(f"missing or changed: {entry.path}")
+        print(f"{args.folder}: {'complete' if not missing else f'{len(missing)} files to fetch'}")
+        return 0 if not missing else 1
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(select(manifest(), only)), unit="file", desc="datasets") as bar:
+
+        def show(i: int, n: int, entry: DataFile) -> None:
+            bar.n = i
+            bar.set_postfix_str(entry.path[-48:], refresh=True)
+
+        summary = fetch_data(args.folder, only=only, mirror=args.mirror, progress=show)
+        bar.n = bar.total
+    print(
+        f"{args.folder}: {summary.fetched} files fetched ({summary.bytes / 2**20:.1f} MiB), "
+        f"{summary.kept} already there; use --data-dir {args.folder}"
+    )
     return 0

@@ -130,7 +130,12 @@ EXAMPLES = {
         refusal-lens results runs/bench --table measurements --where metric=acc --format json
     """,
     "models": "refusal-lens models",
-    "datasets": "refusal-lens datasets",
+    "datasets": """
+        refusal-lens datasets                      # the names --dataset accepts
+        refusal-lens datasets fetch data           # download every set into ./data, verified
+        refusal-lens datasets fetch data --only advbench,jailbreakbench
+        refusal-lens datasets check ../shared/datasets   # what a data folder lacks
+    """,
 }
 
 
@@ -773,5 +778,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")
-    command("datasets", "List the dataset names that --dataset accepts.")
+    datasets = command(
+        "datasets",
+        "List the dataset names that --dataset accepts; fetch the benchmark data directory "
+        "(every file the pipeline reads, from its public source at a pinned commit, each "
+        "checked by sha256) or check a data folder against it.",
+    )
+    datasets.add_argument(
+        "action",
+        nargs="?",
+        default="list",
+        choices=("list", "fetch", "check"),
+        help="list (default): the dataset names; fetch DIR: download into DIR (resumes); "
+        "check DIR: the files DIR lacks or holds another version of",
+    )
+    datasets.add_argument("folder", nargs="?", help="the data folder (fetch, check)")
+    datasets.add_argument(
+        "--only", default="", help="comma-separated groups (top folders), e.g. advbench,xstest"
+    )
+    datasets.add_argument(
+        "--mirror",
+        help="a copy to read instead of the internet: a folder laid out as "
+        "MIRROR/host/path, or an http(s) base URL",
+    )
     return parser
