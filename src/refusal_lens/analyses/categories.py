@@ -52,6 +52,7 @@ from ..pipeline import LatentsChoice, latents_job
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import analysis_context, feature_set_scale, refusals, start_analysis
+from .inputs import AnalysisInputs
 from .jailbreaks import difference
 
 Scored = list[tuple[int, int, float]]
@@ -624,3 +625,28 @@ def categories_markdown(summary: dict[str, Any]) -> str:
             )
     lines.append("")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the registry's hooks
+
+SETTINGS = CategorySettings
+QUICK = QUICK_CATEGORIES
+
+
+def run(inputs: AnalysisInputs, settings: CategorySettings, out: Path) -> dict[str, Any]:
+    """The job over the shared analysis inputs (see `analyses.registry`)."""
+    return categories_job(
+        inputs.lm,
+        inputs.formatter,
+        inputs.saes,
+        inputs.saes_path,
+        inputs.ours,
+        inputs.direction,
+        inputs.direction_path,
+        settings,
+        out,
+        data_dir=inputs.data_dir,
+        device=inputs.device,
+        cache_dir=inputs.cache_dir,
+        echo=inputs.echo,
+    )

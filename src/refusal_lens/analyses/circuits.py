@@ -52,6 +52,7 @@ from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import start_analysis
+from .inputs import AnalysisInputs
 from .jailbreaks import difference
 
 Pairs = Sequence[tuple[int, int]]
@@ -674,3 +675,28 @@ def circuits_markdown(summary: dict[str, Any]) -> str:
         )
     lines.append("")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the registry's hooks
+
+SETTINGS = CircuitSettings
+QUICK = QUICK_CIRCUITS
+
+
+def run(inputs: AnalysisInputs, settings: CircuitSettings, out: Path) -> dict[str, Any]:
+    """The job over the shared analysis inputs (see `analyses.registry`)."""
+    harm = inputs.harm
+    if harm is None:
+        raise UserError("circuits needs the harm latents; pass --harm-latents or run categories")
+    return circuits_job(
+        inputs.lm,
+        inputs.formatter,
+        inputs.saes,
+        inputs.latents,
+        harm,
+        settings,
+        out,
+        direction=inputs.direction,
+        data_dir=inputs.data_dir,
+        echo=inputs.echo,
+    )

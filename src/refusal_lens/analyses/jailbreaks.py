@@ -53,6 +53,7 @@ from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import analysis_context, jailbroken, refusals, start_analysis
+from .inputs import AnalysisInputs
 
 Latents = Sequence[tuple[int, int]]
 
@@ -548,3 +549,39 @@ def jailbreaks_markdown(summary: dict[str, Any]) -> str:
         ]
     lines.append("")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the registry's hooks
+
+SETTINGS = JailbreakSettings
+QUICK = QUICK_JAILBREAKS
+
+
+def run(inputs: AnalysisInputs, settings: JailbreakSettings, out: Path) -> dict[str, Any]:
+    """The job over the shared analysis inputs (see `analyses.registry`)."""
+    return jailbreaks_job(
+        inputs.lm,
+        inputs.formatter,
+        inputs.saes,
+        inputs.latents,
+        inputs.direction,
+        settings,
+        out,
+        harm=inputs.harm,
+        data_dir=None if inputs.data_dir is None else str(inputs.data_dir),
+        device=inputs.device,
+        cache_dir=inputs.cache_dir,
+        echo=inputs.echo,
+    )
+
+
+def output_name(settings: JailbreakSettings) -> str:
+    """One folder per attack source: jailbreaks-suffixes, jailbreaks-gptfuzz, jailbreaks-FILE."""
+    return f"jailbreaks-{Path(settings.source).stem}"
+
+
+def analyze_overrides(quick: bool) -> list[list[str]]:
+    """`analyze` runs the readable suffixes, and the GPTFuzz templates at full sizes."""
+    return [
+        [f"source={source}"] for source in (("suffixes",) if quick else ("suffixes", "gptfuzz"))
+    ]

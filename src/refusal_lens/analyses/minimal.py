@@ -35,6 +35,7 @@ from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from ..scoring import RefusalTokens, refusal_scores
 from .common import analysis_context, feature_set_scale, refusals, start_analysis
+from .inputs import AnalysisInputs
 
 Pair = tuple[int, int]
 
@@ -323,3 +324,25 @@ def minimal_markdown(summary: dict[str, Any]) -> str:
             )
     lines.append("")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the registry's hooks
+
+SETTINGS = MinimalSettings
+QUICK = QUICK_MINIMAL
+
+
+def run(inputs: AnalysisInputs, settings: MinimalSettings, out: Path) -> dict[str, Any]:
+    """The job over the shared analysis inputs (see `analyses.registry`)."""
+    return minimal_job(
+        inputs.lm,
+        inputs.formatter,
+        inputs.saes,
+        inputs.ours,
+        settings,
+        out,
+        data_dir=inputs.data_dir,
+        device=inputs.device,
+        cache_dir=inputs.cache_dir,
+        echo=inputs.echo,
+    )

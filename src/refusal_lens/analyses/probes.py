@@ -53,6 +53,7 @@ from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import analysis_context, refusals, start_analysis
 from .flags import constant_note, constant_rows
+from .inputs import AnalysisInputs
 
 TARGETS = ("harmful", "refusal")
 PART_SIZE = 64  # prompts per cached residual file
@@ -695,3 +696,26 @@ def probes_markdown(summary: dict[str, Any]) -> str:
     for target, why in summary.get("skipped", {}).items():
         lines += [f"Target {target} skipped: {why}.", ""]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the registry's hooks
+
+SETTINGS = ProbeSettings
+QUICK = QUICK_PROBES
+
+
+def run(inputs: AnalysisInputs, settings: ProbeSettings, out: Path) -> dict[str, Any]:
+    """The job over the shared analysis inputs (see `analyses.registry`)."""
+    return probes_job(
+        inputs.lm,
+        inputs.formatter,
+        inputs.saes,
+        inputs.latents,
+        inputs.direction,
+        settings,
+        out,
+        data_dir=None if inputs.data_dir is None else str(inputs.data_dir),
+        device=inputs.device,
+        cache_dir=inputs.cache_dir,
+        echo=inputs.echo,
+    )

@@ -1,5 +1,6 @@
-"""`refusal-lens analyze RUN`: every analysis on a benchmark (or `run`) folder, in the order
-of the method, each into RUN/analyses/NAME and resumable on its own:
+"""`refusal-lens analyze RUN`: every analysis of the registry (`analyses.registry`) on a
+benchmark (or `run`) folder, in the order of the method, each into RUN/analyses/NAME and
+resumable on its own:
 
 1. categories: per-category sets -> the common (refusal) and harm latent sets;
 2. circuits: harm latents upstream -> common refusal latents downstream;
@@ -26,13 +27,8 @@ from ..errors import UserError
 from ..features import FeatureSet
 from ..models import ChatFormatter, LoadedModel
 from ..saes import SAESet
-from .categories import QUICK_CATEGORIES, CategorySettings, categories_job
-from .circuits import QUICK_CIRCUITS, CircuitSettings, circuits_job
-from .jailbreaks import QUICK_JAILBREAKS, JailbreakSettings, jailbreaks_job
-from .minimal import QUICK_MINIMAL, MinimalSettings, minimal_job
-from .probes import QUICK_PROBES, ProbeSettings, probes_job
-
-ANALYSES = ("categories", "circuits", "jailbreaks", "probes", "minimal")
+from .inputs import AnalysisInputs
+from .registry import ANALYSES, AnalysisEntry
 
 
 @dataclass(frozen=True)
@@ -86,8 +82,24 @@ def benchmark_inputs(run: str | Path) -> dict[str, str]:
     return found
 
 
-def _settings(cls: type, quick: bool, preset: dict[str, Any], overrides: list[str]) -> Any:
-    return load_settings(cls, overrides=overrides, defaults=preset if quick else None)
+def analysis_settings(
+    entry: AnalysisEntry,
+    *,
+    quick: bool,
+    overrides: list[str],
+    config: str | None = None,
+) -> Any:
+    """An analysis' settings: its defaults, the quick preset when `quick`, a TOML file's
+    [NAME] table, ``REFUSAL_LENS_NAME_*`` variables, then `overrides` (NAME=VALUE)."""
+    module = entry.load()
+    return load_settings(
+        module.SETTINGS,
+        file=config,
+        table=entry.name,
+        env_prefix=f"REFUSAL_LENS_{entry.name.upper()}_",
+        overrides=overrides,
+        defaults=module.QUICK if quick else None,
+    )
 
 
 def analyze_job(
@@ -95,7 +107,7 @@ def analyze_job(
     formatter: ChatFormatter,
     run: str | Path,
     *,
-    only: tuple[str, ...] = ANALYSES,
+    only: tuple[str, ...] = tuple(ANALYSES),
     quick: bool = False,
     data_dir: str | Path | None,
     device: str = "auto",
@@ -105,81 +117,49 @@ def analyze_job(
     for name in only:
         if name not in ANALYSES:
             raise UserError(f"unknown analysis {name!r}; choose from {', '.join(ANALYSES)}")
-    inputs = RunInputs.of(run)
+    found = RunInputs.of(run)
     folder = Path(run) / "analyses"
-    saes = SAESet.load(inputs.saes)
-    direction = Direction.load(inputs.direction)
-    ours = FeatureSet.load(inputs.ours)
-    common = {"data_dir": data_dir, "echo": echo}
-    shared = {**common, "device": device, "cache_dir": cache_dir}
+    ours = FeatureSet.load(found.ours)
+    inputs = AnalysisInputs(
+        lm=lm,
+        formatter=formatter,
+        saes=SAESet.load(found.saes),
+        saes_path=found.saes,
+        direction=Direction.load(found.direction),
+        direction_path=found.direction,
+        latents=ours,
+        ours=ours,
+        data_dir=data_dir,
+        device=device,
+        cache_dir=cache_dir,
+        echo=echo,
+    )
     done: dict[str, Any] = {}
-    if "categories" in only:
-        echo("== categories")
-        settings = _settings(CategorySettings, quick, QUICK_CATEGORIES, [])
-        try:
-            categories_job(
-                lm,
-                formatter,
-                saes,
-                inputs.saes,
-                ours,
-                direction,
-                inputs.direction,
-                settings,
-                folder / "categories",
-                **shared,
+    for entry in ANALYSES.values():
+        if entry.name != "categories":  # later analyses read the categories' sets
+            inputs = inputs.with_categories(folder)
+            done.setdefault(
+                "refusal latents",
+                "common (categories)" if inputs.latents is not ours else "ours (benchmark)",
             )
-            done["categories"] = "done"
-        except UserError as error:  # e.g. no common latent: the later steps fall back to ours
-            echo(f"categories: {error}")
-            done["categories"] = f"not finished: {error}"
-    refusal_path = folder / "categories" / "common" / "latents.json"
-    harm_path = folder / "categories" / "harm" / "latents.json"
-    refusal = FeatureSet.load(refusal_path) if refusal_path.is_file() else ours
-    harm = FeatureSet.load(harm_path) if harm_path.is_file() else None
-    done["refusal latents"] = "common (categories)" if refusal is not ours else "ours (benchmark)"
-    if "circuits" in only:
-        if harm is None:
-            done["circuits"] = "skipped: no harm latents (run the categories analysis)"
+        if entry.name not in only:
+            continue
+        if entry.harm == "needed" and inputs.harm is None:
+            done[entry.name] = "skipped: no harm latents (run the categories analysis)"
+            continue
+        for overrides in entry.analyze_overrides(quick):
+            settings = analysis_settings(entry, quick=quick, overrides=overrides)
+            name = entry.output_name(settings)
+            variant = name.removeprefix(f"{entry.name}-")
+            echo(f"== {entry.name}" + ("" if name == entry.name else f" ({variant})"))
+            try:
+                entry.load().run(inputs, settings, folder / name)
+            except UserError as error:
+                if not entry.may_fail:
+                    raise
+                echo(f"{entry.name}: {error}")  # e.g. no common latent: later steps use ours
+                done[entry.name] = f"not finished: {error}"
+                break
         else:
-            echo("== circuits")
-            settings = _settings(CircuitSettings, quick, QUICK_CIRCUITS, [])
-            circuits_job(
-                lm,
-                formatter,
-                saes,
-                refusal,
-                harm,
-                settings,
-                folder / "circuits",
-                direction=direction,
-                **common,
-            )
-            done["circuits"] = "done"
-    if "jailbreaks" in only:
-        for source in ("suffixes",) if quick else ("suffixes", "gptfuzz"):
-            echo(f"== jailbreaks ({source})")
-            settings = _settings(JailbreakSettings, quick, QUICK_JAILBREAKS, [f"source={source}"])
-            jailbreaks_job(
-                lm,
-                formatter,
-                saes,
-                refusal,
-                direction,
-                settings,
-                folder / f"jailbreaks-{source}",
-                harm=harm,
-                **shared,
-            )
-        done["jailbreaks"] = "done"
-    if "probes" in only:
-        echo("== probes")
-        settings = _settings(ProbeSettings, quick, QUICK_PROBES, [])
-        probes_job(lm, formatter, saes, refusal, direction, settings, folder / "probes", **shared)
-        done["probes"] = "done"
-    if "minimal" in only:
-        echo("== minimal")
-        settings = _settings(MinimalSettings, quick, QUICK_MINIMAL, [])
-        minimal_job(lm, formatter, saes, ours, settings, folder / "minimal", **shared)
-        done["minimal"] = "done"
+            done[entry.name] = "done"
     return done

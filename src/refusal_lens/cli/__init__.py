@@ -8,15 +8,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from ..analyses.registry import ANALYSES
 from ..errors import UserError
-from .analyses import (
-    cmd_analyze,
-    cmd_categories,
-    cmd_circuits,
-    cmd_jailbreaks,
-    cmd_minimal,
-    cmd_probes,
-)
+from .analyses import cmd_analysis, cmd_analyze
 from .evaluation import (
     cmd_benchmark,
     cmd_report,
@@ -51,11 +45,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "judge": cmd_judge,
     "train-judge": cmd_train_judge,
     "analyze": cmd_analyze,
-    "categories": cmd_categories,
-    "circuits": cmd_circuits,
-    "minimal": cmd_minimal,
-    "probes": cmd_probes,
-    "jailbreaks": cmd_jailbreaks,
+    **dict.fromkeys(ANALYSES, cmd_analysis),
     "results": cmd_results,
     "benchmark": cmd_benchmark,
     "report": cmd_report,

@@ -79,35 +79,9 @@ EXAMPLES = {
         refusal-lens train-judge --data-dir DATA
         refusal-lens train-judge --data-dir DATA --set train_sets=gptfuzz-train,my_labels.csv
     """,
-    "categories": """
-        refusal-lens categories --run runs/quickstart --quick --data-dir DATA
-        refusal-lens categories --run runs/bench --dataset harmbench_test --data-dir DATA \\
-            --set common_fraction=0.8
-    """,
-    "circuits": """
-        refusal-lens circuits --run runs/quickstart --quick --data-dir DATA   # after categories
-        refusal-lens circuits --saes SAES --latents runs/cat/common --harm-latents runs/cat/harm \\
-            --direction runs/qwen05 --data-dir DATA --out runs/circuits
-    """,
     "analyze": """
         refusal-lens analyze runs/quickstart --quick --data-dir DATA
         refusal-lens analyze runs/bench --only categories,circuits --data-dir DATA
-    """,
-    "minimal": """
-        refusal-lens minimal --run runs/quickstart --quick --data-dir DATA
-        refusal-lens minimal --saes SAES --latents runs/ours/latents.json --data-dir DATA \\
-            --set keep=0.8 --out runs/minimal
-    """,
-    "jailbreaks": """
-        refusal-lens jailbreaks --run runs/quickstart --quick --data-dir DATA
-        refusal-lens jailbreaks --run runs/bench --source gptfuzz --data-dir DATA
-        refusal-lens jailbreaks --saes SAES --latents runs/ours/latents.json \\
-            --direction runs/qwen05 --source my_pairs.jsonl --out runs/jb
-    """,
-    "probes": """
-        refusal-lens probes --run runs/quickstart --quick --data-dir DATA
-        refusal-lens probes --saes SAES --latents runs/ours/latents.json --direction runs/qwen05 \\
-            --data-dir DATA --source gptfuzz --source my_attacks.jsonl --out runs/probes
     """,
     "run": """
         refusal-lens run --quick                              # the embedded default, minutes
@@ -142,8 +116,8 @@ EXAMPLES = {
 METHOD_CHOICES = ("ours", "cossim", "actdiff", "ap", "random")
 
 
-def _examples(name: str) -> str:
-    return "examples:\n" + textwrap.indent(textwrap.dedent(EXAMPLES[name]).strip(), "  ")
+def _examples(text: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -251,12 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, examples: str = "") -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
             help=help_text.replace("%", "%%"),  # argparse formats help, not descriptions
             description=help_text,
-            epilog=_examples(name),
+            epilog=_examples(examples or EXAMPLES[name]),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -708,52 +682,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--direction", metavar="RUN", default=None)
     pipeline.add_argument("--out", default=None, help="run folder (default: runs/MODEL[-quick])")
 
-    probes = command(
-        "probes",
-        "Linear probes on last-token features (refusal latents, matched random latents, the "
-        "dense residual at its best validation layer, the direction projection), fitted on "
-        "plain prompts and tested in distribution and on adversarial prompts; targets: is the "
-        "request harmful, will the model refuse.",
-    )
-    _add_model_args(probes)
-    _add_data_arg(probes)
-    from .analyses import (
-        analyze_arguments,
-        categories_arguments,
-        circuits_arguments,
-        jailbreaks_arguments,
-        minimal_arguments,
-        probes_arguments,
-    )
+    from ..analyses.registry import ANALYSES
+    from .analyses import analysis_arguments, analyze_arguments
 
-    categories = command(
-        "categories",
-        "Category-specific vs common latents: a latent set per harm category (selected on its "
-        "train prompts), common = in (nearly) every category's set, specific = the rest; each "
-        "kind clamped with the other pinned (retain), random matched control, transfer "
-        "between categories; writes the common and harm sets as feature sets.",
-    )
-    _add_model_args(categories)
-    _add_data_arg(categories)
-    categories_arguments(categories)
-    circuits = command(
-        "circuits",
-        "Upstream harm latents -> downstream refusal latents: edges by attribution patching "
-        "(SAE errors as nodes), checked against real patching; the clamp test (harm latents "
-        "suppressed from their most salient position on) against a matched random set.",
-    )
-    _add_model_args(circuits)
-    _add_data_arg(circuits)
-    circuits_arguments(circuits)
-    minimal = command(
-        "minimal",
-        "Minimal latent set (greedy pruning that keeps a share of the set's effect on the "
-        "refusal score) and pairwise interactions (redundant latents), with a matched random "
-        "control and a held-out check by generation.",
-    )
-    _add_model_args(minimal)
-    _add_data_arg(minimal)
-    minimal_arguments(minimal)
+    for entry in ANALYSES.values():
+        analysis = command(entry.name, entry.help, entry.examples)
+        _add_model_args(analysis)
+        _add_data_arg(analysis)
+        analysis_arguments(analysis, entry)
     analyze = command(
         "analyze",
         "Every analysis on a benchmark or run folder, in the method's order (categories, "
@@ -763,18 +699,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(analyze)
     _add_data_arg(analyze)
     analyze_arguments(analyze)
-
-    probes_arguments(probes)
-    jailbreaks = command(
-        "jailbreaks",
-        "Jailbreaks at the latent level: plain requests the model refuses, put in attacks "
-        "(readable suffixes, GPTFuzz templates, a file); how much successful vs failed attacks "
-        "suppress the refusal latents (random latents as control), and the suffix word each "
-        "suppression is attributed to.",
-    )
-    _add_model_args(jailbreaks)
-    _add_data_arg(jailbreaks)
-    jailbreaks_arguments(jailbreaks)
 
     command("judges", "List the registered judges and their options.")
     command("models", "List the registered models.")

@@ -370,9 +370,8 @@ def minimal_section(page: Page, run: Path) -> None:
 
 
 def analyses_sections(page: Page, run: Path) -> None:
-    """Every analysis the run folder holds, in the order of the method."""
-    categories_section(page, run)
-    circuits_section(page, run)
-    jailbreaks_sections(page, run)
-    probes_section(page, run)
-    minimal_section(page, run)
+    """Every analysis the run folder holds, in the order of the method (the registry's)."""
+    from ..analyses.registry import ANALYSES
+
+    for entry in ANALYSES.values():
+        entry.write_section(page, run)

@@ -1,0 +1,45 @@
+"""What every analysis reads, built once and passed to each: the model, the SAE set, the
+refusal direction, the latent sets and where data, devices and caches are."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..direction import Direction
+    from ..features import FeatureSet
+    from ..models import ChatFormatter, LoadedModel
+    from ..saes import SAESet
+
+
+@dataclass(frozen=True)
+class AnalysisInputs:
+    lm: LoadedModel
+    formatter: ChatFormatter
+    saes: SAESet
+    saes_path: str
+    direction: Direction
+    direction_path: str
+    latents: FeatureSet  # the refusal latents the analyses study
+    ours: FeatureSet  # the benchmark's own set (categories starts from it; minimal prunes it)
+    harm: FeatureSet | None = None  # the harm latents of `categories`, where there are some
+    data_dir: str | Path | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+    echo: Callable[[str], None] = print
+
+    def with_categories(self, analyses: Path) -> AnalysisInputs:
+        """The refusal and harm latents of a finished `categories` analysis in `analyses`
+        (its common set replaces the refusal latents), or these inputs unchanged."""
+        from ..features import FeatureSet
+
+        common = analyses / "categories" / "common" / "latents.json"
+        harm = analyses / "categories" / "harm" / "latents.json"
+        return replace(
+            self,
+            latents=FeatureSet.load(common) if common.is_file() else self.latents,
+            harm=FeatureSet.load(harm) if harm.is_file() else self.harm,
+        )
