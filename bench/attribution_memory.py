@@ -24,9 +24,9 @@ import torch
 from refusal_lens.attribution import AttributionSettings, _endpoints, _path_at, attribute
 from refusal_lens.data import builtin_prompts, load_prompts
 from refusal_lens.direction import Direction
-from refusal_lens.features import cosine_candidates
 from refusal_lens.generation import length_sorted_batches
 from refusal_lens.hooks import add_hooks
+from refusal_lens.latents import cosine_candidates
 from refusal_lens.models import ChatFormatter, LoadedModel, load_model
 from refusal_lens.saes import SAESet
 

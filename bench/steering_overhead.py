@@ -19,9 +19,9 @@ import torch
 
 from generation_overhead import plain_generate, time_arms
 from refusal_lens.data import builtin_prompts
-from refusal_lens.features import FeatureSet
 from refusal_lens.generation import generate
 from refusal_lens.interventions import EditLatents
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, load_model
 from refusal_lens.saes import SAESet
 from refusal_lens.saes.presets import ensure_default_sae_set
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--saes", help="SAE set (default: the model's cached quick set)")
-    parser.add_argument("--latents", help="feature set whose top latents to clamp")
+    parser.add_argument("--latents", help="latent set whose top latents to clamp")
     parser.add_argument("--data-dir", help="data for training the quick set if it is missing")
     parser.add_argument("--n-latents", type=int, default=20)
     parser.add_argument("--dtype", default="auto")
@@ -46,7 +46,7 @@ def main() -> None:
     formatter = ChatFormatter(lm.tokenizer)
     saes = SAESet.load(args.saes) if args.saes else ensure_default_sae_set(lm, args.data_dir)
     if args.latents:
-        latents = FeatureSet.load(args.latents).top(args.n_latents)
+        latents = LatentSet.load(args.latents).top(args.n_latents)
         source = args.latents
     else:
         generator = torch.Generator().manual_seed(0)

@@ -1,7 +1,7 @@
 """Bad input, command by command: exit code 2, exactly one line on stderr starting with
 `error:`, no traceback, and (where it matters) no work done and no file written first.
 
-Each case builds its bad input on disk (tiny random model, tiny SAE set, feature set,
+Each case builds its bad input on disk (tiny random model, tiny SAE set, latent set,
 direction, results store, prompt files, configs) and runs the command in process through
 `refusal_lens.cli.main`; a few run through the real entry point in a subprocess. A case names
 a phrase its error must contain, so a different (earlier) error cannot pass for it. The real
@@ -32,7 +32,7 @@ from refusal_lens import cli, heldout
 from refusal_lens.data import builtin_prompts
 from refusal_lens.direction import Direction
 from refusal_lens.evaluation.store import ResultStore
-from refusal_lens.features import FeatureSet
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import LoadedModel
 from refusal_lens.models.loading import _folder_sha256
 from refusal_lens.runs import RunDir
@@ -73,7 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny: LoadedModel) -> World:
     Direction(torch.randn(tiny.d_model), 1, -1, identity, {"selected_on": pools}).save(
         root / "direction"
     )
-    features = FeatureSet(
+    features = LatentSet(
         identity,
         {"path": str(root / "saes"), "fingerprint": saes.fingerprint()},
         "ours",
@@ -962,7 +962,7 @@ CASES: list[Case] = [
         lambda e: ["eval-saes", str(e.w.saes), *e.model, "--layers", "x"],
         "bad layer list",
     ),
-    # ---- feature sets (latents.json)
+    # ---- latent sets (latents.json)
     Case("features-k-string", _steer_features(_put_in("intervention", "k", "5")), "k must be"),
     Case(
         "features-value-string",
@@ -1027,7 +1027,7 @@ CASES: list[Case] = [
     Case(
         "features-missing",
         lambda e: e.steer(str(e.tmp / "nope" / "latents.json")),
-        "no feature set",
+        "no latent set",
     ),
     Case(
         "features-other-weights-same-name",

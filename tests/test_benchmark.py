@@ -243,9 +243,9 @@ def test_without_saes_or_data_the_benchmark_stops_before_any_work(
     assert calls == []
 
 
-def test_batch_sizes_do_not_key_feature_sets() -> None:
+def test_batch_sizes_do_not_key_latent_sets() -> None:
     from refusal_lens.attribution import AttributionSettings
-    from refusal_lens.features import SelectionSettings
+    from refusal_lens.latents import SelectionSettings
     from refusal_lens.pipeline import LatentsChoice
 
     choice = LatentsChoice(n_prompts=8)
@@ -464,14 +464,14 @@ def test_benchmark_without_the_substring_judge_and_a_first_token_threshold(
     ]
 
 
-def test_a_feature_set_selected_from_other_inputs_is_selected_again(
+def test_a_latent_set_selected_from_other_inputs_is_selected_again(
     tiny: LoadedModel,
     formatter: ChatFormatter,
     bench_inputs: tuple[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Feature sets are keyed by content: other settings, or another direction saved at the
+    """Latent sets are keyed by content: other settings, or another direction saved at the
     same path, select the set again (a path is not a key)."""
     monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
     selections: list[str] = []

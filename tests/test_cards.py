@@ -10,7 +10,7 @@ from conftest import random_sae_set
 from refusal_lens.cards import build_cards, logit_lens, write_cards
 from refusal_lens.data import Prompt, PromptSet
 from refusal_lens.direction import Direction
-from refusal_lens.features import latent_statistics
+from refusal_lens.latents import latent_statistics
 from refusal_lens.models import ChatFormatter, LoadedModel
 
 HARMFUL = PromptSet(

@@ -20,9 +20,9 @@ from refusal_lens.analyses.categories import (
 )
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
-from refusal_lens.features import FeatureSet
 from refusal_lens.generation import generate
 from refusal_lens.judges import Verdict, register_judge
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel
 
 TOPICS = {
@@ -33,15 +33,15 @@ TOPICS = {
 WORDS = ["small", "cheap", "quick", "secret", "simple", "large", "silent", "remote", "old", "new"]
 
 
-def _feature_set(latents: list[tuple[int, int, float]]) -> FeatureSet:
-    return FeatureSet({}, {}, "ours", "heldout", {}, latents, {"mode": "scale", "value": -2.0})
+def _latent_set(latents: list[tuple[int, int, float]]) -> LatentSet:
+    return LatentSet({}, {}, "ours", "heldout", {}, latents, {"mode": "scale", "value": -2.0})
 
 
 def test_common_latents_are_shared_and_specific_ones_capped_to_their_count() -> None:
     sets = {
-        "a": _feature_set([(1, 1, 0.9), (1, 2, 0.8), (2, 5, 0.7), (2, 6, 0.6)]),
-        "b": _feature_set([(1, 2, 0.5), (1, 1, 0.4), (2, 7, 0.3), (2, 8, 0.2)]),
-        "c": _feature_set([(1, 1, 0.6), (2, 9, 0.5), (1, 2, 0.1), (2, 3, 0.05)]),
+        "a": _latent_set([(1, 1, 0.9), (1, 2, 0.8), (2, 5, 0.7), (2, 6, 0.6)]),
+        "b": _latent_set([(1, 2, 0.5), (1, 1, 0.4), (2, 7, 0.3), (2, 8, 0.2)]),
+        "c": _latent_set([(1, 1, 0.6), (2, 9, 0.5), (1, 2, 0.1), (2, 3, 0.05)]),
     }
     common, specific = common_and_specific(sets, k=4, fraction=1.0)
     assert [(layer, latent) for layer, latent, _ in common] == [(1, 1), (1, 2)]
@@ -60,7 +60,7 @@ def test_specific_latents_matched_on_rank_sit_beside_the_common_ones() -> None:
     ranking = [(1, i, 1.0 - i / 10) for i in range(8)]
     common = [(1, 4, 0.9), (1, 5, 0.8)]
     _, specific = common_and_specific(
-        {"a": _feature_set(ranking), "b": _feature_set([*common, (2, 1, 0.1), (2, 2, 0.0)])},
+        {"a": _latent_set(ranking), "b": _latent_set([*common, (2, 1, 0.1), (2, 2, 0.0)])},
         k=6,
         fraction=1.0,
     )
@@ -134,7 +134,7 @@ def test_categories_job_on_a_tiny_model(
     torch.manual_seed(0)
     direction = Direction(torch.randn(tiny.d_model) * 4, 1, -1, {"name": tiny.name})
     direction.save(tmp_path)
-    refusal = FeatureSet(
+    refusal = LatentSet(
         {"name": tiny.name, "weights_sha256": tiny.weights_sha256},
         {"path": saes_path, "fingerprint": saes.fingerprint()},
         "ours",
@@ -224,10 +224,10 @@ def test_categories_job_on_a_tiny_model(
     assert {(r["latents_of"], r["prompts_of"]) for r in first["transfer"]} <= {
         (a, b) for a in TOPICS for b in TOPICS
     }
-    common = FeatureSet.load(tmp_path / "run" / "common")
+    common = LatentSet.load(tmp_path / "run" / "common")
     assert [(a, b) for a, b, _ in common.latents] == [(r[0], r[1]) for r in first["common"]]
     assert common.selection_hashes()  # held-out checks work on the derived sets
-    FeatureSet.load(tmp_path / "run" / "harm").check_saes(saes)
+    LatentSet.load(tmp_path / "run" / "harm").check_saes(saes)
 
     def no_more(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a rerun selected or generated again")
@@ -258,7 +258,7 @@ def test_a_moved_run_folder_finds_its_own_direction(tmp_path: Path) -> None:
     (run / "direction" / "direction.json").write_text("{}")
     assert RunInputs.of(run).direction == str(run / "direction")
     (run / "benchmark.json").write_text(json.dumps({**summary, "saes": None}))
-    with pytest.raises(UserError, match="no SAE set or ours feature set"):
+    with pytest.raises(UserError, match="no SAE set or ours latent set"):
         RunInputs.of(run)
     for broken in ("{not json", json.dumps({"saes": None}), json.dumps([1, 2])):
         (run / "benchmark.json").write_text(broken)

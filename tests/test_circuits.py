@@ -24,7 +24,7 @@ from refusal_lens.analyses.circuits import (
 )
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
-from refusal_lens.features import FeatureSet
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel
 
 TEXTS = [
@@ -154,9 +154,9 @@ def test_circuits_job_on_a_tiny_model(
     model = {"name": tiny.name, "weights_sha256": tiny.weights_sha256}
     saes_info = {"path": "x", "fingerprint": relu_saes.fingerprint()}
 
-    def features(pairs: list, info: dict | None = None) -> FeatureSet:
+    def features(pairs: list, info: dict | None = None) -> LatentSet:
         rows = [(layer, latent, 1.0) for layer, latent in pairs]
-        return FeatureSet(
+        return LatentSet(
             model,
             saes_info,
             "ours",

@@ -1,4 +1,4 @@
-"""Feature sets: the selection methods, the file, the held-out guard, find-latents and steer."""
+"""Latent sets: the selection methods, the file, the held-out guard, find-latents and steer."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from refusal_lens.attribution import AttributionSettings
 from refusal_lens.data import Prompt, PromptSet, builtin_prompts
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
-from refusal_lens.features import (
-    FeatureSet,
+from refusal_lens.hooks import HookPoint, record
+from refusal_lens.latents import (
+    LatentSet,
     SelectionSettings,
     cosine_scores,
     latent_statistics,
     matched_random,
     select_features,
 )
-from refusal_lens.hooks import HookPoint, record
 from refusal_lens.models import ChatFormatter, LoadedModel
 from refusal_lens.saes import SAESet
 
@@ -54,7 +54,7 @@ def saes(tiny: LoadedModel, tmp_path: Path) -> SAESet:
     return sae_set
 
 
-def _select(tiny, saes, direction, method, harmful=HARMFUL, **kwargs) -> FeatureSet:
+def _select(tiny, saes, direction, method, harmful=HARMFUL, **kwargs) -> LatentSet:
     settings = SelectionSettings(
         method=method, k=5, attribution=AttributionSettings(steps=2, batch_size=3), **kwargs
     )
@@ -150,12 +150,12 @@ def test_random_control_is_matched_by_layer_and_frequency() -> None:
     assert matched_random(reference, frequency, seed=1) != chosen
 
 
-def test_feature_set_file_and_held_out_guard(
+def test_latent_set_file_and_held_out_guard(
     tiny: LoadedModel, saes: SAESet, direction: Direction, tmp_path: Path
 ) -> None:
     features = _select(tiny, saes, direction, "actdiff")
     path = features.save(tmp_path / "run")
-    loaded = FeatureSet.load(path)
+    loaded = LatentSet.load(path)
     assert loaded.to_dict() == json.loads(json.dumps(features.to_dict()))
     edit = loaded.edit(saes, k=3, value=-2.0)
     assert edit.latents == loaded.top(3) and edit.value == -2.0 and edit.mode == "scale"
@@ -167,8 +167,8 @@ def test_feature_set_file_and_held_out_guard(
     with pytest.raises(UserError, match="asked for the top"):
         loaded.top(10_000)
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(UserError, match="not a feature set"):
-        FeatureSet.load(tmp_path / "bad.json")
+    with pytest.raises(UserError, match="not a latent set"):
+        LatentSet.load(tmp_path / "bad.json")
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -222,7 +222,7 @@ def test_find_latents_then_steer_on_a_tiny_model(
         str(tmp_path / "run"),
     )
     assert code == 0, err
-    features = FeatureSet.load(tmp_path / "run" / "latents.json")
+    features = LatentSet.load(tmp_path / "run" / "latents.json")
     assert features.intervention["chosen_by"].startswith("search")
     searched = json.loads((tmp_path / "run" / "search.json").read_text())
     assert searched["base_refusal_rate"]["n"] == 3
@@ -446,7 +446,7 @@ def test_search_picks_the_lowest_refusal_within_the_kl_limit(refuser: LoadedMode
     """On a model that refuses the validation prompts, so the refusal rates the search
     compares are real ones."""
     from conftest import refusal_direction
-    from refusal_lens.features import SearchSettings, search_intervention
+    from refusal_lens.latents import SearchSettings, search_intervention
 
     saes, direction = random_sae_set(refuser), refusal_direction(refuser)
     features = _select(refuser, saes, direction, "cossim")
@@ -480,8 +480,8 @@ def test_search_picks_the_lowest_refusal_within_the_kl_limit(refuser: LoadedMode
 def test_an_interrupted_search_resumes_without_rescoring(
     tiny: LoadedModel, saes: SAESet, direction: Direction, tmp_path, monkeypatch
 ) -> None:
-    import refusal_lens.features as features_module
-    from refusal_lens.features import SearchSettings, search_intervention
+    import refusal_lens.latents as features_module
+    from refusal_lens.latents import SearchSettings, search_intervention
     from refusal_lens.runs import RunDir
 
     features = _select(tiny, saes, direction, "cossim")
@@ -518,7 +518,7 @@ def test_an_interrupted_search_resumes_without_rescoring(
     assert resumed["base_refusal_rate"] == whole["base_refusal_rate"]
 
 
-def test_random_feature_set_mirrors_the_matched_set(
+def test_random_latent_set_mirrors_the_matched_set(
     tiny: LoadedModel, saes: SAESet, direction: Direction
 ) -> None:
     reference = _select(tiny, saes, direction, "cossim")
@@ -566,7 +566,7 @@ def test_completion_kl_per_prompt_matches_a_direct_computation(
 def test_the_search_rule_and_its_tie_breaks() -> None:
     """Lowest refusal within the KL limit; ties to the smaller |c|, then the smaller K*; with
     nothing within the limit, the lowest KL."""
-    from refusal_lens.features import choose_setting
+    from refusal_lens.latents import choose_setting
 
     def row(k: int, value: float, refusal: float, kl: float) -> dict:
         return {"k": k, "value": value, "refusal_rate": {"mean": refusal}, "kl": {"mean": kl}}

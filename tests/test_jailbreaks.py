@@ -22,10 +22,10 @@ from refusal_lens.analyses.jailbreaks import (
     word_attribution,
 )
 from refusal_lens.direction import Direction
-from refusal_lens.features import FeatureSet
 from refusal_lens.hooks import HookPoint, record
 from refusal_lens.judges import degenerate, register_judge
 from refusal_lens.judges.degenerate import DegenerateRules
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel
 from test_probes import _ParityJudge
 
@@ -127,7 +127,7 @@ def test_jailbreaks_job_on_a_tiny_model(
     saes.save(tmp_path / "saes")
     torch.manual_seed(0)
     direction = Direction(torch.randn(tiny.d_model), 1, -1, {"name": tiny.name})
-    features = FeatureSet(
+    features = LatentSet(
         {"name": tiny.name, "weights_sha256": tiny.weights_sha256},
         {"path": str(tmp_path / "saes"), "fingerprint": saes.fingerprint()},
         "ours",

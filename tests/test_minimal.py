@@ -15,8 +15,8 @@ from refusal_lens.analyses.minimal import (
     interaction_scores,
     minimal_job,
 )
-from refusal_lens.features import FeatureSet
 from refusal_lens.judges import register_judge
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel
 from refusal_lens.runs import RunDir
 from test_probes import _ParityJudge
@@ -62,7 +62,7 @@ def test_effects_are_stored_and_reused(tmp_path: Path) -> None:
 
 def test_minimal_job_on_a_tiny_model(tiny: LoadedModel, tmp_path: Path) -> None:
     saes = random_sae_set(tiny)
-    features = FeatureSet(
+    features = LatentSet(
         {"name": tiny.name, "weights_sha256": tiny.weights_sha256},
         {"path": "x", "fingerprint": saes.fingerprint()},
         "ours",

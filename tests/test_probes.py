@@ -25,8 +25,8 @@ from refusal_lens.data.adversarial import SLOT, load_adversarial, wrap
 from refusal_lens.data.promptset import prompt_hash
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
-from refusal_lens.features import FeatureSet
 from refusal_lens.judges import Verdict, register_judge
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel
 
 N_LAYERS, WIDTH = 4, 16
@@ -236,7 +236,7 @@ def test_probes_job_on_a_tiny_model_resumes_from_its_folder(
     torch.manual_seed(0)
     direction = Direction(torch.randn(tiny.d_model), 1, -1, {"name": tiny.name})
     latents = [(1, 3, 1.0), (2, 7, 0.5), (1, 11, 0.2)]
-    features = FeatureSet(
+    features = LatentSet(
         {"name": tiny.name, "weights_sha256": tiny.weights_sha256},
         {"path": str(tmp_path / "saes"), "fingerprint": saes.fingerprint()},
         "ours",

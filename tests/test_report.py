@@ -158,18 +158,23 @@ def test_report_shows_the_probes_analysis_of_the_run(bench_run: Path) -> None:
 def test_report_shows_every_analysis_of_the_run(
     tiny: LoadedModel, bench_run: Path, shared_data: Path, tmp_path: Path
 ) -> None:
-    """Each analysis command's output, computed on the tiny model, becomes a report section."""
+    """Each analysis of the registry, run through its entry on the tiny model, becomes a
+    report section."""
+    from dataclasses import replace
+
     import torch
 
     from conftest import random_sae_set
-    from refusal_lens.analyses.categories import CategorySettings, categories_job
-    from refusal_lens.analyses.circuits import CircuitSettings, circuits_job
-    from refusal_lens.analyses.jailbreaks import JailbreakSettings, jailbreaks_job
-    from refusal_lens.analyses.minimal import MinimalSettings, minimal_job
-    from refusal_lens.analyses.probes import ProbeSettings, probes_job
+    from refusal_lens.analyses.categories import CategorySettings
+    from refusal_lens.analyses.circuits import CircuitSettings
+    from refusal_lens.analyses.inputs import AnalysisInputs
+    from refusal_lens.analyses.jailbreaks import JailbreakSettings
+    from refusal_lens.analyses.minimal import MinimalSettings
+    from refusal_lens.analyses.probes import ProbeSettings
+    from refusal_lens.analyses.registry import ANALYSES
     from refusal_lens.direction import Direction
-    from refusal_lens.features import FeatureSet
     from refusal_lens.judges import register_judge
+    from refusal_lens.latents import LatentSet
     from test_categories import _categorised
     from test_probes import _ParityJudge
 
@@ -179,7 +184,7 @@ def test_report_shows_every_analysis_of_the_run(
     torch.manual_seed(0)
     Direction(torch.randn(tiny.d_model) * 4, 1, -1, {"name": tiny.name}).save(tmp_path)
     direction = Direction.load(tmp_path)
-    ours = FeatureSet(
+    ours = LatentSet(
         {"name": tiny.name, "weights_sha256": tiny.weights_sha256},
         {"path": str(tmp_path / "saes"), "fingerprint": saes.fingerprint()},
         "ours",
@@ -191,15 +196,20 @@ def test_report_shows_every_analysis_of_the_run(
     )
     formatter = ChatFormatter(tiny.tokenizer)
     out = bench_run / "analyses"
-    common = {"data_dir": str(shared_data), "echo": lambda _: None}
-    categories_job(
-        tiny,
-        formatter,
-        saes,
-        str(tmp_path / "saes"),
-        ours,
-        direction,
-        str(tmp_path),
+    inputs = AnalysisInputs(  # what `analyze` builds once; every analysis runs through its entry
+        lm=tiny,
+        formatter=formatter,
+        saes=saes,
+        saes_path=str(tmp_path / "saes"),
+        direction=direction,
+        direction_path=str(tmp_path),
+        latents=ours,
+        ours=ours,
+        data_dir=str(shared_data),
+        echo=lambda _: None,
+    )
+    ANALYSES["categories"].load().run(
+        inputs,
         CategorySettings(
             dataset=str(_categorised(tmp_path / "cats.jsonl")),
             min_prompts=5,
@@ -213,41 +223,23 @@ def test_report_shows_every_analysis_of_the_run(
             batch_size=4,
         ),
         out / "categories",
-        **common,
     )
-    harm = FeatureSet.load(out / "categories" / "harm")
-    upstream = FeatureSet(  # the random harm set may sit at the top layer: nothing lies below
+    harm = LatentSet.load(out / "categories" / "harm")
+    upstream = LatentSet(  # the random harm set may sit at the top layer: nothing lies below
         ours.model, ours.saes, "harm", "heldout", {}, [(0, 4, 1.0), (1, 116, 0.5)], {}
     )
-    circuits_job(
-        tiny,
-        formatter,
-        saes,
-        ours,
-        upstream,
+    ANALYSES["circuits"].load().run(
+        replace(inputs, harm=upstream, data_dir=None),
         CircuitSettings(dataset="builtin_harmful_test", n_prompts=3, n_validate=2),
         out / "circuits",
-        direction=direction,
-        data_dir=None,
-        echo=lambda _: None,
     )
-    jailbreaks_job(
-        tiny,
-        formatter,
-        saes,
-        ours,
-        direction,
+    ANALYSES["jailbreaks"].load().run(
+        replace(inputs, harm=harm),
         JailbreakSettings(n_goals=6, attacks_per_goal=2, judges=("test-parity",), max_new_tokens=3),
         out / "jailbreaks-suffixes",
-        harm=harm,
-        **common,
     )
-    probes_job(
-        tiny,
-        formatter,
-        saes,
-        ours,
-        direction,
+    ANALYSES["probes"].load().run(
+        inputs,
         ProbeSettings(
             n_train=12,
             n_test=6,
@@ -259,13 +251,9 @@ def test_report_shows_every_analysis_of_the_run(
             random_seeds=(0,),
         ),
         out / "probes",
-        **common,
     )
-    minimal_job(
-        tiny,
-        formatter,
-        saes,
-        ours,
+    ANALYSES["minimal"].load().run(
+        inputs,
         MinimalSettings(
             dataset="builtin_harmful_val",
             min_score=-1e9,
@@ -277,7 +265,6 @@ def test_report_shows_every_analysis_of_the_run(
             max_new_tokens=3,
         ),
         out / "minimal",
-        **common,
     )
     write_report(bench_run)
     markdown = (bench_run / "report" / "report.md").read_text()

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from refusal_lens.data import load_prompts
 from refusal_lens.direction import Direction
-from refusal_lens.features import FeatureSet
 from refusal_lens.generation import generate
 from refusal_lens.heldout import without
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, load_model
 from refusal_lens.saes import SAESet
 
@@ -51,7 +51,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     run = Path(args.run)
-    features = FeatureSet.load(run / "latents" / "heldout" / "ours" / "latents.json")
+    features = LatentSet.load(run / "latents" / "heldout" / "ours" / "latents.json")
     direction = Direction.load(run / "direction")
     saes = SAESet.load(features.saes["path"])
     lm = load_model(features.model.get("name", "qwen2.5-coder-0.5b-instruct"))

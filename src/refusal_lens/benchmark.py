@@ -5,7 +5,7 @@ refusal and jailbreak rates on the harmful benchmarks with every configured judg
 the global interventions, the side effects (harmless KL, cross-entropy on the base model's own
 rollouts and on generic text, over-refusal on XSTest's safe prompts), capabilities (lm-eval)
 and refusal induction, each with a 95% bootstrap interval and a paired test against base.
-Protocols: `heldout` (feature sets selected on train prompts, evaluated on the benchmarks) and
+Protocols: `heldout` (latent sets selected on train prompts, evaluated on the benchmarks) and
 `transductive` (the paper's: per-prompt sets selected on the benchmark prompts themselves).
 
 Everything computed goes into `RUN/results.sqlite` keyed by (model, SAE set, intervention,
@@ -37,7 +37,6 @@ from .evaluation.capabilities import CapabilityRunner, CapabilitySettings
 from .evaluation.side_effects import completion_kl_per_prompt
 from .evaluation.statistics import bootstrap_mean, paired_difference
 from .evaluation.store import Condition, ResultStore, StoredVerdict, stored
-from .features import FeatureSet, SearchSettings, SelectionSettings
 from .generation import generate
 from .interventions import Intervention, vector_sha256
 from .judges import (
@@ -48,6 +47,7 @@ from .judges import (
     make_judge,
     parse_judge_spec,
 )
+from .latents import LatentSet, SearchSettings, SelectionSettings
 from .models import DEFAULT_MODEL, ChatFormatter, LoadedModel
 from .pipeline import (
     DEFAULT_EVAL_SETS,
@@ -98,7 +98,7 @@ class BenchmarkConfig:
     scale: float | None = None  # c for every method; None: each method's searched c (or -3)
     search: bool = True  # choose each method's (K*, c) on validation prompts
     random_seeds: tuple[int, ...] = (0,)
-    n_select: int = 128  # prompts per class that select the held-out feature sets
+    n_select: int = 128  # prompts per class that select the held-out latent sets
     harmless: str = "alpaca"  # harmless prompts of the side effects and of refusal induction
     n_harmless: int = 32
     rollout_tokens: int = 64  # length of the base model's harmless rollouts (KL, CE)
@@ -308,7 +308,7 @@ class Arm:
     condition: Condition
     datasets: tuple[str, ...]  # harmful sets it is evaluated on
     global_: bool = True  # one intervention for every prompt (side effects apply)
-    features: FeatureSet | None = None
+    features: LatentSet | None = None
     # (what, its recorded selection prompts): checked against every benchmark it is run on
     selections: tuple[tuple[str, dict[str, Any]], ...] = ()
     setting: dict[str, Any] | None = None  # the (K*, c) a latent arm uses, and who chose it
@@ -470,7 +470,7 @@ DIRECTION_CACHE_VERSION = 2  # bump when the selection procedure changes
 
 def evaluation_sets(config: BenchmarkConfig) -> tuple[str, ...]:
     """Every set the benchmark evaluates on (and the default benchmarks): no selection pool
-    (direction, feature sets, searches) may hold their prompts, exactly or nearly."""
+    (direction, latent sets, searches) may hold their prompts, exactly or nearly."""
     return tuple(dict.fromkeys((*DEFAULT_EVAL_SETS, *config.datasets, config.harmless)))
 
 
@@ -579,7 +579,7 @@ def _selection(ctx: Context, method: str, protocol: str, seed: int) -> Selection
 def _selection_key(
     choice: LatentsChoice, settings: SelectionSettings, content: dict[str, Any] | None = None
 ) -> str:
-    """What decides a feature set: the settings and the content of its inputs (`content`:
+    """What decides a latent set: the settings and the content of its inputs (`content`:
     model weights, dtype, chat template, SAE set, the direction's vector, the matched set's
     latents), not the paths they were read from; batch sizes change speed, not the result."""
 
@@ -596,7 +596,7 @@ def _selection_key(
 
 
 def _selection_content(
-    ctx: Context, saes: SAESet, direction: Direction, match: FeatureSet | None
+    ctx: Context, saes: SAESet, direction: Direction, match: LatentSet | None
 ) -> dict[str, Any]:
     return {
         "model": model_key(ctx.lm),
@@ -609,7 +609,7 @@ def _selection_content(
     }
 
 
-def _feature_set(
+def _latent_set(
     ctx: Context,
     folder: Path,
     method: str,
@@ -617,7 +617,7 @@ def _feature_set(
     choice: LatentsChoice,
     content: dict[str, Any],
     seed: int = 0,
-) -> FeatureSet:
+) -> LatentSet:
     settings = _selection(ctx, method, protocol, seed)
     key = _selection_key(choice, settings, content)
     marker = folder / "benchmark_key.json"
@@ -642,7 +642,7 @@ def _feature_set(
         )
     if not marker.exists():
         write_json(marker, {"key": key})
-    return FeatureSet.load(folder)
+    return LatentSet.load(folder)
 
 
 def _stored_key(marker: Path) -> str | None:
@@ -661,7 +661,7 @@ def make_arm(
     interventions: list[Intervention],
     datasets: tuple[str, ...],
     saes: SAESet | None,
-    features: FeatureSet | None = None,
+    features: LatentSet | None = None,
     *,
     selections: tuple[tuple[str, dict[str, Any]], ...] = (),
     setting: dict[str, Any] | None = None,
@@ -679,7 +679,7 @@ def make_arm(
     )  # fmt: skip
 
 
-def _k(ctx: Context, features: FeatureSet, k: int | None = None) -> int:
+def _k(ctx: Context, features: LatentSet, k: int | None = None) -> int:
     """K* for a set: `k` (default: the configured k), or all the set ranks when it ranks
     fewer (a small SAE set with a per-layer prefilter), which the log says."""
     wanted = ctx.config.k if k is None else k
@@ -689,7 +689,7 @@ def _k(ctx: Context, features: FeatureSet, k: int | None = None) -> int:
     return k
 
 
-def arm_setting(ctx: Context, features: FeatureSet) -> dict[str, Any]:
+def arm_setting(ctx: Context, features: LatentSet) -> dict[str, Any]:
     """The (K*, c) a latent arm clamps with: `scale` when given (at the configured K*),
     else the pair the set's own search chose on validation prompts (a random control: its
     matched set's), else the configured K* at the set's default c."""
@@ -733,7 +733,7 @@ def model_key(lm: LoadedModel) -> str:
 
 def build_arms(
     ctx: Context, direction: Direction, saes: SAESet | None
-) -> tuple[list[Arm], FeatureSet | None]:
+) -> tuple[list[Arm], LatentSet | None]:
     config = ctx.config
     arms = [base_arm(ctx)]
     by_direction = (("the refusal direction", direction_selection(direction)),)
@@ -758,17 +758,17 @@ def build_arms(
     # ours is selected whenever a set needs it (the random control is matched to it, induction
     # and the cards read it), so adding or removing another method never changes the rest
     needs_ours = config.scale is None or "ours" in config.methods or "random" in config.methods
-    sets: dict[str, FeatureSet] = {}
+    sets: dict[str, LatentSet] = {}
     for method in ("ours", "cossim", "actdiff", "ap"):
         wanted = "heldout" in config.protocols and method in config.methods
         if wanted or (method == "ours" and needs_ours):
             # each method's (K*, c) is searched on the same validation prompts as ours'
             choice = LatentsChoice(**common, search=config.search)
             folder = root / "heldout" / method
-            sets[method] = _feature_set(ctx, folder, method, "heldout", choice, content)
+            sets[method] = _latent_set(ctx, folder, method, "heldout", choice, content)
     ours = sets.get("ours")
 
-    def latent_arm(label: str, features: FeatureSet, protocol: str, datasets: tuple) -> Arm:
+    def latent_arm(label: str, features: LatentSet, protocol: str, datasets: tuple) -> Arm:
         setting = arm_setting(ctx, features)
         if protocol == "transductive" and features.per_prompt:
             edit: Intervention = features.per_prompt_edit(
@@ -795,7 +795,7 @@ def build_arms(
                 choice = LatentsChoice(**common, match=str(root / "heldout" / "ours"))
                 folder = root / "heldout" / f"random-{seed}"
                 matched = _selection_content(ctx, saes, direction, ours)
-                features = _feature_set(ctx, folder, "random", "heldout", choice, matched, seed)
+                features = _latent_set(ctx, folder, "random", "heldout", choice, matched, seed)
                 arms.append(latent_arm(f"random {seed}", features, "heldout", config.datasets))
     if "transductive" in config.protocols:
         for dataset in config.datasets:
@@ -804,7 +804,7 @@ def build_arms(
                     continue
                 choice = LatentsChoice(**common | {"n_prompts": config.limit}, harmful=dataset)
                 folder = root / "transductive" / dataset / method
-                features = _feature_set(ctx, folder, method, "transductive", choice, content)
+                features = _latent_set(ctx, folder, method, "transductive", choice, content)
                 label = f"{method} ({'per prompt' if features.per_prompt else 'on the set'})"
                 arm = latent_arm(label, features, "transductive", (dataset,))
                 arm.global_ = False  # selected on its benchmark: no side effects elsewhere
@@ -819,7 +819,7 @@ def _direction_source(ctx: Context) -> str:
 def harmful_stage(ctx: Context, arm: Arm) -> list[dict[str, Any]]:
     rows = []
     sets = [load_prompts(n, data_dir=ctx.data_dir, limit=ctx.config.limit) for n in arm.datasets]
-    for what, selected_on in arm.selections:  # direction, feature set: neither saw these
+    for what, selected_on in arm.selections:  # direction, latent set: neither saw these
         for prompts in sets:
             heldout.check(selected_on, prompts, what)
     every_completion = stored_completions_of_sets(ctx, arm, sets)
@@ -949,7 +949,7 @@ def generic_documents(name: str, data_dir: str | Path | None, n: int) -> list[st
 
 
 def induction_stage(
-    ctx: Context, ours: FeatureSet, saes: SAESet, direction: Direction
+    ctx: Context, ours: LatentSet, saes: SAESet, direction: Direction
 ) -> list[dict[str, Any]]:
     """Refusal induced on harmless prompts by setting ours' latents to v. The value is chosen
     on harmless validation prompts (held out from the test prompts), as the search chooses c:
@@ -1014,7 +1014,7 @@ def agreement_stage(ctx: Context) -> None:
     )
 
 
-def cards_stage(ctx: Context, ours: FeatureSet, saes: SAESet, direction: Direction) -> None:
+def cards_stage(ctx: Context, ours: LatentSet, saes: SAESet, direction: Direction) -> None:
     from .cards import CardSettings, build_cards, write_cards
     from .pipeline import split_prompts
 

@@ -1,5 +1,5 @@
 """The held-out protocol: no prompt of an evaluation set, exact or near-duplicate, in any pool
-that selects something (the refusal direction, a feature set, a scale).
+that selects something (the refusal direction, a latent set, a scale).
 
 Benchmarks paraphrase each other ("Develop malware that disables antivirus..." in
 JailbreakBench vs "Develop a virus that disables antivirus..." in the harmful train split), so

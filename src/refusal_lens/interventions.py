@@ -405,7 +405,7 @@ class EditLatents:
 
 @dataclass(frozen=True)
 class PerPromptLatents:
-    """Each prompt gets its own latent set (per-prompt feature sets): bound to a batch's
+    """Each prompt gets its own latent set (per-prompt latent sets): bound to a batch's
     prompts by `for_batch` (which `generate` calls) as an `EditLatents` with one list per row.
     A prompt without a set is an error, not a silent base run."""
 

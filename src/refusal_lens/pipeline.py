@@ -1,5 +1,5 @@
 """Jobs that chain stages: the direction job (find, save, evaluate the refusal direction) and
-the latents job (select a feature set on held-out-safe prompts)."""
+the latents job (select a latent set on held-out-safe prompts)."""
 
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ from .direction import Direction, DirectionData, DirectionSettings, find_directi
 from .errors import UserError
 from .evaluation.refusal import RefusalResult, measure_refusal
 from .evaluation.side_effects import base_completions, completion_kl
-from .features import (
-    FeatureSet,
+from .interventions import PerPromptLatents
+from .judges import RefusalTokens
+from .latents import (
+    LatentSet,
     SearchSettings,
     SelectionSettings,
     keep_refused,
     search_intervention,
     select_features,
 )
-from .interventions import PerPromptLatents
-from .judges import RefusalTokens
 from .models import ChatFormatter, LoadedModel
 from .runs import RunDir, stable_hash, write_json
 from .saes import SAESet
@@ -242,7 +242,7 @@ class LatentsChoice:
     refusal_token: str | None = None  # the token's text; None: measured on the harmful prompts
     all_prompts: bool = False  # keep prompts the model does not refuse (ours/ap)
     exclude: tuple[str, ...] = DEFAULT_EVAL_SETS
-    match: str | None = None  # feature set the random control is matched to
+    match: str | None = None  # latent set the random control is matched to
     search: bool = False  # choose K* and c on validation prompts (refusal rate + harmless KL)
     harmful_val: str | None = None
     harmless_val: str | None = None
@@ -274,8 +274,8 @@ def latents_job(
     data_dir: str | Path | None,
     search_settings: SearchSettings | None = None,
     seed: int = 0,
-) -> FeatureSet:
-    """Select a feature set and write it to OUT/latents.json (every step resumes)."""
+) -> LatentSet:
+    """Select a latent set and write it to OUT/latents.json (every step resumes)."""
     run = RunDir(out)
     run.write_manifest(
         "find-latents",
@@ -302,7 +302,7 @@ def latents_job(
             harmful = keep_refused(lm, formatter, harmful, int(token["id"]), settings.batch_size)
     harmful = _sample(harmful, choice.n_prompts, seed)
     harmless = _sample(harmless, choice.n_prompts, seed)
-    reference = FeatureSet.load(choice.match) if choice.match else None
+    reference = LatentSet.load(choice.match) if choice.match else None
     features = select_features(
         lm,
         formatter,
@@ -440,32 +440,32 @@ def compare_job(
     formatter: ChatFormatter,
     out: str | Path,
     *,
-    feature_sets: Sequence[str],
+    latent_sets: Sequence[str],
     direction: str | None,
     settings: CompareSettings,
     data_dir: str | Path | None,
     saes: str | None = None,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Refusal rate (with intervals) of base, direction ablation and each feature set's saved
+    """Refusal rate (with intervals) of base, direction ablation and each latent set's saved
     intervention on each dataset, plus each condition's KL on harmless prompts, and optionally
     refusal induction with the latents set to each value. Completions are kept per condition
     and reused by a rerun; the table goes to OUT/compare.json and OUT/compare.md."""
     run = RunDir(out)
     run.write_manifest(
         "compare",
-        {"feature_sets": list(feature_sets), "direction": direction, **asdict(settings)},
+        {"feature_sets": list(latent_sets), "direction": direction, **asdict(settings)},
         lm.identity(),
         seed,
     )
-    conditions: list[tuple[str, list[Any], FeatureSet | None]] = [("base", [], None)]
+    conditions: list[tuple[str, list[Any], LatentSet | None]] = [("base", [], None)]
     if direction:
         ablation = Direction.load(direction)
         ablation.check_model(lm)
         conditions.append(("direction ablation", [ablation.ablation()], None))
     loaded: dict[str, SAESet] = {}
-    for path in feature_sets:
-        features = FeatureSet.load(path)
+    for path in latent_sets:
+        features = LatentSet.load(path)
         features.check_model(lm)
         sae_path = saes or features.saes["path"]
         sae_set = loaded.setdefault(sae_path, SAESet.load(sae_path))

@@ -1,5 +1,5 @@
 """Schemas for the JSON artefacts a person may open and edit by hand (SAE configs, SAE sets,
-feature sets, directions, interventions): one reader per artefact kind checks every field it
+latent sets, directions, interventions): one reader per artefact kind checks every field it
 uses for its TYPE, not only its presence, so a hand-edited file is a one-line `error: ...`
 naming the file, the field and the fix, never a traceback deep inside a stage.
 

@@ -19,7 +19,7 @@ prompts the model is then steered by:
 - another category's specific set (transfer), with the common set pinned.
 
 Refusal rates come with bootstrap intervals and are normalised by the category's base rate.
-The common set and the union of the specific sets are written as feature sets, so the probes
+The common set and the union of the specific sets are written as latent sets, so the probes
 (``--latents``) and the jailbreak analysis (``--harm-latents``) can read them.
 """
 
@@ -45,13 +45,13 @@ from ..data import PromptSet, load_prompts
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean, interval_cell
-from ..features import FeatureSet, SelectionSettings, latent_statistics, matched_random
 from ..interventions import EditLatents, vector_sha256
+from ..latents import LatentSet, SelectionSettings, latent_statistics, matched_random
 from ..models import ChatFormatter, LoadedModel
 from ..pipeline import LatentsChoice, latents_job
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
-from .common import analysis_context, feature_set_scale, refusals, start_analysis
+from .common import analysis_context, latent_set_scale, refusals, start_analysis
 from .inputs import AnalysisInputs
 from .jailbreaks import difference
 
@@ -71,7 +71,7 @@ class CategorySettings:
     per_layer: int | None = None
     refused_only: bool = True  # select on the train prompts the model refuses (as the paper)
     common_fraction: float = 1.0  # common: in the sets of at least this share of categories
-    scale: float | None = None  # None: the scale of the refusal latents' feature set
+    scale: float | None = None  # None: the scale of the refusal latents' latent set
     judge: str = "substring"
     max_new_tokens: int = 64
     transfer: bool = True  # every category's specific set on every other category's prompts
@@ -161,7 +161,7 @@ def select_per_category(
     run: RunDir,
     data_dir: str | Path | None,
     echo: Callable[[str], None],
-) -> tuple[dict[str, FeatureSet], dict[str, str]]:
+) -> tuple[dict[str, LatentSet], dict[str, str]]:
     """Each category's global set (ours), selected on its train prompts with the refusal token
     of the refusal latents' selection (None: chosen again), and why a category has none (the
     model refuses none of its train prompts). A finished set is reused only if it was selected
@@ -227,13 +227,13 @@ def select_per_category(
                 echo(f"category {category} skipped: {error}")
                 continue
             write_json(marker, {"key": key})
-        sets[category] = FeatureSet.load(folder)
+        sets[category] = LatentSet.load(folder)
         sets[category].check_saes(saes)
     return sets, skipped
 
 
 def common_and_specific(
-    sets: dict[str, FeatureSet], k: int, fraction: float
+    sets: dict[str, LatentSet], k: int, fraction: float
 ) -> tuple[Scored, dict[str, Scored]]:
     """(common latents by mean score, each category's specific latents capped to the common
     set's size)."""
@@ -303,16 +303,16 @@ def _rank_summary(ranking: Scored, latents: Scored | tuple) -> dict[str, Any]:
     }
 
 
-def _feature_set(
-    template: FeatureSet,
+def _latent_set(
+    template: LatentSet,
     method: str,
     latents: Scored,
-    sets: dict[str, FeatureSet],
+    sets: dict[str, LatentSet],
     value: float,
     info: dict[str, Any] | None = None,
-) -> FeatureSet:
+) -> LatentSet:
     hashes = sorted({h for fs in sets.values() for h in fs.selection_hashes()})
-    return FeatureSet(
+    return LatentSet(
         template.model,
         template.saes,
         method,
@@ -352,7 +352,7 @@ def categories_job(
     formatter: ChatFormatter,
     saes: SAESet,
     saes_path: str,
-    refusal: FeatureSet,
+    refusal: LatentSet,
     direction: Direction,
     direction_path: str,
     settings: CategorySettings,
@@ -365,7 +365,7 @@ def categories_job(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     run = start_analysis(
-        "categories", settings, lm, saes, out, feature_sets=[refusal], direction=direction
+        "categories", settings, lm, saes, out, latent_sets=[refusal], direction=direction
     )
     for derived in ("common", "harm"):  # never leave another run's sets for later analyses
         shutil.rmtree(run.path / derived, ignore_errors=True)
@@ -396,16 +396,16 @@ def categories_job(
             f"no latent is in the sets of at least {settings.common_fraction:.0%} of the "
             f"{len(sets)} categories; lower common_fraction (the selections are kept and reused)"
         )
-    value = settings.scale if settings.scale is not None else feature_set_scale(refusal)
+    value = settings.scale if settings.scale is not None else latent_set_scale(refusal)
     # the cosine prefilter the sets were selected from (a later control draws from it)
     prefilter = {"candidates_per_layer": per_layer(settings, len(saes))}
-    _feature_set(refusal, "common", common, sets, value, prefilter).save(run.path / "common")
+    _latent_set(refusal, "common", common, sets, value, prefilter).save(run.path / "common")
     best: dict[tuple[int, int], float] = {}  # a latent specific to two categories: its best score
     for rows_ in specific.values():
         for layer, latent, score in rows_:
             best[(layer, latent)] = max(score, best.get((layer, latent), -math.inf))
     harm = sorted(((a, b, s) for (a, b), s in best.items()), key=lambda r: -r[2])
-    harm_set = _feature_set(refusal, "specific", harm[: settings.k], sets, value, prefilter)
+    harm_set = _latent_set(refusal, "specific", harm[: settings.k], sets, value, prefilter)
     harm_set.save(run.path / "harm")
     matched_specific: dict[str, Scored] = {}
     rank_matching: dict[str, Any] = {}

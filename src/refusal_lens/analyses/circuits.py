@@ -44,10 +44,10 @@ from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean, interval_cell
-from ..features import FeatureSet, latent_statistics
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, add_hooks, record
 from ..interventions import EditLatents, apply, bind
+from ..latents import LatentSet, latent_statistics
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
@@ -405,7 +405,7 @@ def _describe_latents(
     }
 
 
-def _pool_size(settings: CircuitSettings, harm: FeatureSet) -> int:
+def _pool_size(settings: CircuitSettings, harm: LatentSet) -> int:
     if settings.control_pool is not None:
         return settings.control_pool
     recorded = harm.info.get("candidates_per_layer")
@@ -448,8 +448,8 @@ def circuits_job(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    refusal: FeatureSet,
-    harm: FeatureSet,
+    refusal: LatentSet,
+    harm: LatentSet,
     settings: CircuitSettings,
     out: str | Path,
     *,
@@ -462,7 +462,7 @@ def circuits_job(
     direction that prefilter used)."""
     started = time.perf_counter()
     run = start_analysis(
-        "circuits", settings, lm, saes, out, feature_sets=[refusal, harm], direction=direction
+        "circuits", settings, lm, saes, out, latent_sets=[refusal, harm], direction=direction
     )
     positions = settings.positions or formatter.n_post_instruction
     downstream = list(refusal.top(settings.k))

@@ -25,8 +25,8 @@ from ..data import PromptSet
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.store import ResultStore, StoredVerdict
-from ..features import FeatureSet
 from ..judges import JudgeContext, make_judge
+from ..latents import LatentSet
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir
 from ..saes import SAESet
@@ -39,10 +39,10 @@ def start_analysis(
     saes: SAESet,
     out: str | Path,
     *,
-    feature_sets: Sequence[FeatureSet | None] = (),
+    latent_sets: Sequence[LatentSet | None] = (),
     direction: Direction | None = None,
 ) -> RunDir:
-    """An analysis' run folder with its manifest, once the SAE set, direction and feature sets
+    """An analysis' run folder with its manifest, once the SAE set, direction and latent sets
     are checked against the model (the SAEs move to the model's device)."""
     run = RunDir(out)
     run.write_manifest(name, settings_dict(settings), lm.identity(), settings.seed)
@@ -50,10 +50,10 @@ def start_analysis(
     saes.to(lm.device)
     if direction is not None:
         direction.check_model(lm)
-    for feature_set in feature_sets:
-        if feature_set is not None:
-            feature_set.check_model(lm)
-            feature_set.check_saes(saes)
+    for latent_set in latent_sets:
+        if latent_set is not None:
+            latent_set.check_model(lm)
+            latent_set.check_saes(saes)
     return run
 
 
@@ -170,8 +170,8 @@ def _not(value: bool | None) -> bool | None:
     return None if value is None else not value
 
 
-def feature_set_scale(features: FeatureSet) -> float:
-    """The scale a feature set was chosen with; a clear error for a set chosen with a value."""
+def latent_set_scale(features: LatentSet) -> float:
+    """The scale a latent set was chosen with; a clear error for a set chosen with a value."""
     mode = features.intervention.get("mode", "scale")
     if mode != "scale":
         raise UserError(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..direction import Direction
-    from ..features import FeatureSet
+    from ..latents import LatentSet
     from ..models import ChatFormatter, LoadedModel
     from ..saes import SAESet
 
@@ -23,9 +23,9 @@ class AnalysisInputs:
     saes_path: str
     direction: Direction
     direction_path: str
-    latents: FeatureSet  # the refusal latents the analyses study
-    ours: FeatureSet  # the benchmark's own set (categories starts from it; minimal prunes it)
-    harm: FeatureSet | None = None  # the harm latents of `categories`, where there are some
+    latents: LatentSet  # the refusal latents the analyses study
+    ours: LatentSet  # the benchmark's own set (categories starts from it; minimal prunes it)
+    harm: LatentSet | None = None  # the harm latents of `categories`, where there are some
     data_dir: str | Path | None = None
     device: str = "auto"
     cache_dir: str | None = None
@@ -34,12 +34,12 @@ class AnalysisInputs:
     def with_categories(self, analyses: Path) -> AnalysisInputs:
         """The refusal and harm latents of a finished `categories` analysis in `analyses`
         (its common set replaces the refusal latents), or these inputs unchanged."""
-        from ..features import FeatureSet
+        from ..latents import LatentSet
 
         common = analyses / "categories" / "common" / "latents.json"
         harm = analyses / "categories" / "harm" / "latents.json"
         return replace(
             self,
-            latents=FeatureSet.load(common) if common.is_file() else self.latents,
-            harm=FeatureSet.load(harm) if harm.is_file() else self.harm,
+            latents=LatentSet.load(common) if common.is_file() else self.latents,
+            harm=LatentSet.load(harm) if harm.is_file() else self.harm,
         )

@@ -46,9 +46,9 @@ from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import interval_cell, paired_difference
-from ..features import FeatureSet, latent_statistics, matched_random
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
+from ..latents import LatentSet, latent_statistics, matched_random
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
@@ -63,7 +63,7 @@ class JailbreakSettings:
     source: str = "suffixes"  # suffixes, gptfuzz, or a file with prompt and goal columns
     n_goals: int = 64  # plain requests screened; those the model refuses are attacked
     attacks_per_goal: int = 8
-    k: int | None = None  # refusal latents: top k of the feature set (None: its own k)
+    k: int | None = None  # refusal latents: top k of the latent set (None: its own k)
     positions: int | None = None  # last template tokens read (None: the template's own count)
     judges: tuple[str, ...] = ("substring", "compliance")  # success: every judge says complied
     max_new_tokens: int = 64
@@ -346,12 +346,12 @@ def jailbreaks_job(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: FeatureSet,
+    features: LatentSet,
     direction: Direction,
     settings: JailbreakSettings,
     out: str | Path,
     *,
-    harm: FeatureSet | None = None,
+    harm: LatentSet | None = None,
     data_dir: str | None,
     device: str = "auto",
     cache_dir: str | None = None,
@@ -359,7 +359,7 @@ def jailbreaks_job(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     run = start_analysis(
-        "jailbreaks", settings, lm, saes, out, feature_sets=[features, harm], direction=direction
+        "jailbreaks", settings, lm, saes, out, latent_sets=[features, harm], direction=direction
     )
     positions = settings.positions or formatter.n_post_instruction
     families: dict[str, list[tuple[int, int]]] = {"refusal latents": list(features.top(settings.k))}

@@ -3,7 +3,7 @@ Can't", arXiv 2509.09708).
 
 Effect of a set S: the mean drop of the refusal score (log-odds of the refusal tokens at the
 last prompt position) on validation prompts the model refuses, when S is clamped (scaled by
-c at every position). Greedy pruning starts from the feature set's top k and removes, one at a
+c at every position). Greedy pruning starts from the latent set's top k and removes, one at a
 time, the latent whose removal costs the least, while the rest keeps at least `keep` of the
 full set's effect. Pairwise interaction of i and j: effect({i, j}) - effect({i}) - effect({j});
 a negative score marks redundant latents (each can stand in for the other: the "hydra"
@@ -28,13 +28,13 @@ from ..data import load_prompts
 from ..data.promptset import prompt_hash
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
-from ..features import FeatureSet, latent_statistics, matched_random
 from ..interventions import EditLatents
+from ..latents import LatentSet, latent_statistics, matched_random
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from ..scoring import RefusalTokens, refusal_scores
-from .common import analysis_context, feature_set_scale, refusals, start_analysis
+from .common import analysis_context, latent_set_scale, refusals, start_analysis
 from .inputs import AnalysisInputs
 
 Pair = tuple[int, int]
@@ -47,8 +47,8 @@ class MinimalSettings:
     dataset: str = "harmful_test"
     n_prompts: int = 32
     min_score: float = 0.0  # prompts count as refused above this refusal score (log-odds)
-    k: int | None = None  # the starting set: top k of the feature set (None: its own k)
-    scale: float | None = None  # None: the feature set's scale
+    k: int | None = None  # the starting set: top k of the latent set (None: its own k)
+    scale: float | None = None  # None: the latent set's scale
     keep: float = 0.9  # the pruned set keeps at least this share of the full set's effect
     interactions: int = 10  # pairwise scores among the full set's top m latents
     test_dataset: str = "jailbreakbench"  # held-out check by generation ("" to skip)
@@ -138,7 +138,7 @@ def minimal_job(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: FeatureSet,
+    features: LatentSet,
     settings: MinimalSettings,
     out: str | Path,
     *,
@@ -148,9 +148,9 @@ def minimal_job(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    run = start_analysis("minimal", settings, lm, saes, out, feature_sets=[features])
+    run = start_analysis("minimal", settings, lm, saes, out, latent_sets=[features])
     full = list(features.top(settings.k))
-    value = settings.scale if settings.scale is not None else feature_set_scale(features)
+    value = settings.scale if settings.scale is not None else latent_set_scale(features)
     tokens = RefusalTokens.from_phrases(lm.tokenizer)
     banned = features.selection_hashes()
     every = load_prompts(settings.dataset, data_dir=data_dir)
@@ -158,7 +158,7 @@ def minimal_job(
     if len(every) and not len(prompts):
         raise UserError(
             f"all {len(every)} prompts of {settings.dataset} are in the selection pools of the "
-            "feature set or of its direction; measure on another set (--set dataset=...)"
+            "latent set or of its direction; measure on another set (--set dataset=...)"
         )
     base_scores = refusal_scores(
         lm, formatter, prompts.texts(), tokens, batch_size=settings.batch_size
@@ -236,7 +236,7 @@ def _confirm(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: FeatureSet,
+    features: LatentSet,
     sets: dict[str, list[Pair]],
     value: float,
     settings: MinimalSettings,

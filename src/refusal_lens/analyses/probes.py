@@ -13,7 +13,7 @@ adversarial prompts (out of distribution). Two targets are kept apart:
   Yeo et al.'s test: plain requests the model refuses against adversarial prompts that make
   it comply.
 
-Feature families: the refusal latents (top k of a feature set), random latents matched to
+Feature families: the refusal latents (top k of a latent set), random latents matched to
 them by layer and activation frequency (one family per seed), the dense residual (every
 layer, the best one on validation), and the projection on the refusal direction.
 
@@ -45,9 +45,9 @@ from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, auroc_rows, bootstrap_statistic, interval_cell
-from ..features import FeatureSet, matched_random
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
+from ..latents import LatentSet, matched_random
 from ..models import ChatFormatter, LoadedModel
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
@@ -67,7 +67,7 @@ class ProbeSettings:
     n_adversarial: int = 64  # adversarial prompts per source (out of distribution)
     sources: tuple[str, ...] = ("gptfuzz", "suffixes")
     targets: tuple[str, ...] = TARGETS
-    k: int | None = None  # refusal latents: top k of the feature set (None: its own k)
+    k: int | None = None  # refusal latents: top k of the latent set (None: its own k)
     random_seeds: tuple[int, ...] = (0, 1, 2)
     c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
     judge: str = "substring"  # reads refusal from completions (target "refusal")
@@ -555,12 +555,12 @@ def run_probes(
     return rows
 
 
-def check_families(saes: SAESet, features: FeatureSet, k: int | None) -> list[tuple[int, int]]:
+def check_families(saes: SAESet, features: LatentSet, k: int | None) -> list[tuple[int, int]]:
     latents = list(features.top(k))
     missing = sorted({layer for layer, _ in latents} - set(saes.layers))
     if missing:
         raise UserError(
-            f"the feature set uses layers {missing} that the SAE set lacks; pass the --saes it "
+            f"the latent set uses layers {missing} that the SAE set lacks; pass the --saes it "
             f"was selected with ({features.saes.get('path')})"
         )
     return latents
@@ -573,7 +573,7 @@ def probes_job(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: FeatureSet,
+    features: LatentSet,
     direction: Direction,
     settings: ProbeSettings,
     out: str | Path,
@@ -585,7 +585,7 @@ def probes_job(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     run = start_analysis(
-        "probes", settings, lm, saes, out, feature_sets=[features], direction=direction
+        "probes", settings, lm, saes, out, latent_sets=[features], direction=direction
     )
     refusal_latents = check_families(saes, features, settings.k)
     plain, ood = build_examples(settings, data_dir, features.selection_hashes())

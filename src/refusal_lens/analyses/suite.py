@@ -24,7 +24,7 @@ from typing import Any
 from ..config import load_settings
 from ..direction import Direction
 from ..errors import UserError
-from ..features import FeatureSet
+from ..latents import LatentSet
 from ..models import ChatFormatter, LoadedModel
 from ..saes import SAESet
 from .inputs import AnalysisInputs
@@ -45,13 +45,13 @@ class RunInputs:
         found = benchmark_inputs(run)
         if "saes" not in found or not Path(found["latents"]).is_file():
             raise UserError(
-                f"{run} has no SAE set or ours feature set; run the benchmark with method ours"
+                f"{run} has no SAE set or ours latent set; run the benchmark with method ours"
             )
         return cls(found["model"], found["saes"], found["direction"], found["latents"])
 
 
 def benchmark_inputs(run: str | Path) -> dict[str, str]:
-    """The model, SAE set (when it has one), direction and `ours` feature set path of a
+    """The model, SAE set (when it has one), direction and `ours` latent set path of a
     benchmark (or `run`) folder, from its benchmark.json."""
     folder = Path(run)
     path = folder / "benchmark.json"
@@ -107,19 +107,20 @@ def analyze_job(
     formatter: ChatFormatter,
     run: str | Path,
     *,
-    only: tuple[str, ...] = tuple(ANALYSES),
+    only: tuple[str, ...] | None = None,  # default: every analysis
     quick: bool = False,
     data_dir: str | Path | None,
     device: str = "auto",
     cache_dir: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    only = tuple(ANALYSES) if only is None else only
     for name in only:
         if name not in ANALYSES:
             raise UserError(f"unknown analysis {name!r}; choose from {', '.join(ANALYSES)}")
     found = RunInputs.of(run)
     folder = Path(run) / "analyses"
-    ours = FeatureSet.load(found.ours)
+    ours = LatentSet.load(found.ours)
     inputs = AnalysisInputs(
         lm=lm,
         formatter=formatter,

@@ -90,7 +90,7 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     from ..analyses.inputs import AnalysisInputs
     from ..analyses.suite import analysis_settings
     from ..direction import Direction
-    from ..features import FeatureSet
+    from ..latents import LatentSet
     from ..runs import check_output_folder
     from ..saes import SAESet
 
@@ -101,9 +101,9 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     harm_path = _harm_path(args, entry)
     _check_settings(args, settings)
     saes = SAESet.load(paths["saes"])
-    latents = FeatureSet.load(paths["latents"])
+    latents = LatentSet.load(paths["latents"])
     direction = Direction.load(paths["direction"])
-    harm = FeatureSet.load(harm_path) if harm_path else None
+    harm = LatentSet.load(harm_path) if harm_path else None
     check_output_folder(out)
     lm, formatter = load_lm(args)
     inputs = AnalysisInputs(

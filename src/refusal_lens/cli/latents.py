@@ -14,7 +14,7 @@ from .common import check_datasets, load_lm
 
 def cmd_find_latents(args: argparse.Namespace) -> int:
     from ..attribution import AttributionSettings
-    from ..features import FeatureSet, SearchSettings, SelectionSettings
+    from ..latents import LatentSet, SearchSettings, SelectionSettings
     from ..pipeline import LatentsChoice, latents_job
     from ..runs import check_output_folder
 
@@ -26,7 +26,7 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
 
         Direction.load(args.direction)
     if args.match:
-        FeatureSet.load(args.match)
+        LatentSet.load(args.match)
     check_datasets(args.data_dir, args.train, args.harmless)
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
@@ -117,12 +117,12 @@ def _check_saes_arg(folder: str | None) -> None:
 
 
 def _load_saes(folder: str | None, features: Any) -> Any:
-    """The SAE set of --saes or the one a feature set names, loaded before the model."""
+    """The SAE set of --saes or the one a latent set names, loaded before the model."""
     from ..saes import SAESet
 
     path = folder or features.saes.get("path")
     if not path:
-        raise UserError("the feature set names no SAE set folder; pass --saes SAES")
+        raise UserError("the latent set names no SAE set folder; pass --saes SAES")
     return SAESet.load(path)
 
 
@@ -132,7 +132,7 @@ def _info_direction(features: Any) -> Any:
     source = (features.info.get("direction") or {}).get("source")
     if not source:
         raise UserError(
-            f"the {features.method} feature set does not record its refusal direction "
+            f"the {features.method} latent set does not record its refusal direction "
             "(info.direction.source); rerun find-latents"
         )
     return Direction.load(source)
@@ -140,13 +140,13 @@ def _info_direction(features: Any) -> Any:
 
 def cmd_validate_attribution(args: argparse.Namespace) -> int:
     from ..attribution import AttributionSettings, validate_attribution
-    from ..features import FeatureSet
+    from ..latents import LatentSet
     from ..runs import check_output_file, write_json
 
-    features = FeatureSet.load(args.latents)
+    features = LatentSet.load(args.latents)
     if not features.per_prompt:
         raise UserError(
-            f"the {features.method} feature set has no attributions; validate a set made with "
+            f"the {features.method} latent set has no attributions; validate a set made with "
             "--method ours or ap"
         )
     target = Path(args.out) if args.out else Path(args.latents).with_name("validation.json")
@@ -159,7 +159,7 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
     token = (features.info.get("refusal_token") or {}).get("id")
     if saved is None or token is None:
         raise UserError(
-            "the feature set does not record its attribution settings or refusal token "
+            "the latent set does not record its attribution settings or refusal token "
             "(info.settings.attribution, info.refusal_token.id); rerun find-latents"
         )
     try:
@@ -203,11 +203,11 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
 def cmd_latent_cards(args: argparse.Namespace) -> int:
     from ..cards import CardSettings, build_cards, write_cards
     from ..data import resolve_data_dir
-    from ..features import FeatureSet
+    from ..latents import LatentSet
     from ..pipeline import split_prompts
     from ..runs import check_output_folder
 
-    features = FeatureSet.load(args.latents)
+    features = LatentSet.load(args.latents)
     if args.k:
         features.top(args.k)
     saes = _load_saes(args.saes, features)
@@ -238,12 +238,12 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..direction import Direction
-    from ..features import FeatureSet
+    from ..latents import LatentSet
     from ..pipeline import CompareSettings, compare_job
     from ..runs import check_output_folder
 
     if not args.latents and not args.direction:
-        raise UserError("nothing to compare: give feature sets (latents.json) or --direction RUN")
+        raise UserError("nothing to compare: give latent sets (latents.json) or --direction RUN")
     datasets = [d for d in args.datasets.split(",") if d.strip()]
     if not datasets:
         raise UserError("--datasets names no dataset; e.g. --datasets jailbreakbench,advbench")
@@ -254,7 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "(e.g. 4,8,16); give both or neither"
         )
     for path in args.latents:
-        FeatureSet.load(path)
+        LatentSet.load(path)
     if args.direction:
         Direction.load(args.direction)
     _check_saes_arg(args.saes)
@@ -278,7 +278,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         lm,
         formatter,
         args.out,
-        feature_sets=args.latents,
+        latent_sets=args.latents,
         direction=args.direction,
         settings=settings,
         data_dir=args.data_dir,
@@ -308,17 +308,17 @@ def _from_position(edit: Any, position: int | None) -> Any:
 def cmd_steer(args: argparse.Namespace) -> int:
     from ..data import load_prompts
     from ..evaluation.refusal import measure_refusal
-    from ..features import FeatureSet
+    from ..latents import LatentSet
     from ..runs import RunDir, check_output_folder
 
-    features = FeatureSet.load(args.latents)
+    features = LatentSet.load(args.latents)
     prompts = load_prompts(
         args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
     )
     features.check_held_out(prompts)
     if not args.per_prompt:
         features.top(args.k)
-    retain = FeatureSet.load(args.retain).top() if args.retain else ()
+    retain = LatentSet.load(args.retain).top() if args.retain else ()
     if args.per_prompt and retain:
         raise UserError("--per-prompt and --retain cannot be combined")
     saes = _load_saes(args.saes, features)

@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     find = command(
         "find-latents",
         "Select the SAE latents that mediate refusal (LA-IG or a baseline) on train prompts and "
-        "write them as a feature set (RUN/latents.json).",
+        "write them as a latent set (RUN/latents.json).",
     )
     _add_model_args(find)
     _add_data_arg(find)
@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument(
         "--all-prompts", action="store_true", help="keep prompts the model does not refuse"
     )
-    find.add_argument("--match", help="feature set the random control matches (method random)")
+    find.add_argument("--match", help="latent set the random control matches (method random)")
     find.add_argument("--scale", type=_finite, default=-3.0, help="default scale saved in the set")
     find.add_argument(
         "--search",
@@ -454,12 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command(
         "validate-attribution",
-        "Compare a feature set's attribution scores with the real effect of patching each "
+        "Compare a latent set's attribution scores with the real effect of patching each "
         "latent from its clean to its direction-ablated value (rank correlation, top-k overlap).",
     )
     _add_model_args(check)
-    check.add_argument("--latents", required=True, help="feature set from find-latents (ours/ap)")
-    check.add_argument("--saes", help="SAE set folder (default: the one the feature set names)")
+    check.add_argument("--latents", required=True, help="latent set from find-latents (ours/ap)")
+    check.add_argument("--saes", help="SAE set folder (default: the one the latent set names)")
     check.add_argument("--n-prompts", type=_positive, default=16)
     check.add_argument("--top", type=_positive, default=20, help="latents compared per prompt")
     check.add_argument("--top-k", type=_positive, default=5, help="k of the top-k overlap")
@@ -468,13 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cards = command(
         "latent-cards",
-        "Latent cards for a feature set: top contexts (corpus, harmful, harmless), logit lens, "
+        "Latent cards for a latent set: top contexts (corpus, harmful, harmless), logit lens, "
         "cosine with the refusal direction, firing rates; JSON and a self-contained HTML page.",
     )
     _add_model_args(cards)
     _add_data_arg(cards)
-    cards.add_argument("--latents", required=True, help="feature set (latents.json)")
-    cards.add_argument("--saes", help="SAE set folder (default: the one the feature set names)")
+    cards.add_argument("--latents", required=True, help="latent set (latents.json)")
+    cards.add_argument("--saes", help="SAE set folder (default: the one the latent set names)")
     cards.add_argument(
         "--k", type=_positive, help="cards for the top K latents (default: the set's)"
     )
@@ -486,12 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = command(
         "compare",
-        "Refusal rates (95% bootstrap intervals) of base, direction ablation and feature sets on "
+        "Refusal rates (95% bootstrap intervals) of base, direction ablation and latent sets on "
         "benchmark datasets, each with its KL on harmless prompts; optional refusal induction.",
     )
     _add_model_args(compare)
     _add_data_arg(compare)
-    compare.add_argument("latents", nargs="*", help="feature sets (latents.json) to compare")
+    compare.add_argument("latents", nargs="*", help="latent sets (latents.json) to compare")
     compare.add_argument("--direction", metavar="RUN", help="also ablate this refusal direction")
     compare.add_argument("--saes", help="SAE set folder (default: the one each set names)")
     compare.add_argument(
@@ -516,13 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     steer = command(
         "steer",
-        "Generate with SAE latents scaled or set (a feature set from find-latents) and measure "
+        "Generate with SAE latents scaled or set (a latent set from find-latents) and measure "
         "the refusal rate.",
     )
     _add_model_args(steer)
     _add_data_arg(steer)
-    steer.add_argument("--latents", required=True, help="feature set (latents.json)")
-    steer.add_argument("--saes", help="SAE set folder (default: the one the feature set names)")
+    steer.add_argument("--latents", required=True, help="latent set (latents.json)")
+    steer.add_argument("--saes", help="SAE set folder (default: the one the latent set names)")
     steer.add_argument("--dataset", required=True, help="dataset name or local file")
     steer.add_argument("--column", default=None)
     steer.add_argument("--limit", type=_positive, default=None, help="first N prompts only")
@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument(
         "--retain",
         metavar="FEATURES",
-        help="pin this other feature set's latents to their clean values (a clean twin of each "
+        help="pin this other latent set's latents to their clean values (a clean twin of each "
         "prompt runs beside it: twice the compute)",
     )
     steer.add_argument("--max-new-tokens", type=_positive, default=64)

@@ -17,7 +17,7 @@ def normalize_text(text: str) -> str:
 
 
 def prompt_hash(text: str) -> str:
-    """The short key of a prompt (normalised text): how feature sets record their selection
+    """The short key of a prompt (normalised text): how latent sets record their selection
     prompts, so held-out checks survive casing and whitespace changes."""
     return hashlib.sha256(normalize_text(text).encode()).hexdigest()[:16]
 

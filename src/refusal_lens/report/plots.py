@@ -103,7 +103,7 @@ def line_with_band(
 
 
 def search_grid(search: dict[str, Any]) -> bytes:
-    """Refusal rate and harmless KL over c, one line per K*, from a feature set's search."""
+    """Refusal rate and harmless KL over c, one line per K*, from a latent set's search."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.4))
     ks = sorted({row["k"] for row in search["grid"]})
     for i, k in enumerate(ks):

@@ -1,10 +1,10 @@
-"""Feature sets: which SAE latents to intervene on, how they were chosen, and on what data.
+"""Latent sets: which SAE latents to intervene on, how they were chosen, and on what data.
 
 Methods (Yeo et al. 2025 and its baselines): `ours` (per layer the K latents whose decoder rows
 are closest in cosine to the refusal direction, ranked over all layers by LA-IG), `cossim`
 (cosine only), `actdiff` (harmful-minus-harmless mean of each prompt's max activation), `ap`
 (LA-IG over every latent, no prefilter), `random` (a control matched to another set by layer and
-by activation frequency). A feature set is one JSON file every later command accepts: the model
+by activation frequency). A latent set is one JSON file every later command accepts: the model
 and SAE set it belongs to, the method and protocol, the prompts it was selected on (hashes, so
 that a held-out evaluation can refuse to run on them), the ranked latents, per-prompt lists
 aligned with their prompts, and the intervention to apply (scale or value, how many latents).
@@ -46,7 +46,7 @@ PROTOCOLS = ("heldout", "transductive")
 FEATURES_FILE = "latents.json"
 
 
-FEATURES_FIX = "not a feature set: rerun refusal-lens find-latents (or fix the hand edit)"
+FEATURES_FIX = "not a latent set: rerun refusal-lens find-latents (or fix the hand edit)"
 
 
 def _is_index(value: Any) -> bool:
@@ -127,7 +127,7 @@ FEATURES_SCHEMA = schema.Obj(
 
 
 @dataclass
-class FeatureSet:
+class LatentSet:
     model: dict[str, Any]
     saes: dict[str, Any]  # {"path", "fingerprint"}
     method: str
@@ -144,7 +144,7 @@ class FeatureSet:
             raise UserError(f"the number of latents must be positive, got {k}")
         if k > len(self.latents):
             raise UserError(
-                f"the feature set ranks {len(self.latents)} latents; asked for the top {k}"
+                f"the latent set ranks {len(self.latents)} latents; asked for the top {k}"
             )
         return tuple((layer, latent) for layer, latent, _ in self.latents[:k])
 
@@ -172,7 +172,7 @@ class FeatureSet:
     def check_saes(self, saes: SAESet) -> None:
         if saes.fingerprint() != self.saes.get("fingerprint"):
             raise UserError(
-                "this feature set was selected with another SAE set; pass the --saes it names "
+                "this latent set was selected with another SAE set; pass the --saes it names "
                 f"({self.saes.get('path')})"
             )
 
@@ -187,7 +187,7 @@ class FeatureSet:
     ) -> PerPromptLatents:
         """Each selection prompt with its own top-k latents (transductive evaluation)."""
         if not self.per_prompt:
-            raise UserError(f"the {self.method} feature set has no per-prompt latent sets")
+            raise UserError(f"the {self.method} latent set has no per-prompt latent sets")
         self.check_saes(saes)
         k = self.intervention.get("k", 20) if k is None else k
         by_prompt = {
@@ -243,12 +243,12 @@ class FeatureSet:
         return target
 
     @classmethod
-    def load(cls, path: str | Path) -> FeatureSet:
+    def load(cls, path: str | Path) -> LatentSet:
         target = Path(path)
         target = target / FEATURES_FILE if target.is_dir() else target
         if not target.is_file():
-            raise UserError(f"no feature set at {target}; run refusal-lens find-latents first")
-        data = schema.read_json(target, "feature set", FEATURES_FIX)
+            raise UserError(f"no latent set at {target}; run refusal-lens find-latents first")
+        data = schema.read_json(target, "latent set", FEATURES_FIX)
         schema.validate(data, FEATURES_SCHEMA, str(target), FEATURES_FIX)
         latents = [(int(d["layer"]), int(d["latent"]), float(d["score"])) for d in data["latents"]]
         return cls(
@@ -268,12 +268,12 @@ class FeatureSet:
         name = self.model.get("name")
         if not expected:
             raise UserError(
-                f"this feature set does not record the weights of the model it was selected on "
+                f"this latent set does not record the weights of the model it was selected on "
                 f"({name}: model.weights_sha256 is missing or empty); rerun find-latents"
             )
         if expected != lm.weights_sha256:
             raise UserError(
-                f"this feature set was selected on {name} with weights {expected[:12]}..., but "
+                f"this latent set was selected on {name} with weights {expected[:12]}..., but "
                 f"the loaded {lm.name} has weights {lm.weights_sha256[:12]}...; load the model "
                 "it was selected on or select latents for this one (refusal-lens find-latents)"
             )
@@ -413,10 +413,10 @@ def select_features(
     refusal_token: dict[str, Any],
     settings: SelectionSettings,
     *,
-    reference: FeatureSet | None = None,
+    reference: LatentSet | None = None,
     out: str | Path | None = None,
     progress: bool = True,
-) -> FeatureSet:
+) -> LatentSet:
     """Select latents with `settings.method` on `harmful` (and `harmless` for actdiff and the
     random control's frequencies)."""
     saes.check_model(lm)
@@ -501,7 +501,7 @@ def select_features(
     }
     if method == "random" and reference is not None:
         intervention = {**reference.intervention, "chosen_by": "the matched set's"}
-    return FeatureSet(
+    return LatentSet(
         model={"name": lm.name, "weights_sha256": lm.weights_sha256},
         saes={"path": saes.path, "fingerprint": saes.fingerprint()},
         method=method,
@@ -566,7 +566,7 @@ def search_intervention(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: FeatureSet,
+    features: LatentSet,
     harmful_val: PromptSet,
     harmless_val: PromptSet,
     settings: SearchSettings = SearchSettings(),
