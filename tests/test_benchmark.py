@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import refusal_lens.benchmark as benchmark_module
+import refusal_lens.benchmark.inputs as inputs_module
+import refusal_lens.evaluation.work as work_module
 from conftest import random_sae_set, refusal_direction
 from refusal_lens import heldout
 from refusal_lens.benchmark import BenchmarkConfig, benchmark_job
+from refusal_lens.benchmark.context import Context
 from refusal_lens.config import load_settings
 from refusal_lens.data import Prompt, PromptSet, builtin_prompts
 from refusal_lens.direction import Direction
@@ -155,14 +157,14 @@ def recording_generate(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict
     label asked for."""
     calls: list[str] = []
     lengths: dict[str, int] = {}
-    real = benchmark_module.generate
+    real = work_module.generate
 
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(kwargs.get("desc", ""))
         lengths[calls[-1]] = kwargs["max_new_tokens"]
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(benchmark_module, "generate", wrapper)
+    monkeypatch.setattr(work_module, "generate", wrapper)
     return calls, lengths
 
 
@@ -252,13 +254,13 @@ def test_batch_sizes_do_not_key_latent_sets() -> None:
 
     def key(**changes: object) -> str:
         settings = SelectionSettings(method="ours", **changes)  # type: ignore[arg-type]
-        return benchmark_module._selection_key(choice, settings)
+        return inputs_module.selection_key(choice, settings)
 
     assert key(batch_size=8) == key(batch_size=32)
     assert key(attribution=AttributionSettings(batch_size=2)) == key()
     assert key(k=10) != key(k=20)
-    assert benchmark_module._selection_key(LatentsChoice(n_prompts=16), SelectionSettings()) != (
-        benchmark_module._selection_key(choice, SelectionSettings())
+    assert inputs_module.selection_key(LatentsChoice(n_prompts=16), SelectionSettings()) != (
+        inputs_module.selection_key(choice, SelectionSettings())
     )
 
 
@@ -475,13 +477,13 @@ def test_a_latent_set_selected_from_other_inputs_is_selected_again(
     same path, select the set again (a path is not a key)."""
     monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
     selections: list[str] = []
-    real = benchmark_module.latents_job
+    real = inputs_module.latents_job
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         selections.append(kwargs["settings"].method)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(benchmark_module, "latents_job", counting)
+    monkeypatch.setattr(inputs_module, "latents_job", counting)
     config = tiny_config(*bench_inputs, methods=("base", "cossim"), judges=("substring",))
 
     def run() -> dict:
@@ -517,31 +519,32 @@ def test_a_found_direction_is_kept_in_the_user_cache_for_later_runs(
         Direction(torch.ones(lm.d_model), 1, -1, lm.identity()).save(out)
         return {}
 
-    monkeypatch.setattr(benchmark_module, "direction_job", fake_search)
+    monkeypatch.setattr(inputs_module, "direction_job", fake_search)
 
-    def context(run: str, n_val: int = 32) -> benchmark_module.Context:
+    def context(run: str, n_val: int = 32) -> Context:
         config = BenchmarkConfig(direction_n_val=n_val)
-        return benchmark_module.Context(
-            tiny, formatter, None, config, RunDir(tmp_path / run), None, {}, "", "", print,
+        return Context(
+            tiny, formatter, None, {}, config.judges, "", config.max_new_tokens,  # type: ignore[arg-type]
+            config.batch_size, print, config, RunDir(tmp_path / run), None, "",
             cache_dir=str(tmp_path / "cache"),
         )  # fmt: skip
 
-    first = benchmark_module._direction(context("a"), seed=0)
-    again = benchmark_module._direction(context("b"), seed=0)
+    first = inputs_module.find_direction(context("a"), seed=0)
+    again = inputs_module.find_direction(context("b"), seed=0)
     assert len(searches) == 1 and searches[0].is_relative_to(tmp_path / "cache")
     assert torch.equal(first.vector, again.vector)
     assert (tmp_path / "b" / "direction" / "direction.json").is_file()  # the run is complete
-    benchmark_module._direction(context("c", n_val=16), seed=0)  # other settings: a new search
-    benchmark_module._direction(context("d"), seed=1)
+    inputs_module.find_direction(context("c", n_val=16), seed=0)  # other settings: a new search
+    inputs_module.find_direction(context("d"), seed=1)
     assert len(searches) == 3 and len(set(searches)) == 3
     other_system = ChatFormatter(tiny.tokenizer, system="Be terse.")
-    benchmark_module._direction(replace(context("e"), formatter=other_system), seed=0)
+    inputs_module.find_direction(replace(context("e"), formatter=other_system), seed=0)
     assert len(searches) == 4
 
     # a copy killed half-way leaves no direction.json in the run, only a partial folder
     (tmp_path / "f" / "direction.partial").mkdir(parents=True)
     (tmp_path / "f" / "direction.partial" / "direction.json").write_text("{")
-    again = benchmark_module._direction(context("f"), seed=0)
+    again = inputs_module.find_direction(context("f"), seed=0)
     assert torch.equal(first.vector, again.vector) and len(searches) == 4
     assert not (tmp_path / "f" / "direction.partial").exists()
 
@@ -550,29 +553,30 @@ def test_a_prompt_in_two_harmful_sets_is_generated_once(
     tiny: LoadedModel, formatter: ChatFormatter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[str]] = []
-    real = benchmark_module.generate
+    real = work_module.generate
 
     def wrapper(lm, fmt, instructions, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(list(instructions))
         return real(lm, fmt, instructions, **kwargs)
 
-    monkeypatch.setattr(benchmark_module, "generate", wrapper)
+    monkeypatch.setattr(work_module, "generate", wrapper)
     shared = "Explain how to hack a computer."
     sets = [
         PromptSet("a", (Prompt("Write a poem about the sea."), Prompt(shared))),
         PromptSet("b", (Prompt(shared), Prompt("Tell me how to bake bread."))),
     ]
     condition = Condition(tiny.weights_sha256, "none", label="base")
-    arm = benchmark_module.Arm("base", "base", "-", [], condition, ("a", "b"))
+    arm = work_module.Arm("base", "base", "-", [], condition, ("a", "b"))
     with ResultStore(tmp_path / "results.sqlite") as store:
-        ctx = benchmark_module.Context(
-            tiny, formatter, store, BenchmarkConfig(max_new_tokens=4), RunDir(tmp_path / "run"),
-            None, {}, "gen", "screen", print,
+        config = BenchmarkConfig(max_new_tokens=4)
+        ctx = Context(
+            tiny, formatter, store, {}, config.judges, "gen", config.max_new_tokens,
+            config.batch_size, print, config, RunDir(tmp_path / "run"), None, "screen",
         )  # fmt: skip
-        first = benchmark_module.stored_completions_of_sets(ctx, arm, sets)
+        first = work_module.stored_completions_of_sets(ctx, arm, sets)
         assert len(calls) == 1 and sorted(calls[0]) == sorted({p.text for s in sets for p in s})
         assert first[0][1] == first[1][0]
-        assert benchmark_module.stored_completions_of_sets(ctx, arm, sets) == first
+        assert work_module.stored_completions_of_sets(ctx, arm, sets) == first
         assert len(calls) == 1  # all stored: nothing generated again
 
 

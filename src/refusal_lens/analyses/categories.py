@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 
 from ..attribution import AttributionSettings
-from ..benchmark import make_arm
 from ..config import settings_dict
 from ..data import PromptSet, load_prompts
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean, interval_cell
+from ..evaluation.work import make_arm
 from ..interventions import EditLatents, vector_sha256
 from ..latents import LatentSet, SelectionSettings, latent_statistics, matched_random
 from ..models import ChatFormatter, LoadedModel
@@ -432,7 +432,6 @@ def categories_job(
         judges=(settings.judge,),
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.batch_size,
-        data_dir=data_dir,
         device=device,
         cache_dir=cache_dir,
         echo=echo,

@@ -11,20 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from ..benchmark import (
-    Arm,
-    BenchmarkConfig,
-    Context,
-    base_arm,
-    generation_id,
-    stored_completions_of_sets,
-    stored_verdicts,
-)
 from ..config import settings_dict
 from ..data import PromptSet
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.store import ResultStore, StoredVerdict
+from ..evaluation.work import (
+    Arm,
+    Work,
+    base_arm,
+    generation_id,
+    stored_completions_of_sets,
+    stored_verdicts,
+)
 from ..judges import JudgeContext, make_judge
 from ..latents import LatentSet
 from ..models import ChatFormatter, LoadedModel
@@ -66,39 +65,27 @@ def analysis_context(
     judges: Sequence[str],
     max_new_tokens: int,
     batch_size: int,
-    data_dir: str | Path | None,
     device: str = "auto",
     cache_dir: str | None = None,
     echo: Callable[[str], None] = print,
-) -> Iterator[Context]:
-    config = BenchmarkConfig(
-        model=lm.name,
-        judges=tuple(judges),
-        max_new_tokens=max_new_tokens,
-        screen_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
+) -> Iterator[Work]:
     with ResultStore(run.path / "results.sqlite") as store:
         shared = JudgeContext(lm=lm, formatter=formatter, device=device, cache_dir=cache_dir)
-        made = {spec: make_judge(spec, shared) for spec in judges}
-        generation = generation_id(store, lm, formatter, max_new_tokens)
-        yield Context(
-            lm,
-            formatter,
-            store,
-            config,
-            run,
-            data_dir,
-            made,
-            generation,
-            generation,
-            echo,
-            cache_dir=cache_dir,
+        yield Work(
+            lm=lm,
+            formatter=formatter,
+            store=store,
+            judges={spec: make_judge(spec, shared) for spec in judges},
+            judge_specs=tuple(judges),
+            generation=generation_id(store, lm, formatter, max_new_tokens),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            log=echo,
         )
 
 
 def judged(
-    ctx: Context,
+    ctx: Work,
     sets: Sequence[PromptSet],
     arm: Arm | None = None,
     requests: Sequence[Sequence[str]] | None = None,
@@ -114,15 +101,15 @@ def judged(
     for prompts, completions, request in zip(sets, every, asked, strict=True):
         by_judge = {
             spec: stored_verdicts(ctx, arm, spec, prompts.texts(), completions, requests=request)[1]
-            for spec in ctx.config.judges
+            for spec in ctx.judge_specs
         }
         out.append([{spec: by_judge[spec][i] for spec in by_judge} for i in range(len(prompts))])
     return out
 
 
-def refusals(ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None) -> list[np.ndarray]:
+def refusals(ctx: Work, sets: Sequence[PromptSet], arm: Arm | None = None) -> list[np.ndarray]:
     """Whether the model refuses each prompt, by the context's first judge."""
-    spec = ctx.config.judges[0]
+    spec = ctx.judge_specs[0]
     out = []
     for prompts, verdicts in zip(sets, judged(ctx, sets, arm), strict=True):
         refused = [_refused(v[spec]) for v in verdicts]
@@ -132,7 +119,7 @@ def refusals(ctx: Context, sets: Sequence[PromptSet], arm: Arm | None = None) ->
 
 
 def jailbroken(
-    ctx: Context,
+    ctx: Work,
     sets: Sequence[PromptSet],
     arm: Arm | None = None,
     requests: Sequence[Sequence[str]] | None = None,

@@ -376,7 +376,6 @@ def jailbreaks_job(
         judges=settings.judges,
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.batch_size,
-        data_dir=data_dir,
         device=device,
         cache_dir=cache_dir,
         echo=echo,

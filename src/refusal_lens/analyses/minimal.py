@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import make_arm
 from ..config import settings_dict
 from ..data import load_prompts
 from ..data.promptset import prompt_hash
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
+from ..evaluation.work import make_arm
 from ..interventions import EditLatents
 from ..latents import LatentSet, latent_statistics, matched_random
 from ..models import ChatFormatter, LoadedModel
@@ -262,7 +262,6 @@ def _confirm(
         judges=(settings.judge,),
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.batch_size,
-        data_dir=data_dir,
         device=device,
         cache_dir=cache_dir,
         echo=echo,

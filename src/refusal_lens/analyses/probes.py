@@ -598,7 +598,6 @@ def probes_job(
             judges=(settings.judge,),
             max_new_tokens=settings.screen_tokens,
             batch_size=settings.batch_size,
-            data_dir=data_dir,
             device=device,
             cache_dir=cache_dir,
             echo=echo,

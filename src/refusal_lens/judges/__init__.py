@@ -2,17 +2,9 @@
 strings (`make_judge("harmbench:model=...")`), and the built-in judges."""
 
 from ..scoring import RefusalTokens, refusal_scores
-from .base import (
-    Judge,
-    JudgeContext,
-    Verdict,
-    check_judge_spec,
-    judge_names,
-    make_judge,
-    parse_judge_spec,
-    register_judge,
-)
+from .base import Judge, JudgeContext, Verdict, register_judge
 from .first_token import FirstTokenJudge
+from .registry import check_judge_spec, judge_names, make_judge, parse_judge_spec
 from .substring import REFUSAL_PHRASES, SubstringJudge
 
 __all__ = [

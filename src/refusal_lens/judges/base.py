@@ -12,7 +12,6 @@ Judges are built from a spec string, `name` or `name:key=value,key=value` (for e
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -84,66 +83,8 @@ _REGISTRY: dict[str, tuple[JudgeFactory, str]] = {}
 
 
 def register_judge(name: str, factory: JudgeFactory, summary: str) -> None:
+    """Add a judge to the registry (`judges.registry` builds judges from it)."""
     _REGISTRY[name] = (factory, summary)
-
-
-def judge_names() -> dict[str, str]:
-    """Registered judges and a one-line summary of each."""
-    _load_builtin_judges()
-    return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}
-
-
-def parse_judge_spec(spec: str) -> tuple[str, dict[str, str]]:
-    name, _, rest = spec.strip().partition(":")
-    options: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"judge option {item!r} in {spec!r} is not key=value")
-        options[key.strip().replace("-", "_")] = value.strip()
-    return name, options
-
-
-def check_judge_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """The judge's name and options if `spec` names a registered judge with options it takes
-    (nothing is loaded: commands check their judges before the model loads)."""
-    _load_builtin_judges()
-    name, options = parse_judge_spec(spec)
-    if name not in _REGISTRY:
-        raise UserError(f"unknown judge {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    factory, _ = _REGISTRY[name]
-    parameters = {p: v for p, v in inspect.signature(factory).parameters.items() if p != "context"}
-    unknown = sorted(set(options) - set(parameters))
-    if unknown:
-        raise UserError(
-            f"judge {name!r} has no option {', '.join(unknown)}; "
-            f"its options: {', '.join(parameters) or 'none'}"
-        )
-    missing = [p for p, v in parameters.items() if v.default is v.empty and p not in options]
-    if missing:
-        raise UserError(f"judge {name!r} needs {', '.join(f'{m}=...' for m in missing)}")
-    return name, options
-
-
-def make_judge(spec: str, context: JudgeContext | None = None) -> Judge:
-    """Build a judge from `name[:key=value,...]`; `context` carries shared objects (for example
-    the evaluated model, which the first-token and compliance judges need). A judge that reads
-    completions comes wrapped in the degenerate screen (`degenerate.Screened`)."""
-    name, options = check_judge_spec(spec)
-    factory, _ = _REGISTRY[name]
-    try:
-        judge = factory(context or JudgeContext(), **options)
-    except ValueError as error:
-        raise UserError(f"judge {spec!r}: an option has a bad value ({error})") from None
-    if not judge.reads_completions:
-        return judge
-    from .degenerate import Screened
-
-    return Screened(judge)
-
-
-def _load_builtin_judges() -> None:
-    from . import builtin  # noqa: F401  (registers on import)
 
 
 def check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
