@@ -8,51 +8,18 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ..analyses.registry import ANALYSES
 from ..errors import UserError
-from .analyses import cmd_analysis, cmd_analyze
-from .evaluation import (
-    cmd_benchmark,
-    cmd_report,
-    cmd_results,
-    cmd_run,
-)
-from .foundation import cmd_datasets, cmd_direction, cmd_generate, cmd_models, cmd_refusal_rate
-from .judging import cmd_judge, cmd_judge_agreement, cmd_judges, cmd_train_judge
-from .latents import (
-    cmd_compare,
-    cmd_find_latents,
-    cmd_latent_cards,
-    cmd_steer,
-    cmd_validate_attribution,
-)
 from .parser import build_parser
-from .saes import cmd_eval_saes, cmd_train_saes
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "find-latents": cmd_find_latents,
-    "steer": cmd_steer,
-    "compare": cmd_compare,
-    "latent-cards": cmd_latent_cards,
-    "validate-attribution": cmd_validate_attribution,
-    "train-saes": cmd_train_saes,
-    "eval-saes": cmd_eval_saes,
-    "direction": cmd_direction,
-    "refusal-rate": cmd_refusal_rate,
-    "generate": cmd_generate,
-    "judge-agreement": cmd_judge_agreement,
-    "judges": cmd_judges,
-    "judge": cmd_judge,
-    "train-judge": cmd_train_judge,
-    "analyze": cmd_analyze,
-    **dict.fromkeys(ANALYSES, cmd_analysis),
-    "results": cmd_results,
-    "benchmark": cmd_benchmark,
-    "report": cmd_report,
-    "run": cmd_run,
-    "models": cmd_models,
-    "datasets": cmd_datasets,
-}
+
+def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Every subcommand and the function that runs it, as the command groups registered them."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: command.get_default("handler") for name, command in sub.choices.items()}
+
+
+COMMANDS = _commands()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return COMMANDS[args.command](args)
+        return int(args.handler(args))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..analyses.registry import ANALYSES, AnalysisEntry
 from ..errors import UserError
+from .args import Command, add_data_arg, add_model_args
 from .common import add_settings_args, load_lm
 
 
@@ -194,3 +195,30 @@ def analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only", default=None, help="comma-separated subset of the analyses (default: all)"
     )
+
+
+EXAMPLES = {
+    "analyze": """
+        refusal-lens analyze runs/quickstart --quick --data-dir DATA
+        refusal-lens analyze runs/bench --only categories,circuits --data-dir DATA
+    """,
+}
+
+
+def register(command: Command) -> None:
+    """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
+    for entry in ANALYSES.values():
+        analysis = command(entry.name, cmd_analysis, entry.help, entry.examples)
+        add_model_args(analysis)
+        add_data_arg(analysis)
+        analysis_arguments(analysis, entry)
+    analyze = command(
+        "analyze",
+        cmd_analyze,
+        "Every analysis on a benchmark or run folder, in the method's order (categories, "
+        "circuits, jailbreaks, probes, minimal), each into RUN/analyses/NAME, then the report "
+        "again with their sections.",
+    )
+    add_model_args(analyze)
+    add_data_arg(analyze)
+    analyze_arguments(analyze)

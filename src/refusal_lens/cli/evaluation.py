@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import load_lm
+from .args import Command, add_data_arg, add_model_args
+from .common import add_settings_args, load_lm
 
 
 def benchmark_settings(args: argparse.Namespace) -> Any:
@@ -174,3 +175,101 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
             f"{row['n']:>5} {rate(row['refusal_rate']):>7} {rate(row['complied_rate']):>8}"
         )
     return "\n".join(lines) + "\n"
+
+
+EXAMPLES = {
+    "results": """
+        refusal-lens results runs/bench                       # refusal/complied rates per condition
+        refusal-lens results runs/bench --table verdicts --where judge_name=substring --format csv
+        refusal-lens results runs/bench --table measurements --where metric=acc --format json
+    """,
+    "benchmark": """
+        refusal-lens benchmark --quick --data-dir DATA --out runs/bench-quick
+        refusal-lens benchmark --config bench.toml --data-dir DATA --out runs/bench
+        refusal-lens benchmark --saes SAES --direction runs/qwen05 --set limit=100 \\
+            --set protocols=heldout,transductive --set judges=substring,compliance --out runs/b
+    """,
+    "report": """
+        refusal-lens report runs/bench                 # runs/bench/report/report.html
+        refusal-lens report runs/bench --agreement runs/judges/agreement.json
+    """,
+    "run": """
+        refusal-lens run --quick                              # the embedded default, minutes
+        refusal-lens run --data-dir DATA                      # the full benchmark
+        refusal-lens run --model qwen2.5-coder-1.5b-instruct --data-dir DATA --out runs/q15
+    """,
+}
+
+
+def register(command: Command) -> None:
+    """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
+    results = command(
+        "results",
+        cmd_results,
+        "Query a results store (completions, verdicts, measurements, or a per-condition "
+        "summary) as a table, CSV or JSON.",
+    )
+    results.add_argument("store", help="results.sqlite, or a run folder holding one")
+    results.add_argument(
+        "--table",
+        default="summary",
+        choices=("summary", "completions", "verdicts", "measurements"),
+    )
+    results.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="keep rows whose column equals the value (repeatable)",
+    )
+    results.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    results.add_argument("--out", default=None, help="write to this file instead of stdout")
+
+    bench = command(
+        "benchmark",
+        cmd_benchmark,
+        "The paper's benchmark: refusal and jailbreak rates of every method with every judge, "
+        "side effects, capabilities (lm-eval) and refusal induction, with intervals and paired "
+        "tests; resumable through RUN/results.sqlite.",
+    )
+    add_model_args(bench)
+    add_data_arg(bench)
+    bench.add_argument("--saes", default=None, help="SAE set folder (default: cached quick set)")
+    bench.add_argument("--direction", metavar="RUN", default=None, help="refusal direction run")
+    bench.add_argument("--quick", action="store_true", help="small sizes (CI, the main job)")
+    add_settings_args(
+        bench,
+        "benchmark",
+        "REFUSAL_LENS_BENCH_",
+        "--set limit=100 --set capabilities.tasks=arc_challenge",
+    )
+    bench.add_argument("--out", required=True, help="run folder (reused when rerun)")
+
+    report = command(
+        "report",
+        cmd_report,
+        "Write RUN/report/report.html (self-contained, figures embedded) and report.md from a "
+        "benchmark run folder.",
+    )
+    report.add_argument("run", help="benchmark run folder")
+    report.add_argument(
+        "--agreement",
+        default=None,
+        help="agreement.json of a judge-agreement run (default: RUN/judges/agreement.json)",
+    )
+
+    pipeline = command(
+        "run",
+        cmd_run,
+        "The whole pipeline on one model: refusal direction -> SAEs (the cached quick set, "
+        "trained on first use) -> refusal latents -> benchmark -> report, each stage reusing "
+        "what the run folder already has.",
+    )
+    add_model_args(pipeline)
+    add_data_arg(pipeline)
+    pipeline.add_argument("--quick", action="store_true", help="small sizes (minutes)")
+    pipeline.add_argument("--config", default=None, help="TOML file (a [benchmark] table)")
+    pipeline.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    pipeline.add_argument("--saes", default=None, help="SAE set folder (default: cached quick set)")
+    pipeline.add_argument("--direction", metavar="RUN", default=None)
+    pipeline.add_argument("--out", default=None, help="run folder (default: runs/MODEL[-quick])")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .args import Command, add_data_arg, add_intervention_args, add_model_args, finite, positive
 from .common import (
     check_datasets,
     direction_interventions,
@@ -113,7 +114,7 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
     condition = "ablated" if args.ablate_direction else "added" if args.add_direction else "base"
     run = RunDir(args.out) if args.out else None
     if run is not None:
-        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json")}
+        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json", "handler")}
         run.write_manifest("refusal-rate", config, lm.identity(), args.seed)
     result = measure_refusal(
         lm,
@@ -190,7 +191,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             on_batch=write,
         )
     manifest = output.with_name(output.name + ".manifest.json")
-    config = {k: v for k, v in vars(args).items() if k != "verbose"}
+    config = {k: v for k, v in vars(args).items() if k not in ("verbose", "handler")}
     write_json(
         manifest,
         {
@@ -252,3 +253,144 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         f"{summary.kept} already there; use --data-dir {args.folder}"
     )
     return 0
+
+
+EXAMPLES = {
+    "direction": """
+        refusal-lens direction --out runs/direction        # default model, built-in prompts
+        refusal-lens direction --data-dir DATA --out runs/qwen05
+        refusal-lens direction --model qwen2.5-coder-1.5b-instruct --data-dir DATA --out runs/q15
+    """,
+    "refusal-rate": """
+        refusal-lens refusal-rate --dataset jailbreakbench --data-dir DATA --limit 40
+        refusal-lens refusal-rate --dataset jailbreakbench --ablate-direction runs/qwen05 --json
+        refusal-lens refusal-rate --dataset alpaca --limit 100 --add-direction runs/qwen05
+        refusal-lens refusal-rate --dataset prompts.csv --column goal
+    """,
+    "generate": """
+        refusal-lens generate --dataset builtin_harmful_test --output out.jsonl
+        refusal-lens generate --dataset advbench --limit 10 --ablate-direction runs/qwen05 \\
+            --output ablated.jsonl --max-new-tokens 128
+    """,
+    "models": "refusal-lens models",
+    "datasets": """
+        refusal-lens datasets                      # the names --dataset accepts
+        refusal-lens datasets fetch data           # download every set into ./data, verified
+        refusal-lens datasets fetch data --only advbench,jailbreakbench
+        refusal-lens datasets check ../shared/datasets   # what a data folder lacks
+    """,
+}
+
+
+def register(command: Command) -> None:
+    """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
+    direction = command(
+        "direction",
+        cmd_direction,
+        "Find the refusal direction (difference in means, Arditi "
+        "selection) and measure refusal rates on held-out test sets.",
+    )
+    add_model_args(direction)
+    add_data_arg(direction)
+    direction.add_argument("--out", required=True, help="run folder (reused when rerun)")
+    for slot in (
+        "harmful-train",
+        "harmless-train",
+        "harmful-val",
+        "harmless-val",
+        "harmful-test",
+        "harmless-test",
+    ):
+        direction.add_argument(
+            f"--{slot}",
+            default=None,
+            metavar="DATASET",
+            help=f"dataset name or file for the {slot.replace('-', ' ')} set",
+        )
+    direction.add_argument(
+        "--n-train",
+        type=positive,
+        default=128,
+        help="prompts per class after filtering (default: %(default)s)",
+    )
+    direction.add_argument("--n-val", type=positive, default=32)
+    direction.add_argument("--n-test", type=positive, default=100)
+    direction.add_argument("--kl-threshold", type=finite, default=0.1)
+    direction.add_argument(
+        "--induce-threshold",
+        type=finite,
+        default=None,
+        help="refusal score that adding the direction must reach on harmless prompts "
+        "(default: midpoint of the harmless and refused-harmful baselines; Arditi: 0)",
+    )
+    direction.add_argument("--prune-layer-fraction", type=finite, default=0.2)
+    direction.add_argument(
+        "--no-filter",
+        action="store_true",
+        help="do not filter pools by the first-token refusal score",
+    )
+    direction.add_argument(
+        "--full-sweep",
+        action="store_true",
+        help="score every candidate on every criterion (3x slower)",
+    )
+    direction.add_argument("--max-new-tokens", type=positive, default=64)
+    direction.add_argument("--no-eval", action="store_true", help="skip the refusal-rate test")
+    direction.add_argument(
+        "--refusal-tokens",
+        default=None,
+        help="comma-separated first tokens that signal refusal "
+        "(default: first tokens of the substring judge's phrases)",
+    )
+
+    rate = command(
+        "refusal-rate",
+        cmd_refusal_rate,
+        "Refusal rate (substring judge) of the model on a dataset, "
+        "optionally under a direction intervention.",
+    )
+    add_model_args(rate)
+    add_data_arg(rate)
+    rate.add_argument("--dataset", required=True, help="dataset name or local file")
+    rate.add_argument("--column", default=None, help="text column of a local CSV/JSON file")
+    rate.add_argument("--limit", type=positive, default=None, help="first N prompts only")
+    rate.add_argument("--max-new-tokens", type=positive, default=64)
+    rate.add_argument("--out", default=None, help="run folder for completions (resumable)")
+    rate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_intervention_args(rate)
+
+    gen = command("generate", cmd_generate, "Write greedy completions to a JSONL file.")
+    add_model_args(gen)
+    add_data_arg(gen)
+    gen.add_argument("--dataset", required=True, help="dataset name or local file")
+    gen.add_argument("--column", default=None)
+    gen.add_argument("--limit", type=positive, default=None)
+    gen.add_argument("--max-new-tokens", type=positive, default=64)
+    gen.add_argument("--output", required=True, help="JSONL file to write")
+    add_intervention_args(gen)
+
+    command("models", cmd_models, "List the registered models.")
+    datasets = command(
+        "datasets",
+        cmd_datasets,
+        "List the dataset names that --dataset accepts; fetch the benchmark data directory "
+        "(every file the pipeline reads, from its public source at a pinned commit, each "
+        "checked by sha256) or check a data folder against it.",
+    )
+    datasets.add_argument(
+        "action",
+        nargs="?",
+        default="list",
+        choices=("list", "fetch", "check"),
+        help="list (default): the dataset names; fetch DIR: download into DIR (resumes); "
+        "check DIR: the files DIR lacks or holds another version of",
+    )
+    datasets.add_argument("folder", nargs="?", help="the data folder (fetch, check)")
+    datasets.add_argument(
+        "--only", default="", help="comma-separated groups (top folders), e.g. advbench,xstest"
+    )
+    datasets.add_argument(
+        "--mirror",
+        help="a copy to read instead of the internet: a folder laid out as "
+        "MIRROR/host/path, or an http(s) base URL",
+    )

@@ -7,9 +7,11 @@ import json
 from typing import Any
 
 from ..errors import UserError
-from .common import load_lm
 
 # judges that read the evaluated model (so the command loads --model first)
+from .args import Command, add_data_arg, add_judge_arg, add_model_args, positive
+from .common import add_settings_args, load_lm
+
 _READ_MODEL = ("compliance", "first-token")
 
 
@@ -121,3 +123,87 @@ def cmd_judge_agreement(args: argparse.Namespace) -> int:
     )
     print(agreement_markdown(rows), end="")
     return 0
+
+
+EXAMPLES = {
+    "judge-agreement": """
+        refusal-lens judge-agreement --data-dir DATA --limit 300 --out runs/judges
+        refusal-lens judge-agreement --data-dir DATA --judge substring \\
+            --judge harmbench:model=qwen2.5-coder-1.5b-instruct --out runs/judges
+        refusal-lens judge-agreement --data-dir DATA --judge \\
+            endpoint:base_url=http://localhost:8000/v1,model=judge --out runs/judges
+    """,
+    "judge": """
+        refusal-lens judge runs/q/completions.jsonl --data-dir DATA --out runs/q/judged
+        refusal-lens judge pairs.csv --judge substring --judge learned:threshold=0.7 --out runs/j
+        refusal-lens judge answers.jsonl --by condition --by dataset --data-dir DATA --out runs/j
+    """,
+    "train-judge": """
+        refusal-lens train-judge --data-dir DATA
+        refusal-lens train-judge --data-dir DATA --set train_sets=gptfuzz-train,my_labels.csv
+    """,
+    "judges": "refusal-lens judges",
+}
+
+
+def register(command: Command) -> None:
+    """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
+    agree = command(
+        "judge-agreement",
+        cmd_judge_agreement,
+        "Accuracy and Cohen's kappa of judges against human labels (XSTest completions, "
+        "GPTFuzz responses held out by question, or any labelled file), with 95% bootstrap "
+        "intervals.",
+    )
+    add_model_args(agree)
+    add_data_arg(agree)
+    add_judge_arg(agree, "substring, compliance and learned")
+    agree.add_argument(
+        "--sets",
+        default="xstest,gptfuzz",
+        help="labelled sets, comma list: xstest, gptfuzz, gptfuzz-train, or .csv/.json/.jsonl "
+        "files with prompt, response and label columns",
+    )
+    agree.add_argument("--limit", type=positive, default=None, help="random N items per set")
+    agree.add_argument("--out", required=True, help="run folder (reused when rerun)")
+
+    judge = command(
+        "judge",
+        cmd_judge,
+        "Judge a file of (prompt, response) pairs with any judges: rate of compliance (95% "
+        "interval), refusal and degenerate answers per judge; with a label column, agreement "
+        "with the labels. Verdicts go to OUT/verdicts.jsonl.",
+    )
+    judge.add_argument("file", help=".csv/.json/.jsonl with prompt and response (or completion)")
+    add_model_args(judge)
+    add_data_arg(judge)
+    add_judge_arg(judge, "substring and learned")
+    judge.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="also give the rates per value of this column (repeatable: per combination)",
+    )
+    judge.add_argument("--out", required=True, help="run folder (reused when rerun)")
+
+    trainer = command(
+        "train-judge",
+        cmd_train_judge,
+        "Train the learned compliance judge (a small encoder fine-tuned on GPTFuzz's human "
+        "labels, plus any labelled files) into the user cache; the `learned` judge is this one.",
+    )
+    add_data_arg(trainer)
+    trainer.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache folder (default: $REFUSAL_LENS_CACHE or the user cache dir)",
+    )
+    add_settings_args(
+        trainer,
+        "train-judge",
+        "REFUSAL_LENS_JUDGE_",
+        "--set epochs=3 --set train_sets=gptfuzz-train,mine.csv",
+    )
+
+    command("judges", cmd_judges, "List the registered judges and their options.")

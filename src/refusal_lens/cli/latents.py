@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .args import METHOD_CHOICES, Command, add_data_arg, add_model_args, finite, positive
 from .common import check_datasets, load_lm
 
 
@@ -349,7 +350,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     condition = f"{features.method}{scope}-{mode}{value:g}-k{k_used}"
     run = RunDir(args.out) if args.out else None
     if run is not None:
-        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json")}
+        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json", "handler")}
         run.write_manifest("steer", config, lm.identity(), args.seed)
     result = measure_refusal(
         lm,
@@ -398,3 +399,196 @@ def cmd_steer(args: argparse.Namespace) -> int:
                 f"harmless KL ({data['harmless_kl']['dataset']}): {data['harmless_kl']['mean']:.4f}"
             )
     return 0
+
+
+EXAMPLES = {
+    "find-latents": """
+        refusal-lens find-latents --saes saes/quick --direction runs/quickstart --out runs/latents
+        refusal-lens find-latents --method cossim --direction runs/quickstart --out runs/cossim
+        refusal-lens find-latents --method random --match runs/latents/latents.json \\
+            --direction runs/quickstart --out runs/random-0 --seed 0
+    """,
+    "validate-attribution": """
+        refusal-lens validate-attribution --latents runs/latents/latents.json --n-prompts 16
+    """,
+    "latent-cards": """
+        refusal-lens latent-cards --latents runs/latents/latents.json --out runs/latents/cards
+    """,
+    "compare": """
+        refusal-lens compare runs/ours/latents.json runs/cossim/latents.json \\
+            runs/random-0/latents.json --direction runs/quickstart --out runs/compare
+        refusal-lens compare runs/ours/latents.json --datasets jailbreakbench --limit 100 \\
+            --induce-on alpaca --induce-values 4,8,16 --out runs/induce
+    """,
+    "steer": """
+        refusal-lens steer --latents runs/latents/latents.json --dataset jailbreakbench \\
+            --limit 100 --json --out runs/steer-jbb
+        refusal-lens steer --latents runs/latents/latents.json --set-value 12 --dataset alpaca \\
+            --limit 100 --out runs/induce
+    """,
+}
+
+
+def register(command: Command) -> None:
+    """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
+    find = command(
+        "find-latents",
+        cmd_find_latents,
+        "Select the SAE latents that mediate refusal (LA-IG or a baseline) on train prompts and "
+        "write them as a latent set (RUN/latents.json).",
+    )
+    add_model_args(find)
+    add_data_arg(find)
+    find.add_argument("--out", required=True, help="run folder (reused when rerun)")
+    find.add_argument("--saes", help="SAE set folder (default: this model's cached quick SAEs)")
+    find.add_argument(
+        "--direction", metavar="RUN", help="refusal direction run (default: found into OUT)"
+    )
+    find.add_argument("--method", choices=METHOD_CHOICES, default="ours")
+    find.add_argument("--protocol", choices=("heldout", "transductive"), default="heldout")
+    find.add_argument("--train", help="harmful prompts to select on (default: harmful_train)")
+    find.add_argument(
+        "--harmless", help="harmless prompts (actdiff, random; default: harmless_train)"
+    )
+    find.add_argument("--n-prompts", type=positive, default=128, help="prompts used per class")
+    find.add_argument("--per-layer", type=positive, default=10, help="cosine prefilter K")
+    find.add_argument("--k", type=positive, default=20, help="latents in the set (K*)")
+    find.add_argument("--steps", type=positive, default=10, help="integrated-gradient steps")
+    find.add_argument("--estimator", choices=("path", "paper"), default="path")
+    find.add_argument(
+        "--positions",
+        choices=("prompt", "post_instruction", "last", "all"),
+        default="prompt",
+        help="prompt positions attributions are averaged over",
+    )
+    find.add_argument("--refusal-token", help="the refusal token r (default: measured)")
+    find.add_argument(
+        "--all-prompts", action="store_true", help="keep prompts the model does not refuse"
+    )
+    find.add_argument("--match", help="latent set the random control matches (method random)")
+    find.add_argument("--scale", type=finite, default=-3.0, help="default scale saved in the set")
+    find.add_argument(
+        "--search",
+        action="store_true",
+        help="choose K* and the scale on validation prompts (refusal rate + harmless KL)",
+    )
+    find.add_argument("--search-ks", default="10,20,40", help="K* grid for --search")
+    find.add_argument(
+        "--search-scales",
+        default="-1,-2,-4,-8",
+        help="scale grid for --search (write it with =: --search-scales=-1,-2)",
+    )
+    find.add_argument("--kl-limit", type=finite, default=0.1, help="harmless KL a choice may cost")
+    find.add_argument("--n-val", type=positive, default=32, help="validation prompts per class")
+
+    check = command(
+        "validate-attribution",
+        cmd_validate_attribution,
+        "Compare a latent set's attribution scores with the real effect of patching each "
+        "latent from its clean to its direction-ablated value (rank correlation, top-k overlap).",
+    )
+    add_model_args(check)
+    check.add_argument("--latents", required=True, help="latent set from find-latents (ours/ap)")
+    check.add_argument("--saes", help="SAE set folder (default: the one the latent set names)")
+    check.add_argument("--n-prompts", type=positive, default=16)
+    check.add_argument("--top", type=positive, default=20, help="latents compared per prompt")
+    check.add_argument("--top-k", type=positive, default=5, help="k of the top-k overlap")
+    check.add_argument("--out", help="JSON file for the report (default: next to the set)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    cards = command(
+        "latent-cards",
+        cmd_latent_cards,
+        "Latent cards for a latent set: top contexts (corpus, harmful, harmless), logit lens, "
+        "cosine with the refusal direction, firing rates; JSON and a self-contained HTML page.",
+    )
+    add_model_args(cards)
+    add_data_arg(cards)
+    cards.add_argument("--latents", required=True, help="latent set (latents.json)")
+    cards.add_argument("--saes", help="SAE set folder (default: the one the latent set names)")
+    cards.add_argument(
+        "--k", type=positive, help="cards for the top K latents (default: the set's)"
+    )
+    cards.add_argument("--harmful", help="harmful prompts (default: harmful_val)")
+    cards.add_argument("--harmless", help="harmless prompts (default: harmless_val)")
+    cards.add_argument("--n-prompts", type=positive, default=64)
+    cards.add_argument("--corpus-tokens", type=positive, default=20_000)
+    cards.add_argument("--out", required=True, help="folder for cards.json and cards.html")
+
+    compare = command(
+        "compare",
+        cmd_compare,
+        "Refusal rates (95% bootstrap intervals) of base, direction ablation and latent sets on "
+        "benchmark datasets, each with its KL on harmless prompts; optional refusal induction.",
+    )
+    add_model_args(compare)
+    add_data_arg(compare)
+    compare.add_argument("latents", nargs="*", help="latent sets (latents.json) to compare")
+    compare.add_argument("--direction", metavar="RUN", help="also ablate this refusal direction")
+    compare.add_argument("--saes", help="SAE set folder (default: the one each set names)")
+    compare.add_argument(
+        "--datasets", default="jailbreakbench,harmbench_test,advbench", help="comma list"
+    )
+    compare.add_argument("--limit", type=positive, default=100, help="first N prompts of each")
+    compare.add_argument("--harmless-kl", default="alpaca", help="harmless set for the KL ('' off)")
+    compare.add_argument("--kl-prompts", type=positive, default=32)
+    compare.add_argument("--induce-on", help="harmless set for refusal induction, e.g. alpaca")
+    compare.add_argument(
+        "--induce-values", default="", help="values v to set latents to, e.g. 4,8,16"
+    )
+    compare.add_argument("--max-new-tokens", type=positive, default=64)
+    compare.add_argument("--k", type=positive, help="use every set's top K (default: its own K*)")
+    compare.add_argument("--scale", type=finite, help="use this scale for every set")
+    compare.add_argument(
+        "--per-prompt",
+        action="store_true",
+        help="each prompt with its own latent set (sets selected on these prompts)",
+    )
+    compare.add_argument("--out", required=True, help="run folder (reused when rerun)")
+
+    steer = command(
+        "steer",
+        cmd_steer,
+        "Generate with SAE latents scaled or set (a latent set from find-latents) and measure "
+        "the refusal rate.",
+    )
+    add_model_args(steer)
+    add_data_arg(steer)
+    steer.add_argument("--latents", required=True, help="latent set (latents.json)")
+    steer.add_argument("--saes", help="SAE set folder (default: the one the latent set names)")
+    steer.add_argument("--dataset", required=True, help="dataset name or local file")
+    steer.add_argument("--column", default=None)
+    steer.add_argument("--limit", type=positive, default=None, help="first N prompts only")
+    steer.add_argument("--k", type=positive, help="use the top K latents (default: the set's)")
+    how = steer.add_mutually_exclusive_group()
+    how.add_argument("--scale", type=finite, help="multiply the latents by this")
+    how.add_argument("--set-value", type=finite, help="set the latents to this value")
+    steer.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    steer.add_argument(
+        "--from-position",
+        type=int,
+        metavar="P",
+        help="edit prompt tokens from index P of the formatted prompt on (template included); "
+        "negative: only the last -P prompt tokens (generated tokens follow --positions)",
+    )
+    steer.add_argument(
+        "--per-prompt",
+        action="store_true",
+        help="each prompt with its own latent set (only for the prompts the set was selected "
+        "on: transductive)",
+    )
+    steer.add_argument(
+        "--retain",
+        metavar="FEATURES",
+        help="pin this other latent set's latents to their clean values (a clean twin of each "
+        "prompt runs beside it: twice the compute)",
+    )
+    steer.add_argument("--max-new-tokens", type=positive, default=64)
+    steer.add_argument(
+        "--harmless-kl",
+        metavar="DATASET",
+        help="also report the KL the edit costs on these harmless prompts",
+    )
+    steer.add_argument("--kl-prompts", type=positive, default=32, help="prompts for --harmless-kl")
+    steer.add_argument("--out", default=None, help="run folder for completions (resumable)")
+    steer.add_argument("--json", action="store_true", help="print one JSON object")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .args import Command, add_data_arg, add_model_args, finite, positive
 from .common import load_lm
 
 
@@ -154,3 +155,109 @@ def cmd_eval_saes(args: argparse.Namespace) -> int:
         print(format_table(report))
         print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
     return 0
+
+
+EXAMPLES = {
+    "train-saes": """
+        refusal-lens train-saes --preset quick --data-dir DATA --out saes/quick
+        refusal-lens train-saes --layers 6-18 --width 8x --k 32 --tokens 2M --data-dir DATA \\
+            --out saes/mid
+        refusal-lens train-saes --preset full --mixture alpaca_eval=0.5,my_chats.jsonl=0.5 \\
+            --data-dir DATA --out saes/full
+    """,
+    "eval-saes": """
+        refusal-lens eval-saes saes/quick --data-dir DATA
+        refusal-lens eval-saes saes/quick --data-dir DATA --json > eval.json
+    """,
+}
+
+
+def register(command: Command) -> None:
+    """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
+    train = command(
+        "train-saes",
+        cmd_train_saes,
+        "Train one SAE per chosen layer on the model's activations over a chat-aware text "
+        "mixture (collection and training both resume when rerun).",
+    )
+    add_model_args(train)
+    add_data_arg(train)
+    train.add_argument(
+        "--out",
+        help="folder for the SAE set (default, for the plain quick preset only: the user cache, "
+        "where later commands look for this model's SAEs)",
+    )
+    train.add_argument(
+        "--preset",
+        choices=("quick", "full"),
+        default="quick",
+        help="starting settings; the flags below override them",
+    )
+    train.add_argument("--layers", help="e.g. 6-18, 6,9,12 or all (default: the preset's)")
+    train.add_argument("--architecture", choices=("topk", "batchtopk", "jumprelu", "standard"))
+    train.add_argument("--width", help="SAE width as a multiple of d_model, e.g. 8x")
+    train.add_argument("--k", type=positive, help="active latents per token (TopK/BatchTopK)")
+    train.add_argument("--tokens", help="training tokens, e.g. 2M (default: the preset's)")
+    train.add_argument(
+        "--collect-tokens", help="activations to collect (reused across epochs; default: preset)"
+    )
+    train.add_argument("--lr", type=finite)
+    train.add_argument("--sae-batch-size", type=positive, help="tokens per training step")
+    train.add_argument(
+        "--mixture",
+        help="name=weight,... of alpaca_eval, gpteacher, hh_rlhf, "
+        "gutenberg, harmful_requests, harmless_requests or .jsonl/.txt files",
+    )
+    train.add_argument("--activations", help="activation cache folder (default: OUT/activations)")
+    train.add_argument(
+        "--cache-dtype",
+        choices=("float16", "bfloat16", "float32"),
+        help="dtype of the cached activations (default float16)",
+    )
+    masks = train.add_argument_group("token masks")
+    masks.add_argument("--keep-first", action="store_true", help="keep position 0 (a sink)")
+    masks.add_argument(
+        "--sink-factor",
+        type=finite,
+        help="drop tokens whose norm exceeds this x the median (0 keeps them; default 10)",
+    )
+    masks.add_argument(
+        "--keep-system-header", action="store_true", help="keep the template's system turn"
+    )
+    masks.add_argument(
+        "--drop-kinds",
+        help="comma list of token kinds to drop: template, user, assistant, "
+        "post_instruction, prose",
+    )
+    masks.add_argument(
+        "--post-instruction-repeat",
+        type=positive,
+        help="repeat post-instruction tokens this many times in the stream (default 4)",
+    )
+
+    evaluate = command(
+        "eval-saes",
+        cmd_eval_saes,
+        "Evaluate an SAE set on held-out generic text, chat text and the post-instruction "
+        "positions of held-out harmful and harmless requests.",
+    )
+    evaluate.add_argument(
+        "saes", nargs="?", help="SAE set folder (default: this model's cached quick SAEs)"
+    )
+    add_model_args(evaluate)
+    add_data_arg(evaluate)
+    evaluate.add_argument(
+        "--text-tokens",
+        type=positive,
+        default=4096,
+        help="tokens per text set (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--prompts",
+        type=positive,
+        default=64,
+        help="held-out requests per class (default: %(default)s)",
+    )
+    evaluate.add_argument("--layers", help="evaluate these layers only, e.g. 8-16 or 9,12,15")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument("--out", help="folder for eval.json and eval.png (default: the set)")
