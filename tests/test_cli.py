@@ -304,3 +304,33 @@ def test_the_cli_reference_page_is_current() -> None:
     page = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
     assert page.read_text() == reference(), "docs/cli.md is stale: regenerate it"
     assert "## train-judge" in page.read_text() and "--set" in page.read_text()
+
+
+def test_flags_come_from_the_settings_dataclasses() -> None:
+    """`direction` and `find-latents` flags are generated from their settings: one default,
+    one help, in the dataclass; built only for the command that runs."""
+    from refusal_lens.attribution import AttributionSettings
+    from refusal_lens.cli.args import settings_from
+    from refusal_lens.cli.parser import build_parser
+    from refusal_lens.direction import DirectionSettings
+    from refusal_lens.latents import SearchSettings, SelectionSettings
+    from refusal_lens.pipeline import EvalSettings
+
+    argv = ["direction", "--out", "o", "--no-filter", "--n-train", "8", "--no-eval"]
+    args = build_parser(only="direction").parse_args(argv)
+    assert settings_from(DirectionSettings, args, batch_size=4) == DirectionSettings(
+        n_train=8, filter_pools=False, batch_size=4
+    )
+    assert settings_from(EvalSettings, args) == EvalSettings(enabled=False)
+    with pytest.raises(SystemExit):  # not built for another command: an unknown flag
+        build_parser(only="models").parse_args(argv)
+
+    argv = ["find-latents", "--out", "o", "--scale", "-2", "--train", "t.csv", "--steps", "3"]
+    args = build_parser().parse_args([*argv, "--search-ks", "5,10", "--search-scales=-1,-6"])
+    selection = settings_from(SelectionSettings, args)
+    assert (selection.value, selection.method, selection.k) == (-2.0, "ours", 20)
+    assert settings_from(AttributionSettings, args).steps == 3
+    search = settings_from(SearchSettings, args)
+    assert (search.ks, search.values, search.kl_limit) == ((5, 10), (-1.0, -6.0), 0.1)
+    default = settings_from(SearchSettings, build_parser().parse_args(argv))
+    assert default == SearchSettings()

@@ -61,9 +61,13 @@ POSITIONS = ("prompt", "post_instruction", "last", "all")
 
 @dataclass(frozen=True)
 class AttributionSettings:
-    steps: int = 10
-    estimator: str = "path"
-    positions: str = "prompt"  # averaged over: instruction + template after the fixed header
+    steps: int = field(default=10, metadata={"help": "integrated-gradient steps"})
+    estimator: str = field(default="path", metadata={"choices": ESTIMATORS})
+    # averaged over: instruction + template after the fixed header
+    positions: str = field(
+        default="prompt",
+        metadata={"choices": POSITIONS, "help": "prompt positions attributions are averaged over"},
+    )
     batch_size: int = 8
 
     def __post_init__(self) -> None:

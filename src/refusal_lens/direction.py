@@ -44,15 +44,33 @@ DIRECTION_SCHEMA = schema.Obj(
 
 @dataclass(frozen=True)
 class DirectionSettings:
-    n_train: int = 128  # per class, after filtering
-    n_val: int = 32  # per class, after filtering
-    kl_threshold: float = 0.1
-    prune_layer_fraction: float = 0.2  # candidates in the last 20% of layers are dropped
+    """How the direction is selected (the `direction` command's flags come from these fields:
+    their defaults and their help)."""
+
+    n_train: int = field(default=128, metadata={"help": "prompts per class after filtering"})
+    n_val: int = field(default=32, metadata={"help": "validation prompts per class"})
+    kl_threshold: float = field(
+        default=0.1, metadata={"help": "harmless KL a candidate's ablation may cost"}
+    )
+    prune_layer_fraction: float = field(
+        default=0.2, metadata={"help": "candidates in this last share of layers are dropped"}
+    )
     # None: the midpoint between the mean refusal scores of harmless and of (refused) harmful
     # validation prompts; Arditi et al. use 0.0 (see docs/guide.md, "The refusal direction").
-    induce_threshold: float | None = None
-    filter_pools: bool = True
-    full_sweep: bool = False  # score every candidate on every criterion (3x slower)
+    induce_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "refusal score that adding the direction must reach on harmless prompts",
+            "default": "midpoint of the harmless and refused-harmful baselines; Arditi: 0",
+        },
+    )
+    filter_pools: bool = field(
+        default=True,
+        metadata={"flag": "no-filter", "help": "do not filter pools by the first-token score"},
+    )
+    full_sweep: bool = field(
+        default=False, metadata={"help": "score every candidate on every criterion (3x slower)"}
+    )
     batch_size: int = 16
 
 

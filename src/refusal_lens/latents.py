@@ -281,13 +281,16 @@ class LatentSet:
 
 @dataclass(frozen=True)
 class SelectionSettings:
-    method: str = "ours"
-    protocol: str = "heldout"
-    per_layer: int = 10  # K: cosine prefilter per layer (ours)
-    k: int = 20  # K*: latents in the set
+    method: str = field(default="ours", metadata={"choices": METHODS})
+    protocol: str = field(default="heldout", metadata={"choices": PROTOCOLS})
+    per_layer: int = field(default=10, metadata={"help": "cosine prefilter K (ours)"})
+    k: int = field(default=20, metadata={"help": "latents in the set (K*)"})
     keep_ranked: int = 200  # how many ranked latents the file keeps (for a later search)
     mode: str = "scale"
-    value: float = -3.0  # the paper's c for Gemma; a search on validation data replaces it
+    # the paper's c for Gemma; a search on validation data replaces it
+    value: float = field(
+        default=-3.0, metadata={"flag": "scale", "help": "default scale saved in the set"}
+    )
     seed: int = 0
     batch_size: int = 16
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
@@ -540,9 +543,18 @@ def keep_refused(
 class SearchSettings:
     """The grid searched on validation prompts, and the side-effect limit."""
 
-    ks: tuple[int, ...] = (10, 20, 40)
-    values: tuple[float, ...] = (-1.0, -2.0, -4.0, -8.0)
-    kl_limit: float = 0.1  # mean KL on harmless prompts a chosen setting may cost
+    ks: tuple[int, ...] = field(
+        default=(10, 20, 40), metadata={"flag": "search-ks", "help": "K* grid for --search"}
+    )
+    values: tuple[float, ...] = field(
+        default=(-1.0, -2.0, -4.0, -8.0),
+        metadata={
+            "flag": "search-scales",
+            "help": "scale grid for --search (write it with =: --search-scales=-1,-2)",
+        },
+    )
+    # mean KL on harmless prompts a chosen setting may cost
+    kl_limit: float = field(default=0.1, metadata={"help": "harmless KL a choice may cost"})
     max_new_tokens: int = 32
     batch_size: int = 16
 

@@ -8,7 +8,7 @@ import random
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,14 @@ class DatasetChoice:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    n_test: int | None = 100  # prompts per test set (None: all)
-    max_new_tokens: int = 64
+    """The refusal-rate test after a direction is found (flags of `direction`)."""
+
+    n_test: int | None = field(default=100, metadata={"help": "prompts per test set"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer"})
     batch_size: int = 16
-    enabled: bool = True
+    enabled: bool = field(
+        default=True, metadata={"flag": "no-eval", "help": "skip the refusal-rate test"}
+    )
 
 
 def _sample(prompts: PromptSet, n: int | None, seed: int) -> PromptSet:
@@ -236,17 +240,39 @@ class LatentsChoice:
 
     saes: str | None = None
     direction: str | None = None
-    harmful: str | None = None
-    harmless: str | None = None
-    n_prompts: int | None = 128
-    refusal_token: str | None = None  # the token's text; None: measured on the harmful prompts
-    all_prompts: bool = False  # keep prompts the model does not refuse (ours/ap)
+    harmful: str | None = field(
+        default=None,
+        metadata={
+            "flag": "train",
+            "help": "harmful prompts to select on",
+            "default": "harmful_train",
+        },
+    )
+    harmless: str | None = field(
+        default=None,
+        metadata={"help": "harmless prompts (actdiff, random)", "default": "harmless_train"},
+    )
+    n_prompts: int | None = field(default=128, metadata={"help": "prompts used per class"})
+    # the token's text; None: measured on the harmful prompts
+    refusal_token: str | None = field(
+        default=None, metadata={"help": "the refusal token r", "default": "measured"}
+    )
+    all_prompts: bool = field(
+        default=False, metadata={"help": "keep prompts the model does not refuse"}
+    )
     exclude: tuple[str, ...] = DEFAULT_EVAL_SETS
-    match: str | None = None  # latent set the random control is matched to
-    search: bool = False  # choose K* and c on validation prompts (refusal rate + harmless KL)
+    match: str | None = field(
+        default=None, metadata={"help": "latent set the random control matches (method random)"}
+    )
+    search: bool = field(
+        default=False,
+        metadata={
+            "help": "choose K* and the scale on validation prompts (refusal rate + harmless KL)"
+        },
+    )
     harmful_val: str | None = None
     harmless_val: str | None = None
-    n_val: int = 32
+    n_val: int = field(default=32, metadata={"help": "validation prompts per class"})
 
 
 def split_prompts(

@@ -14,7 +14,7 @@ from .parser import build_parser
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     """Every subcommand and the function that runs it, as the command groups registered them."""
-    parser = build_parser()
+    parser = build_parser(only="")
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {name: command.get_default("handler") for name, command in sub.choices.items()}
 
@@ -22,8 +22,14 @@ def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
 COMMANDS = _commands()
 
 
+def _chosen(argv: Sequence[str]) -> str:
+    """The subcommand named on the command line ("" for none, e.g. a bare --help)."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(only=_chosen(given)).parse_args(given)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

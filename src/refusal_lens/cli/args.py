@@ -4,20 +4,37 @@ adds one (with its handler and examples) and the flags many commands take."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import textwrap
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..settings import DEFAULT_MODEL
 
 
 class Command:
     """Adds a subcommand: its name, the function that runs it, its help, and its examples (given,
-    or looked up in the registering group's EXAMPLES)."""
+    or looked up in the registering group's EXAMPLES). `only` names the one command whose
+    deferred flags are built (None: every command's, as the reference page needs)."""
 
-    def __init__(self, sub: argparse._SubParsersAction, examples: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        sub: argparse._SubParsersAction,
+        examples: Mapping[str, str],
+        only: str | None = None,
+    ) -> None:
         self.sub = sub
         self.examples = examples
+        self.only = only
+
+    def defer(
+        self, parser: argparse.ArgumentParser, build: Callable[[argparse.ArgumentParser], None]
+    ) -> None:
+        """Flags that need a heavy import (settings dataclasses next to torch code): built
+        only when this command is the one being run, or for the reference page."""
+        if self.only is None or self.only == parser.prog.split()[-1]:
+            build(parser)
 
     def __call__(
         self,
@@ -129,3 +146,72 @@ def finite(value: str) -> float:
     if not math.isfinite(number):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
     return number
+
+
+def settings_flags(
+    parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()
+) -> None:
+    """One flag per field of the settings dataclass `cls`, so each default and its help live
+    in one place: the field. `--name-with-dashes` (or the field's metadata "flag"); an int must
+    be a positive integer, a float a finite number, a tuple a comma-separated list of them; a
+    field with metadata "choices" takes one of them; a boolean is a switch away from its
+    default (`--no-NAME` for a default of True). The parsed value lands in `args.<field>`."""
+    for item in dataclasses.fields(cls):
+        if item.name in skip or not item.init:
+            continue
+        default = item.default
+        kind = str(item.type)
+        flag = "--" + item.metadata.get("flag", item.name.replace("_", "-"))
+        help_text = item.metadata.get("help", "")
+        if kind == "bool":
+            if default and "flag" not in item.metadata:
+                flag = "--no-" + item.name.replace("_", "-")
+            action = "store_false" if default else "store_true"
+            parser.add_argument(flag, dest=item.name, action=action, help=help_text or None)
+            continue
+        shown = item.metadata.get("default", default)
+        if kind.startswith("tuple["):
+            convert: Callable[[str], Any] = number_list(flag, kind.startswith("tuple[int"))
+            shown = item.metadata.get("default", ",".join(f"{x:g}" for x in default))
+        elif kind.startswith("int"):
+            convert = positive
+        elif kind.startswith("float"):
+            convert = finite
+        else:
+            convert = str
+        suffix = "" if shown is None else f" (default: {shown})"
+        parser.add_argument(
+            flag,
+            dest=item.name,
+            metavar=None if "choices" in item.metadata else flag[2:].upper().replace("-", "_"),
+            type=convert,
+            default=default,
+            choices=item.metadata.get("choices"),
+            help=f"{help_text}{suffix}".strip().replace("%", "%%"),
+        )
+
+
+def number_list(flag: str, integers: bool) -> Callable[[str], tuple[float, ...]]:
+    """An argparse type: comma-separated finite numbers (positive integers if `integers`)."""
+
+    def convert(text: str) -> tuple[float, ...]:
+        try:
+            numbers = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes comma-separated numbers, got {text!r}"
+            ) from None
+        if not all(math.isfinite(x) for x in numbers):
+            raise argparse.ArgumentTypeError(f"{flag} takes finite numbers, got {text!r}")
+        if integers and not all(x.is_integer() and x > 0 for x in numbers):
+            raise argparse.ArgumentTypeError(f"{flag} takes positive integers, got {text!r}")
+        return tuple(int(x) for x in numbers) if integers else tuple(numbers)
+
+    return convert
+
+
+def settings_from(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """The settings dataclass `cls` from the flags `settings_flags` made, plus `fixed` values."""
+    names = {item.name for item in dataclasses.fields(cls) if item.init}
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return cls(**{**values, **fixed})

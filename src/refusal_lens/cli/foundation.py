@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .args import Command, add_data_arg, add_intervention_args, add_model_args, finite, positive
+from .args import (
+    Command,
+    add_data_arg,
+    add_intervention_args,
+    add_model_args,
+    positive,
+    settings_flags,
+    settings_from,
+)
 from .common import (
     check_datasets,
     direction_interventions,
@@ -34,22 +42,8 @@ def cmd_direction(args: argparse.Namespace) -> int:
     )
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    settings = DirectionSettings(
-        n_train=args.n_train,
-        n_val=args.n_val,
-        kl_threshold=args.kl_threshold,
-        induce_threshold=args.induce_threshold,
-        prune_layer_fraction=args.prune_layer_fraction,
-        filter_pools=not args.no_filter,
-        full_sweep=args.full_sweep,
-        batch_size=args.batch_size,
-    )
-    evaluation = EvalSettings(
-        n_test=args.n_test,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        enabled=not args.no_eval,
-    )
+    settings = settings_from(DirectionSettings, args, batch_size=args.batch_size)
+    evaluation = settings_from(EvalSettings, args, batch_size=args.batch_size)
     datasets = DatasetChoice(
         **{
             slot: getattr(args, slot)
@@ -282,6 +276,14 @@ EXAMPLES = {
 }
 
 
+def _direction_flags(parser: argparse.ArgumentParser) -> None:
+    from ..direction import DirectionSettings
+    from ..pipeline import EvalSettings
+
+    settings_flags(parser, DirectionSettings, skip=("batch_size",))
+    settings_flags(parser, EvalSettings, skip=("batch_size",))
+
+
 def register(command: Command) -> None:
     """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
     direction = command(
@@ -308,40 +310,12 @@ def register(command: Command) -> None:
             help=f"dataset name or file for the {slot.replace('-', ' ')} set",
         )
     direction.add_argument(
-        "--n-train",
-        type=positive,
-        default=128,
-        help="prompts per class after filtering (default: %(default)s)",
-    )
-    direction.add_argument("--n-val", type=positive, default=32)
-    direction.add_argument("--n-test", type=positive, default=100)
-    direction.add_argument("--kl-threshold", type=finite, default=0.1)
-    direction.add_argument(
-        "--induce-threshold",
-        type=finite,
-        default=None,
-        help="refusal score that adding the direction must reach on harmless prompts "
-        "(default: midpoint of the harmless and refused-harmful baselines; Arditi: 0)",
-    )
-    direction.add_argument("--prune-layer-fraction", type=finite, default=0.2)
-    direction.add_argument(
-        "--no-filter",
-        action="store_true",
-        help="do not filter pools by the first-token refusal score",
-    )
-    direction.add_argument(
-        "--full-sweep",
-        action="store_true",
-        help="score every candidate on every criterion (3x slower)",
-    )
-    direction.add_argument("--max-new-tokens", type=positive, default=64)
-    direction.add_argument("--no-eval", action="store_true", help="skip the refusal-rate test")
-    direction.add_argument(
         "--refusal-tokens",
         default=None,
         help="comma-separated first tokens that signal refusal "
         "(default: first tokens of the substring judge's phrases)",
     )
+    command.defer(direction, _direction_flags)
 
     rate = command(
         "refusal-rate",

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .args import METHOD_CHOICES, Command, add_data_arg, add_model_args, finite, positive
+from .args import (
+    Command,
+    add_data_arg,
+    add_model_args,
+    finite,
+    positive,
+    settings_flags,
+    settings_from,
+)
 from .common import check_datasets, load_lm
 
 
@@ -19,8 +27,6 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
     from ..pipeline import LatentsChoice, latents_job
     from ..runs import check_output_folder
 
-    _number_list(args.search_ks, "--search-ks")
-    _number_list(args.search_scales, "--search-scales")
     _check_saes_arg(args.saes)
     if args.direction:
         from ..direction import Direction
@@ -28,42 +34,20 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
         Direction.load(args.direction)
     if args.match:
         LatentSet.load(args.match)
-    check_datasets(args.data_dir, args.train, args.harmless)
+    check_datasets(args.data_dir, args.harmful, args.harmless)
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    settings = SelectionSettings(
-        method=args.method,
-        protocol=args.protocol,
-        per_layer=args.per_layer,
-        k=args.k,
-        value=args.scale,
+    settings = settings_from(
+        SelectionSettings,
+        args,
         seed=args.seed,
         batch_size=args.batch_size,
-        attribution=AttributionSettings(
-            steps=args.steps,
-            estimator=args.estimator,
-            positions=args.positions,
-            batch_size=AttributionSettings.batch_for(args.batch_size),
+        attribution=settings_from(
+            AttributionSettings, args, batch_size=AttributionSettings.batch_for(args.batch_size)
         ),
     )
-    choice = LatentsChoice(
-        saes=args.saes,
-        direction=args.direction,
-        harmful=args.train,
-        harmless=args.harmless,
-        n_prompts=args.n_prompts,
-        refusal_token=args.refusal_token,
-        all_prompts=args.all_prompts,
-        match=args.match,
-        search=args.search,
-        n_val=args.n_val,
-    )
-    search = SearchSettings(
-        ks=tuple(int(k) for k in _number_list(args.search_ks, "--search-ks")),
-        values=tuple(_number_list(args.search_scales, "--search-scales")),
-        kl_limit=args.kl_limit,
-        batch_size=args.batch_size,
-    )
+    choice = settings_from(LatentsChoice, args)
+    search = settings_from(SearchSettings, args, batch_size=args.batch_size)
     if args.search and (not search.ks or not search.values):
         raise UserError("--search needs a K* grid and a scale grid (--search-ks, --search-scales)")
     features = latents_job(
@@ -429,6 +413,21 @@ EXAMPLES = {
 }
 
 
+def _find_latents_flags(parser: argparse.ArgumentParser) -> None:
+    from ..attribution import AttributionSettings
+    from ..latents import SearchSettings, SelectionSettings
+    from ..pipeline import LatentsChoice
+
+    settings_flags(
+        parser, SelectionSettings, skip=("keep_ranked", "mode", "seed", "batch_size", "attribution")
+    )
+    settings_flags(
+        parser, LatentsChoice, skip=("saes", "direction", "exclude", "harmful_val", "harmless_val")
+    )
+    settings_flags(parser, AttributionSettings, skip=("batch_size",))
+    settings_flags(parser, SearchSettings, skip=("max_new_tokens", "batch_size"))
+
+
 def register(command: Command) -> None:
     """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
     find = command(
@@ -444,42 +443,7 @@ def register(command: Command) -> None:
     find.add_argument(
         "--direction", metavar="RUN", help="refusal direction run (default: found into OUT)"
     )
-    find.add_argument("--method", choices=METHOD_CHOICES, default="ours")
-    find.add_argument("--protocol", choices=("heldout", "transductive"), default="heldout")
-    find.add_argument("--train", help="harmful prompts to select on (default: harmful_train)")
-    find.add_argument(
-        "--harmless", help="harmless prompts (actdiff, random; default: harmless_train)"
-    )
-    find.add_argument("--n-prompts", type=positive, default=128, help="prompts used per class")
-    find.add_argument("--per-layer", type=positive, default=10, help="cosine prefilter K")
-    find.add_argument("--k", type=positive, default=20, help="latents in the set (K*)")
-    find.add_argument("--steps", type=positive, default=10, help="integrated-gradient steps")
-    find.add_argument("--estimator", choices=("path", "paper"), default="path")
-    find.add_argument(
-        "--positions",
-        choices=("prompt", "post_instruction", "last", "all"),
-        default="prompt",
-        help="prompt positions attributions are averaged over",
-    )
-    find.add_argument("--refusal-token", help="the refusal token r (default: measured)")
-    find.add_argument(
-        "--all-prompts", action="store_true", help="keep prompts the model does not refuse"
-    )
-    find.add_argument("--match", help="latent set the random control matches (method random)")
-    find.add_argument("--scale", type=finite, default=-3.0, help="default scale saved in the set")
-    find.add_argument(
-        "--search",
-        action="store_true",
-        help="choose K* and the scale on validation prompts (refusal rate + harmless KL)",
-    )
-    find.add_argument("--search-ks", default="10,20,40", help="K* grid for --search")
-    find.add_argument(
-        "--search-scales",
-        default="-1,-2,-4,-8",
-        help="scale grid for --search (write it with =: --search-scales=-1,-2)",
-    )
-    find.add_argument("--kl-limit", type=finite, default=0.1, help="harmless KL a choice may cost")
-    find.add_argument("--n-val", type=positive, default=32, help="validation prompts per class")
+    command.defer(find, _find_latents_flags)
 
     check = command(
         "validate-attribution",

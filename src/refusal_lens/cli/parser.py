@@ -20,12 +20,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand; `only` names the one about to run, so that only its deferred flags
+    (settings dataclasses that live beside torch code) are built (None: all of them)."""
     parser = Parser(
         prog="refusal-lens", description="Find, ablate and explain refusal in chat language models."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
-        group.register(Command(sub, getattr(group, "EXAMPLES", {})))
+        group.register(Command(sub, getattr(group, "EXAMPLES", {}), only))
     return parser
