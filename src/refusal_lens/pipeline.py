@@ -448,17 +448,37 @@ def _refusal_token(
 
 @dataclass(frozen=True)
 class CompareSettings:
-    datasets: tuple[str, ...] = DEFAULT_EVAL_SETS
-    limit: int | None = 100  # the paper's "first 100"
-    harmless_kl: str | None = "alpaca"
-    kl_prompts: int = 32
-    induce_on: str | None = None  # harmless set for refusal induction (set latents to v)
-    induce_values: tuple[float, ...] = ()
-    max_new_tokens: int = 64
+    """What `compare` measures (its flags come from these fields)."""
+
+    datasets: tuple[str, ...] = field(
+        default=DEFAULT_EVAL_SETS, metadata={"help": "benchmark datasets, a comma list"}
+    )
+    # the paper's "first 100"
+    limit: int | None = field(default=100, metadata={"help": "first N prompts of each"})
+    harmless_kl: str | None = field(
+        default="alpaca", metadata={"help": "harmless set for the KL ('' off)"}
+    )
+    kl_prompts: int = field(default=32, metadata={"help": "prompts for the harmless KL"})
+    # harmless set for refusal induction (set latents to v)
+    induce_on: str | None = field(
+        default=None, metadata={"help": "harmless set for refusal induction, e.g. alpaca"}
+    )
+    induce_values: tuple[float, ...] = field(
+        default=(), metadata={"help": "values v to set latents to, e.g. 4,8,16", "default": None}
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer"})
     batch_size: int = 16
-    k: int | None = None  # override every set's K* (None: each set's own)
-    scale: float | None = None  # override every set's scale (None: each set's own)
-    per_prompt: bool = False  # each prompt with its own set where the set has per-prompt lists
+    k: int | None = field(  # override every set's K* (None: each set's own)
+        default=None, metadata={"help": "use every set's top K", "default": "its own K*"}
+    )
+    scale: float | None = field(  # override every set's scale (None: each set's own)
+        default=None, metadata={"help": "use this scale for every set", "default": "its own"}
+    )
+    # each prompt with its own set where the set has per-prompt lists
+    per_prompt: bool = field(
+        default=False,
+        metadata={"help": "each prompt with its own latent set (sets selected on these prompts)"},
+    )
 
 
 def compare_job(

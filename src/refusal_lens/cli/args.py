@@ -170,8 +170,11 @@ def settings_flags(
             parser.add_argument(flag, dest=item.name, action=action, help=help_text or None)
             continue
         shown = item.metadata.get("default", default)
-        if kind.startswith("tuple["):
-            convert: Callable[[str], Any] = number_list(flag, kind.startswith("tuple[int"))
+        if kind.startswith("tuple[str"):
+            convert: Callable[[str], Any] = name_list
+            shown = item.metadata.get("default", ",".join(default))
+        elif kind.startswith("tuple["):
+            convert = number_list(flag, kind.startswith("tuple[int"))
             shown = item.metadata.get("default", ",".join(f"{x:g}" for x in default))
         elif kind.startswith("int"):
             convert = positive
@@ -189,6 +192,11 @@ def settings_flags(
             choices=item.metadata.get("choices"),
             help=f"{help_text}{suffix}".strip().replace("%", "%%"),
         )
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated names (blanks dropped)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def number_list(flag: str, integers: bool) -> Callable[[str], tuple[float, ...]]:

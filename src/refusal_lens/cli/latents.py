@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +72,6 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
     )
     print(f"written: {Path(args.out) / 'latents.json'}")
     return 0
-
-
-def _number_list(text: str, flag: str) -> list[float]:
-    try:
-        numbers = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-    if not all(math.isfinite(x) for x in numbers):
-        raise UserError(f"{flag} takes finite numbers, got {text!r}")
-    return numbers
 
 
 def _check_saes_arg(folder: str | None) -> None:
@@ -229,11 +218,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if not args.latents and not args.direction:
         raise UserError("nothing to compare: give latent sets (latents.json) or --direction RUN")
-    datasets = [d for d in args.datasets.split(",") if d.strip()]
-    if not datasets:
+    if not args.datasets:
         raise UserError("--datasets names no dataset; e.g. --datasets jailbreakbench,advbench")
-    induce_values = _number_list(args.induce_values, "--induce-values")
-    if bool(induce_values) != bool(args.induce_on):
+    if bool(args.induce_values) != bool(args.induce_on):
         raise UserError(
             "refusal induction needs both --induce-on (a harmless set) and --induce-values "
             "(e.g. 4,8,16); give both or neither"
@@ -243,21 +230,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.direction:
         Direction.load(args.direction)
     _check_saes_arg(args.saes)
-    check_datasets(args.data_dir, *datasets, args.harmless_kl or None, args.induce_on)
+    check_datasets(args.data_dir, *args.datasets, args.harmless_kl or None, args.induce_on)
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    settings = CompareSettings(
-        datasets=tuple(d for d in args.datasets.split(",") if d),
-        limit=args.limit,
-        harmless_kl=args.harmless_kl or None,
-        kl_prompts=args.kl_prompts,
-        induce_on=args.induce_on,
-        induce_values=tuple(_number_list(args.induce_values, "--induce-values")),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        k=args.k,
-        scale=args.scale,
-        per_prompt=args.per_prompt,
+    settings = settings_from(
+        CompareSettings, args, harmless_kl=args.harmless_kl or None, batch_size=args.batch_size
     )
     compare_job(
         lm,
@@ -428,6 +405,12 @@ def _find_latents_flags(parser: argparse.ArgumentParser) -> None:
     settings_flags(parser, SearchSettings, skip=("max_new_tokens", "batch_size"))
 
 
+def _compare_flags(parser: argparse.ArgumentParser) -> None:
+    from ..pipeline import CompareSettings
+
+    settings_flags(parser, CompareSettings, skip=("batch_size",))
+
+
 def register(command: Command) -> None:
     """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
     find = command(
@@ -490,24 +473,7 @@ def register(command: Command) -> None:
     compare.add_argument("latents", nargs="*", help="latent sets (latents.json) to compare")
     compare.add_argument("--direction", metavar="RUN", help="also ablate this refusal direction")
     compare.add_argument("--saes", help="SAE set folder (default: the one each set names)")
-    compare.add_argument(
-        "--datasets", default="jailbreakbench,harmbench_test,advbench", help="comma list"
-    )
-    compare.add_argument("--limit", type=positive, default=100, help="first N prompts of each")
-    compare.add_argument("--harmless-kl", default="alpaca", help="harmless set for the KL ('' off)")
-    compare.add_argument("--kl-prompts", type=positive, default=32)
-    compare.add_argument("--induce-on", help="harmless set for refusal induction, e.g. alpaca")
-    compare.add_argument(
-        "--induce-values", default="", help="values v to set latents to, e.g. 4,8,16"
-    )
-    compare.add_argument("--max-new-tokens", type=positive, default=64)
-    compare.add_argument("--k", type=positive, help="use every set's top K (default: its own K*)")
-    compare.add_argument("--scale", type=finite, help="use this scale for every set")
-    compare.add_argument(
-        "--per-prompt",
-        action="store_true",
-        help="each prompt with its own latent set (sets selected on these prompts)",
-    )
+    command.defer(compare, _compare_flags)
     compare.add_argument("--out", required=True, help="run folder (reused when rerun)")
 
     steer = command(
