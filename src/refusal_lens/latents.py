@@ -578,7 +578,7 @@ def search_intervention(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: LatentSet,
+    latent_set: LatentSet,
     harmful_val: PromptSet,
     harmless_val: PromptSet,
     settings: SearchSettings = SearchSettings(),
@@ -588,23 +588,23 @@ def search_intervention(
 ) -> dict[str, Any]:
     """Score every (K*, c) of the grid by refusal rate on harmful validation prompts and KL
     on harmless ones; choose the lowest refusal rate whose KL stays under the limit (ties:
-    the smaller |c|, then the smaller K*). Writes the choice into `features.intervention`.
+    the smaller |c|, then the smaller K*). Writes the choice into `latent_set.intervention`.
     With `run`, each scored setting is appended to `search.jsonl` and a rerun skips it."""
-    features.check_held_out(harmful_val, own_only=True)
-    features.check_held_out(harmless_val, own_only=True)
+    latent_set.check_held_out(harmful_val, own_only=True)
+    latent_set.check_held_out(harmless_val, own_only=True)
     judge = SubstringJudge()
     grid = [
-        (k, value) for k in settings.ks if k <= len(features.latents) for value in settings.values
+        (k, value) for k in settings.ks if k <= len(latent_set.latents) for value in settings.values
     ]
     if not grid:
-        raise UserError(f"no K* of {settings.ks} fits the {len(features.latents)} ranked latents")
+        raise UserError(f"no K* of {settings.ks} fits the {len(latent_set.latents)} ranked latents")
     key = stable_hash(
         {
             "model": lm.weights_sha256,
             "dtype": str(lm.dtype),
             "system": formatter.system,
             "saes": saes.fingerprint(),
-            "latents": [[layer, latent] for layer, latent, _ in features.latents],
+            "latents": [[layer, latent] for layer, latent, _ in latent_set.latents],
             "settings": asdict(settings),
             "harmful": harmful_val.content_hash(),
             "harmless": harmless_val.content_hash(),
@@ -638,7 +638,7 @@ def search_intervention(
             continue
         if base is None:
             base = unsteered(harmless_val)
-        edit = features.edit(saes, k=k, mode="scale", value=value)
+        edit = latent_set.edit(saes, k=k, mode="scale", value=value)
         completions = generate(
             lm,
             formatter,
@@ -655,7 +655,7 @@ def search_intervention(
             run.append_jsonl("search.jsonl", key, [row])
         rows.append(row)
     best, allowed = choose_setting(rows, settings.kl_limit)
-    features.intervention = {
+    latent_set.intervention = {
         "mode": "scale",
         "value": best["value"],
         "k": best["k"],

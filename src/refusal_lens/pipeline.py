@@ -329,7 +329,7 @@ def latents_job(
     harmful = _sample(harmful, choice.n_prompts, seed)
     harmless = _sample(harmless, choice.n_prompts, seed)
     reference = LatentSet.load(choice.match) if choice.match else None
-    features = select_features(
+    latent_set = select_features(
         lm,
         formatter,
         saes,
@@ -341,8 +341,8 @@ def latents_job(
         reference=reference,
         out=run.path,
     )
-    features.info["direction"] = {"layer": direction.layer, "source": direction.source}
-    features.save(run.path)
+    latent_set.info["direction"] = {"layer": direction.layer, "source": direction.source}
+    latent_set.save(run.path)
     if choice.search:
         harmful_val, harmless_val = (
             _sample(
@@ -358,15 +358,15 @@ def latents_job(
             lm,
             formatter,
             saes,
-            features,
+            latent_set,
             harmful_val,
             harmless_val,
             search_settings or SearchSettings(),
             run=run,
         )
         write_json(run.file("search.json"), search)
-        features.save(run.path)
-    return features
+        latent_set.save(run.path)
+    return latent_set
 
 
 def _direction_for(
@@ -511,18 +511,20 @@ def compare_job(
         conditions.append(("direction ablation", [ablation.ablation()], None))
     loaded: dict[str, SAESet] = {}
     for path in latent_sets:
-        features = LatentSet.load(path)
-        features.check_model(lm)
-        sae_path = saes or features.saes["path"]
+        latent_set = LatentSet.load(path)
+        latent_set.check_model(lm)
+        sae_path = saes or latent_set.saes["path"]
         sae_set = loaded.setdefault(sae_path, SAESet.load(sae_path))
         mode = "scale" if settings.scale is not None else None
-        edit = features.edit(sae_set, k=settings.k, mode=mode, value=settings.scale)
+        edit = latent_set.edit(sae_set, k=settings.k, mode=mode, value=settings.scale)
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
-        label = f"{features.method} ({folder.name})"
-        if settings.per_prompt and features.per_prompt:
+        label = f"{latent_set.method} ({folder.name})"
+        if settings.per_prompt and latent_set.per_prompt:
             label += ", per prompt"
-            edit = features.per_prompt_edit(sae_set, k=settings.k, mode=mode, value=settings.scale)
-        conditions.append((label, [edit], features))
+            edit = latent_set.per_prompt_edit(
+                sae_set, k=settings.k, mode=mode, value=settings.scale
+            )
+        conditions.append((label, [edit], latent_set))
     prompts = [
         load_prompts(name, data_dir=data_dir, limit=settings.limit) for name in settings.datasets
     ]
@@ -537,14 +539,14 @@ def compare_job(
         if harmless is not None
         else None
     )
-    for label, interventions, features in conditions:
+    for label, interventions, latent_set in conditions:
         row: dict[str, Any] = {
             "condition": label,
             "interventions": [i.to_dict() for i in interventions],
         }
         for dataset in prompts:
-            if features is not None:
-                features.check_held_out(dataset)
+            if latent_set is not None:
+                latent_set.check_held_out(dataset)
             result = measure_refusal(
                 lm,
                 formatter,
@@ -558,11 +560,11 @@ def compare_job(
             )
             row[dataset.name] = _rate_cell(result)
         if harmless is not None and base_harmless is not None and interventions:
-            if features is not None:
-                features.check_held_out(harmless)
+            if latent_set is not None:
+                latent_set.check_held_out(harmless)
                 # harmless prompts have no per-prompt sets: the global set stands in for the KL
                 interventions = [
-                    features.edit(i.saes, k=settings.k, mode=i.mode, value=i.value)
+                    latent_set.edit(i.saes, k=settings.k, mode=i.mode, value=i.value)
                     if isinstance(i, PerPromptLatents)
                     else i
                     for i in interventions
@@ -575,13 +577,13 @@ def compare_job(
         write_json(run.file("compare.json"), {"rows": rows, "settings": asdict(settings)})
     if settings.induce_on and settings.induce_values:
         targets = load_prompts(settings.induce_on, data_dir=data_dir, limit=settings.limit)
-        for label, _interventions, features in conditions:
-            if features is None:
+        for label, _interventions, latent_set in conditions:
+            if latent_set is None:
                 continue
-            features.check_held_out(targets)
-            sae_set = loaded[saes or features.saes["path"]]
+            latent_set.check_held_out(targets)
+            sae_set = loaded[saes or latent_set.saes["path"]]
             for value in settings.induce_values:
-                edit = features.edit(sae_set, k=settings.k, mode="set", value=value)
+                edit = latent_set.edit(sae_set, k=settings.k, mode="set", value=value)
                 result = measure_refusal(
                     lm,
                     formatter,

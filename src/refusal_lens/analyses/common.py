@@ -157,12 +157,12 @@ def _not(value: bool | None) -> bool | None:
     return None if value is None else not value
 
 
-def latent_set_scale(features: LatentSet) -> float:
+def latent_set_scale(latent_set: LatentSet) -> float:
     """The scale a latent set was chosen with; a clear error for a set chosen with a value."""
-    mode = features.intervention.get("mode", "scale")
+    mode = latent_set.intervention.get("mode", "scale")
     if mode != "scale":
         raise UserError(
             f"the refusal latents were chosen with mode {mode!r}; this analysis clamps by a "
             "scale: give one with --set scale=-3"
         )
-    return float(features.intervention["value"])
+    return float(latent_set.intervention["value"])

@@ -346,7 +346,7 @@ def jailbreaks_job(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: LatentSet,
+    latent_set: LatentSet,
     direction: Direction,
     settings: JailbreakSettings,
     out: str | Path,
@@ -359,13 +359,15 @@ def jailbreaks_job(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     run = start_analysis(
-        "jailbreaks", settings, lm, saes, out, latent_sets=[features, harm], direction=direction
+        "jailbreaks", settings, lm, saes, out, latent_sets=[latent_set, harm], direction=direction
     )
     positions = settings.positions or formatter.n_post_instruction
-    families: dict[str, list[tuple[int, int]]] = {"refusal latents": list(features.top(settings.k))}
+    families: dict[str, list[tuple[int, int]]] = {
+        "refusal latents": list(latent_set.top(settings.k))
+    }
     if harm is not None:
         families["harm latents"] = list(harm.top(None))
-    banned = features.selection_hashes() | (harm.selection_hashes() if harm else set())
+    banned = latent_set.selection_hashes() | (harm.selection_hashes() if harm else set())
     by_goal = candidate_goals(settings, data_dir, banned)
     if not by_goal:
         raise UserError(f"no requests to attack in {settings.source} (all were used for selection)")

@@ -138,7 +138,7 @@ def minimal_job(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: LatentSet,
+    latent_set: LatentSet,
     settings: MinimalSettings,
     out: str | Path,
     *,
@@ -148,11 +148,11 @@ def minimal_job(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    run = start_analysis("minimal", settings, lm, saes, out, latent_sets=[features])
-    full = list(features.top(settings.k))
-    value = settings.scale if settings.scale is not None else latent_set_scale(features)
+    run = start_analysis("minimal", settings, lm, saes, out, latent_sets=[latent_set])
+    full = list(latent_set.top(settings.k))
+    value = settings.scale if settings.scale is not None else latent_set_scale(latent_set)
     tokens = RefusalTokens.from_phrases(lm.tokenizer)
-    banned = features.selection_hashes()
+    banned = latent_set.selection_hashes()
     every = load_prompts(settings.dataset, data_dir=data_dir)
     prompts = every.filter(lambda p: prompt_hash(p.text) not in banned)
     if len(every) and not len(prompts):
@@ -210,7 +210,7 @@ def minimal_job(
         sets = {"base": [], "full set": full, "minimal set": minimal}
         sets.update({name: c["latents"] for name, c in controls.items()})
         context = {"data_dir": data_dir, "device": device, "cache_dir": cache_dir, "echo": echo}
-        check = _confirm(lm, formatter, saes, features, sets, value, settings, run, **context)
+        check = _confirm(lm, formatter, saes, latent_set, sets, value, settings, run, **context)
     summary = {
         "model": lm.identity(),
         "settings": settings_dict(settings),
@@ -236,7 +236,7 @@ def _confirm(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: LatentSet,
+    latent_set: LatentSet,
     sets: dict[str, list[Pair]],
     value: float,
     settings: MinimalSettings,
@@ -248,7 +248,7 @@ def _confirm(
     echo: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """Refusal rates by generation on held-out test prompts, one row per latent set."""
-    banned = features.selection_hashes()
+    banned = latent_set.selection_hashes()
     prompts = (
         load_prompts(settings.test_dataset, data_dir=data_dir)
         .filter(lambda p: prompt_hash(p.text) not in banned)

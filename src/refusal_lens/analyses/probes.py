@@ -555,13 +555,13 @@ def run_probes(
     return rows
 
 
-def check_families(saes: SAESet, features: LatentSet, k: int | None) -> list[tuple[int, int]]:
-    latents = list(features.top(k))
+def check_families(saes: SAESet, latent_set: LatentSet, k: int | None) -> list[tuple[int, int]]:
+    latents = list(latent_set.top(k))
     missing = sorted({layer for layer, _ in latents} - set(saes.layers))
     if missing:
         raise UserError(
             f"the latent set uses layers {missing} that the SAE set lacks; pass the --saes it "
-            f"was selected with ({features.saes.get('path')})"
+            f"was selected with ({latent_set.saes.get('path')})"
         )
     return latents
 
@@ -573,7 +573,7 @@ def probes_job(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
-    features: LatentSet,
+    latent_set: LatentSet,
     direction: Direction,
     settings: ProbeSettings,
     out: str | Path,
@@ -585,10 +585,10 @@ def probes_job(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     run = start_analysis(
-        "probes", settings, lm, saes, out, latent_sets=[features], direction=direction
+        "probes", settings, lm, saes, out, latent_sets=[latent_set], direction=direction
     )
-    refusal_latents = check_families(saes, features, settings.k)
-    plain, ood = build_examples(settings, data_dir, features.selection_hashes())
+    refusal_latents = check_families(saes, latent_set, settings.k)
+    plain, ood = build_examples(settings, data_dir, latent_set.selection_hashes())
     splits = {**plain, **ood}
     if "refusal" in settings.targets:
         with analysis_context(
@@ -629,8 +629,8 @@ def probes_job(
         "model": lm.identity(),
         "settings": settings_dict(settings),
         "latents": {
-            "path": features.info.get("path"),
-            "method": features.method,
+            "path": latent_set.info.get("path"),
+            "method": latent_set.method,
             "k": len(refusal_latents),
         },
         "direction": {"layer": direction.layer, "source": direction.source},

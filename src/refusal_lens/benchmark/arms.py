@@ -23,31 +23,31 @@ from .inputs import (
 )
 
 
-def _k(ctx: Context, features: LatentSet, k: int | None = None) -> int:
+def _k(ctx: Context, latent_set: LatentSet, k: int | None = None) -> int:
     """K* for a set: `k` (default: the configured k), or all the set ranks when it ranks
     fewer (a small SAE set with a per-layer prefilter), which the log says."""
     wanted = ctx.config.k if k is None else k
-    k = min(wanted, len(features.latents))
+    k = min(wanted, len(latent_set.latents))
     if k < wanted:
-        ctx.log(f"{features.method}: ranks {k} latents, fewer than K* = {wanted}; using {k}")
+        ctx.log(f"{latent_set.method}: ranks {k} latents, fewer than K* = {wanted}; using {k}")
     return k
 
 
-def arm_setting(ctx: Context, features: LatentSet) -> dict[str, Any]:
+def arm_setting(ctx: Context, latent_set: LatentSet) -> dict[str, Any]:
     """The (K*, c) a latent arm clamps with: `scale` when given (at the configured K*),
     else the pair the set's own search chose on validation prompts (a random control: its
     matched set's), else the configured K* at the set's default c."""
     config = ctx.config
-    searched = features.intervention.get("chosen_by", "")
+    searched = latent_set.intervention.get("chosen_by", "")
     if config.scale is not None:
         k, value, chosen_by = config.k, config.scale, "the benchmark's scale setting"
     elif config.search and searched.startswith(("search", "the matched set's")):
-        k, value = int(features.intervention["k"]), float(features.intervention["value"])
+        k, value = int(latent_set.intervention["k"]), float(latent_set.intervention["value"])
         chosen_by = searched
     else:
-        k, value = config.k, float(features.intervention["value"])
+        k, value = config.k, float(latent_set.intervention["value"])
         chosen_by = "default (not searched)"
-    return {"k": _k(ctx, features, k), "value": value, "chosen_by": chosen_by}
+    return {"k": _k(ctx, latent_set, k), "value": value, "chosen_by": chosen_by}
 
 
 def build_arms(
@@ -87,35 +87,35 @@ def build_arms(
             sets[method] = _latent_set(ctx, folder, method, "heldout", choice, content)
     ours = sets.get("ours")
 
-    def latent_arm(label: str, features: LatentSet, protocol: str, datasets: tuple) -> Arm:
-        setting = arm_setting(ctx, features)
-        if protocol == "transductive" and features.per_prompt:
-            edit: Intervention = features.per_prompt_edit(
+    def latent_arm(label: str, latent_set: LatentSet, protocol: str, datasets: tuple) -> Arm:
+        setting = arm_setting(ctx, latent_set)
+        if protocol == "transductive" and latent_set.per_prompt:
+            edit: Intervention = latent_set.per_prompt_edit(
                 saes, k=setting["k"], mode="scale", value=setting["value"]
             )
         else:  # cossim and actdiff have no per-prompt sets: the paper clamps their global set
-            edit = features.edit(saes, k=setting["k"], mode="scale", value=setting["value"])
+            edit = latent_set.edit(saes, k=setting["k"], mode="scale", value=setting["value"])
         selections = (
-            ((f"the {features.method} latents", features.selected_on), *by_direction)
+            ((f"the {latent_set.method} latents", latent_set.selected_on), *by_direction)
             if protocol == "heldout"
             else ()
         )
         return make_arm(
-            ctx, label, features.method, protocol, [edit], datasets, saes, features,
+            ctx, label, latent_set.method, protocol, [edit], datasets, saes, latent_set,
             selections=selections, setting=setting,
         )  # fmt: skip
 
     if "heldout" in config.protocols:
-        for method, features in sets.items():
+        for method, latent_set in sets.items():
             if method in config.methods:
-                arms.append(latent_arm(method, features, "heldout", config.datasets))
+                arms.append(latent_arm(method, latent_set, "heldout", config.datasets))
         if "random" in config.methods and ours is not None:
             for seed in config.random_seeds:
                 choice = LatentsChoice(**common, match=str(root / "heldout" / "ours"))
                 folder = root / "heldout" / f"random-{seed}"
                 matched = _selection_content(ctx, saes, direction, ours)
-                features = _latent_set(ctx, folder, "random", "heldout", choice, matched, seed)
-                arms.append(latent_arm(f"random {seed}", features, "heldout", config.datasets))
+                latent_set = _latent_set(ctx, folder, "random", "heldout", choice, matched, seed)
+                arms.append(latent_arm(f"random {seed}", latent_set, "heldout", config.datasets))
     if "transductive" in config.protocols:
         for dataset in config.datasets:
             for method in TRANSDUCTIVE_METHODS:
@@ -123,9 +123,9 @@ def build_arms(
                     continue
                 choice = LatentsChoice(**common | {"n_prompts": config.limit}, harmful=dataset)
                 folder = root / "transductive" / dataset / method
-                features = _latent_set(ctx, folder, method, "transductive", choice, content)
-                label = f"{method} ({'per prompt' if features.per_prompt else 'on the set'})"
-                arm = latent_arm(label, features, "transductive", (dataset,))
+                latent_set = _latent_set(ctx, folder, method, "transductive", choice, content)
+                label = f"{method} ({'per prompt' if latent_set.per_prompt else 'on the set'})"
+                arm = latent_arm(label, latent_set, "transductive", (dataset,))
                 arm.global_ = False  # selected on its benchmark: no side effects elsewhere
                 arms.append(arm)
     return arms, ours

@@ -49,7 +49,7 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
     search = settings_from(SearchSettings, args, batch_size=args.batch_size)
     if args.search and (not search.ks or not search.values):
         raise UserError("--search needs a K* grid and a scale grid (--search-ks, --search-scales)")
-    features = latents_job(
+    latent_set = latents_job(
         lm,
         formatter,
         args.out,
@@ -59,13 +59,13 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
         seed=args.seed,
         search_settings=search,
     )
-    top = ", ".join(f"{layer}:{latent}" for layer, latent in features.top())
+    top = ", ".join(f"{layer}:{latent}" for layer, latent in latent_set.top())
     print(
-        f"{features.method} ({features.protocol}): {len(features.top())} latents on "
-        f"{features.selected_on['harmful']['n']} prompts of "
-        f"{features.selected_on['harmful']['name']}: {top}"
+        f"{latent_set.method} ({latent_set.protocol}): {len(latent_set.top())} latents on "
+        f"{latent_set.selected_on['harmful']['n']} prompts of "
+        f"{latent_set.selected_on['harmful']['name']}: {top}"
     )
-    chosen = features.intervention
+    chosen = latent_set.intervention
     print(
         f"intervention: {chosen['mode']} {chosen['value']:g}, K*={chosen['k']} "
         f"({chosen['chosen_by']})"
@@ -90,23 +90,23 @@ def _check_saes_arg(folder: str | None) -> None:
         )
 
 
-def _load_saes(folder: str | None, features: Any) -> Any:
+def _load_saes(folder: str | None, latent_set: Any) -> Any:
     """The SAE set of --saes or the one a latent set names, loaded before the model."""
     from ..saes import SAESet
 
-    path = folder or features.saes.get("path")
+    path = folder or latent_set.saes.get("path")
     if not path:
         raise UserError("the latent set names no SAE set folder; pass --saes SAES")
     return SAESet.load(path)
 
 
-def _info_direction(features: Any) -> Any:
+def _info_direction(latent_set: Any) -> Any:
     from ..direction import Direction
 
-    source = (features.info.get("direction") or {}).get("source")
+    source = (latent_set.info.get("direction") or {}).get("source")
     if not source:
         raise UserError(
-            f"the {features.method} latent set does not record its refusal direction "
+            f"the {latent_set.method} latent set does not record its refusal direction "
             "(info.direction.source); rerun find-latents"
         )
     return Direction.load(source)
@@ -117,20 +117,20 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
     from ..latents import LatentSet
     from ..runs import check_output_file, write_json
 
-    features = LatentSet.load(args.latents)
-    if not features.per_prompt:
+    latent_set = LatentSet.load(args.latents)
+    if not latent_set.per_prompt:
         raise UserError(
-            f"the {features.method} latent set has no attributions; validate a set made with "
+            f"the {latent_set.method} latent set has no attributions; validate a set made with "
             "--method ours or ap"
         )
     target = Path(args.out) if args.out else Path(args.latents).with_name("validation.json")
     if Path(args.latents).is_dir() and not args.out:
         target = Path(args.latents) / "validation.json"
     check_output_file(target, "--out", (args.latents,))
-    saes = _load_saes(args.saes, features)
-    direction = _info_direction(features)
-    saved = (features.info.get("settings") or {}).get("attribution")
-    token = (features.info.get("refusal_token") or {}).get("id")
+    saes = _load_saes(args.saes, latent_set)
+    direction = _info_direction(latent_set)
+    saved = (latent_set.info.get("settings") or {}).get("attribution")
+    token = (latent_set.info.get("refusal_token") or {}).get("id")
     if saved is None or token is None:
         raise UserError(
             "the latent set does not record its attribution settings or refusal token "
@@ -145,9 +145,9 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
             f"({error}); rerun find-latents"
         ) from None
     lm, formatter = load_lm(args)
-    features.check_model(lm)
+    latent_set.check_model(lm)
     saes.check_model(lm)
-    prompts = [row["prompt"] for row in features.per_prompt][: args.n_prompts]
+    prompts = [row["prompt"] for row in latent_set.per_prompt][: args.n_prompts]
     report = validate_attribution(
         lm,
         formatter,
@@ -155,7 +155,7 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
         direction,
         prompts,
         int(token),
-        list(features.top(min(args.top, len(features.latents)))),
+        list(latent_set.top(min(args.top, len(latent_set.latents)))),
         settings=settings,
         top_k=args.top_k,
     )
@@ -181,15 +181,15 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
     from ..pipeline import split_prompts
     from ..runs import check_output_folder
 
-    features = LatentSet.load(args.latents)
+    latent_set = LatentSet.load(args.latents)
     if args.k:
-        features.top(args.k)
-    saes = _load_saes(args.saes, features)
-    direction = _info_direction(features)
+        latent_set.top(args.k)
+    saes = _load_saes(args.saes, latent_set)
+    direction = _info_direction(latent_set)
     check_datasets(args.data_dir, args.harmful, args.harmless)
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    features.check_model(lm)
+    latent_set.check_model(lm)
     saes.check_model(lm)
     harmful = split_prompts("harmful", "val", args.data_dir, args.harmful, args.n_prompts)
     harmless = split_prompts("harmless", "val", args.data_dir, args.harmless, args.n_prompts)
@@ -197,14 +197,14 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
         lm,
         formatter,
         saes,
-        features.top(args.k),
+        latent_set.top(args.k),
         direction,
         harmful,
         harmless,
         data_dir=resolve_data_dir(args.data_dir),
         settings=CardSettings(corpus_tokens=args.corpus_tokens, batch_size=args.batch_size),
     )
-    title = f"{lm.name}: {features.method} latents ({features.protocol})"
+    title = f"{lm.name}: {latent_set.method} latents ({latent_set.protocol})"
     json_path, html_path = write_cards(cards, args.out, title)
     print(f"{len(cards)} latent cards: {json_path}, {html_path}")
     return 0
@@ -273,42 +273,44 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from ..latents import LatentSet
     from ..runs import RunDir, check_output_folder
 
-    features = LatentSet.load(args.latents)
+    latent_set = LatentSet.load(args.latents)
     prompts = load_prompts(
         args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
     )
-    features.check_held_out(prompts)
+    latent_set.check_held_out(prompts)
     if not args.per_prompt:
-        features.top(args.k)
+        latent_set.top(args.k)
     retain = LatentSet.load(args.retain).top() if args.retain else ()
     if args.per_prompt and retain:
         raise UserError("--per-prompt and --retain cannot be combined")
-    saes = _load_saes(args.saes, features)
+    saes = _load_saes(args.saes, latent_set)
     check_datasets(args.data_dir, args.harmless_kl)
     if args.out:
         check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    features.check_model(lm)
+    latent_set.check_model(lm)
     saes.check_model(lm)
     mode, value = ("set", args.set_value) if args.set_value is not None else ("scale", args.scale)
     if value is None:
-        mode, value = features.intervention["mode"], features.intervention["value"]
+        mode, value = latent_set.intervention["mode"], latent_set.intervention["value"]
     if args.per_prompt:
         if retain:
             raise UserError("--per-prompt and --retain cannot be combined")
-        edit: Any = features.per_prompt_edit(
+        edit: Any = latent_set.per_prompt_edit(
             saes, k=args.k, mode=mode, value=value, positions=args.positions
         )
     else:
-        edit = features.edit(
+        edit = latent_set.edit(
             saes, k=args.k, mode=mode, value=value, positions=args.positions, retain=retain
         )
     edit = _from_position(edit, args.from_position)
     k_used = (
-        int(args.k or features.intervention.get("k", 20)) if args.per_prompt else len(edit.latents)
+        int(args.k or latent_set.intervention.get("k", 20))
+        if args.per_prompt
+        else len(edit.latents)
     )
     scope = "-per-prompt" if args.per_prompt else ""
-    condition = f"{features.method}{scope}-{mode}{value:g}-k{k_used}"
+    condition = f"{latent_set.method}{scope}-{mode}{value:g}-k{k_used}"
     run = RunDir(args.out) if args.out else None
     if run is not None:
         config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json", "handler")}
@@ -326,8 +328,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     )
     data = {
         **result.to_dict(),
-        "method": features.method,
-        "protocol": features.protocol,
+        "method": latent_set.method,
+        "protocol": latent_set.protocol,
         "mode": mode,
         mode if mode == "scale" else "value": value,
         "k": k_used,
@@ -338,12 +340,12 @@ def cmd_steer(args: argparse.Namespace) -> int:
         from ..evaluation.side_effects import base_completions, completion_kl
 
         harmless = load_prompts(args.harmless_kl, data_dir=args.data_dir, limit=args.kl_prompts)
-        features.check_held_out(harmless)
+        latent_set.check_held_out(harmless)
         base = base_completions(lm, formatter, harmless.texts(), batch_size=args.batch_size)
         # harmless prompts have no per-prompt sets: the global set stands in for the KL
         global_edit = edit
         if args.per_prompt:
-            global_edit = features.edit(saes, k=args.k, mode=mode, value=value)
+            global_edit = latent_set.edit(saes, k=args.k, mode=mode, value=value)
             global_edit = _from_position(global_edit, args.from_position)
         kl = completion_kl(lm, formatter, harmless.texts(), base, [global_edit], seed=args.seed)
         data["harmless_kl"] = {"dataset": harmless.name, **kl.to_dict()}

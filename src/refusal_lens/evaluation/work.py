@@ -46,7 +46,7 @@ class Arm:
     condition: Condition
     datasets: tuple[str, ...]  # harmful sets it is evaluated on
     global_: bool = True  # one intervention for every prompt (side effects apply)
-    features: LatentSet | None = None
+    latent_set: LatentSet | None = None
     # (what, its recorded selection prompts): checked against every benchmark it is run on
     selections: tuple[tuple[str, dict[str, Any]], ...] = ()
     setting: dict[str, Any] | None = None  # the (K*, c) a latent arm uses, and who chose it
@@ -190,7 +190,7 @@ def make_arm(
     interventions: list[Intervention],
     datasets: tuple[str, ...],
     saes: SAESet | None,
-    features: LatentSet | None = None,
+    latent_set: LatentSet | None = None,
     *,
     selections: tuple[tuple[str, dict[str, Any]], ...] = (),
     setting: dict[str, Any] | None = None,
@@ -203,7 +203,7 @@ def make_arm(
         label,
     )
     return Arm(
-        label, method, protocol, interventions, condition, datasets, True, features,
+        label, method, protocol, interventions, condition, datasets, True, latent_set,
         selections, setting,
     )  # fmt: skip
 
