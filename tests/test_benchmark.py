@@ -247,8 +247,8 @@ def test_without_saes_or_data_the_benchmark_stops_before_any_work(
 
 def test_batch_sizes_do_not_key_latent_sets() -> None:
     from refusal_lens.attribution import AttributionSettings
+    from refusal_lens.jobs import LatentsChoice
     from refusal_lens.latents import SelectionSettings
-    from refusal_lens.pipeline import LatentsChoice
 
     choice = LatentsChoice(n_prompts=8)
 

@@ -313,8 +313,8 @@ def test_flags_come_from_the_settings_dataclasses() -> None:
     from refusal_lens.cli.args import settings_from
     from refusal_lens.cli.parser import build_parser
     from refusal_lens.direction import DirectionSettings
+    from refusal_lens.jobs import EvalSettings
     from refusal_lens.latents import SearchSettings, SelectionSettings
-    from refusal_lens.pipeline import EvalSettings
 
     argv = ["direction", "--out", "o", "--no-filter", "--n-train", "8", "--no-eval"]
     args = build_parser(only="direction").parse_args(argv)

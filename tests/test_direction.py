@@ -207,7 +207,7 @@ def test_direction_pools_hold_no_evaluation_prompt(shared_data: Path) -> None:
     from refusal_lens import heldout
     from refusal_lens.data import load_prompts
     from refusal_lens.direction import DirectionSettings
-    from refusal_lens.pipeline import DEFAULT_EVAL_SETS, DatasetChoice, resolve_direction_data
+    from refusal_lens.jobs import DEFAULT_EVAL_SETS, DatasetChoice, resolve_direction_data
 
     data, *_ = resolve_direction_data(
         DatasetChoice(), shared_data, DirectionSettings(n_train=64, n_val=16), 100, 0

@@ -46,9 +46,9 @@ from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean, interval_cell
 from ..evaluation.work import make_arm
 from ..interventions import EditLatents, vector_sha256
+from ..jobs import LatentsChoice, latents_job
 from ..latents import LatentSet, SelectionSettings, latent_statistics, matched_random
 from ..models import ChatFormatter, LoadedModel
-from ..pipeline import LatentsChoice, latents_job
 from ..runs import RunDir, stable_hash, write_json
 from ..saes import SAESet
 from .common import analysis_context, latent_set_scale, refusals, start_analysis

@@ -8,10 +8,10 @@ from typing import Any
 from ..direction import Direction
 from ..evaluation.work import Arm, base_arm, make_arm
 from ..interventions import Intervention
-from ..latents import LatentSet
-from ..pipeline import (
+from ..jobs import (
     LatentsChoice,
 )
+from ..latents import LatentSet
 from ..saes import SAESet
 from .config import TRANSDUCTIVE_METHODS, direction_selection
 from .context import Context

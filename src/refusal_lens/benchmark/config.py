@@ -141,7 +141,7 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
         direction = Direction.load(config.direction)
         if set(config.methods) - {"base"}:  # every arm past base is checked as held out
             direction_selection(direction)
-    elif shared:  # the direction search reads these (pipeline.resolve_direction_data)
+    elif shared:  # the direction search reads these (jobs.resolve_direction_data)
         for name in ("harmful_train", "harmless_train", "harmful_val", "harmless_val"):
             load_prompts(name, data_dir=data_dir, limit=1)
     if config.saes and any(m in LATENT_METHODS for m in config.methods):

@@ -15,11 +15,7 @@ from ..attribution import AttributionSettings
 from ..direction import Direction, DirectionSettings
 from ..evaluation.work import model_key
 from ..interventions import vector_sha256
-from ..judges import (
-    RefusalTokens,
-)
-from ..latents import LatentSet, SearchSettings, SelectionSettings
-from ..pipeline import (
+from ..jobs import (
     DEFAULT_EVAL_SETS,
     DatasetChoice,
     EvalSettings,
@@ -28,6 +24,10 @@ from ..pipeline import (
     latents_job,
     resolve_direction_data,
 )
+from ..judges import (
+    RefusalTokens,
+)
+from ..latents import LatentSet, SearchSettings, SelectionSettings
 from ..runs import exclusive, stable_hash, write_json
 from ..saes import SAESet
 from ..saes.presets import ensure_default_sae_set

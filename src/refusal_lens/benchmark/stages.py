@@ -19,8 +19,8 @@ from ..evaluation.work import (
     stored_verdicts,
 )
 from ..interventions import Intervention
+from ..jobs import split_prompts
 from ..latents import LatentSet
-from ..pipeline import split_prompts
 from ..runs import stable_hash
 from ..saes import SAESet
 from ..teacher_forcing import completion_nll, text_nll

@@ -33,7 +33,7 @@ def cmd_direction(args: argparse.Namespace) -> int:
             "--prune-layer-fraction must be in [0, 1); 0.2 drops the last 20% of layers"
         )
     from ..direction import DirectionSettings
-    from ..pipeline import DatasetChoice, EvalSettings, direction_job
+    from ..jobs import DatasetChoice, EvalSettings, direction_job
     from ..runs import check_output_folder
 
     slots = ("harmful_train", "harmless_train", "harmful_val", "harmless_val")
@@ -278,7 +278,7 @@ EXAMPLES = {
 
 def _direction_flags(parser: argparse.ArgumentParser) -> None:
     from ..direction import DirectionSettings
-    from ..pipeline import EvalSettings
+    from ..jobs import EvalSettings
 
     settings_flags(parser, DirectionSettings, skip=("batch_size",))
     settings_flags(parser, EvalSettings, skip=("batch_size",))

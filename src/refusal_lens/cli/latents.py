@@ -22,8 +22,8 @@ from .common import check_datasets, load_lm
 
 def cmd_find_latents(args: argparse.Namespace) -> int:
     from ..attribution import AttributionSettings
+    from ..jobs import LatentsChoice, latents_job
     from ..latents import LatentSet, SearchSettings, SelectionSettings
-    from ..pipeline import LatentsChoice, latents_job
     from ..runs import check_output_folder
 
     _check_saes_arg(args.saes)
@@ -177,8 +177,8 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
 def cmd_latent_cards(args: argparse.Namespace) -> int:
     from ..cards import CardSettings, build_cards, write_cards
     from ..data import resolve_data_dir
+    from ..jobs import split_prompts
     from ..latents import LatentSet
-    from ..pipeline import split_prompts
     from ..runs import check_output_folder
 
     latent_set = LatentSet.load(args.latents)
@@ -212,8 +212,8 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..direction import Direction
+    from ..jobs import CompareSettings, compare_job
     from ..latents import LatentSet
-    from ..pipeline import CompareSettings, compare_job
     from ..runs import check_output_folder
 
     if not args.latents and not args.direction:
@@ -394,8 +394,8 @@ EXAMPLES = {
 
 def _find_latents_flags(parser: argparse.ArgumentParser) -> None:
     from ..attribution import AttributionSettings
+    from ..jobs import LatentsChoice
     from ..latents import SearchSettings, SelectionSettings
-    from ..pipeline import LatentsChoice
 
     settings_flags(
         parser, SelectionSettings, skip=("keep_ranked", "mode", "seed", "batch_size", "attribution")
@@ -408,7 +408,7 @@ def _find_latents_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _compare_flags(parser: argparse.ArgumentParser) -> None:
-    from ..pipeline import CompareSettings
+    from ..jobs import CompareSettings
 
     settings_flags(parser, CompareSettings, skip=("batch_size",))
 

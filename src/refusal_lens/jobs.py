@@ -1,5 +1,6 @@
-"""Jobs that chain stages: the direction job (find, save, evaluate the refusal direction) and
-the latents job (select a latent set on held-out-safe prompts)."""
+"""The jobs behind `direction`, `find-latents` and `compare`, and the data choices they read:
+the direction job (find, save, evaluate the refusal direction), the latents job (select a
+latent set on held-out-safe prompts) and the compare job (refusal rates of latent sets)."""
 
 from __future__ import annotations
 
