@@ -100,7 +100,7 @@ class Attack:
 
 
 def candidate_goals(
-    settings: JailbreakSettings, data_dir: str | None, banned: set[str]
+    settings: JailbreakSettings, data_dir: str | Path | None, banned: set[str]
 ) -> dict[str, list[tuple[str, str]]]:
     """Plain request -> its attacks as (label, prompt), for up to `n_goals` requests not in
     `banned` (prompt hashes the latents were selected on)."""
@@ -352,7 +352,7 @@ def jailbreaks_job(
     out: str | Path,
     *,
     harm: LatentSet | None = None,
-    data_dir: str | None,
+    data_dir: str | Path | None,
     device: str = "auto",
     cache_dir: str | None = None,
     echo: Callable[[str], None] = print,
@@ -569,7 +569,7 @@ def run(inputs: AnalysisInputs, settings: JailbreakSettings, out: Path) -> dict[
         settings,
         out,
         harm=inputs.harm,
-        data_dir=None if inputs.data_dir is None else str(inputs.data_dir),
+        data_dir=inputs.data_dir,
         device=inputs.device,
         cache_dir=inputs.cache_dir,
         echo=inputs.echo,

@@ -132,7 +132,7 @@ def _split(prompts: PromptSet, val_fraction: float, seed: int) -> tuple[PromptSe
     )
 
 
-def _held_out(name: str, data_dir: str | None, banned: set[str], n: int) -> PromptSet:
+def _held_out(name: str, data_dir: str | Path | None, banned: set[str], n: int) -> PromptSet:
     """The first `n` prompts of a set that are not among `banned` (hashes of the prompts a
     latent set was selected on)."""
     prompts = load_prompts(name, data_dir=data_dir)
@@ -140,7 +140,7 @@ def _held_out(name: str, data_dir: str | None, banned: set[str], n: int) -> Prom
 
 
 def build_examples(
-    settings: ProbeSettings, data_dir: str | None, banned: set[str] | None = None
+    settings: ProbeSettings, data_dir: str | Path | None, banned: set[str] | None = None
 ) -> tuple[dict[str, Examples], dict[str, Examples]]:
     """(in-distribution splits fit / val / test, OOD sets by source). Test prompts exclude
     `banned` (the latent set's selection prompts)."""
@@ -179,7 +179,7 @@ def _ood_examples(
     source: str,
     attacked: PromptSet,
     spare_harmless: PromptSet,
-    data_dir: str | None,
+    data_dir: str | Path | None,
     settings: ProbeSettings,
 ) -> Examples:
     goals = list(dict.fromkeys(p.meta["goal"] for p in attacked if "goal" in p.meta))
@@ -578,7 +578,7 @@ def probes_job(
     settings: ProbeSettings,
     out: str | Path,
     *,
-    data_dir: str | None,
+    data_dir: str | Path | None,
     device: str = "auto",
     cache_dir: str | None = None,
     echo: Callable[[str], None] = print,
@@ -713,7 +713,7 @@ def run(inputs: AnalysisInputs, settings: ProbeSettings, out: Path) -> dict[str,
         inputs.direction,
         settings,
         out,
-        data_dir=None if inputs.data_dir is None else str(inputs.data_dir),
+        data_dir=inputs.data_dir,
         device=inputs.device,
         cache_dir=inputs.cache_dir,
         echo=inputs.echo,

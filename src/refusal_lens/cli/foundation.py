@@ -224,7 +224,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if not args.folder:
         raise UserError(f"datasets {args.action} needs a folder, e.g. datasets {args.action} data")
     only = [g.strip() for g in args.only.split(",") if g.strip()]
-    select(manifest(), only)  # unknown groups fail before any download
+    files = select(manifest(), only)  # unknown groups fail before any download
     if args.action == "check":
         missing = check_data(args.folder, only)
         for entry in missing:
@@ -234,7 +234,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(select(manifest(), only)), unit="file", desc="datasets") as bar:
+    with tqdm(total=len(files), unit="file", desc="datasets") as bar:
 
         def show(i: int, n: int, entry: DataFile) -> None:
             bar.n = i
