@@ -334,3 +334,42 @@ def test_flags_come_from_the_settings_dataclasses() -> None:
     assert (search.ks, search.values, search.kl_limit) == ((5, 10), (-1.0, -6.0), 0.1)
     default = settings_from(SearchSettings, build_parser().parse_args(argv))
     assert default == SearchSettings()
+
+
+def test_generated_flags_take_config_and_set(tmp_path: Path, capsys) -> None:
+    """Every command with generated flags takes `--config FILE` (a table named after the
+    command) and `--set NAME=VALUE`: default < file < --set < a flag typed."""
+    from refusal_lens.cli.args import settings_from
+    from refusal_lens.cli.parser import build_parser
+    from refusal_lens.direction import DirectionSettings
+    from refusal_lens.steering import SteerSettings
+
+    config = tmp_path / "direction.toml"
+    config.write_text("[direction]\nn_train = 16\nn_val = 8\nkl_threshold = 0.2\n")
+    parse = build_parser(only="direction").parse_args
+    base = ["direction", "--out", "o", "--config", str(config)]
+    assert settings_from(DirectionSettings, parse(base)) == DirectionSettings(
+        n_train=16, n_val=8, kl_threshold=0.2
+    )
+    args = parse([*base, "--set", "n_val=4", "--n-train", "32"])
+    assert settings_from(DirectionSettings, args) == DirectionSettings(
+        n_train=32, n_val=4, kl_threshold=0.2
+    )
+    # a flag typed at its default still wins over the file
+    args = parse([*base, "--n-train", "128"])
+    assert settings_from(DirectionSettings, args).n_train == 128
+
+    steer = build_parser(only="steer").parse_args
+    argv = ["steer", "--latents", "l.json", "--dataset", "d", "--set", "k=7"]
+    settings = settings_from(SteerSettings, steer([*argv, "--from-position", "-3"]))
+    assert (settings.k, settings.from_position, settings.scale) == (7, -3, None)
+
+    code, _, err = run(capsys, "direction", "--out", str(tmp_path / "d"), "--set", "n_trian=3")
+    assert_one_line_error(code, err, "n_trian is no setting of direction")
+    config.write_text("[steer]\nk = 3\n")
+    code, _, err = run(capsys, "direction", "--out", str(tmp_path / "d"), "--config", str(config))
+    assert_one_line_error(code, err, "[direction] table")
+    code, _, err = run(
+        capsys, "steer", "--latents", "l.json", "--dataset", "d", "--scale", "2", "--set-value", "3"
+    )
+    assert_one_line_error(code, err, "--scale and --set-value cannot be combined")

@@ -607,6 +607,15 @@ def patching_effects(
     return effects[:n], float(effects[n])
 
 
+@dataclass(frozen=True)
+class ValidationSettings:
+    """How `validate-attribution` compares attribution with patching."""
+
+    n_prompts: int = field(default=16, metadata={"help": "selection prompts patched"})
+    top: int = field(default=20, metadata={"help": "latents compared per prompt"})
+    top_k: int = field(default=5, metadata={"help": "k of the top-k overlap"})
+
+
 def validate_attribution(
     lm: LoadedModel,
     formatter: ChatFormatter,

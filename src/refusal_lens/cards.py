@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,11 @@ CORPUS = (
 
 @dataclass(frozen=True)
 class CardSettings:
-    n_contexts: int = 5
-    window: int = 12  # tokens shown before the peak (and a few after)
-    corpus_tokens: int = 20_000
-    n_logit_tokens: int = 10
+    n_contexts: int = field(default=5, metadata={"help": "top contexts shown per source"})
+    window: int = field(default=12, metadata={"help": "tokens shown before each peak"})
+    corpus_tokens: int = field(default=20_000, metadata={"help": "generic text tokens scanned"})
+    n_logit_tokens: int = field(default=10, metadata={"help": "tokens in the logit lens"})
+    n_prompts: int = field(default=64, metadata={"help": "harmful and harmless prompts each"})
     batch_size: int = 8
     seed: int = 0
 

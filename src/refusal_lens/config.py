@@ -150,31 +150,8 @@ def load_settings(
     for key, value in (defaults or {}).items():
         _apply(values, cls, key, value, "preset")
     if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist; pass an existing .toml file")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as error:
-            raise UserError(
-                f"{path} is not UTF-8 text (byte {error.start}); TOML files are UTF-8: re-save it"
-            ) from None
-        except OSError as error:
-            raise UserError(f"cannot read config file {path} ({error.strerror or error})") from None
-        except tomllib.TOMLDecodeError as error:
-            raise UserError(f"{path} is not valid TOML ({error})") from None
-        if table is not None:
-            other = sorted(set(data) - {table})
-            if other:
-                raise UserError(
-                    f"{path}: settings belong in a [{table}] table; found {', '.join(other)} "
-                    "outside it"
-                )
-            data = data.get(table, {})
-            if not isinstance(data, dict):
-                raise UserError(f"{path}: {table} must be a table ([{table}]), not a value")
-        for key, value in data.items():
-            _apply(values, cls, key, value, str(path))
+        for key, value in read_table(file, table).items():
+            _apply(values, cls, key, value, str(file))
     if env_prefix:
         for variable, dotted in _env_names(cls, env_prefix).items():
             if variable in os.environ:
@@ -190,6 +167,35 @@ def load_settings(
         raise
     except (TypeError, ValueError) as error:
         raise UserError(f"invalid settings: {error}") from None
+
+
+def read_table(file: str | Path, table: str | None = None) -> dict[str, Any]:
+    """The `[table]` of a TOML file (the whole file when `table` is None), checked to be a
+    table; anything outside it is an error naming the table."""
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass an existing .toml file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {error.start}); TOML files are UTF-8: re-save it"
+        ) from None
+    except OSError as error:
+        raise UserError(f"cannot read config file {path} ({error.strerror or error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path} is not valid TOML ({error})") from None
+    if table is None:
+        return data
+    other = sorted(set(data) - {table})
+    if other:
+        raise UserError(
+            f"{path}: settings belong in a [{table}] table; found {', '.join(other)} outside it"
+        )
+    inner = data.get(table, {})
+    if not isinstance(inner, dict):
+        raise UserError(f"{path}: {table} must be a table ([{table}]), not a value")
+    return inner
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -11,6 +12,15 @@ from transformers import DynamicCache, GenerationConfig
 from .interventions import Intervention, InterventionSet, apply, bind, needs_twin
 from .models import ChatFormatter, EncodedBatch, LoadedModel
 from .models.prefix import cache_argument
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Which prompts of a dataset are answered, and how long an answer may be (`generate`,
+    `refusal-rate`: their flags come from these fields)."""
+
+    limit: int | None = field(default=None, metadata={"help": "first N prompts only"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer"})
 
 
 def greedy_config(

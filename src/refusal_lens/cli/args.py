@@ -7,9 +7,11 @@ import argparse
 import dataclasses
 import math
 import textwrap
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import UserError
 from ..settings import DEFAULT_MODEL
 
 
@@ -148,6 +150,25 @@ def finite(value: str) -> float:
     return number
 
 
+class _Given(argparse.Action):
+    """Stores a settings flag's value and notes that it was given, so that `--config` and
+    `--set` sit below the flags a user typed (and above the field's default)."""
+
+    def __init__(self, option_strings: list[str], dest: str, const: Any = None, **kw: Any):
+        self.switch = const is not None
+        super().__init__(option_strings, dest, nargs=0 if self.switch else None, const=const, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, self.const if self.switch else values)
+        namespace._given = {*getattr(namespace, "_given", ()), self.dest}
+
+
 def settings_flags(
     parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()
 ) -> None:
@@ -155,10 +176,32 @@ def settings_flags(
     in one place: the field. `--name-with-dashes` (or the field's metadata "flag"); an int must
     be a positive integer, a float a finite number, a tuple a comma-separated list of them; a
     field with metadata "choices" takes one of them; a boolean is a switch away from its
-    default (`--no-NAME` for a default of True). The parsed value lands in `args.<field>`."""
+    default (`--no-NAME` for a default of True). The parsed value lands in `args.<field>`.
+
+    The first call on a parser also adds `--config FILE` (a TOML table named after the command)
+    and `--set NAME=VALUE`: default < file < --set < flag, read by `settings_from`."""
+    known = getattr(parser, "_settings_fields", None)
+    if known is None:
+        known = parser._settings_fields = set()  # type: ignore[attr-defined]
+        command = parser.prog.split()[-1]
+        parser.add_argument(
+            "--config",
+            metavar="FILE",
+            help=f"TOML file whose [{command}] table sets any of the settings below "
+            "(default < file < --set < flag)",
+        )
+        parser.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="set one of the settings below by its field name (repeatable)",
+        )
+        parser.set_defaults(_command=command)
     for item in dataclasses.fields(cls):
         if item.name in skip or not item.init:
             continue
+        known.add(item.name)
         default = item.default
         kind = str(item.type)
         flag = "--" + item.metadata.get("flag", item.name.replace("_", "-"))
@@ -166,8 +209,14 @@ def settings_flags(
         if kind == "bool":
             if default and "flag" not in item.metadata:
                 flag = "--no-" + item.name.replace("_", "-")
-            action = "store_false" if default else "store_true"
-            parser.add_argument(flag, dest=item.name, action=action, help=help_text or None)
+            parser.add_argument(
+                flag,
+                dest=item.name,
+                action=_Given,
+                const=not default,
+                default=default,
+                help=help_text or None,
+            )
             continue
         shown = item.metadata.get("default", default)
         if kind.startswith("tuple[str"):
@@ -177,7 +226,7 @@ def settings_flags(
             convert = number_list(flag, kind.startswith("tuple[int"))
             shown = item.metadata.get("default", ",".join(f"{x:g}" for x in default))
         elif kind.startswith("int"):
-            convert = positive
+            convert = int if item.metadata.get("signed") else positive
         elif kind.startswith("float"):
             convert = finite
         else:
@@ -186,12 +235,16 @@ def settings_flags(
         parser.add_argument(
             flag,
             dest=item.name,
-            metavar=None if "choices" in item.metadata else flag[2:].upper().replace("-", "_"),
+            action=_Given,
+            metavar=None
+            if "choices" in item.metadata
+            else item.metadata.get("metavar", flag[2:].upper().replace("-", "_")),
             type=convert,
             default=default,
             choices=item.metadata.get("choices"),
             help=f"{help_text}{suffix}".strip().replace("%", "%%"),
         )
+    parser.set_defaults(_settings_fields=frozenset(known))
 
 
 def name_list(text: str) -> tuple[str, ...]:
@@ -219,7 +272,41 @@ def number_list(flag: str, integers: bool) -> Callable[[str], tuple[float, ...]]
 
 
 def settings_from(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    """The settings dataclass `cls` from the flags `settings_flags` made, plus `fixed` values."""
-    names = {item.name for item in dataclasses.fields(cls) if item.init}
-    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    return cls(**{**values, **fixed})
+    """The settings dataclass `cls` from the flags `settings_flags` made, over the command's
+    `--config` table and `--set` values (default < file < --set < a flag typed), plus `fixed`
+    values. A name in the file or in `--set` that is no setting of the command is an error."""
+    from ..config import coerce, read_table
+
+    hints = typing.get_type_hints(cls)
+    known = getattr(args, "_settings_fields", frozenset())
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if getattr(args, "config", None):
+        layers.append((args.config, read_table(args.config, args._command)))
+    overrides: dict[str, Any] = {}
+    for item in getattr(args, "set", None) or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--set {item!r} is not NAME=VALUE; e.g. --set k=30")
+        overrides[name.strip().replace("-", "_")] = value.strip()
+    layers.append(("--set", overrides))
+    for origin, values in layers:
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"{origin}: {', '.join(unknown)} is no setting of {args._command}; known: "
+                + ", ".join(sorted(known))
+            )
+    given = getattr(args, "_given", set())
+    result: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        name = item.name
+        if not item.init or name in fixed:
+            continue
+        value = getattr(args, name) if hasattr(args, name) else item.default
+        if name not in given:
+            for origin, values in layers:
+                if name in values:
+                    value = coerce(values[name], hints[name], name, origin)
+        if value is not dataclasses.MISSING:
+            result[name] = value
+    return cls(**{**result, **fixed})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,16 @@ def interventions_from_file(path: str) -> list[Any]:
         from_dict(item, f"{path}" + (f" (intervention {index + 1})" if many else ""))
         for index, item in enumerate(items)
     ]
+
+
+def run_config(args: argparse.Namespace, *settings: Any) -> dict[str, Any]:
+    """What a command was asked, for its manifest: its flags (not the CLI's own bookkeeping)
+    and the settings they resolved to (after --config and --set)."""
+    skip = ("verbose", "json", "handler", "config", "set")
+    config = {k: v for k, v in vars(args).items() if k not in skip and not k.startswith("_")}
+    for item in settings:
+        config.update(dataclasses.asdict(item))
+    return config
 
 
 def add_settings_args(

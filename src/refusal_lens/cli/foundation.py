@@ -13,7 +13,6 @@ from .args import (
     add_data_arg,
     add_intervention_args,
     add_model_args,
-    positive,
     settings_flags,
     settings_from,
 )
@@ -24,17 +23,21 @@ from .common import (
     load_direction_arg,
     load_lm,
     refusal_tokens,
+    run_config,
 )
 
 
 def cmd_direction(args: argparse.Namespace) -> int:
-    if not 0 <= args.prune_layer_fraction < 1:
-        raise UserError(
-            "--prune-layer-fraction must be in [0, 1); 0.2 drops the last 20% of layers"
-        )
     from ..direction import DirectionSettings
     from ..jobs import DatasetChoice, EvalSettings, direction_job
     from ..runs import check_output_folder
+
+    settings = settings_from(DirectionSettings, args, batch_size=args.batch_size)
+    evaluation = settings_from(EvalSettings, args, batch_size=args.batch_size)
+    if not 0 <= settings.prune_layer_fraction < 1:
+        raise UserError(
+            "--prune-layer-fraction must be in [0, 1); 0.2 drops the last 20% of layers"
+        )
 
     slots = ("harmful_train", "harmless_train", "harmful_val", "harmless_val")
     check_datasets(
@@ -42,8 +45,6 @@ def cmd_direction(args: argparse.Namespace) -> int:
     )
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    settings = settings_from(DirectionSettings, args, batch_size=args.batch_size)
-    evaluation = settings_from(EvalSettings, args, batch_size=args.batch_size)
     datasets = DatasetChoice(
         **{
             slot: getattr(args, slot)
@@ -92,10 +93,12 @@ def _print_direction_summary(summary: dict[str, Any], out: Path) -> None:
 def cmd_refusal_rate(args: argparse.Namespace) -> int:
     from ..data import load_prompts
     from ..evaluation.refusal import measure_refusal
+    from ..generation import SampleSettings
     from ..runs import RunDir
 
+    sample = settings_from(SampleSettings, args)
     prompts = load_prompts(
-        args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
+        args.dataset, data_dir=args.data_dir, column=args.column, limit=sample.limit
     )
     from ..runs import check_output_folder
 
@@ -108,15 +111,14 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
     condition = "ablated" if args.ablate_direction else "added" if args.add_direction else "base"
     run = RunDir(args.out) if args.out else None
     if run is not None:
-        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json", "handler")}
-        run.write_manifest("refusal-rate", config, lm.identity(), args.seed)
+        run.write_manifest("refusal-rate", run_config(args, sample), lm.identity(), args.seed)
     result = measure_refusal(
         lm,
         formatter,
         prompts,
         condition=condition,
         interventions=interventions,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=sample.max_new_tokens,
         batch_size=args.batch_size,
         run=run,
         seed=args.seed,
@@ -129,18 +131,19 @@ def cmd_refusal_rate(args: argparse.Namespace) -> int:
         print(
             f"{prompts.name} ({condition}): refusal rate {result.rate.mean:.3f} "
             f"[{low:.3f}, {high:.3f}] n={result.rate.n} judge={result.judge['name']} "
-            f"max_new_tokens={args.max_new_tokens}"
+            f"max_new_tokens={sample.max_new_tokens}"
         )
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..data import load_prompts
-    from ..generation import generate
+    from ..generation import SampleSettings, generate
     from ..runs import check_output_file, environment, write_json
 
+    sample = settings_from(SampleSettings, args)
     prompts = load_prompts(
-        args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
+        args.dataset, data_dir=args.data_dir, column=args.column, limit=sample.limit
     )
     output = Path(args.output)
     if output.is_dir():
@@ -179,13 +182,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             lm,
             formatter,
             prompts.texts(),
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=sample.max_new_tokens,
             batch_size=args.batch_size,
             interventions=interventions,
             on_batch=write,
         )
     manifest = output.with_name(output.name + ".manifest.json")
-    config = {k: v for k, v in vars(args).items() if k not in ("verbose", "handler")}
+    config = run_config(args, sample)
     write_json(
         manifest,
         {
@@ -284,6 +287,12 @@ def _direction_flags(parser: argparse.ArgumentParser) -> None:
     settings_flags(parser, EvalSettings, skip=("batch_size",))
 
 
+def _sample_flags(parser: argparse.ArgumentParser) -> None:
+    from ..generation import SampleSettings
+
+    settings_flags(parser, SampleSettings)
+
+
 def register(command: Command) -> None:
     """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
     direction = command(
@@ -327,8 +336,7 @@ def register(command: Command) -> None:
     add_data_arg(rate)
     rate.add_argument("--dataset", required=True, help="dataset name or local file")
     rate.add_argument("--column", default=None, help="text column of a local CSV/JSON file")
-    rate.add_argument("--limit", type=positive, default=None, help="first N prompts only")
-    rate.add_argument("--max-new-tokens", type=positive, default=64)
+    command.defer(rate, _sample_flags)
     rate.add_argument("--out", default=None, help="run folder for completions (resumable)")
     rate.add_argument("--json", action="store_true", help="print one JSON object")
     add_intervention_args(rate)
@@ -337,9 +345,8 @@ def register(command: Command) -> None:
     add_model_args(gen)
     add_data_arg(gen)
     gen.add_argument("--dataset", required=True, help="dataset name or local file")
-    gen.add_argument("--column", default=None)
-    gen.add_argument("--limit", type=positive, default=None)
-    gen.add_argument("--max-new-tokens", type=positive, default=64)
+    gen.add_argument("--column", default=None, help="text column of a local CSV/JSON file")
+    command.defer(gen, _sample_flags)
     gen.add_argument("--output", required=True, help="JSONL file to write")
     add_intervention_args(gen)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,11 @@ from .args import (
     Command,
     add_data_arg,
     add_model_args,
-    finite,
     positive,
     settings_flags,
     settings_from,
 )
-from .common import check_datasets, load_lm
+from .common import check_datasets, load_lm, run_config
 
 
 def cmd_find_latents(args: argparse.Namespace) -> int:
@@ -26,16 +26,6 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
     from ..latents import LatentSet, SearchSettings, SelectionSettings
     from ..runs import check_output_folder
 
-    _check_saes_arg(args.saes)
-    if args.direction:
-        from ..direction import Direction
-
-        Direction.load(args.direction)
-    if args.match:
-        LatentSet.load(args.match)
-    check_datasets(args.data_dir, args.harmful, args.harmless)
-    check_output_folder(args.out)
-    lm, formatter = load_lm(args)
     settings = settings_from(
         SelectionSettings,
         args,
@@ -47,8 +37,18 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
     )
     choice = settings_from(LatentsChoice, args)
     search = settings_from(SearchSettings, args, batch_size=args.batch_size)
-    if args.search and (not search.ks or not search.values):
+    if choice.search and (not search.ks or not search.values):
         raise UserError("--search needs a K* grid and a scale grid (--search-ks, --search-scales)")
+    _check_saes_arg(args.saes)
+    if args.direction:
+        from ..direction import Direction
+
+        Direction.load(args.direction)
+    if choice.match:
+        LatentSet.load(choice.match)
+    check_datasets(args.data_dir, choice.harmful, choice.harmless)
+    check_output_folder(args.out)
+    lm, formatter = load_lm(args)
     latent_set = latents_job(
         lm,
         formatter,
@@ -113,10 +113,11 @@ def _info_direction(latent_set: Any) -> Any:
 
 
 def cmd_validate_attribution(args: argparse.Namespace) -> int:
-    from ..attribution import AttributionSettings, validate_attribution
+    from ..attribution import AttributionSettings, ValidationSettings, validate_attribution
     from ..latents import LatentSet
     from ..runs import check_output_file, write_json
 
+    check = settings_from(ValidationSettings, args)
     latent_set = LatentSet.load(args.latents)
     if not latent_set.per_prompt:
         raise UserError(
@@ -147,7 +148,7 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
     lm, formatter = load_lm(args)
     latent_set.check_model(lm)
     saes.check_model(lm)
-    prompts = [row["prompt"] for row in latent_set.per_prompt][: args.n_prompts]
+    prompts = [row["prompt"] for row in latent_set.per_prompt][: check.n_prompts]
     report = validate_attribution(
         lm,
         formatter,
@@ -155,9 +156,9 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
         direction,
         prompts,
         int(token),
-        list(latent_set.top(min(args.top, len(latent_set.latents)))),
+        list(latent_set.top(min(check.top, len(latent_set.latents)))),
         settings=settings,
-        top_k=args.top_k,
+        top_k=check.top_k,
     )
     write_json(target, report)
     if args.json:
@@ -181,6 +182,7 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
     from ..latents import LatentSet
     from ..runs import check_output_folder
 
+    settings = settings_from(CardSettings, args, batch_size=args.batch_size)
     latent_set = LatentSet.load(args.latents)
     if args.k:
         latent_set.top(args.k)
@@ -191,8 +193,8 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
     lm, formatter = load_lm(args)
     latent_set.check_model(lm)
     saes.check_model(lm)
-    harmful = split_prompts("harmful", "val", args.data_dir, args.harmful, args.n_prompts)
-    harmless = split_prompts("harmless", "val", args.data_dir, args.harmless, args.n_prompts)
+    harmful = split_prompts("harmful", "val", args.data_dir, args.harmful, settings.n_prompts)
+    harmless = split_prompts("harmless", "val", args.data_dir, args.harmless, settings.n_prompts)
     cards = build_cards(
         lm,
         formatter,
@@ -202,7 +204,7 @@ def cmd_latent_cards(args: argparse.Namespace) -> int:
         harmful,
         harmless,
         data_dir=resolve_data_dir(args.data_dir),
-        settings=CardSettings(corpus_tokens=args.corpus_tokens, batch_size=args.batch_size),
+        settings=settings,
     )
     title = f"{lm.name}: {latent_set.method} latents ({latent_set.protocol})"
     json_path, html_path = write_cards(cards, args.out, title)
@@ -216,11 +218,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..latents import LatentSet
     from ..runs import check_output_folder
 
+    settings = settings_from(CompareSettings, args, batch_size=args.batch_size)
+    if settings.harmless_kl == "":
+        settings = replace(settings, harmless_kl=None)
     if not args.latents and not args.direction:
         raise UserError("nothing to compare: give latent sets (latents.json) or --direction RUN")
-    if not args.datasets:
+    if not settings.datasets:
         raise UserError("--datasets names no dataset; e.g. --datasets jailbreakbench,advbench")
-    if bool(args.induce_values) != bool(args.induce_on):
+    if bool(settings.induce_values) != bool(settings.induce_on):
         raise UserError(
             "refusal induction needs both --induce-on (a harmless set) and --induce-values "
             "(e.g. 4,8,16); give both or neither"
@@ -230,12 +235,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.direction:
         Direction.load(args.direction)
     _check_saes_arg(args.saes)
-    check_datasets(args.data_dir, *args.datasets, args.harmless_kl or None, args.induce_on)
+    check_datasets(args.data_dir, *settings.datasets, settings.harmless_kl, settings.induce_on)
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    settings = settings_from(
-        CompareSettings, args, harmless_kl=args.harmless_kl or None, batch_size=args.batch_size
-    )
     compare_job(
         lm,
         formatter,
@@ -252,115 +254,48 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _from_position(edit: Any, position: int | None) -> Any:
-    """`--from-position P`: P >= 0 counts from the prompt's start, P < 0 from its end."""
-    from dataclasses import replace
-
-    from ..interventions import EditLatents
-
-    if position is None:
-        return edit
-    if position < 0 and isinstance(edit, EditLatents):
-        return replace(edit, last_prompt_tokens=-position)
-    if position < 0:
-        raise UserError("--from-position with a negative P cannot be combined with --per-prompt")
-    return replace(edit, from_position=position)
-
-
 def cmd_steer(args: argparse.Namespace) -> int:
     from ..data import load_prompts
-    from ..evaluation.refusal import measure_refusal
     from ..latents import LatentSet
     from ..runs import RunDir, check_output_folder
+    from ..steering import SteerSettings, check_steer, steer_job
 
+    settings = settings_from(SteerSettings, args)
     latent_set = LatentSet.load(args.latents)
     prompts = load_prompts(
-        args.dataset, data_dir=args.data_dir, column=args.column, limit=args.limit
+        args.dataset, data_dir=args.data_dir, column=args.column, limit=settings.limit
     )
-    latent_set.check_held_out(prompts)
-    if not args.per_prompt:
-        latent_set.top(args.k)
-    retain = LatentSet.load(args.retain).top() if args.retain else ()
-    if args.per_prompt and retain:
-        raise UserError("--per-prompt and --retain cannot be combined")
+    check_steer(latent_set, prompts, settings)
     saes = _load_saes(args.saes, latent_set)
-    check_datasets(args.data_dir, args.harmless_kl)
+    check_datasets(args.data_dir, settings.harmless_kl)
     if args.out:
         check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    latent_set.check_model(lm)
-    saes.check_model(lm)
-    mode, value = ("set", args.set_value) if args.set_value is not None else ("scale", args.scale)
-    if value is None:
-        mode, value = latent_set.intervention["mode"], latent_set.intervention["value"]
-    if args.per_prompt:
-        if retain:
-            raise UserError("--per-prompt and --retain cannot be combined")
-        edit: Any = latent_set.per_prompt_edit(
-            saes, k=args.k, mode=mode, value=value, positions=args.positions
-        )
-    else:
-        edit = latent_set.edit(
-            saes, k=args.k, mode=mode, value=value, positions=args.positions, retain=retain
-        )
-    edit = _from_position(edit, args.from_position)
-    k_used = (
-        int(args.k or latent_set.intervention.get("k", 20))
-        if args.per_prompt
-        else len(edit.latents)
-    )
-    scope = "-per-prompt" if args.per_prompt else ""
-    condition = f"{latent_set.method}{scope}-{mode}{value:g}-k{k_used}"
     run = RunDir(args.out) if args.out else None
     if run is not None:
-        config = {k: v for k, v in vars(args).items() if k not in ("verbose", "json", "handler")}
-        run.write_manifest("steer", config, lm.identity(), args.seed)
-    result = measure_refusal(
+        run.write_manifest("steer", run_config(args, settings), lm.identity(), args.seed)
+    data = steer_job(
         lm,
         formatter,
+        latent_set,
+        saes,
         prompts,
-        condition=condition,
-        interventions=[edit],
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
+        settings,
+        data_dir=args.data_dir,
         run=run,
+        batch_size=args.batch_size,
         seed=args.seed,
     )
-    data = {
-        **result.to_dict(),
-        "method": latent_set.method,
-        "protocol": latent_set.protocol,
-        "mode": mode,
-        mode if mode == "scale" else "value": value,
-        "k": k_used,
-        "per_prompt": args.per_prompt,
-        "model": lm.identity(),
-    }
-    if args.harmless_kl:
-        from ..evaluation.side_effects import base_completions, completion_kl
-
-        harmless = load_prompts(args.harmless_kl, data_dir=args.data_dir, limit=args.kl_prompts)
-        latent_set.check_held_out(harmless)
-        base = base_completions(lm, formatter, harmless.texts(), batch_size=args.batch_size)
-        # harmless prompts have no per-prompt sets: the global set stands in for the KL
-        global_edit = edit
-        if args.per_prompt:
-            global_edit = latent_set.edit(saes, k=args.k, mode=mode, value=value)
-            global_edit = _from_position(global_edit, args.from_position)
-        kl = completion_kl(lm, formatter, harmless.texts(), base, [global_edit], seed=args.seed)
-        data["harmless_kl"] = {"dataset": harmless.name, **kl.to_dict()}
     if args.json:
         print(json.dumps(data))
-    else:
-        print(
-            f"{prompts.name} ({condition}): refusal rate {result.rate.mean:.3f} "
-            f"[{result.rate.low:.3f}, {result.rate.high:.3f}] n={result.rate.n} "
-            f"judge={result.judge['name']}"
-        )
-        if "harmless_kl" in data:
-            print(
-                f"harmless KL ({data['harmless_kl']['dataset']}): {data['harmless_kl']['mean']:.4f}"
-            )
+        return 0
+    low, high = data["ci95"]
+    print(
+        f"{prompts.name} ({data['condition']}): refusal rate {data['refusal_rate']:.3f} "
+        f"[{low:.3f}, {high:.3f}] n={data['n']} judge={data['judge']['name']}"
+    )
+    if "harmless_kl" in data:
+        print(f"harmless KL ({data['harmless_kl']['dataset']}): {data['harmless_kl']['mean']:.4f}")
     return 0
 
 
@@ -413,6 +348,24 @@ def _compare_flags(parser: argparse.ArgumentParser) -> None:
     settings_flags(parser, CompareSettings, skip=("batch_size",))
 
 
+def _validation_flags(parser: argparse.ArgumentParser) -> None:
+    from ..attribution import ValidationSettings
+
+    settings_flags(parser, ValidationSettings)
+
+
+def _card_flags(parser: argparse.ArgumentParser) -> None:
+    from ..cards import CardSettings
+
+    settings_flags(parser, CardSettings, skip=("batch_size", "seed"))
+
+
+def _steer_flags(parser: argparse.ArgumentParser) -> None:
+    from ..steering import SteerSettings
+
+    settings_flags(parser, SteerSettings)
+
+
 def register(command: Command) -> None:
     """This group's subcommands, flags and examples (`parser.build_parser` calls it)."""
     find = command(
@@ -439,9 +392,7 @@ def register(command: Command) -> None:
     add_model_args(check)
     check.add_argument("--latents", required=True, help="latent set from find-latents (ours/ap)")
     check.add_argument("--saes", help="SAE set folder (default: the one the latent set names)")
-    check.add_argument("--n-prompts", type=positive, default=16)
-    check.add_argument("--top", type=positive, default=20, help="latents compared per prompt")
-    check.add_argument("--top-k", type=positive, default=5, help="k of the top-k overlap")
+    command.defer(check, _validation_flags)
     check.add_argument("--out", help="JSON file for the report (default: next to the set)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -460,8 +411,7 @@ def register(command: Command) -> None:
     )
     cards.add_argument("--harmful", help="harmful prompts (default: harmful_val)")
     cards.add_argument("--harmless", help="harmless prompts (default: harmless_val)")
-    cards.add_argument("--n-prompts", type=positive, default=64)
-    cards.add_argument("--corpus-tokens", type=positive, default=20_000)
+    command.defer(cards, _card_flags)
     cards.add_argument("--out", required=True, help="folder for cards.json and cards.html")
 
     compare = command(
@@ -489,38 +439,7 @@ def register(command: Command) -> None:
     steer.add_argument("--latents", required=True, help="latent set (latents.json)")
     steer.add_argument("--saes", help="SAE set folder (default: the one the latent set names)")
     steer.add_argument("--dataset", required=True, help="dataset name or local file")
-    steer.add_argument("--column", default=None)
-    steer.add_argument("--limit", type=positive, default=None, help="first N prompts only")
-    steer.add_argument("--k", type=positive, help="use the top K latents (default: the set's)")
-    how = steer.add_mutually_exclusive_group()
-    how.add_argument("--scale", type=finite, help="multiply the latents by this")
-    how.add_argument("--set-value", type=finite, help="set the latents to this value")
-    steer.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
-    steer.add_argument(
-        "--from-position",
-        type=int,
-        metavar="P",
-        help="edit prompt tokens from index P of the formatted prompt on (template included); "
-        "negative: only the last -P prompt tokens (generated tokens follow --positions)",
-    )
-    steer.add_argument(
-        "--per-prompt",
-        action="store_true",
-        help="each prompt with its own latent set (only for the prompts the set was selected "
-        "on: transductive)",
-    )
-    steer.add_argument(
-        "--retain",
-        metavar="FEATURES",
-        help="pin this other latent set's latents to their clean values (a clean twin of each "
-        "prompt runs beside it: twice the compute)",
-    )
-    steer.add_argument("--max-new-tokens", type=positive, default=64)
-    steer.add_argument(
-        "--harmless-kl",
-        metavar="DATASET",
-        help="also report the KL the edit costs on these harmless prompts",
-    )
-    steer.add_argument("--kl-prompts", type=positive, default=32, help="prompts for --harmless-kl")
+    steer.add_argument("--column", default=None, help="text column of a local CSV/JSON file")
+    command.defer(steer, _steer_flags)
     steer.add_argument("--out", default=None, help="run folder for completions (resumable)")
     steer.add_argument("--json", action="store_true", help="print one JSON object")

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .args import Command, add_data_arg, add_model_args, finite, positive
+from .args import (
+    Command,
+    add_data_arg,
+    add_model_args,
+    finite,
+    positive,
+    settings_flags,
+    settings_from,
+)
 from .common import load_lm
 
 
@@ -125,6 +133,7 @@ def cmd_eval_saes(args: argparse.Namespace) -> int:
     from ..saes.report import format_table, write_report
     from ..saes.sets import SAESet
 
+    cfg = settings_from(EvalConfig, args)
     if args.layers and args.layers != "all" and not parse_layers(args.layers, 1 << 30):
         raise UserError(f"--layers {args.layers!r} names no layer; write e.g. 8-16 or 9,12,15")
     given = SAESet.load(args.saes) if args.saes else None  # read before the model loads
@@ -145,7 +154,6 @@ def cmd_eval_saes(args: argparse.Namespace) -> int:
     sae_set = given if given is not None else SAESet.load(folder)
     if args.layers:
         sae_set = sae_set.subset(parse_layers(args.layers, lm.n_layers))
-    cfg = EvalConfig(text_tokens=args.text_tokens, n_prompts=args.prompts)
     report = evaluate_sae_set(lm, sae_set, args.data_dir, cfg)
     out = Path(args.out or folder)
     write_report(report, out)
@@ -170,6 +178,12 @@ EXAMPLES = {
         refusal-lens eval-saes saes/quick --data-dir DATA --json > eval.json
     """,
 }
+
+
+def _eval_flags(parser: argparse.ArgumentParser) -> None:
+    from ..saes.evaluation import EvalConfig
+
+    settings_flags(parser, EvalConfig, skip=("batch_size", "sets", "seed"))
 
 
 def register(command: Command) -> None:
@@ -246,18 +260,7 @@ def register(command: Command) -> None:
     )
     add_model_args(evaluate)
     add_data_arg(evaluate)
-    evaluate.add_argument(
-        "--text-tokens",
-        type=positive,
-        default=4096,
-        help="tokens per text set (default: %(default)s)",
-    )
-    evaluate.add_argument(
-        "--prompts",
-        type=positive,
-        default=64,
-        help="held-out requests per class (default: %(default)s)",
-    )
+    command.defer(evaluate, _eval_flags)
     evaluate.add_argument("--layers", help="evaluate these layers only, e.g. 8-16 or 9,12,15")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.add_argument("--out", help="folder for eval.json and eval.png (default: the set)")

@@ -18,7 +18,7 @@ averaged over real next tokens only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -316,8 +316,10 @@ def _requests(tok: Tokenizer, source: str, data_dir: str | Path | None, n: int) 
 
 @dataclass
 class EvalConfig:
-    text_tokens: int = 4096
-    n_prompts: int = 64
+    text_tokens: int = field(default=4096, metadata={"help": "tokens per text set"})
+    n_prompts: int = field(
+        default=64, metadata={"help": "held-out requests per class", "flag": "prompts"}
+    )
     batch_size: int = 8
     sets: tuple[str, ...] = ("generic", "chat")
     seed: int = 0
