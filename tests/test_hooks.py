@@ -168,8 +168,9 @@ def test_intervention_round_trip_and_bad_input(tiny: LoadedModel) -> None:
 
 def test_a_new_intervention_kind_is_one_registered_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     from refusal_lens import interventions, schema
+    from refusal_lens.interventions import registry
 
-    monkeypatch.setattr(interventions, "_READERS", dict(interventions._READERS))
+    monkeypatch.setattr(registry, "_READERS", dict(registry._READERS))
 
     @interventions.reads("noop", schema.Obj(required={"layer": schema.INDEX}))
     def _noop(data: dict) -> interventions.AddDirection:

@@ -322,3 +322,23 @@ def test_sink_threshold_is_per_prompt_and_ignores_padding(
     (bound,) = bind([edit], ["x"], torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]))
     out = bound.hooks(tiny.model)[0][1](padded, point)
     torch.testing.assert_close(out[:, 2:], alone_out)
+
+
+def test_token_positions_say_which_tokens_an_edit_touches() -> None:
+    """The position rules live in one object (`EditLatents.where`): prompt vs decoding step, a
+    window from a prompt position counted past each row's padding, and sinks left alone."""
+    from refusal_lens.interventions import TokenPositions
+
+    prompt = torch.ones(2, 5, 4)  # two rows of five tokens, equal norms
+    step = torch.ones(2, 1, 4)
+    assert TokenPositions("generated").mask(prompt, None, {}) is None
+    assert TokenPositions("prompt").mask(step, None, {}) is None
+    window = TokenPositions(from_position=1).mask(prompt, (0, 2), {})
+    assert window.tolist() == [[False, True, True, True, True], [False, False, False, True, True]]
+    sink = prompt.clone()
+    sink[0, 0] *= 100  # an attention sink: norm far above the row's median
+    kept = TokenPositions().mask(sink, None, {})
+    assert not kept[0, 0] and kept[0, 1:].all() and kept[1].all()
+    assert TokenPositions(edit_sinks=True).mask(sink, None, {}).all()
+    with pytest.raises(UserError, match="positions 'middle' unknown"):
+        TokenPositions("middle")
