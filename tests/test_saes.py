@@ -293,6 +293,46 @@ def test_collection_masks_truncation_and_resume(
     torch.testing.assert_close(resumed.load_shard(2)["resid_post.1"], original)
 
 
+def test_shared_system_turn_is_run_once_and_collects_the_same(
+    tiny: LoadedModel, tmp_path: Path, mixture_jsonl: Path
+) -> None:
+    """The system turn every chat row starts with (dropped by the mask) is run once as a KV
+    prefix; the collected activations and kinds equal a plain forward over every token."""
+    from refusal_lens.saes import activations
+
+    kwargs = dict(
+        mixture=(MixtureSource(str(mixture_jsonl), 1.0),),
+        n_tokens=3000,
+        batch_size=4,
+        progress=False,
+        dtype="float32",
+    )
+    points = [HookPoint(0, "resid_post"), HookPoint(1, "resid_post")]
+    calls: list[int] = []
+    original = activations.truncated_forward
+
+    def counted(lm, pts, ids, mask, **extra):  # type: ignore[no-untyped-def]
+        calls.append(int(mask[:, -ids.shape[1] :].sum()))  # the tokens run, not the prefix
+        return original(lm, pts, ids, mask, **extra)
+
+    activations.truncated_forward = counted
+    try:
+        fast = collect_activations(tiny, points, tmp_path / "fast", **kwargs)
+        fast_tokens = sum(calls)
+        calls.clear()
+        plain = collect_activations(tiny, points, tmp_path / "plain", shared_prefix=False, **kwargs)
+        plain_tokens = sum(calls)
+    finally:
+        activations.truncated_forward = original
+    assert fast_tokens < 0.9 * plain_tokens
+    assert fast.n_tokens == plain.n_tokens
+    for number in range(len(plain.shards)):
+        a, b = fast.load_shard(number), plain.load_shard(number)
+        assert torch.equal(a["kinds"], b["kinds"])
+        for point in points:
+            torch.testing.assert_close(a[point.name], b[point.name], atol=1e-4, rtol=1e-4)
+
+
 def planted_data(n: int = 60_000, d: int = 32, n_feat: int = 96, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     feats = torch.randn(n_feat, d, generator=gen)

@@ -11,7 +11,7 @@ from transformers import DynamicCache, GenerationConfig
 
 from .interventions import Intervention, InterventionSet, apply, bind, needs_twin
 from .models import ChatFormatter, EncodedBatch, LoadedModel
-from .models.prefix import cache_argument
+from .models.cache import cache_argument
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,15 @@ def benchmark_job(
     run = RunDir(out)
     run.write_manifest("benchmark", settings_dict(config), lm.identity(), config.seed)
     timings: dict[str, float] = {}
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        echo(f"[{name}] ...")
+        t0 = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - t0, 1)
+        echo(f"[{name}] done in {timings[name]:.0f} s")
+        return result
+
     with ResultStore(run.path / "results.sqlite") as store:
         judge_context = JudgeContext(
             lm=lm,
@@ -59,7 +68,10 @@ def benchmark_job(
             data_dir=None if data_dir is None else str(data_dir),
             batch_size=8,
         )
-        judges = {spec: make_judge(spec, judge_context) for spec in config.judges}
+        # a learned judge trains here on first use (then it is cached)
+        judges = stage(
+            "judges", lambda: {spec: make_judge(spec, judge_context) for spec in config.judges}
+        )
         if config.capabilities.tasks and resolve_data_dir(data_dir) is not None:
             check_capabilities_available(config.capabilities, data_dir, run.path)
         if config.saes is None and any(m in LATENT_METHODS for m in config.methods):
@@ -84,14 +96,6 @@ def benchmark_job(
             screen_generation=screen_generation,
             cache_dir=cache_dir,
         )
-
-        def stage(name: str, fn: Callable[[], Any]) -> Any:
-            echo(f"[{name}] ...")
-            t0 = time.perf_counter()
-            result = fn()
-            timings[name] = round(time.perf_counter() - t0, 1)
-            echo(f"[{name}] done in {timings[name]:.0f} s")
-            return result
 
         direction = stage("direction", lambda: find_direction(ctx, config.seed))
         needs_saes = any(m in LATENT_METHODS for m in config.methods)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from .cache import cache_argument
 from .chat import ChatFormatter, EncodedBatch
 from .loading import LoadedModel
 
@@ -90,12 +91,3 @@ class SharedHeader:
             **{argument: cache},
         )
         return out.logits[:, -1]
-
-
-def cache_argument(model: torch.nn.Module) -> str:
-    """The forward argument that takes the KV cache: `cache` since transformers 5.24
-    (`past_key_values` is deprecated there and goes in 5.40), `past_key_values` before."""
-    import inspect
-
-    parameters = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
