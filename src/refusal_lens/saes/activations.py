@@ -114,6 +114,7 @@ class SharedPrefix:
         self.lm = lm
         self.points = list(points)
         self.ids = torch.tensor(ids, dtype=torch.long)
+        self.id_list = list(ids)
         self._cache: Any = None
 
     @classmethod
@@ -143,7 +144,7 @@ class SharedPrefix:
         header = int(TokenKind.SYSTEM_HEADER)
         return (
             len(seq.input_ids) > n
-            and list(seq.input_ids[:n]) == self.ids.tolist()
+            and list(seq.input_ids[:n]) == self.id_list
             and all(kind == header for kind in seq.kinds[:n])
         )
 
@@ -200,7 +201,8 @@ def forward_batch(
     if prefix is None or not rows:
         return truncated_forward(lm, points, ids, attn), attn, kinds
     n = prefix.ids.numel()
-    others = [r for r in range(len(batch)) if r not in set(rows)]
+    shared_rows = set(rows)
+    others = [r for r in range(len(batch)) if r not in shared_rows]
     acts = {p: torch.zeros(*ids.shape, lm.d_model, dtype=lm.dtype) for p in points}
     width = max(len(batch[r].input_ids) for r in rows) - n
     shared = prefix.forward(ids[rows, n : n + width], attn[rows, n : n + width])
