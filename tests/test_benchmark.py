@@ -29,6 +29,7 @@ from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.evaluation.capabilities import CapabilitySettings
 from refusal_lens.evaluation.store import Condition, ResultStore
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel, load_model
 from refusal_lens.runs import RunDir
 
@@ -506,6 +507,33 @@ def test_a_latent_set_selected_from_other_inputs_is_selected_again(
     assert cossim[0]["setting"] == cossim[1]["setting"]
     picked = [json.loads(p.read_text()) for p in (tmp_path / "r" / "latents").rglob("latents.json")]
     assert len(picked) == 1  # the stale set was replaced, not kept beside
+
+
+def test_a_latent_set_is_kept_in_the_user_cache_for_later_runs(
+    tiny: LoadedModel,
+    formatter: ChatFormatter,
+    bench_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new run folder copies the set selected before from the user cache (same key), and
+    its latents equal the first run's."""
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    selections: list[Path] = []
+    real = inputs_module.latents_job
+
+    def counting(lm, fmt, out, **kwargs):  # type: ignore[no-untyped-def]
+        selections.append(Path(out))
+        return real(lm, fmt, out, **kwargs)
+
+    monkeypatch.setattr(inputs_module, "latents_job", counting)
+    config = tiny_config(*bench_inputs, methods=("base", "cossim"), judges=("substring",))
+    for run in ("a", "b"):
+        benchmark_job(tiny, formatter, config, tmp_path / run, data_dir=None, echo=print)
+    assert len(selections) == 1 and selections[0].parent.name == "latents"
+    assert not selections[0].is_relative_to(tmp_path / "a")  # selected in the cache
+    sets = [LatentSet.load(tmp_path / run / "latents" / "heldout" / "cossim") for run in "ab"]
+    assert sets[0].latents == sets[1].latents and sets[0].latents
 
 
 def test_a_found_direction_is_kept_in_the_user_cache_for_later_runs(

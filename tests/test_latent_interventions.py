@@ -31,6 +31,26 @@ def test_latent_values_match_encode_and_unit_edit_is_identity(arch: str, tiny: L
     torch.testing.assert_close(doubled, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", sorted(SAE_CLASSES))
+def test_bfloat16_activations_are_steered_by_a_bfloat16_copy(arch: str, tiny: LoadedModel) -> None:
+    sae = random_sae_set(tiny, arch)[HookPoint(1, "resid_post")]
+    x = torch.randn(4, 6, tiny.d_model) * 3
+    latents = torch.tensor([3, 17, 200])
+    exact = sae.steer(x, latents, lambda f: 2 * f)
+    half = sae.steer(x.bfloat16(), latents, lambda f: 2 * f)
+    assert half.dtype == torch.bfloat16 and sae.W_enc.dtype == torch.float32
+    assert torch.equal(sae.steer(x.bfloat16(), latents, lambda f: f), x.bfloat16())
+    # bfloat16 rounding: a few TopK memberships may flip, the edit stays the same size
+    close = ((half.float() - exact).abs() < 0.1 * (exact - x).abs().max() + 0.05).float().mean()
+    assert close > 0.95
+    copy = sae.cast(torch.bfloat16)
+    assert sae.cast(torch.bfloat16) is copy  # made once
+    with torch.no_grad():
+        sae.W_dec.mul_(2)
+    assert sae.cast(torch.bfloat16) is not copy  # a changed weight makes a new copy
+    assert torch.equal(sae.cast(torch.bfloat16).W_dec, sae.W_dec.bfloat16())
+
+
 def test_steer_keep_mask_leaves_rows_alone(tiny_saes: SAESet, tiny: LoadedModel) -> None:
     sae = tiny_saes[HookPoint(0, "resid_post")]
     x = torch.randn(1, 4, tiny.d_model)

@@ -273,6 +273,22 @@ def test_learned_judge_spec_and_errors(tmp_path: Path) -> None:
         LearnedJudgeSettings(epochs=0)
 
 
+def test_each_judge_size_is_found_again_without_the_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from refusal_lens.judges import learned
+
+    quick = settings(tmp_path, epochs=1)
+    monkeypatch.setattr(learned, "SIZES", {"default": settings(tmp_path), "quick": quick})
+    with pytest.raises(UserError, match="--set max_tokens=32 --set epochs=1"):
+        learned.default_judge(None, tmp_path / "cache", "quick")
+    folder = train(quick, cache=tmp_path / "cache", progress=False)
+    assert learned.default_judge(None, tmp_path / "cache", "quick") == folder
+    assert learned.default_folder(tmp_path / "cache") is None  # the default size: not trained
+    with pytest.raises(UserError, match="size 'huge' is unknown; choose from default, quick"):
+        make_judge("learned:size=huge")
+
+
 # ----------------------------------------------------------------------------- commands
 
 

@@ -123,6 +123,7 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
 
     from ..data.labelled import LABELLED_SETS, is_labelled_file, load_labelled
     from ..judges import check_judge_spec
+    from ..judges.learned import judge_size
     from ..saes.io import CFG_FILE
     from ..saes.sets import SET_FILE, read_set_index
 
@@ -131,6 +132,8 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
     for spec in config.judges:
         name, options = check_judge_spec(spec)
         learned = learned or (name == "learned" and "folder" not in options)
+        if name == "learned":
+            judge_size(str(options.get("size", "default")))
     for name in config.datasets:
         load_prompts(name, data_dir=data_dir, limit=1)
     load_prompts(config.harmless, data_dir=data_dir, limit=1)
@@ -171,11 +174,13 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
 
 QUICK: dict[str, Any] = {
     "direction_n_train": 64,  # the difference in means of each candidate
-    "direction_n_val": 16,  # each candidate direction is scored on these: the stage's cost
+    # each of the 95 candidate directions is scored on these: the stage's cost (the best
+    # candidate stands out: on the default model its bypass score is 0.5 below the next one)
+    "direction_n_val": 8,
     "limit": 16,
     "max_new_tokens": 64,
     "methods": "base,direction,ours,cossim,random",
-    "judges": "substring,learned",
+    "judges": "substring,learned:size=quick",
     "agreement_limit": 200,
     "n_select": 32,
     "search": False,
@@ -234,14 +239,14 @@ def usable_judges(
     from ..judges.learned import default_folder
 
     parsed = {spec: parse_judge_spec(spec) for spec in config.judges}
-    default_learned = [
-        spec
+    default_learned = {
+        spec: str(options.get("size", "default"))
         for spec, (name, options) in parsed.items()
         if name == "learned" and "folder" not in options
-    ]
+    }
     if not default_learned or resolve_data_dir(data_dir) is not None:
         return config, []
-    if default_folder(cache) is not None:
+    if all(default_folder(cache, size) is not None for size in default_learned.values()):
         return config, []
     judges = tuple(j for j in config.judges if j not in default_learned) or ("substring",)
     note = (

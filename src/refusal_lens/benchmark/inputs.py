@@ -36,6 +36,7 @@ from .config import BenchmarkConfig
 from .context import Context
 
 DIRECTION_CACHE_VERSION = 2  # bump when the selection procedure changes
+LATENTS_CACHE_VERSION = 1  # the same for latent selection
 
 
 def evaluation_sets(config: BenchmarkConfig) -> tuple[str, ...]:
@@ -183,24 +184,41 @@ def _latent_set(
         # selected from other inputs or settings (or by an older version): select it again
         ctx.log(f"latents: {folder} was selected from other inputs; selecting it again")
         shutil.rmtree(folder)
-    done = (folder / "latents.json").exists() and (
-        not choice.search or (folder / "search.json").exists()
-    )
-    if not done:
-        ctx.log(f"latents: {method} ({protocol}) -> {folder}")
-        latents_job(
-            ctx.lm,
-            ctx.formatter,
-            folder,
-            choice=choice,
-            settings=settings,
-            data_dir=ctx.data_dir,
-            search_settings=SearchSettings(batch_size=ctx.config.batch_size),
-            seed=seed,
-        )
+    if not _selected(folder, choice):
+        cached = cached_latents_folder(ctx, key)
+        with exclusive(cached.with_name(cached.name + ".lock")):  # one selection per key
+            if _selected(cached, choice):
+                ctx.log(f"latents: {method} ({protocol}), reusing the set selected in {cached}")
+            else:
+                ctx.log(f"latents: {method} ({protocol}) -> {cached} (kept for later runs)")
+                latents_job(
+                    ctx.lm,
+                    ctx.formatter,
+                    cached,
+                    choice=choice,
+                    settings=settings,
+                    data_dir=ctx.data_dir,
+                    search_settings=SearchSettings(batch_size=ctx.config.batch_size),
+                    seed=seed,
+                )
+        _copy_into_place(cached, folder)
     if not marker.exists():
         write_json(marker, {"key": key})
     return LatentSet.load(folder)
+
+
+def _selected(folder: Path, choice: LatentsChoice) -> bool:
+    return (folder / "latents.json").exists() and (
+        not choice.search or (folder / "search.json").exists()
+    )
+
+
+def cached_latents_folder(ctx: Context, key: str) -> Path:
+    """Where a benchmark's latent set lives in the user cache: `key` is the selection key
+    (settings and the content of every input), so a new run folder reuses the set and an
+    interrupted selection resumes there."""
+    versioned = stable_hash({"version": [LATENTS_CACHE_VERSION, __version__], "key": key})
+    return user_cache_dir(ctx.cache_dir) / "latents" / f"{Path(ctx.lm.name).name}-{versioned[:16]}"
 
 
 def _stored_key(marker: Path) -> str | None:

@@ -9,7 +9,7 @@ from .classifier import HarmBenchJudge, LlamaGuardJudge
 from .compliance import ComplianceJudge, SentenceEmbedder
 from .endpoint import EndpointJudge
 from .first_token import FirstTokenJudge
-from .learned import LearnedJudge, default_judge
+from .learned import LearnedJudge, default_judge, judge_size
 from .substring import SubstringJudge
 
 DEFAULT_LLM_JUDGE = "qwen2.5-coder-1.5b-instruct"
@@ -97,11 +97,15 @@ def compliance(
 
 
 def learned(
-    context: JudgeContext, folder: str | None = None, threshold: str = "0.5"
+    context: JudgeContext,
+    folder: str | None = None,
+    threshold: str = "0.5",
+    size: str = "default",
 ) -> LearnedJudge:
     cut = float(threshold)  # checked before anything trains or loads
+    judge_size(size)
     if folder is None:  # the default judge: trained once from the data directory, then cached
-        folder = str(default_judge(context.data_dir, context.cache_dir))
+        folder = str(default_judge(context.data_dir, context.cache_dir, size))
     device = "cpu"
     if context.lm is not None:
         device = str(next(context.lm.model.parameters()).device)
@@ -128,7 +132,8 @@ register_judge(
     "learned",
     learned,
     "a small encoder fine-tuned on human labels (GPTFuzz): does the answer do what was asked? "
-    "(folder=DIR from train-judge; default: trained once from the data directory)",
+    "(folder=DIR from train-judge; default: trained once from the data directory; "
+    "size=quick: one epoch over 128 tokens, the quick run's)",
 )
 register_judge(
     "compliance",

@@ -54,6 +54,9 @@ class LearnedJudgeSettings:
     learning_rate: float = 5e-5
     warmup: float = 0.1  # share of steps with a rising learning rate
     seed: int = 0
+    # matmuls of the training steps: "bfloat16" autocast, "float32", or "auto" (bfloat16 where
+    # the CPU or GPU has bfloat16 instructions); the cache key holds the resolved value
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         checks = {
@@ -63,6 +66,7 @@ class LearnedJudgeSettings:
             "batch_size": self.batch_size >= 1,
             "learning_rate": 0 < self.learning_rate < 1,
             "warmup": 0 <= self.warmup < 1,
+            "precision": self.precision in ("auto", "float32", "bfloat16"),
         }
         for name, ok in checks.items():
             if not ok:
@@ -127,12 +131,26 @@ def _backbone_identity(location: str) -> str:
     return digest.hexdigest()
 
 
+def training_precision(settings: LearnedJudgeSettings, device: str = "cpu") -> str:
+    """The precision `auto` resolves to on this machine (see `models.loading.resolve_dtype`)."""
+    if settings.precision != "auto":
+        return settings.precision
+    import torch
+
+    from ..models.loading import resolve_dtype
+
+    return (
+        "bfloat16" if resolve_dtype("auto", torch.device(device)) == torch.bfloat16 else "float32"
+    )
+
+
 def judge_key(settings: LearnedJudgeSettings, data: TrainingData) -> str:
     backbone = _backbone(settings)
+    resolved = {**asdict(settings), "backbone": "", "precision": training_precision(settings)}
     return stable_hash(
         {
             "format": FORMAT,
-            "settings": {**asdict(settings), "backbone": ""},
+            "settings": resolved,
             "backbone": _backbone_identity(backbone),
             "data": data.sha256,
         }
@@ -145,9 +163,23 @@ def judge_folder(
     return cache_dir(cache) / "judges" / f"learned-{judge_key(settings, data)}"
 
 
-def default_folder(cache: str | Path | None = None) -> Path | None:
-    """The judge trained with the default settings, if any was (recorded when it was)."""
-    pointer = cache_dir(cache) / "judges" / "default.json"
+SIZES: dict[str, LearnedJudgeSettings] = {
+    "default": LearnedJudgeSettings(),
+    # the quick run's judge: one epoch over the first 128 tokens (about a quarter of the
+    # default's training time; its accuracy on GPTFuzz is in docs/results.md, section 5)
+    "quick": LearnedJudgeSettings(max_tokens=128, epochs=1),
+}
+
+
+def judge_size(size: str) -> LearnedJudgeSettings:
+    if size not in SIZES:
+        raise UserError(f"learned judge size {size!r} is unknown; choose from {', '.join(SIZES)}")
+    return SIZES[size]
+
+
+def default_folder(cache: str | Path | None = None, size: str = "default") -> Path | None:
+    """The judge trained with the settings of `size`, if any was (recorded when it was)."""
+    pointer = cache_dir(cache) / "judges" / f"{size}.json"
     try:
         name = json.loads(pointer.read_text())["folder"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -156,18 +188,26 @@ def default_folder(cache: str | Path | None = None) -> Path | None:
     return folder if (folder / "judge.json").is_file() else None
 
 
-def default_judge(data_dir: str | Path | None, cache: str | Path | None = None) -> Path:
-    """The default learned judge: trained from the data directory on first use (then
+def default_judge(
+    data_dir: str | Path | None, cache: str | Path | None = None, size: str = "default"
+) -> Path:
+    """The learned judge of `size`: trained from the data directory on first use (then
     cached); without a data directory, the one trained before."""
     from ..data.loaders import resolve_data_dir
 
+    settings = judge_size(size)
     if resolve_data_dir(data_dir) is not None:
-        return train(LearnedJudgeSettings(), data_dir, cache=cache)
-    found = default_folder(cache)
+        return train(settings, data_dir, cache=cache)
+    found = default_folder(cache, size)
     if found is None:
+        more = (
+            ""
+            if size == "default"
+            else f" --set max_tokens={settings.max_tokens} --set epochs={settings.epochs}"
+        )
         raise UserError(
             "the learned judge is trained from GPTFuzz's labels in the data directory; "
-            "run `refusal-lens train-judge --data-dir DATA` once, or pass --data-dir"
+            f"run `refusal-lens train-judge --data-dir DATA{more}` once, or pass --data-dir"
         )
     return found
 
@@ -223,6 +263,9 @@ def train(
         torch.manual_seed(settings.seed)  # the new head's initial weights
         tokenizer, model = _load_classifier(_backbone(settings), num_labels=2)
         model.train()
+        autocast = torch.autocast(
+            "cpu", dtype=torch.bfloat16, enabled=training_precision(settings) == "bfloat16"
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
         per_epoch = math.ceil(len(data.rows) / settings.batch_size)
         total = per_epoch * settings.epochs
@@ -248,7 +291,8 @@ def train(
                     settings.max_tokens,
                 )
                 labels = torch.tensor([int(r.complied) for r in batch])
-                loss = model(**inputs, labels=labels).loss
+                with autocast:
+                    loss = model(**inputs, labels=labels).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -266,6 +310,7 @@ def train(
             {
                 "format": FORMAT,
                 "settings": asdict(settings),
+                "precision": training_precision(settings),
                 "backbone": _backbone(settings),
                 "data": {"sha256": data.sha256, "sources": data.sources},
                 "positives": sum(r.complied for r in data.rows),
@@ -273,8 +318,9 @@ def train(
                 "seconds": round(time.perf_counter() - started, 1),
             },
         )
-        if settings == LearnedJudgeSettings():  # found again without the data directory
-            write_json(folder.parent / "default.json", {"folder": folder.name})
+        for size, preset in SIZES.items():  # found again without the data directory
+            if settings == preset:
+                write_json(folder.parent / f"{size}.json", {"folder": folder.name})
         for path in sorted(partial.glob("*")) if partial.is_dir() else ():
             path.unlink()
         if partial.is_dir():

@@ -22,6 +22,7 @@ from ..errors import UserError
 from .sparse_ops import ActiveLatents, decode_active
 
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
+HALF = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        self._casts: dict[torch.dtype, tuple[tuple[object, ...], SparseAutoencoder]] = {}
 
     @property
     def d_in(self) -> int:
@@ -135,6 +137,8 @@ class SparseAutoencoder(nn.Module):
         The SAE error is kept, so an edit that changes nothing is the identity. Only the
         decoder rows of `latents` are touched; `keep` (`[...]` bool) leaves other rows alone.
         """
+        if x.dtype in HALF and self.W_enc.dtype == torch.float32:
+            return self.cast(x.dtype).steer(x, latents, edit, keep)
         flat, _ = self._flatten(x)
         sae_in, norm = self._normalize(flat)
         values = self.latent_values(sae_in, latents)
@@ -143,6 +147,26 @@ class SparseAutoencoder(nn.Module):
         if keep is not None:
             delta = delta * keep.unsqueeze(-1).to(delta.dtype)
         return x + delta.to(x.dtype)
+
+    def cast(self, dtype: torch.dtype) -> SparseAutoencoder:
+        """This SAE with its weights in `dtype`, made once and kept until a weight changes.
+
+        `steer` runs in the dtype of the activations it edits when that is bfloat16 or float16:
+        the encoder of a TopK SAE computes every pre-activation at each edited layer of every
+        decoding step, and in the model's own dtype that matmul costs a third of float32's on a
+        CPU with bfloat16 instructions (docs/guide.md, section 1). Which latents are in the top
+        k can then differ from a float32 encoding where two pre-activations are within bfloat16's
+        rounding of each other, as the activations themselves are rounded to bfloat16.
+        """
+        versions = (self.W_enc.device, *(p._version for p in self.parameters()))
+        found = self._casts.get(dtype)
+        if found is not None and found[0] == versions:
+            return found[1]
+        copy = build_sae(SAEConfig(**{**asdict(self.cfg), "dtype": str(dtype).split(".")[-1]}))
+        copy.load_state_dict({k: v.detach().to(dtype) for k, v in self.state_dict().items()})
+        copy.to(self.W_enc.device).requires_grad_(False)
+        self._casts[dtype] = (versions, copy)
+        return copy
 
     def encode_latents(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """`encode(x)[..., latents]`, computing no more of the encoder than needed."""

@@ -43,7 +43,11 @@ class SAERecipe:
     cache_dtype: str = "float16"
 
     def key(self, lm: LoadedModel) -> str:
-        return stable_hash({"model": lm.weights_sha256, "recipe": asdict(self)})
+        """The model's weights and the dtype it runs in (the activations trained on), and the
+        recipe."""
+        return stable_hash(
+            {"model": lm.weights_sha256, "dtype": str(lm.dtype), "recipe": asdict(self)}
+        )
 
 
 def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
@@ -84,7 +88,7 @@ def preset(name: str, lm: LoadedModel) -> SAERecipe:
     if name == "quick":
         return SAERecipe(
             layers=quick_layers(n),
-            train=TrainConfig(expansion=8, k=32, total_tokens=400_000, lr=2e-3),
+            train=TrainConfig(expansion=8, k=64, total_tokens=400_000, lr=2e-3),
             collect_tokens=130_000,
         )
     if name == "full":
