@@ -49,10 +49,13 @@ def test_real_model_ablation_zero_projection(qwen: LoadedModel) -> None:
             min_new_tokens=3,
             do_sample=False,
         )
+    # in bfloat16 the ablated stream is rounded again: what is left along d is that rounding
+    # (about 1e-4 of the norm), against about 3e-2 for a random direction without the ablation
+    tolerance = 1e-5 if qwen.dtype == torch.float32 else 2e-3
     for point in points:
         for act in acts[point]:
             relative = (act.float() @ unit).abs().max() / act.float().norm(dim=-1).max()
-            assert relative < 1e-5, point
+            assert relative < tolerance, point
 
 
 DIRECTION_ARGV = ["direction", "--max-new-tokens", "32"]

@@ -12,7 +12,9 @@ selection prompts, or near-copies of them, without storing their text (`check`).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -43,27 +45,44 @@ def describe(prompts: PromptSet) -> dict[str, Any]:
 
 
 class _Index:
-    """Word sets indexed by word, for near-duplicate lookups."""
+    """Word sets indexed for near-duplicate lookups at one Jaccard threshold (prefix filtering).
 
-    def __init__(self, sets: Iterable[frozenset[str]]) -> None:
-        self.by_word: dict[str, list[frozenset[str]]] = {}
-        for item in sets:
-            for word in item:
-                self.by_word.setdefault(word, []).append(item)
+    If `J(A, B) >= t` then `|A & B| >= ceil(t |A|)` and `>= ceil(t |B|)`. Order every word by
+    one global order (rarest first in the indexed sets): the first shared word of A and B then
+    lies in A's first `|A| - ceil(t |A|) + 1` words and in B's first `|B| - ceil(t |B|) + 1`,
+    so indexing and probing those prefixes only finds every pair at or above `t`, without
+    comparing a prompt with every indexed prompt that shares a common word such as "how".
+    """
 
-    def near(self, item: frozenset[str], threshold: float) -> bool:
+    def __init__(self, sets: Iterable[frozenset[str]], threshold: float) -> None:
+        self.threshold = threshold
+        self.sets = list(sets)
+        counts = Counter(word for item in self.sets for word in item)
+        self._key = lambda word: (counts.get(word, 0), word)
+        self.by_word: dict[str, list[int]] = {}
+        for number, item in enumerate(self.sets):
+            for word in self._prefix(item):
+                self.by_word.setdefault(word, []).append(number)
+
+    def _prefix(self, item: frozenset[str]) -> list[str]:
+        shared = math.ceil(self.threshold * len(item) - 1e-9)  # the least overlap possible
+        return sorted(item, key=self._key)[: len(item) - shared + 1]
+
+    def near(self, item: frozenset[str]) -> bool:
         if not item:
             return False
-        candidates = {id(c): c for w in item for c in self.by_word.get(w, ())}.values()
-        return any(len(item & c) / len(item | c) >= threshold for c in candidates)
+        found = {n for word in self._prefix(item) for n in self.by_word.get(word, ())}
+        return any(
+            len(item & self.sets[n]) / len(item | self.sets[n]) >= self.threshold for n in found
+        )
 
 
 def drop_near_duplicates(
     pool: PromptSet, others: Iterable[PromptSet], threshold: float = NEAR_DUPLICATE_JACCARD
 ) -> PromptSet:
     """Drop prompts whose word set overlaps a prompt of `others` with Jaccard >= threshold."""
-    index = _Index(words(p.text) for other in others for p in other)
-    return pool.filter(lambda p: not index.near(words(p.text), threshold))
+    index = _Index((words(p.text) for other in others for p in other), threshold)
+    return pool.filter(lambda p: not index.near(words(p.text)))
 
 
 def without(
@@ -84,13 +103,14 @@ def overlap(
     Roles recorded before word hashes existed are checked exactly only."""
     exact_hashes = {h for role in selected_on.values() for h in role.get("prompt_hashes", [])}
     index = _Index(
-        frozenset(item) for role in selected_on.values() for item in role.get("word_hashes", [])
+        (frozenset(item) for role in selected_on.values() for item in role.get("word_hashes", [])),
+        threshold,
     )
     exact = near = 0
     for text in prompts.texts():
         if prompt_hash(text) in exact_hashes:
             exact += 1
-        elif index.near(frozenset(word_hashes(text)), threshold):
+        elif index.near(frozenset(word_hashes(text))):
             near += 1
     return exact, near
 
