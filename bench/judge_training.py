@@ -19,9 +19,9 @@ import torch
 from refusal_lens.judges.learned import (
     LearnedJudgeSettings,
     _backbone,
-    _encode,
     _grouped_by_length,
     _load_classifier,
+    train_step,
     training_data,
 )
 
@@ -48,16 +48,7 @@ def rows_per_second(
             started = time.perf_counter()
         start = step * settings.batch_size
         batch = [data.rows[i] for i in order[start : start + settings.batch_size]]
-        inputs = _encode(
-            tokenizer, [r.prompt for r in batch], [r.response for r in batch], settings.max_tokens
-        )
-        labels = torch.tensor([int(r.complied) for r in batch])
-        with autocast:
-            loss = model(**inputs, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
+        train_step(model, tokenizer, optimizer, batch, settings, autocast)
         if step >= warmup:
             rows += len(batch)
     return rows / (time.perf_counter() - started)

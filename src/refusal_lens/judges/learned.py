@@ -284,21 +284,8 @@ def train(
             )
             for start in bar:
                 batch = [data.rows[i] for i in order[start : start + settings.batch_size]]
-                inputs = _encode(
-                    tokenizer,
-                    [r.prompt for r in batch],
-                    [r.response for r in batch],
-                    settings.max_tokens,
-                )
-                labels = torch.tensor([int(r.complied) for r in batch])
-                with autocast:
-                    loss = model(**inputs, labels=labels).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
+                running += train_step(model, tokenizer, optimizer, batch, settings, autocast)
                 schedule.step()
-                optimizer.zero_grad()
-                running += float(loss.detach())
             losses.append(running / per_epoch)
             _checkpoint(partial, epoch + 1, losses, model, optimizer, schedule, save_file)
         model.eval()
@@ -326,6 +313,30 @@ def train(
         if partial.is_dir():
             partial.rmdir()
     return folder
+
+
+def train_step(
+    model: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    batch: Sequence[LabelledResponse],
+    settings: LearnedJudgeSettings,
+    autocast: Any,
+) -> float:
+    """One optimizer step on `batch` (clipped at norm 1); the batch's loss."""
+    import torch
+
+    inputs = _encode(
+        tokenizer, [r.prompt for r in batch], [r.response for r in batch], settings.max_tokens
+    )
+    labels = torch.tensor([int(r.complied) for r in batch])
+    with autocast:
+        loss = model(**inputs, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    return float(loss.detach())
 
 
 def _grouped_by_length(rows: Sequence[LabelledResponse], batch_size: int, seed: int) -> list[int]:
