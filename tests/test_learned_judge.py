@@ -278,6 +278,7 @@ def test_each_judge_size_is_found_again_without_the_data_directory(
 ) -> None:
     from refusal_lens.judges import learned
 
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)  # CI sets it
     quick = settings(tmp_path, epochs=1)
     monkeypatch.setattr(learned, "SIZES", {"default": settings(tmp_path), "quick": quick})
     with pytest.raises(UserError, match="--set max_tokens=32 --set epochs=1"):
