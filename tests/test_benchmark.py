@@ -5,6 +5,7 @@ run resumes without recomputing finished items)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -536,6 +537,31 @@ def test_a_latent_set_is_kept_in_the_user_cache_for_later_runs(
     assert sets[0].latents == sets[1].latents and sets[0].latents
 
 
+def test_a_rerun_into_a_new_folder_computes_nothing_computed_before(
+    tiny: LoadedModel,
+    formatter: ChatFormatter,
+    bench_inputs: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Results go through the user cache's store: a second folder generates and judges
+    nothing, yet holds every row it reports; `share_results=false` computes again."""
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    calls = counting_generate(monkeypatch)
+    config = tiny_config(*bench_inputs)
+    first = benchmark_job(tiny, formatter, config, tmp_path / "a", data_dir=None, echo=print)
+    generated = len(calls)
+    second = benchmark_job(tiny, formatter, config, tmp_path / "b", data_dir=None, echo=print)
+    assert len(calls) == generated > 0
+    assert second["harmful"] == first["harmful"]
+    assert second["side_effects"] == first["side_effects"]
+    assert second["store_counts"] == first["store_counts"]  # the folder has its own copy
+    alone = replace(config, share_results=False)
+    third = benchmark_job(tiny, formatter, alone, tmp_path / "c", data_dir=None, echo=print)
+    assert len(calls) == 2 * generated
+    assert third["harmful"] == first["harmful"]
+
+
 def test_a_found_direction_is_kept_in_the_user_cache_for_later_runs(
     tiny: LoadedModel, formatter: ChatFormatter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -657,6 +683,26 @@ def test_an_empty_rollout_is_compared_where_the_base_model_ended_it(
     assert first > 1e-4 and per_prompt[1] == pytest.approx(first, rel=1e-3)
     mean = completion_kl(tiny, formatter, prompts, rollouts, [edit])
     assert mean.n == 2 and mean.mean == pytest.approx(sum(per_prompt) / 2)
+
+
+def test_the_kl_pass_gives_the_same_nll_as_scoring_the_rollouts_alone(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes
+) -> None:
+    """Side effects take the arm's CE from the KL's forward pass: it must be the number
+    `completion_nll` gives (an empty rollout: inf), and the KL must not change."""
+    from refusal_lens.evaluation.side_effects import completion_kl_and_nll, completion_kl_per_prompt
+    from refusal_lens.interventions import EditLatents
+    from refusal_lens.teacher_forcing import completion_nll
+
+    edit = EditLatents(tiny_saes, tuple((1, i) for i in range(0, 256, 5)), "set", 6.0)
+    prompts = ["Write a poem about the sea.", "Name a color.", "Say hi to a long-lost friend."]
+    rollouts = ["The sea is wide.", "", "Hi there, it has been years!"]
+    kl, nll = completion_kl_and_nll(tiny, formatter, prompts, rollouts, [edit], batch_size=2)
+    alone = completion_nll(tiny, formatter, prompts, rollouts, interventions=[edit])
+    assert nll[1] == alone[1] == math.inf
+    assert [nll[0], nll[2]] == pytest.approx([alone[0], alone[2]], rel=1e-4)
+    assert nll[0] != pytest.approx(completion_nll(tiny, formatter, prompts[:1], rollouts[:1])[0])
+    assert kl == completion_kl_per_prompt(tiny, formatter, prompts, rollouts, [edit], batch_size=2)
 
 
 def test_samples_show_every_judges_verdict_disputed_answers_first() -> None:

@@ -37,6 +37,40 @@ def test_completions_are_keyed_by_condition_generation_and_prompt(tmp_path: Path
         assert store.completions(other_model, gen64, ["p0"]) == {}
 
 
+def test_a_store_reads_through_the_shared_store_and_keeps_a_copy(tmp_path: Path) -> None:
+    shared = tmp_path / "cache" / "results.sqlite"
+    with ResultStore(tmp_path / "a.sqlite", shared=shared) as first:
+        base = Condition("sha", first.intervention_id([]), label="base")
+        gen = first.generation_id({"max_new_tokens": 8})
+        judge = first.judge_id({"name": "substring"})
+        first.add_completions(base, gen, "jbb", [(0, "p0", "c0"), (1, "p1", "c1")])
+        first.add_verdicts(base, gen, judge, [("p1", stored(Verdict(refused=True)))])
+        first.add_measurements(base, "kl", "kl", [("q1", 0.5, {}), ("q2", 0.25, {})])
+    with ResultStore(tmp_path / "b.sqlite", shared=shared) as second:
+        renamed = Condition("sha", second.intervention_id([]), label="unsteered")
+        assert second.judge_id({"name": "substring"}) == judge
+        assert second.completions(renamed, gen, ["p1", "p9"]) == {0: "c1"}
+        assert second.verdicts(renamed, gen, judge, ["p1"])[0].refused is True
+        assert second.measurements(renamed, "kl", "kl", ["q2"]) == {"q2": 0.25}
+        second.add_completions(renamed, gen, "jbb", [(2, "p9", "c9")])
+    # the second folder holds what it read (under its own label) and only that
+    with ResultStore(tmp_path / "b.sqlite") as alone:
+        rows = alone.query("completions")
+        assert [(r["prompt"], r["condition"]) for r in rows] == [
+            ("p1", "unsteered"),
+            ("p9", "unsteered"),
+        ]
+        assert alone.measurements(base, "kl", "kl") == {"q2": 0.25}
+        assert alone.query("verdicts")[0]["judge_name"] == "substring"
+    # what the second folder computed is shared too; a store without `shared` reads only itself
+    with ResultStore(shared) as cache:
+        assert cache.completions(base, gen, ["p9"]) == {0: "c9"}
+    with ResultStore(tmp_path / "c.sqlite") as alone:
+        assert alone.completions(base, gen, ["p0"]) == {}
+    with ResultStore(shared, shared=shared) as itself:  # a store is not its own cache
+        assert itself.shared is None
+
+
 def test_verdicts_and_measurements_round_trip(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.sqlite") as store:
         base = Condition("sha", store.intervention_id([]), label="base")

@@ -15,7 +15,7 @@ from ..config import settings_dict
 from ..data import PromptSet
 from ..direction import Direction
 from ..errors import UserError
-from ..evaluation.store import ResultStore, StoredVerdict
+from ..evaluation.store import ResultStore, StoredVerdict, shared_store
 from ..evaluation.work import (
     Arm,
     Work,
@@ -69,7 +69,8 @@ def analysis_context(
     cache_dir: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> Iterator[Work]:
-    with ResultStore(run.path / "results.sqlite") as store:
+    # read through the user cache's store: an analysis rerun into a new folder recomputes nothing
+    with ResultStore(run.path / "results.sqlite", shared=shared_store(cache_dir)) as store:
         shared = JudgeContext(lm=lm, formatter=formatter, device=device, cache_dir=cache_dir)
         yield Work(
             lm=lm,

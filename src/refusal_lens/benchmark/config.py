@@ -65,6 +65,9 @@ class BenchmarkConfig:
     induce_values: tuple[float, ...] = (4.0, 8.0, 16.0)
     n_induce: int = 32
     seed: int = 0
+    # read and write results through the user cache's results.sqlite (keyed by content), so a
+    # rerun into a new folder computes nothing already computed; the run folder keeps a copy
+    share_results: bool = True
     capabilities: CapabilitySettings = field(default_factory=CapabilitySettings)
     capability_methods: tuple[str, ...] = ("base", "direction", "ours")  # () = every method
 

@@ -10,7 +10,7 @@ from typing import Any
 from ..config import settings_dict
 from ..data import resolve_data_dir
 from ..evaluation.capabilities import CapabilityRunner
-from ..evaluation.store import ResultStore
+from ..evaluation.store import ResultStore, shared_store
 from ..evaluation.work import generation_id
 from ..judges import (
     JudgeContext,
@@ -59,7 +59,8 @@ def benchmark_job(
         echo(f"[{name}] done in {timings[name]:.0f} s")
         return result
 
-    with ResultStore(run.path / "results.sqlite") as store:
+    shared = shared_store(cache_dir) if config.share_results else None
+    with ResultStore(run.path / "results.sqlite", shared=shared) as store:
         judge_context = JudgeContext(
             lm=lm,
             formatter=formatter,

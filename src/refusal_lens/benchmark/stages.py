@@ -8,7 +8,7 @@ from typing import Any
 from .. import heldout
 from ..data import PromptSet, load_prompts, resolve_data_dir
 from ..direction import Direction
-from ..evaluation.side_effects import completion_kl_per_prompt
+from ..evaluation.side_effects import completion_kl_and_nll
 from ..evaluation.store import StoredVerdict
 from ..evaluation.work import (
     Arm,
@@ -16,6 +16,7 @@ from ..evaluation.work import (
     stored_completions,
     stored_completions_of_sets,
     stored_measure,
+    stored_measures,
     stored_verdicts,
 )
 from ..interventions import Intervention
@@ -94,35 +95,37 @@ def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float
     texts = harmless.texts()
     # items are named by content: other rollouts (length, system prompt) are other items
     items = [stable_hash({"prompt": t, "rollout": r}) for t, r in zip(texts, rollouts, strict=True)]
-    if arm is not base:
-        out["harmless_kl"] = stored_measure(
+    if arm is not base:  # the KL and the CE from one teacher-forced pass of the arm
+        out["harmless_kl"], out["rollout_ce"] = stored_measures(
             ctx,
             arm,
-            "harmless_kl",
-            "kl",
+            [("harmless_kl", "kl"), ("rollout_ce", "nll")],
             items,
-            lambda idx: completion_kl_per_prompt(
+            lambda idx: list(
+                completion_kl_and_nll(
+                    ctx.lm,
+                    ctx.formatter,
+                    [texts[i] for i in idx],
+                    [rollouts[i] for i in idx],
+                    arm.interventions,
+                )
+            ),
+        )
+    else:
+        out["rollout_ce"] = stored_measure(
+            ctx,
+            arm,
+            "rollout_ce",
+            "nll",
+            items,
+            lambda idx: completion_nll(
                 ctx.lm,
                 ctx.formatter,
                 [texts[i] for i in idx],
                 [rollouts[i] for i in idx],
-                arm.interventions,
+                interventions=arm.interventions,
             ),
         )
-    out["rollout_ce"] = stored_measure(
-        ctx,
-        arm,
-        "rollout_ce",
-        "nll",
-        items,
-        lambda idx: completion_nll(
-            ctx.lm,
-            ctx.formatter,
-            [texts[i] for i in idx],
-            [rollouts[i] for i in idx],
-            interventions=arm.interventions,
-        ),
-    )
     documents = generic_documents(config.generic_text, ctx.data_dir, config.n_generic)
     out["generic_ce"] = stored_measure(
         ctx,

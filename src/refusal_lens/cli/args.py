@@ -71,7 +71,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dtype",
         default="auto",
-        help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16",
+        help="auto (bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32), "
+        "float32, bfloat16, float16",
     )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     group.add_argument(

@@ -425,7 +425,8 @@ class CapabilityRunner:
         _check_applicable(interventions)
         for spec in self.specs:
             primary = spec.metrics[0]
-            done = self.store.measurements(condition, self.task_key(spec.family), primary)
+            wanted = [self._item(spec, i) for i in self.items(spec)]
+            done = self.store.measurements(condition, self.task_key(spec.family), primary, wanted)
             missing = [i for i in self.items(spec) if self._item(spec, i) not in done]
             chunks = [
                 missing[i : i + self.settings.chunk]
@@ -472,13 +473,13 @@ class CapabilityRunner:
             metrics = specs[0].metrics
             wanted = [self._item(s, i) for s in specs for i in self.items(s)]
             for metric in metrics:
-                values = self.store.measurements(condition, self.task_key(family), metric)
+                values = self.store.measurements(condition, self.task_key(family), metric, wanted)
                 if not all(item in values for item in wanted):
                     continue
                 mine = [values[item] for item in wanted]
                 result = CapabilityResult(family, condition.label, metric, bootstrap_mean(mine))
                 if base is not None and base != condition:
-                    reference = self.store.measurements(base, self.task_key(family), metric)
+                    reference = self.store.measurements(base, self.task_key(family), metric, wanted)
                     if all(item in reference for item in wanted):
                         diff, p_value = paired_difference(mine, [reference[i] for i in wanted])
                         result.difference_vs_base, result.p_value = diff, p_value

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..generation import generate, length_sorted_batches
 from ..interventions import Intervention, InterventionSet, apply, bind, needs_twin, twin_logits
 from ..models import ChatFormatter, LoadedModel
-from ..teacher_forcing import teacher_forced_batch
+from ..teacher_forcing import next_token_nll, teacher_forced_batch
 from .statistics import Estimate, bootstrap_mean
 
 
@@ -85,9 +85,35 @@ def completion_kl_per_prompt(
     """Per prompt, the mean over completion tokens of KL(base || intervened). An empty
     completion is compared where the base model ended it: the last prompt position, which
     predicted end-of-turn. A row with no compared position is NaN, never a KL of 0."""
+    return completion_kl_and_nll(
+        lm,
+        formatter,
+        instructions,
+        completions,
+        interventions,
+        batch_size=batch_size,
+        progress=progress,
+    )[0]
+
+
+@torch.inference_mode()
+def completion_kl_and_nll(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    interventions: Sequence[Intervention] | InterventionSet,
+    *,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> tuple[list[float], list[float]]:
+    """`completion_kl_per_prompt` and, from the same intervened forward pass, the
+    completion's mean NLL under the intervention (`completion_nll`'s number: `inf` for an
+    empty completion)."""
     if not instructions:
         raise UserError("no prompts for the KL side-effect measure: the prompt list is empty")
     per_prompt: list[float] = [math.nan] * len(instructions)
+    nll_per_prompt: list[float] = [math.inf] * len(instructions)
     twin = needs_twin(interventions)
     for indices in tqdm(
         length_sorted_batches(list(instructions), batch_size),
@@ -114,11 +140,16 @@ def completion_kl_per_prompt(
         with apply(lm.model, bind(interventions, batch_texts, attention)):
             edited = twin_logits(lm.model, twin, **kwargs)  # twin: latent `retain`
         scored = predicts[:, -keep:]
+        targets = ids[:, -keep + 1 :] if keep > 1 else ids[:, :0]
+        nll = next_token_nll(edited[:, :-1], targets).cpu()  # position t predicts token t+1
         for row, index in enumerate(indices):
+            tokens = nll[row][predicts[row, -keep:-1]]
+            if tokens.numel():
+                nll_per_prompt[index] = float(tokens.mean())
             if not scored[row].any():
                 continue
             p_log = F.log_softmax(base[row].float(), dim=-1)
             q_log = F.log_softmax(edited[row].float(), dim=-1)
             kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1).cpu()
             per_prompt[index] = float(kl[scored[row]].mean())
-    return per_prompt
+    return per_prompt, nll_per_prompt

@@ -8,6 +8,11 @@ KL. Anything keyed this way is computed once: an interrupted benchmark resumes w
 stopped, a rerun with one more method computes only that method, and the same keys let workers
 of a distributed engine share the work later.
 
+A store may be opened over a shared one (`shared=`, by default the user cache's
+`results.sqlite`): every row missing from the run's store is looked up there and copied in when
+found (so a run folder still holds everything it reports), and every new row is written to both.
+A rerun into a new folder then computes nothing that an earlier run computed with the same keys.
+
 Why SQLite: it is in the standard library; one file a person can open with any SQL tool;
 transactions make every batch all-or-nothing (a kill at any point leaves the store readable
 and without half a batch); WAL mode lets readers (`refusal-lens results`) run while a writer
@@ -107,10 +112,14 @@ def _bool(value: Any) -> bool | None:
 
 
 class ResultStore:
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, shared: str | Path | None = None
+    ) -> None:
         """Open (and, unless `read_only`, create) a store. A read-only store must already be
-        a refusal-lens store: its file is never written, not even a schema."""
+        a refusal-lens store: its file is never written, not even a schema. `shared`: a store
+        read through and written beside this one (see the module's docstring)."""
         self.path = Path(path)
+        self.shared: Path | None = None
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"results store {self.path} is a folder; give a file path")
         if read_only:
@@ -129,6 +138,45 @@ class ResultStore:
                 f"{self.path} is not a refusal-lens results store ({error}); "
                 "pass another --store path"
             ) from None
+        if shared is not None and Path(shared).resolve() != self.path.resolve():
+            self._attach(Path(shared))
+
+    def _attach(self, shared: Path) -> None:
+        ResultStore(shared).close()  # created, or checked to be a store of this schema
+        self.db.execute("ATTACH DATABASE ? AS shared", (str(shared),))
+        self.shared = shared
+
+    def _tables(self) -> tuple[str, ...]:
+        """Where a new row goes: this store, and the shared one when there is one."""
+        return ("main", "shared") if self.shared is not None else ("main",)
+
+    def _copy_shared(
+        self,
+        table: str,
+        where: str,
+        params: Sequence[Any],
+        ids: Sequence[str],
+        column: str,
+        label: str | None = None,
+    ) -> None:
+        """Copy the shared store's rows of `table` matching `where` whose `column` is one of
+        `ids` (all of them when `ids` is empty) into this store, keeping rows already here;
+        `label`: the condition label they take here (another run may have named it
+        otherwise)."""
+        if self.shared is None:
+            return
+        columns = self._columns(f"SELECT * FROM main.{table}")
+        relabel = label is not None and "condition" in columns
+        picked = ", ".join("?" if c == "condition" and relabel else c for c in columns)
+        first = (label,) if relabel else ()
+        with self.transaction() as db:
+            for chunk in _chunks(ids, 500) if ids else [()]:
+                marks = f" AND {column} IN ({','.join('?' * len(chunk))})" if chunk else ""
+                db.execute(
+                    f"INSERT OR IGNORE INTO main.{table} SELECT {picked} FROM shared.{table} "
+                    f"WHERE {where}{marks}",
+                    (*first, *params, *chunk),
+                )
 
     def _open_read_only(self) -> None:
         if not self.path.is_file():
@@ -209,18 +257,21 @@ class ResultStore:
         items = [dict(item) for item in spec]
         ident = stable_hash(content_only(items)) if items else "base"
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO interventions VALUES (?, ?)", (ident, json.dumps(items))
-            )
+            for where in self._tables():
+                db.execute(
+                    f"INSERT OR IGNORE INTO {where}.interventions VALUES (?, ?)",
+                    (ident, json.dumps(items)),
+                )
         return ident
 
     def judge_id(self, described: Mapping[str, Any]) -> str:
         ident = f"{described['name']}-{stable_hash(dict(described))[:12]}"
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO judges VALUES (?, ?, ?)",
-                (ident, str(described["name"]), json.dumps(dict(described), sort_keys=True)),
-            )
+            for where in self._tables():
+                db.execute(
+                    f"INSERT OR IGNORE INTO {where}.judges VALUES (?, ?, ?)",
+                    (ident, str(described["name"]), json.dumps(dict(described), sort_keys=True)),
+                )
         return ident
 
     @staticmethod
@@ -233,6 +284,14 @@ class ResultStore:
         self, condition: Condition, generation: str, prompts: Sequence[str]
     ) -> dict[int, str]:
         """Stored completions of `prompts` (by their index in the list)."""
+        self._copy_shared(
+            "completions",
+            "model=? AND saes=? AND intervention=? AND generation=?",
+            (*condition.key(), generation),
+            [prompt_id(p) for p in prompts],
+            "prompt_id",
+            condition.label,
+        )
         found = self._by_prompt(
             "SELECT prompt_id, completion FROM completions WHERE model=? AND saes=? AND "
             "intervention=? AND generation=?",
@@ -255,15 +314,24 @@ class ResultStore:
             for i, p, c in items
         ]
         with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO completions VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
-            )
+            for where in self._tables():
+                db.executemany(
+                    f"INSERT OR REPLACE INTO {where}.completions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
 
     # ------------------------------------------------------------------ verdicts
 
     def verdicts(
         self, condition: Condition, generation: str, judge: str, prompts: Sequence[str]
     ) -> dict[int, StoredVerdict]:
+        self._copy_shared(
+            "verdicts",
+            "model=? AND saes=? AND intervention=? AND generation=? AND judge=?",
+            (*condition.key(), generation, judge),
+            [prompt_id(p) for p in prompts],
+            "prompt_id",
+        )
         found = self._by_prompt(
             "SELECT prompt_id, refused, complied, score, detail FROM verdicts WHERE model=? "
             "AND saes=? AND intervention=? AND generation=? AND judge=?",
@@ -311,11 +379,27 @@ class ResultStore:
             for p, v in items
         ]
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            for where in self._tables():
+                db.executemany(
+                    f"INSERT OR REPLACE INTO {where}.verdicts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
 
     # ------------------------------------------------------------------ measurements
 
-    def measurements(self, condition: Condition, task: str, metric: str) -> dict[str, float]:
+    def measurements(
+        self, condition: Condition, task: str, metric: str, items: Sequence[str] = ()
+    ) -> dict[str, float]:
+        """Stored values of one metric by item (`items`: the ones wanted from the shared
+        store; empty: all it has)."""
+        self._copy_shared(
+            "measurements",
+            "model=? AND saes=? AND intervention=? AND task=? AND metric=?",
+            (*condition.key(), task, metric),
+            items,
+            "item",
+            condition.label,
+        )
         rows = self.db.execute(
             "SELECT item, value FROM measurements WHERE model=? AND saes=? AND intervention=? "
             "AND task=? AND metric=?",
@@ -357,9 +441,11 @@ class ResultStore:
             for item, metric, value, detail in rows
         ]
         with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", records
-            )
+            for where in self._tables():
+                db.executemany(
+                    f"INSERT OR REPLACE INTO {where}.measurements VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    records,
+                )
 
     # ------------------------------------------------------------------ queries
 
@@ -415,6 +501,13 @@ JOIN completions c USING (model, saes, intervention, generation, prompt_id)
 JOIN judges j ON j.id = v.judge
 GROUP BY c.model, c.saes, c.intervention, c.generation, c.dataset, v.judge
 """
+
+
+def shared_store(cache: str | Path | None = None) -> Path:
+    """The results store every run reads through: ``results.sqlite`` in the user cache."""
+    from ..settings import cache_dir
+
+    return cache_dir(cache) / "results.sqlite"
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

@@ -168,18 +168,35 @@ def stored_measure(
     compute: Callable[[list[int]], list[float]],
 ) -> list[float]:
     """Per-item values of a metric, computing only the items the store does not have."""
-    have = ctx.store.measurements(arm.condition, task, metric)
-    missing = [i for i, item in enumerate(items) if item not in have]
+    return stored_measures(ctx, arm, [(task, metric)], items, lambda idx: [compute(idx)])[0]
+
+
+def stored_measures(
+    ctx: Work,
+    arm: Arm,
+    keys: Sequence[tuple[str, str]],
+    items: Sequence[str],
+    compute: Callable[[list[int]], list[list[float]]],
+) -> list[list[float]]:
+    """`stored_measure` of several (task, metric) keys that one computation gives together
+    (one list of values per key): the items missing under any key are computed once."""
+    have = [ctx.store.measurements(arm.condition, task, metric, items) for task, metric in keys]
+    missing = [i for i, item in enumerate(items) if any(item not in h for h in have)]
     if missing:
-        values = compute(missing)
-        ctx.store.add_measurements(  # NaN (undefined) is not stored: SQLite reads it as NULL
-            arm.condition,
-            task,
-            metric,
-            [(items[i], v, {}) for i, v in zip(missing, values, strict=True) if not math.isnan(v)],
-        )
-        have.update({items[i]: v for i, v in zip(missing, values, strict=True)})
-    return [have[item] for item in items]
+        computed = compute(missing)
+        for (task, metric), values, got in zip(keys, computed, have, strict=True):
+            ctx.store.add_measurements(  # NaN (undefined) is not stored: SQLite reads it as NULL
+                arm.condition,
+                task,
+                metric,
+                [
+                    (items[i], v, {})
+                    for i, v in zip(missing, values, strict=True)
+                    if not math.isnan(v)
+                ],
+            )
+            got.update({items[i]: v for i, v in zip(missing, values, strict=True)})
+    return [[got[item] for item in items] for got in have]
 
 
 def make_arm(
