@@ -1776,6 +1776,29 @@ CASES: list[Case] = [
         lambda e: ["direction", "--out", str(e.tmp / "d"), "--harmful-train", "harmfull"],
         "unknown dataset",
     ),
+    # ---- playground: nothing to play with, a folder that is no run, bad sets and judges
+    Case("playground-nothing", lambda e: ["playground", *e.model], "pass a run folder"),
+    Case(
+        "playground-not-a-run",
+        lambda e: ["playground", str(e.tmp)],
+        "not a finished benchmark run",
+    ),
+    Case(
+        "playground-latents-not-json",
+        lambda e: ["playground", "--latents", e.write("l/latents.json", "{oops")],
+        "latents.json",
+    ),
+    Case(
+        "playground-unknown-judge",
+        lambda e: [
+            "playground",
+            "--direction",
+            str(e.tmp),
+            "--judges",
+            "oracle",
+        ],
+        "oracle",
+    ),
 ]
 
 

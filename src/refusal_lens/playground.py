@@ -175,14 +175,19 @@ class Playground:
         messages: Sequence[Message],
         steered: Sequence[Intervention],
         sampling: Sampling = Sampling(),
+        *,
+        base_messages: Sequence[Message] | None = None,
     ) -> Iterator[tuple[str, str]]:
-        """(base answer, steered answer) so far, after each decoding step of either."""
+        """(base answer, steered answer) so far, after each decoding step of either.
+        `base_messages`: the base model's own conversation, where the two have diverged (by
+        default both answer `messages`)."""
         if needs_twin(steered):
             raise UserError("the playground does not run `retain` edits; drop retain")
         ids = self._encode(messages)
+        base_ids = ids if base_messages is None else self._encode(base_messages)
         with self.lock:
             runs = [
-                _Decoder(self, ids, [], sampling),
+                _Decoder(self, base_ids, [], sampling),
                 _Decoder(self, ids, bind(steered, [""], torch.ones_like(ids)), sampling),
             ]
             texts = ["", ""]

@@ -1,15 +1,16 @@
 """The argument parser: each command group (`foundation`, `saes`, `latents`, `judging`,
-`evaluation`, `analyses`) registers its own subcommands, in the order of the method."""
+`evaluation`, `analyses`, `playground`) registers its own subcommands, in the method's
+order."""
 
 from __future__ import annotations
 
 import argparse
 from typing import NoReturn
 
-from . import analyses, evaluation, foundation, judging, latents, saes
+from . import analyses, evaluation, foundation, judging, latents, playground, saes
 from .args import Command
 
-GROUPS = (foundation, saes, latents, judging, evaluation, analyses)
+GROUPS = (foundation, saes, latents, judging, evaluation, analyses, playground)
 
 
 class Parser(argparse.ArgumentParser):

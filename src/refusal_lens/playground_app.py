@@ -1,0 +1,376 @@
+"""The browser playground (`refusal-lens playground RUN`): a Gradio app over `Playground`.
+
+Every callback here only turns widget values into `Controls` / `Sampling`, calls the engine and
+shapes what it returns for a widget; the engine (`refusal_lens.playground`) holds the logic,
+so a notebook gets the same answers. The app is queued one request at a time: a busy model
+makes the next request wait, never run beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+from .judges import Judge
+from .playground import Controls, Playground, Sampling
+
+NONE = "(none)"
+SWEEP_DEFAULT = "-6, -3, -1, 0, 1"
+EXAMPLE_SETS = ("jailbreakbench", "xstest_safe")
+
+
+@dataclass(frozen=True)
+class PlaygroundSettings:
+    """Where the app listens and what it offers (the `playground` command's flags)."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=7860, metadata={"help": "port to listen on"})
+    judges: tuple[str, ...] = field(
+        default=("substring",), metadata={"help": "judges of the sweep's answers"}
+    )
+    examples: int = field(
+        default=4, metadata={"help": "example prompts from each of JailbreakBench, XSTest safe"}
+    )
+
+
+def example_prompts(data_dir: str | None, n: int) -> list[str]:
+    """The first `n` prompts of each example set the data directory has (none without one)."""
+    from .data import load_prompts, resolve_data_dir
+
+    if n <= 0 or resolve_data_dir(data_dir) is None:
+        return []
+    out: list[str] = []
+    for name in EXAMPLE_SETS:
+        try:
+            out += load_prompts(name, data_dir=data_dir, limit=n).texts()
+        except UserError:
+            continue  # a set the folder lacks: its examples are left out
+    return out
+
+
+def controls_from(
+    latent_set: str,
+    k: float | None,
+    mode: str,
+    own_value: bool,
+    value: float,
+    off: Sequence[str],
+    positions: str,
+    direction: str,
+    coefficient: float,
+) -> Controls:
+    """Widget values as `Controls` (`off`: the switched-off latents as `L<layer>:<index>`)."""
+    return Controls(
+        latent_set=None if latent_set in (NONE, "", None) else latent_set,
+        k=int(k) if k else None,
+        mode=mode,
+        value=None if own_value else float(value),
+        off=tuple(_pair(label) for label in off),
+        positions=positions,
+        direction=direction,
+        coefficient=float(coefficient),
+    )
+
+
+def latent_labels(playground: Playground, latent_set: str, k: float | None) -> list[str]:
+    """The set's top-K latents as switch labels (`L13:3280`)."""
+    if latent_set in (NONE, "", None):
+        return []
+    chosen = playground.latent_sets[latent_set].top(int(k) if k else None)
+    return [f"L{layer}:{index}" for layer, index in chosen]
+
+
+def _pair(label: str) -> tuple[int, int]:
+    layer, index = label.removeprefix("L").split(":")
+    return int(layer), int(index)
+
+
+def respond(
+    playground: Playground,
+    history: list[dict[str, str]],
+    steered_history: list[dict[str, str]],
+    prompt: str,
+    controls: Controls,
+    sampling: Sampling,
+    json_text: str = "",
+) -> Iterator[tuple[list[dict[str, str]], list[dict[str, str]]]]:
+    """Both chats with the new turn, growing as the answers stream. `json_text`, when given,
+    is the intervention to run (as `steer --json` prints it) instead of the controls."""
+    if not prompt.strip():
+        raise UserError("type a prompt first")
+    steered = playground.load_json(json_text) if json_text.strip() else None
+    if steered is None:
+        steered = playground.interventions(controls)
+    asked = {"role": "user", "content": prompt}
+    base_turns = [*_turns(history), asked]
+    steered_turns = [*_turns(steered_history), asked]
+    # each pane continues its own conversation; both see the same new prompt
+    for base_text, steered_text in _two_streams(
+        playground, base_turns, steered_turns, steered, sampling
+    ):
+        yield (
+            [*base_turns, {"role": "assistant", "content": base_text}],
+            [*steered_turns, {"role": "assistant", "content": steered_text}],
+        )
+
+
+def _two_streams(
+    playground: Playground,
+    base_turns: list[dict[str, str]],
+    steered_turns: list[dict[str, str]],
+    steered: Sequence[Any],
+    sampling: Sampling,
+) -> Iterator[tuple[str, str]]:
+    """Both panes' answers; each pane continues its own conversation (they diverge once the
+    answers differ)."""
+    yield from playground.stream(steered_turns, steered, sampling, base_messages=base_turns)
+
+
+def _turns(history: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [
+        {"role": str(m["role"]), "content": _text(m["content"])}
+        for m in history
+        if m.get("role") in ("user", "assistant")
+    ]
+
+
+def _text(content: Any) -> str:
+    """Gradio may hand a message's content back as a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "") if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)
+
+
+def highlight(
+    playground: Playground,
+    history: list[dict[str, Any]],
+    controls: Controls,
+) -> list[tuple[str, float | None]]:
+    """The last exchange of a chat with each token scored by the summed activation of the
+    chosen set's switched-on latents (scaled to the largest: 1.0), for `HighlightedText`."""
+    turns = _turns(history)
+    if len(turns) < 2 or turns[-1]["role"] != "assistant":
+        return []
+    edits = [i for i in playground.interventions(controls) if hasattr(i, "latents")]
+    if not edits:
+        return []
+    tokens, values = playground.latent_activations(
+        turns[:-1], turns[-1]["content"], list(edits[0].latents)
+    )
+    score = values.sum(dim=1)
+    top = float(score.max()) or 1.0
+    return [
+        (token, round(float(v) / top, 3) if v > 0 else None)
+        for token, v in zip(tokens, score, strict=True)
+    ]
+
+
+def sweep_rows(
+    playground: Playground,
+    prompt: str,
+    controls: Controls,
+    values_text: str,
+    sampling: Sampling,
+    judges: dict[str, Judge],
+) -> list[list[Any]]:
+    """The strength sweep as table rows: value, then each judge's verdict, then the answer."""
+    try:
+        values = [float(v) for v in values_text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise UserError(
+            f"sweep values {values_text!r} are not numbers; write e.g. -6, -3, 0, 1"
+        ) from None
+    if not values:
+        raise UserError("give at least one sweep value, e.g. -6, -3, 0, 1")
+    rows = playground.sweep(prompt, controls, values, sampling)
+    answers = [row["answer"] for row in rows]
+    verdicts = {
+        name: judge.verdicts([prompt] * len(answers), answers) for name, judge in judges.items()
+    }
+    return [
+        [row["value"], *(_said(verdicts[name][i]) for name in judges), row["answer"]]
+        for i, row in enumerate(rows)
+    ]
+
+
+def _said(verdict: Any) -> str:
+    if getattr(verdict, "degenerate", False):
+        return "degenerate"
+    if verdict.complied is not None:
+        return "complied" if verdict.complied else "did not comply"
+    if verdict.refused is not None:
+        return "refused" if verdict.refused else "not refused"
+    return "?"
+
+
+def build_app(
+    playground: Playground,
+    *,
+    examples: Sequence[str] = (),
+    judges: dict[str, Judge] | None = None,
+) -> Any:
+    """The Gradio Blocks app (call `.queue().launch()` on it)."""
+    import gradio as gr
+
+    judges = judges or {}
+    sets = [NONE, *playground.latent_sets]
+    first = next(iter(playground.latent_sets), NONE)
+
+    def controls(*values: Any) -> Controls:
+        return controls_from(*values)
+
+    def sampling(tokens: float, temperature: float, seed: float) -> Sampling:
+        return Sampling(int(tokens), float(temperature), int(seed))
+
+    def guarded(fn: Any) -> Any:
+        def run(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except UserError as error:
+                raise gr.Error(str(error)) from None
+
+        return run
+
+    def guarded_stream(fn: Any) -> Any:
+        def run(*args: Any) -> Any:
+            try:
+                yield from fn(*args)
+            except UserError as error:
+                raise gr.Error(str(error)) from None
+
+        return run
+
+    with gr.Blocks(title="refusal-lens playground") as app:
+        gr.Markdown(
+            f"## refusal-lens playground: `{playground.lm.name}`\n"
+            "The same conversation, answered by the base model (left) and under the "
+            "intervention set below (right)."
+        )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                latent_set = gr.Dropdown(sets, value=first, label="latent set")
+                k = gr.Number(value=0, precision=0, label="K* (0: the set's own)")
+                mode = gr.Radio(["scale", "set"], value="scale", label="latent edit")
+                own = gr.Checkbox(value=True, label="the set's own c / v")
+                value = gr.Slider(-20, 40, value=-3, step=0.5, label="c (scale) or v (set)")
+                off = gr.CheckboxGroup([], label="latents switched off", elem_id="latent-switches")
+                positions = gr.Radio(["all", "prompt", "generated"], value="all", label="positions")
+                direction = gr.Radio(
+                    ["none", "ablate", "add"], value="none", label="refusal direction"
+                )
+                coefficient = gr.Slider(-16, 16, value=4, step=0.5, label="addition coefficient")
+                tokens = gr.Slider(8, 512, value=96, step=8, label="max new tokens")
+                temperature = gr.Slider(0, 2, value=0, step=0.1, label="temperature (0: greedy)")
+                seed = gr.Number(value=0, precision=0, label="seed")
+            with gr.Column(scale=3):
+                with gr.Row():
+                    base_chat = gr.Chatbot(label="base", elem_id="base-chat", height=360)
+                    steered_chat = gr.Chatbot(label="steered", elem_id="steered-chat", height=360)
+                prompt = gr.Textbox(label="prompt", elem_id="prompt", lines=2)
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="send")
+                    clear = gr.Button("Clear", elem_id="clear")
+                if examples:
+                    gr.Examples(list(examples), inputs=prompt, label="examples")
+                with gr.Accordion("intervention (as `steer --json` prints it)", open=False):
+                    shown = gr.Code(language="json", label="current controls", interactive=False)
+                    custom = gr.Code(
+                        language="json",
+                        label="run this instead (paste or load; empty: the controls)",
+                        interactive=True,
+                    )
+                    upload = gr.File(label="load a JSON file", file_types=[".json"])
+                with gr.Tab("look inside"):
+                    explain = gr.Button("Highlight the chosen latents on the last answers")
+                    base_marks = gr.HighlightedText(label="base", elem_id="base-marks")
+                    steered_marks = gr.HighlightedText(label="steered", elem_id="steered-marks")
+                    projection = gr.Dataframe(
+                        headers=["layer", "projection on the refusal direction"],
+                        label="last prompt token, per layer",
+                    )
+                with gr.Tab("strength sweep"):
+                    values = gr.Textbox(
+                        value=SWEEP_DEFAULT, label="values of c, v or the coefficient"
+                    )
+                    run_sweep = gr.Button("Sweep", elem_id="sweep")
+                    table = gr.Dataframe(
+                        headers=["value", *judges, "answer"], label="answers", wrap=True
+                    )
+        knobs = [latent_set, k, mode, own, value, off, positions, direction, coefficient]
+        decoding = [tokens, temperature, seed]
+
+        def on_set(name: str, top: float | None) -> Any:
+            labels = latent_labels(playground, name, top)
+            return gr.update(choices=labels, value=[])
+
+        def on_controls(*knob_values: Any) -> str:
+            try:
+                return playground.intervention_json(controls(*knob_values))
+            except UserError as error:
+                return f"// {error}"
+
+        def on_send(history: Any, steered_history: Any, text: str, *rest: Any) -> Any:
+            knob_values, (t, temp, s, json_text) = rest[: len(knobs)], rest[len(knobs) :]
+            yield from respond(
+                playground,
+                history or [],
+                steered_history or [],
+                text,
+                controls(*knob_values),
+                sampling(t, temp, s),
+                json_text or "",
+            )
+
+        def on_explain(history: Any, steered_history: Any, *knob_values: Any) -> Any:
+            chosen = controls(*knob_values)
+            rows: list[list[Any]] = []
+            turns = _turns(history or [])
+            if playground.direction is not None and turns:
+                asked = turns[:-1] if turns[-1]["role"] == "assistant" else turns
+                rows = [
+                    [i, round(v, 3)] for i, v in enumerate(playground.direction_projection(asked))
+                ]
+            return (
+                highlight(playground, history or [], chosen),
+                highlight(playground, steered_history or [], chosen),
+                rows,
+            )
+
+        def on_sweep(text: str, sweep_values: str, *rest: Any) -> Any:
+            knob_values, (t, temp, s) = rest[: len(knobs)], rest[len(knobs) :]
+            return sweep_rows(
+                playground, text, controls(*knob_values), sweep_values, sampling(t, temp, s), judges
+            )
+
+        def on_upload(file: Any) -> str:
+            if file is None:
+                return ""
+            path = file if isinstance(file, str) else file.name
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+
+        latent_set.change(on_set, [latent_set, k], off)
+        k.change(on_set, [latent_set, k], off)
+        for knob in knobs:
+            knob.change(on_controls, knobs, shown)
+        app.load(on_set, [latent_set, k], off).then(on_controls, knobs, shown)
+        send.click(
+            guarded_stream(on_send),
+            [base_chat, steered_chat, prompt, *knobs, *decoding, custom],
+            [base_chat, steered_chat],
+        )
+        clear.click(lambda: ([], []), None, [base_chat, steered_chat])
+        explain.click(
+            guarded(on_explain),
+            [base_chat, steered_chat, *knobs],
+            [base_marks, steered_marks, projection],
+        )
+        run_sweep.click(guarded(on_sweep), [prompt, values, *knobs, *decoding], table)
+        upload.change(on_upload, upload, custom)
+    return app
