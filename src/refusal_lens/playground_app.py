@@ -246,7 +246,7 @@ def build_app(
 
         return run
 
-    with gr.Blocks(title="refusal-lens playground") as app:
+    with gr.Blocks(title="refusal-lens playground", analytics_enabled=False) as app:
         gr.Markdown(
             f"## refusal-lens playground: `{playground.lm.name}`\n"
             "The same conversation, answered by the base model (left) and under the "
