@@ -220,7 +220,9 @@ def build_app(
 
     judges = judges or {}
     sets = [NONE, *playground.latent_sets]
-    first = next(iter(playground.latent_sets), NONE)
+    # the benchmark's own set when the run has one, else the first
+    ours = [name for name in playground.latent_sets if name.endswith("/ours")]
+    first = ours[0] if ours else next(iter(playground.latent_sets), NONE)
 
     def controls(*values: Any) -> Controls:
         return controls_from(*values)
