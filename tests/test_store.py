@@ -49,16 +49,16 @@ def test_a_store_reads_through_the_shared_store_and_keeps_a_copy(tmp_path: Path)
     with ResultStore(tmp_path / "b.sqlite", shared=shared) as second:
         renamed = Condition("sha", second.intervention_id([]), label="unsteered")
         assert second.judge_id({"name": "substring"}) == judge
-        assert second.completions(renamed, gen, ["p1", "p9"]) == {0: "c1"}
+        assert second.completions(renamed, gen, ["p1", "p9"], "mine") == {0: "c1"}
         assert second.verdicts(renamed, gen, judge, ["p1"])[0].refused is True
         assert second.measurements(renamed, "kl", "kl", ["q2"]) == {"q2": 0.25}
         second.add_completions(renamed, gen, "jbb", [(2, "p9", "c9")])
     # the second folder holds what it read (under its own label) and only that
     with ResultStore(tmp_path / "b.sqlite") as alone:
         rows = alone.query("completions")
-        assert [(r["prompt"], r["condition"]) for r in rows] == [
-            ("p1", "unsteered"),
-            ("p9", "unsteered"),
+        assert [(r["prompt"], r["condition"], r["dataset"], r["item"]) for r in rows] == [
+            ("p1", "unsteered", "mine", 0),  # copied: named as this run names it
+            ("p9", "unsteered", "jbb", 2),
         ]
         assert alone.measurements(base, "kl", "kl") == {"q2": 0.25}
         assert alone.query("verdicts")[0]["judge_name"] == "substring"

@@ -281,17 +281,17 @@ class ResultStore:
     # ------------------------------------------------------------------ completions
 
     def completions(
-        self, condition: Condition, generation: str, prompts: Sequence[str]
+        self,
+        condition: Condition,
+        generation: str,
+        prompts: Sequence[str],
+        dataset: str | None = None,
     ) -> dict[int, str]:
-        """Stored completions of `prompts` (by their index in the list)."""
-        self._copy_shared(
-            "completions",
-            "model=? AND saes=? AND intervention=? AND generation=?",
-            (*condition.key(), generation),
-            [prompt_id(p) for p in prompts],
-            "prompt_id",
-            condition.label,
-        )
+        """Stored completions of `prompts` (by their index in the list). Rows found in the
+        shared store are copied here under this condition's label and, when `dataset` is
+        given, as items of that dataset (their index in `prompts`)."""
+        if self.shared is not None:
+            self._copy_shared_completions(condition, generation, prompts, dataset)
         found = self._by_prompt(
             "SELECT prompt_id, completion FROM completions WHERE model=? AND saes=? AND "
             "intervention=? AND generation=?",
@@ -299,6 +299,45 @@ class ResultStore:
             prompts,
         )
         return {i: row[0] for i, row in found.items()}
+
+    def _copy_shared_completions(
+        self,
+        condition: Condition,
+        generation: str,
+        prompts: Sequence[str],
+        dataset: str | None,
+    ) -> None:
+        ids = [prompt_id(p) for p in prompts]
+        index = {pid: i for i, pid in enumerate(ids)}
+        rows = []
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows += self.db.execute(
+                "SELECT prompt_id, dataset, item, prompt, completion, created FROM "
+                "shared.completions WHERE model=? AND saes=? AND intervention=? AND "
+                f"generation=? AND prompt_id IN ({marks})",
+                (*condition.key(), generation, *chunk),
+            ).fetchall()
+        if not rows:
+            return
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO main.completions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        *condition.key(),
+                        generation,
+                        pid,
+                        dataset if dataset is not None else old_dataset,
+                        index[pid] if dataset is not None else old_item,
+                        condition.label,
+                        prompt,
+                        completion,
+                        created,
+                    )
+                    for pid, old_dataset, old_item, prompt, completion, created in rows
+                ],
+            )
 
     def add_completions(
         self,

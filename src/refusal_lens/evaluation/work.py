@@ -79,7 +79,10 @@ def stored_completions_of_sets(
     missing prompts share batches (a few prompts per set would otherwise make small batches)."""
     gen = generation or ctx.generation
     texts = [prompts.texts() for prompts in sets]
-    have = [ctx.store.completions(arm.condition, gen, t) for t in texts]
+    have = [
+        ctx.store.completions(arm.condition, gen, t, prompts.name)
+        for t, prompts in zip(texts, sets, strict=True)
+    ]
     # a prompt in two sets is generated once (the store keys completions by prompt text)
     places: dict[str, list[tuple[int, int]]] = {}
     for k, set_texts in enumerate(texts):
