@@ -151,7 +151,7 @@ def test_the_app_in_a_real_browser(playground: Playground, tmp_path: Path) -> No
 
     from refusal_lens.playground_app import build_app
 
-    app = build_app(playground, examples=[PROMPT])
+    app = build_app(playground, examples=[PROMPT], judges={"substring": make_judge("substring")})
     port = _free_port()
     app.queue(default_concurrency_limit=1).launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
@@ -168,6 +168,14 @@ def test_the_app_in_a_real_browser(playground: Playground, tmp_path: Path) -> No
             page.locator("#steered-marks .textfield").first.wait_for(timeout=60_000)
             shot = tmp_path / "playground.png"
             page.screenshot(path=str(shot), full_page=True)
+            # the strength sweep fills its table, one row per value, with the judge's verdict
+            page.get_by_role("tab", name="strength sweep").click()
+            page.locator("#sweep").click()
+            deadline, said = time.time() + 120, 0
+            while time.time() < deadline and said < 5:  # one verdict per value, five values
+                said = _verdict_lines(page.locator("#sweep-table").inner_text())
+                time.sleep(0.5)
+            assert said >= 5, page.locator("#sweep-table").inner_text()
             # the latent set switched off: both panes answer alike
             page.locator("#clear").click()
             page.get_by_label("latent set").click()
@@ -182,6 +190,12 @@ def test_the_app_in_a_real_browser(playground: Playground, tmp_path: Path) -> No
 
     pixels = matplotlib.image.imread(shot)
     assert pixels.std() > 0.05  # not a blank page
+
+
+def _verdict_lines(text: str) -> int:
+    """How many cells of the sweep table are a judge's verdict (one per value)."""
+    words = {"refused", "not refused", "degenerate", "complied", "did not comply"}
+    return sum(line.strip() in words for line in text.splitlines())
 
 
 def _send(page: object, text: str) -> tuple[str, str]:

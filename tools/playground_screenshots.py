@@ -66,7 +66,15 @@ def main() -> None:
             page.screenshot(path=str(out / "playground.png"), full_page=True)
             page.get_by_role("tab", name="strength sweep").click()
             page.locator("#sweep").click()
-            page.get_by_text("refused").first.wait_for(timeout=600_000)
+            words = {"refused", "not refused", "degenerate", "complied", "did not comply"}
+            while (
+                sum(
+                    line.strip() in words
+                    for line in page.locator("#sweep-table").inner_text().splitlines()
+                )
+                < 5
+            ):
+                time.sleep(1)  # one verdict per value of the default sweep
             time.sleep(1)
             page.screenshot(path=str(out / "playground-sweep.png"), full_page=True)
             browser.close()

@@ -302,7 +302,10 @@ def build_app(
                     )
                     run_sweep = gr.Button("Sweep", elem_id="sweep")
                     table = gr.Dataframe(
-                        headers=["value", *judges, "answer"], label="answers", wrap=True
+                        headers=["value", *judges, "answer"],
+                        label="answers",
+                        wrap=True,
+                        elem_id="sweep-table",
                     )
         knobs = [latent_set, k, mode, own, value, off, positions, direction, coefficient]
         decoding = [tokens, temperature, seed]
