@@ -225,9 +225,9 @@ class Playground:
                 if controls.latent_set is not None
                 else replace(controls, coefficient=value)
             )
-            steered = self.interventions(knob)
-            run = _Decoder(self, self._encode([{"role": "user", "content": prompt}]), [], sampling)
-            run.interventions = bind(steered, [""], torch.ones_like(run.ids))
+            ids = self._encode([{"role": "user", "content": prompt}])
+            edit = bind(self.interventions(knob), [""], torch.ones_like(ids))
+            run = _Decoder(self, ids, edit, sampling)
             with self.lock:
                 while not run.done:
                     run.step()

@@ -107,25 +107,13 @@ def respond(
     base_turns = [*_turns(history), asked]
     steered_turns = [*_turns(steered_history), asked]
     # each pane continues its own conversation; both see the same new prompt
-    for base_text, steered_text in _two_streams(
-        playground, base_turns, steered_turns, steered, sampling
+    for base_text, steered_text in playground.stream(
+        steered_turns, steered, sampling, base_messages=base_turns
     ):
         yield (
             [*base_turns, {"role": "assistant", "content": base_text}],
             [*steered_turns, {"role": "assistant", "content": steered_text}],
         )
-
-
-def _two_streams(
-    playground: Playground,
-    base_turns: list[dict[str, str]],
-    steered_turns: list[dict[str, str]],
-    steered: Sequence[Any],
-    sampling: Sampling,
-) -> Iterator[tuple[str, str]]:
-    """Both panes' answers; each pane continues its own conversation (they diverge once the
-    answers differ)."""
-    yield from playground.stream(steered_turns, steered, sampling, base_messages=base_turns)
 
 
 def _turns(history: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -224,9 +212,6 @@ def build_app(
     ours = [name for name in playground.latent_sets if name.endswith("/ours")]
     first = ours[0] if ours else next(iter(playground.latent_sets), NONE)
 
-    def controls(*values: Any) -> Controls:
-        return controls_from(*values)
-
     def sampling(tokens: float, temperature: float, seed: float) -> Sampling:
         return Sampling(int(tokens), float(temperature), int(seed))
 
@@ -316,7 +301,7 @@ def build_app(
 
         def on_controls(*knob_values: Any) -> str:
             try:
-                return playground.intervention_json(controls(*knob_values))
+                return playground.intervention_json(controls_from(*knob_values))
             except UserError as error:
                 return f"// {error}"
 
@@ -327,13 +312,13 @@ def build_app(
                 history or [],
                 steered_history or [],
                 text,
-                controls(*knob_values),
+                controls_from(*knob_values),
                 sampling(t, temp, s),
                 json_text or "",
             )
 
         def on_explain(history: Any, steered_history: Any, *knob_values: Any) -> Any:
-            chosen = controls(*knob_values)
+            chosen = controls_from(*knob_values)
             rows: list[list[Any]] = []
             turns = _turns(history or [])
             if playground.direction is not None and turns:
@@ -349,9 +334,8 @@ def build_app(
 
         def on_sweep(text: str, sweep_values: str, *rest: Any) -> Any:
             knob_values, (t, temp, s) = rest[: len(knobs)], rest[len(knobs) :]
-            return sweep_rows(
-                playground, text, controls(*knob_values), sweep_values, sampling(t, temp, s), judges
-            )
+            chosen = controls_from(*knob_values)
+            return sweep_rows(playground, text, chosen, sweep_values, sampling(t, temp, s), judges)
 
         def on_upload(file: Any) -> str:
             if file is None:
