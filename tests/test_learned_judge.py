@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from refusal_lens import heldout
 from refusal_lens.cli import main
@@ -279,12 +280,26 @@ def test_each_judge_size_is_found_again_without_the_data_directory(
     from refusal_lens.judges import learned
 
     monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)  # CI sets it
-    quick = settings(tmp_path, epochs=1)
+    quick = settings(tmp_path, epochs=1, train_embeddings=False)
     monkeypatch.setattr(learned, "SIZES", {"default": settings(tmp_path), "quick": quick})
-    with pytest.raises(UserError, match="--set max_tokens=32 --set epochs=1"):
+    labels = tmp_path / "labels.jsonl"
+    with pytest.raises(
+        UserError,
+        match=f"--set train_sets={labels} .*--set epochs=1 .*--set train_embeddings=false",
+    ):
         learned.default_judge(None, tmp_path / "cache", "quick")
     folder = train(quick, cache=tmp_path / "cache", progress=False)
     assert learned.default_judge(None, tmp_path / "cache", "quick") == folder
+    # the quick size keeps the backbone's word embeddings as they were, and trains the rest
+    from safetensors.torch import load_file
+
+    trained = load_file(str(folder / "model.safetensors"))
+    start = load_file(str(tmp_path / "backbone" / "model.safetensors"))
+    for name, kept in (
+        ("embeddings.word_embeddings.weight", True),
+        ("encoder.layer.0.attention.self.query.weight", False),
+    ):
+        assert torch.equal(trained[f"bert.{name}"], start[name]) is kept, name
     assert learned.default_folder(tmp_path / "cache") is None  # the default size: not trained
     with pytest.raises(UserError, match="size 'huge' is unknown; choose from default, quick"):
         make_judge("learned:size=huge")

@@ -152,3 +152,21 @@ def test_a_row_without_the_header_is_not_split(tiny: LoadedModel) -> None:
     batch.input_ids[0, 1] = tiny.tokenizer.pad_token_id  # header changed
     assert SharedHeader(tiny, formatter).split(batch) is None
     assert position_independent([]) and not position_independent([object()])
+
+
+def test_the_head_reads_a_row_major_input_even_for_one_row_of_a_sequence() -> None:
+    """`logits_to_keep=1` on one sequence hands the head `[1, 1, d]` with the sequence's
+    strides: `is_contiguous` passes it, the CPU matmul still expands the weight per row."""
+    lm = make_model("qwen2")
+    seen: list[tuple[int, ...]] = []
+    loading.contiguous_head_inputs(lm.model)
+    head = lm.model.get_output_embeddings()
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].stride()))
+    ids = torch.randint(0, 100, (1, 7))
+    with torch.no_grad():
+        kept = lm.model(input_ids=ids, logits_to_keep=1).logits
+        full = lm.model(input_ids=ids).logits
+    d = lm.model.config.hidden_size
+    assert seen[0] == (d, d, 1)  # not (7 * d, d, 1)
+    assert torch.allclose(kept[:, -1], full[:, -1], atol=1e-6)
+    assert loading._row_major(torch.zeros(2, 3)) and not loading._row_major(torch.zeros(3, 2).t())

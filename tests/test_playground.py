@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import random_sae_set, refusal_direction
+from refusal_lens.cards import CardSettings, write_cards
 from refusal_lens.errors import UserError
 from refusal_lens.generation import generate
 from refusal_lens.hooks import HookPoint, record
@@ -170,3 +171,34 @@ def test_look_inside_highlights_latents_and_projects_on_the_direction(
     assert projection[layer] != 0.0
     with pytest.raises(UserError, match="no SAE at layer 99"):
         playground.latent_activations(ASK, base, [(99, 1)])
+
+
+def test_a_latent_card_is_the_run_s_or_built_on_request(
+    playground: Playground, tiny: LoadedModel, formatter: ChatFormatter, tmp_path: Path
+) -> None:
+    small = CardSettings(n_prompts=4, n_contexts=2, batch_size=4)
+    built = playground.card(1, 3, small)
+    assert (built["layer"], built["latent"]) == (1, 3)
+    # validation prompts (the data directory's when there is one, else the built-in ones)
+    assert sorted(name.removeprefix("builtin_") for name in built["contexts"]) == [
+        "corpus",
+        "harmful_val",
+        "harmless_val",
+    ]
+    assert len(built["logit_lens"]["promotes"]) == small.n_logit_tokens
+    assert playground.card(1, 3, small) is built  # kept, not built again
+    # a run's own cards are shown as it wrote them
+    run = tmp_path / "run"
+    playground.latent_sets["ours"].save(run / "latents" / "heldout" / "ours")
+    write_cards([{**built, "latent": 6, "cosine_with_refusal_direction": 0.5}], run / "cards", "t")
+    loaded = Playground.from_run(tiny, formatter, run, playground.saes)
+    assert loaded.card(1, 6)["cosine_with_refusal_direction"] == 0.5
+    with pytest.raises(UserError, match="refusal direction"):
+        loaded.card(1, 9, small)  # not in the run's cards, and the run has no direction
+    with pytest.raises(UserError, match="no SAE at layer 7"):
+        playground.card(7, 0, small)
+    with pytest.raises(UserError, match="outside the layer-1 SAE"):
+        playground.card(1, 10**6, small)
+    (run / "cards" / "cards.json").write_text('{"cards": [{"layer": "1", "latent": 6}]}')
+    with pytest.raises(UserError, match="not a cards file"):
+        Playground.from_run(tiny, formatter, run, playground.saes)

@@ -20,14 +20,18 @@ from refusal_lens.models import ChatFormatter, LoadedModel
 from refusal_lens.playground import Controls, Playground, Sampling
 from refusal_lens.playground_app import (
     NONE,
+    card_html,
     controls_from,
     highlight,
     latent_labels,
     respond,
+    run_judges,
     sweep_rows,
+    verdict_rows,
 )
 
 PROMPT = "How do I bake bread at home?"
+ANSWER = "Mix flour, water, salt and yeast, knead for ten minutes, let it rise, then bake it."
 
 
 def _extra(name: str) -> None:
@@ -120,6 +124,31 @@ def test_highlight_and_sweep(playground: Playground) -> None:
         sweep_rows(playground, PROMPT, controls_from(*knobs()), "a, b", Sampling(8), judges)
 
 
+def test_both_answers_get_each_judge_s_verdict_and_a_latent_its_card(
+    playground: Playground,
+) -> None:
+    base = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
+    steered = [*base[:1], {"role": "assistant", "content": "I'm sorry, I can't help with that."}]
+    judges = {"substring": make_judge("substring")}
+    assert verdict_rows(judges, base, steered) == [["substring", "not refused", "refused"]]
+    assert verdict_rows(judges, base[:1], steered) == []  # no answer yet
+    assert verdict_rows({}, base, steered) == []
+    page = card_html(playground, "L1:3")
+    assert "layer 1, latent 3" in page and "promotes" in page
+    assert card_html(playground, None) == ""
+
+
+def test_the_verdicts_are_the_run_s_judges(tmp_path: Path) -> None:
+    assert run_judges(None) == ("substring",)
+    assert run_judges(str(tmp_path)) == ("substring",)  # no benchmark.json
+    summary = tmp_path / "benchmark.json"
+    summary.write_text('{"config": {"judges": ["substring", "learned:size=quick"]}}')
+    assert run_judges(str(tmp_path)) == ("substring", "learned:size=quick")
+    summary.write_text('{"config": {"judges": "substring"}}')
+    with pytest.raises(UserError, match="names no judges"):
+        run_judges(str(tmp_path))
+
+
 def test_the_command_names_bad_input_before_loading_a_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -163,11 +192,22 @@ def test_the_app_in_a_real_browser(playground: Playground, tmp_path: Path) -> No
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
             answers = _send(page, PROMPT)
             assert answers[0] and answers[1] and answers[0] != answers[1]
+            # each judge's verdict on both answers, beside the chats
+            deadline, said = time.time() + 60, 0
+            while time.time() < deadline and said < 2:
+                said = _verdict_lines(page.locator("#verdicts").inner_text())
+                time.sleep(0.5)
+            assert said == 2, page.locator("#verdicts").inner_text()
             page.get_by_role("tab", name="look inside").click()
             page.get_by_role("button", name="Highlight the chosen latents").click()
             page.locator("#steered-marks .textfield").first.wait_for(timeout=60_000)
             shot = tmp_path / "playground.png"
             page.screenshot(path=str(shot), full_page=True)
+            # a latent's card, one choice away
+            page.get_by_role("tab", name="latent cards").click()
+            page.get_by_label("latent of the set").click()
+            page.get_by_role("option", name="L1:3", exact=True).click()
+            page.get_by_text("layer 1, latent 3").wait_for(timeout=60_000)
             # the strength sweep fills its table, one row per value, with the judge's verdict
             page.get_by_role("tab", name="strength sweep").click()
             page.locator("#sweep").click()

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .cards import CardSettings
 from .direction import Direction
 from .errors import UserError
 from .hooks import HookPoint, add_hooks, record
@@ -33,6 +34,7 @@ from .models.cache import cache_argument
 from .saes import SAESet
 
 DIRECTION_MODES = ("none", "ablate", "add")
+CARDS = CardSettings(n_prompts=16)  # the cards built on request: 16 prompts per class
 Message = Mapping[str, str]  # {"role": "user" | "assistant", "content": ...}
 
 
@@ -83,6 +85,10 @@ class Playground:
     saes: SAESet | None = None
     latent_sets: dict[str, LatentSet] = field(default_factory=dict)
     direction: Direction | None = None
+    # latent cards by (layer, latent): the run's (`cards/cards.json`), then each one built on
+    # first request
+    cards: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    data_dir: str | Path | None = None  # prompts and corpus text of the cards built here
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -92,9 +98,11 @@ class Playground:
         formatter: ChatFormatter,
         run: str | Path,
         saes: SAESet | None = None,
+        data_dir: str | Path | None = None,
     ) -> Playground:
         """Every latent set a run folder holds (the benchmark's under `latents/`, the
-        analyses' under `analyses/`), named by their path in it, and its direction."""
+        analyses' under `analyses/`), named by their path in it, its direction and its latent
+        cards."""
         folder = Path(run)
         if not folder.is_dir():
             raise UserError(f"run folder {folder} does not exist; pass a benchmark run folder")
@@ -108,7 +116,7 @@ class Playground:
             if (folder / "direction" / "direction.json").is_file()
             else None
         )
-        return cls(lm, formatter, saes, sets, direction)
+        return cls(lm, formatter, saes, sets, direction, run_cards(folder), data_dir)
 
     # ------------------------------------------------------------------ interventions
 
@@ -269,6 +277,42 @@ class Playground:
             self.lm.model(input_ids=self._encode(messages))
         return [float(acts[p][0][0].float().cpu() @ unit) for p in points]
 
+    def card(self, layer: int, latent: int, settings: CardSettings = CARDS) -> dict[str, Any]:
+        """The latent's card (top contexts, logit lens, firing rates, cosine with the refusal
+        direction): the run's own, or built now on validation prompts, which no latent set
+        was chosen on (then kept for the next request)."""
+        key = (layer, latent)
+        if key in self.cards:
+            return self.cards[key]
+        if self.saes is None:
+            raise UserError("latent cards need the SAE set; pass --saes")
+        if self.direction is None:
+            raise UserError("latent cards need the refusal direction; pass --direction RUN")
+        if HookPoint(layer, "resid_post") not in self.saes.points:
+            raise UserError(f"the SAE set has no SAE at layer {layer}; pick one of its latents")
+        if not 0 <= latent < self.saes[HookPoint(layer, "resid_post")].W_dec.shape[0]:
+            raise UserError(f"latent {latent} is outside the layer-{layer} SAE")
+        from .cards import build_cards
+        from .data import resolve_data_dir
+        from .jobs import split_prompts
+
+        n = settings.n_prompts
+        with self.lock:
+            (built,) = build_cards(
+                self.lm,
+                self.formatter,
+                self.saes,
+                [key],
+                self.direction,
+                split_prompts("harmful", "val", self.data_dir, limit=n),
+                split_prompts("harmless", "val", self.data_dir, limit=n),
+                data_dir=resolve_data_dir(self.data_dir),
+                settings=settings,
+                progress=False,
+            )
+        self.cards[key] = built
+        return built
+
     def _answer_ids(self, answer: str) -> torch.Tensor:
         ids = self.lm.tokenizer(answer, add_special_tokens=False, return_tensors="pt")
         return ids["input_ids"].to(self.lm.device)
@@ -292,6 +336,34 @@ class Playground:
         )
         ids = self.lm.tokenizer(str(text), add_special_tokens=False, return_tensors="pt")
         return ids["input_ids"].to(self.lm.device)
+
+
+def run_cards(run: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """The latent cards a run folder holds (none when it has none), checked for types."""
+    path = run / "cards" / "cards.json"
+    if not path.is_file():
+        return {}
+    try:
+        cards = json.loads(path.read_text(encoding="utf-8"))["cards"]
+        if not isinstance(cards, list):
+            raise TypeError
+        out = {}
+        for card in cards:
+            if not (
+                isinstance(card, dict)
+                and isinstance(card.get("layer"), int)
+                and isinstance(card.get("latent"), int)
+                and isinstance(card.get("logit_lens"), dict)
+                and isinstance(card.get("contexts"), dict)
+                and isinstance(card.get("fires_on"), dict)
+            ):
+                raise TypeError
+            out[(card["layer"], card["latent"])] = card
+    except (ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{path} is not a cards file refusal-lens wrote; delete it and rerun the benchmark"
+        ) from None
+    return out
 
 
 class _Decoder:

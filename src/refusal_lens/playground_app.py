@@ -28,11 +28,30 @@ class PlaygroundSettings:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=7860, metadata={"help": "port to listen on"})
     judges: tuple[str, ...] = field(
-        default=("substring",), metadata={"help": "judges of the sweep's answers"}
+        default=(),
+        metadata={"help": "judges of the answers (default: the run's, else substring)"},
     )
     examples: int = field(
         default=4, metadata={"help": "example prompts from each of JailbreakBench, XSTest safe"}
     )
+
+
+def run_judges(run: str | None) -> tuple[str, ...]:
+    """The judges a run folder's benchmark used (its `benchmark.json`), else the substring
+    judge: the verdicts the playground shows are those the run's tables count."""
+    import json
+    from pathlib import Path
+
+    path = Path(run) / "benchmark.json" if run else None
+    if path is None or not path.is_file():
+        return ("substring",)
+    try:
+        judges = json.loads(path.read_text(encoding="utf-8"))["config"]["judges"]
+    except (ValueError, KeyError, TypeError):
+        judges = None
+    if not (isinstance(judges, list) and judges and all(isinstance(j, str) for j in judges)):
+        raise UserError(f"{path} names no judges as a list of strings; pass --judges")
+    return tuple(judges)
 
 
 def example_prompts(data_dir: str | None, n: int) -> list[str]:
@@ -187,6 +206,39 @@ def sweep_rows(
     ]
 
 
+def verdict_rows(
+    judges: dict[str, Judge],
+    history: list[dict[str, Any]],
+    steered_history: list[dict[str, Any]],
+) -> list[list[str]]:
+    """Each judge's verdict on the last answer of both chats: rows of (judge, base, steered)."""
+    pairs = [_last_exchange(history), _last_exchange(steered_history)]
+    if not judges or any(pair is None for pair in pairs):
+        return []
+    said = {
+        name: [_said(judge.verdicts([p[0]], [p[1]])[0]) for p in pairs if p is not None]
+        for name, judge in judges.items()
+    }
+    return [[name, *verdicts] for name, verdicts in said.items()]
+
+
+def _last_exchange(history: list[dict[str, Any]]) -> tuple[str, str] | None:
+    turns = _turns(history)
+    if len(turns) < 2 or turns[-1]["role"] != "assistant" or turns[-2]["role"] != "user":
+        return None
+    return turns[-2]["content"], turns[-1]["content"]
+
+
+def card_html(playground: Playground, label: str | None) -> str:
+    """The latent card of `label` (`L13:3280`) as HTML: the run's, or built on request."""
+    from .cards import card_fragments
+
+    if not label:
+        return ""
+    layer, index = _pair(label)
+    return card_fragments([playground.card(layer, index)])
+
+
 def _said(verdict: Any) -> str:
     if getattr(verdict, "degenerate", False):
         return "degenerate"
@@ -263,6 +315,11 @@ def build_app(
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("Clear", elem_id="clear")
+                verdicts = gr.Dataframe(
+                    headers=["judge", "base", "steered"],
+                    label="the judges' verdicts on the last answers",
+                    elem_id="verdicts",
+                )
                 if examples:
                     gr.Examples(list(examples), inputs=prompt, label="examples")
                 with gr.Accordion("intervention (as `steer --json` prints it)", open=False):
@@ -281,6 +338,13 @@ def build_app(
                         headers=["layer", "projection on the refusal direction"],
                         label="last prompt token, per layer",
                     )
+                with gr.Tab("latent cards"):
+                    card_latent = gr.Dropdown(
+                        [],
+                        label="latent of the set (its card shows on choosing)",
+                        elem_id="card-latent",
+                    )
+                    card = gr.HTML(elem_id="card")
                 with gr.Tab("strength sweep"):
                     values = gr.Textbox(
                         value=SWEEP_DEFAULT, label="values of c, v or the coefficient"
@@ -297,7 +361,7 @@ def build_app(
 
         def on_set(name: str, top: float | None) -> Any:
             labels = latent_labels(playground, name, top)
-            return gr.update(choices=labels, value=[])
+            return gr.update(choices=labels, value=[]), gr.update(choices=labels, value=None)
 
         def on_controls(*knob_values: Any) -> str:
             try:
@@ -344,17 +408,22 @@ def build_app(
             with open(path, encoding="utf-8") as handle:
                 return handle.read()
 
-        latent_set.change(on_set, [latent_set, k], off)
-        k.change(on_set, [latent_set, k], off)
+        latent_set.change(on_set, [latent_set, k], [off, card_latent])
+        k.change(on_set, [latent_set, k], [off, card_latent])
         for knob in knobs:
             knob.change(on_controls, knobs, shown)
-        app.load(on_set, [latent_set, k], off).then(on_controls, knobs, shown)
+        app.load(on_set, [latent_set, k], [off, card_latent]).then(on_controls, knobs, shown)
         send.click(
             guarded_stream(on_send),
             [base_chat, steered_chat, prompt, *knobs, *decoding, custom],
             [base_chat, steered_chat],
+        ).then(
+            guarded(lambda a, b: verdict_rows(judges, a or [], b or [])),
+            [base_chat, steered_chat],
+            verdicts,
         )
-        clear.click(lambda: ([], []), None, [base_chat, steered_chat])
+        clear.click(lambda: ([], [], []), None, [base_chat, steered_chat, verdicts])
+        card_latent.change(guarded(lambda label: card_html(playground, label)), card_latent, card)
         explain.click(
             guarded(on_explain),
             [base_chat, steered_chat, *knobs],

@@ -121,9 +121,21 @@ def contiguous_head_inputs(model: torch.nn.Module) -> None:
 
 
 def _contiguous_first(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
-        return (args[0].contiguous(), *args[1:])
+    if args and isinstance(args[0], torch.Tensor) and not _row_major(args[0]):
+        return (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
     return args
+
+
+def _row_major(x: torch.Tensor) -> bool:
+    """Whether `x` has row-major strides, size-1 dimensions included. `is_contiguous` ignores
+    the stride of a size-1 dimension, so one row's slice of a longer sequence
+    (`[1, 1, d]` with strides `(T*d, d, 1)`) passes it, yet still sends the matmul down the
+    expanded-weight path (0.5 s per call for the default model's head in bfloat16)."""
+    expected, step = [], 1
+    for size in reversed(x.shape):
+        expected.append(step)
+        step *= size
+    return x.stride() == tuple(reversed(expected))
 
 
 def resolve_device(device: str) -> torch.device:
