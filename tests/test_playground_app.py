@@ -22,6 +22,7 @@ from refusal_lens.playground_app import (
     NONE,
     card_html,
     controls_from,
+    dose_response,
     highlight,
     latent_labels,
     respond,
@@ -69,6 +70,7 @@ def knobs(**changes: object) -> list[object]:
         "value": -3.0,
         "off": [],
         "positions": "all",
+        "from_position": 0,
         "direction": "none",
         "coefficient": 4.0,
     }
@@ -81,6 +83,9 @@ def test_widget_values_become_controls(playground: Playground) -> None:
     chosen = controls_from(*knobs(k=5, own_value=False, value=2.5, off=["L1:3"]))
     assert chosen.k == 5 and chosen.value == 2.5 and chosen.off == ((1, 3),)
     assert controls_from(*knobs(latent_set=NONE)).latent_set is None
+    assert controls_from(*knobs(from_position=12)).from_position == 12
+    (edit,) = playground.interventions(controls_from(*knobs(from_position=12)))
+    assert edit.from_position == 12  # type: ignore[attr-defined]
     assert latent_labels(playground, "ours", 3) == ["L1:0", "L1:3", "L1:6"]
     assert latent_labels(playground, NONE, 3) == []
 
@@ -120,6 +125,9 @@ def test_highlight_and_sweep(playground: Playground) -> None:
     )
     assert [row[0] for row in rows] == [1.0, 40.0] and len(rows[0]) == 3
     assert rows[0][1] in ("refused", "not refused", "degenerate")
+    figure = dose_response([[1.0, "refused", "a"], [40.0, "not refused", "b"]], ["substring"])
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [1.0, 40.0] and list(line.get_ydata()) == [1.0, 0.0]
     with pytest.raises(UserError, match="not numbers"):
         sweep_rows(playground, PROMPT, controls_from(*knobs()), "a, b", Sampling(8), judges)
 
@@ -216,6 +224,7 @@ def test_the_app_in_a_real_browser(playground: Playground, tmp_path: Path) -> No
                 said = _verdict_lines(page.locator("#sweep-table").inner_text())
                 time.sleep(0.5)
             assert said >= 5, page.locator("#sweep-table").inner_text()
+            page.locator("#sweep-plot img").first.wait_for(timeout=60_000)  # the dose-response
             # the latent set switched off: both panes answer alike
             page.locator("#clear").click()
             page.get_by_label("latent set").click()

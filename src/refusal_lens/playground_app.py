@@ -77,10 +77,12 @@ def controls_from(
     value: float,
     off: Sequence[str],
     positions: str,
+    from_position: float | None,
     direction: str,
     coefficient: float,
 ) -> Controls:
-    """Widget values as `Controls` (`off`: the switched-off latents as `L<layer>:<index>`)."""
+    """Widget values as `Controls` (`off`: the switched-off latents as `L<layer>:<index>`;
+    `from_position` 0 or empty: no start position)."""
     return Controls(
         latent_set=None if latent_set in (NONE, "", None) else latent_set,
         k=int(k) if k else None,
@@ -88,6 +90,7 @@ def controls_from(
         value=None if own_value else float(value),
         off=tuple(_pair(label) for label in off),
         positions=positions,
+        from_position=int(from_position) if from_position else None,
         direction=direction,
         coefficient=float(coefficient),
     )
@@ -239,6 +242,29 @@ def card_html(playground: Playground, label: str | None) -> str:
     return card_fragments([playground.card(layer, index)])
 
 
+def dose_response(rows: list[list[Any]], judges: Sequence[str]) -> Any:
+    """The sweep as a plot: per judge, whether each strength's answer was refused (1) or not
+    (0); a degenerate answer sits at 0.5 (neither)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    score = {"refused": 1.0, "did not comply": 1.0, "degenerate": 0.5}
+    figure, axes = plt.subplots(figsize=(6, 2.6))
+    for column, name in enumerate(judges, start=1):
+        points = sorted((float(row[0]), score.get(row[column], 0.0)) for row in rows)
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    axes.set_yticks([0, 0.5, 1], ["complied / not refused", "degenerate", "refused"])
+    axes.set_xlabel("strength (c, v or the coefficient)")
+    axes.set_ylim(-0.1, 1.1)
+    if judges:
+        axes.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
 def _said(verdict: Any) -> str:
     if getattr(verdict, "degenerate", False):
         return "degenerate"
@@ -300,6 +326,7 @@ def build_app(
                 value = gr.Slider(-20, 40, value=-3, step=0.5, label="c (scale) or v (set)")
                 off = gr.CheckboxGroup([], label="latents switched off", elem_id="latent-switches")
                 positions = gr.Radio(["all", "prompt", "generated"], value="all", label="positions")
+                start = gr.Number(value=0, precision=0, label="from position p (0: from the start)")
                 direction = gr.Radio(
                     ["none", "ablate", "add"], value="none", label="refusal direction"
                 )
@@ -356,7 +383,8 @@ def build_app(
                         wrap=True,
                         elem_id="sweep-table",
                     )
-        knobs = [latent_set, k, mode, own, value, off, positions, direction, coefficient]
+                    plot = gr.Plot(label="dose-response", elem_id="sweep-plot")
+        knobs = [latent_set, k, mode, own, value, off, positions, start, direction, coefficient]
         decoding = [tokens, temperature, seed]
 
         def on_set(name: str, top: float | None) -> Any:
@@ -399,7 +427,8 @@ def build_app(
         def on_sweep(text: str, sweep_values: str, *rest: Any) -> Any:
             knob_values, (t, temp, s) = rest[: len(knobs)], rest[len(knobs) :]
             chosen = controls_from(*knob_values)
-            return sweep_rows(playground, text, chosen, sweep_values, sampling(t, temp, s), judges)
+            rows = sweep_rows(playground, text, chosen, sweep_values, sampling(t, temp, s), judges)
+            return rows, dose_response(rows, list(judges))
 
         def on_upload(file: Any) -> str:
             if file is None:
@@ -429,6 +458,6 @@ def build_app(
             [base_chat, steered_chat, *knobs],
             [base_marks, steered_marks, projection],
         )
-        run_sweep.click(guarded(on_sweep), [prompt, values, *knobs, *decoding], table)
+        run_sweep.click(guarded(on_sweep), [prompt, values, *knobs, *decoding], [table, plot])
         upload.change(on_upload, upload, custom)
     return app
