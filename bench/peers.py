@@ -13,12 +13,13 @@ heretic-llm 1.4.0 (optional; it pins transformers ~=5.6, so it runs in its own v
 `--heretic-venv` on first use) computes its direction from the first 400 harmful and harmless
 training prompts, as refusal-lens does, then runs its Optuna search for `--trials` trials.
 Refusals are counted by two judges: heretic's markers (its own `is_refusal`, run in its venv)
-and refusal-lens' quick learned judge (an answer that does not do the task is a refusal),
-for every refusal-lens arm and every heretic trial on its Pareto front. Wall time: heretic's
-whole process; for refusal-lens, the run's direction, SAE and latent stages (from its
-benchmark.json) plus this script's evaluation of the arm. Prints the table and whether each
-refusal-lens arm lies below heretic's front (no heretic trial has both fewer refusals and lower
-KL). Answers stay in OUT (research material), not in the log.
+and refusal-lens' quick learned judge (an answer that does not do the task is a refusal), for
+every refusal-lens arm and every heretic trial, so each judge has its own front. Wall time:
+heretic's whole process; for refusal-lens, the run's direction, SAE and latent stages (from
+its benchmark.json) plus this script's evaluation of the arm. Prints the table (heretic's
+trials on either judge's front) and whether each refusal-lens arm lies below heretic's front by
+each judge (no heretic trial has both fewer or equal refusals and lower or equal KL). Answers
+stay in OUT (research material), not in the log.
 """
 
 from __future__ import annotations
@@ -68,8 +69,17 @@ def heretic_python(venv: Path) -> Path:
     if not python.exists():
         print(f"making heretic's venv in {venv} ({HERETIC}) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", HERETIC], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        # this environment's torch first: left to itself, pip takes a multi-GB CUDA build
+        subprocess.run([*pip, f"torch=={torch_version()}"], check=True)
+        subprocess.run([*pip, HERETIC], check=True)
     return python
+
+
+def torch_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch")
 
 
 def run_heretic(python: Path, spec: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -165,20 +175,22 @@ def main() -> None:
         print(f"heretic: {args.trials} trials (log: {out / 'heretic-log.txt'}) ...", flush=True)
         found_h = run_heretic(python, spec, out)
         trials = found_h["trials"]
-        for trial in front(trials, "refusals"):
+        complete = [t for t in trials if len(t["answers"]) == len(harmful)]
+        if not trials or len(complete) != len(trials):
+            raise SystemExit(
+                f"error: heretic recorded answers for {len(complete)} of {len(trials)} trials; "
+                f"delete {out / 'heretic.json'} and rerun"
+            )
+        for trial in trials:  # every trial judged, so each judge has its own front
             complied = [v.complied for v in judge.verdicts(harmful, trial["answers"])]
-            trial["judge_refusals"] = sum(not c for c in complied)
-            trial["on_front"] = True
-        for trial in trials:
             rows.append(
                 {
                     "tool": f"heretic {found_h['version']}",
                     "arm": f"trial {trial['trial']}",
                     "refusals": trial["refusals"],
-                    "judge_refusals": trial.get("judge_refusals"),
+                    "judge_refusals": sum(not c for c in complied),
                     "kl": trial["kl"],
                     "seconds": found_h["wall_seconds"],
-                    "on_front": trial.get("on_front", False),
                 }
             )
 
@@ -217,7 +229,6 @@ def main() -> None:
                 "judge_refusals": sum(not c for c in complied),
                 "kl": max(kl, 0.0),
                 "seconds": found_seconds + seconds,
-                "on_front": False,
             }
         )
     with open(out / "answers.jsonl", "w", encoding="utf-8") as handle:
@@ -228,22 +239,24 @@ def main() -> None:
 
     print(f"\n{len(harmful)} JailbreakBench prompts, {len(harmless)} harmless prompts, {lm.name}")
     print(f"{'tool':<20}{'arm':<34}{'markers':>9}{'learned':>9}{'KL':>9}{'wall (s)':>10}")
+    heretic = [r for r in rows if r["tool"].startswith("heretic")]
+    fronts = {key: front(heretic, key) for key in ("refusals", "judge_refusals")}
+    shown = {id(r) for points in fronts.values() for r in points}
     for row in rows:
-        if row["tool"].startswith("heretic") and not row["on_front"]:
-            continue
+        if row in heretic and id(row) not in shown:
+            continue  # heretic trials on neither judge's front
         marks = "-" if row["refusals"] is None else str(row["refusals"])
         learned = "-" if row["judge_refusals"] is None else str(row["judge_refusals"])
         print(
             f"{row['tool']:<20}{row['arm']:<34}{marks:>9}{learned:>9}{row['kl']:>9.3f}"
             f"{row['seconds']:>10.0f}"
         )
-    heretic_front = [r for r in rows if r["on_front"]]
-    if heretic_front:
-        print("\nbelow heretic's Pareto front (no front trial has fewer refusals at lower KL):")
+    if heretic:
+        print("\nbelow heretic's Pareto front (no heretic trial has fewer refusals at lower KL):")
         for row in rows:
             if row["tool"] == "refusal-lens" and row["arm"] != "base":
                 verdicts = [
-                    f"{label}: {'yes' if not dominated(row, heretic_front, key) else 'no'}"
+                    f"{label}: {'no' if dominated(row, heretic, key) else 'yes'}"
                     for label, key in (("markers", "refusals"), ("learned", "judge_refusals"))
                 ]
                 print(f"  {row['arm']}: {', '.join(verdicts)}")

@@ -8,7 +8,9 @@ backward, gradient clipping, Adam, scheduler, firing bookkeeping), without wandb
 
 Prints tokens/s per arm, the ratio ours/SAELens (target >= 4) and peak RSS. Arms are
 `NAME@DEVICE` (`--arms saelens@cpu,ours@cpu` by default); `--arms ours@cpu,ours@cuda` measures
-this trainer on a GPU against the CPU, each arm's ratio taken to the first arm.
+this trainer on a GPU against the CPU, each arm's ratio taken to the first arm. `ours-bf16`
+is this trainer choosing each token's top k from a bfloat16 encoder product (values and
+gradients in float32, `TrainConfig.select_dtype`): `--arms ours@cpu,ours-bf16@cpu`.
 
     python bench/sae_training.py --cache SAES/activations --point resid_post.13
     python bench/sae_training.py --random --arms ours@cpu,ours@cuda
@@ -44,12 +46,16 @@ def synchronise(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def ours(args: argparse.Namespace, data: list[torch.Tensor], device: str) -> float:
+def ours(
+    args: argparse.Namespace, data: list[torch.Tensor], device: str, select: str = "float32"
+) -> float:
     from refusal_lens.saes.architectures import SAEConfig
     from refusal_lens.saes.training import LayerTrainer, TrainConfig
 
     d_in = data[0].shape[1]
-    cfg = TrainConfig(expansion=args.expansion, k=args.k, batch_size=args.batch_size)
+    cfg = TrainConfig(
+        expansion=args.expansion, k=args.k, batch_size=args.batch_size, select_dtype=select
+    )
     sae_cfg = SAEConfig("topk", d_in, args.expansion * d_in, k=args.k)
     trainer = LayerTrainer(cfg, sae_cfg, 1.0, device)
     trainer.initialise(data[0], torch.Generator().manual_seed(0))
@@ -113,13 +119,16 @@ def main() -> None:
         parser.error("pass --cache DIR (an activation cache) or --random")
     arms = [arm if "@" in arm else f"{arm}@cpu" for arm in args.arms.split(",")]
     for arm in arms:
-        if arm.split("@")[0] not in ("ours", "saelens"):
-            parser.error(f"unknown arm {arm!r}; use ours@DEVICE or saelens@DEVICE")
+        if arm.split("@")[0] not in ("ours", "ours-bf16", "saelens"):
+            parser.error(f"unknown arm {arm!r}; use ours, ours-bf16 or saelens @DEVICE")
     if args.arm:
         torch.manual_seed(0)
         data = batches(args)
         name, device = args.arm.split("@")
-        seconds = (ours if name == "ours" else saelens)(args, data, device)
+        if name == "saelens":
+            seconds = saelens(args, data, device)
+        else:
+            seconds = ours(args, data, device, "bfloat16" if name == "ours-bf16" else "float32")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             json.dumps(

@@ -199,6 +199,10 @@ def test_a_latent_card_is_the_run_s_or_built_on_request(
         playground.card(7, 0, small)
     with pytest.raises(UserError, match="outside the layer-1 SAE"):
         playground.card(1, 10**6, small)
+    # cards made with another SAE set are left out (their latent numbers mean other latents)
+    (run / "benchmark.json").write_text('{"saes": {"fingerprint": "another set"}}')
+    assert Playground.from_run(tiny, formatter, run, playground.saes).cards == {}
+    (run / "benchmark.json").unlink()
     (run / "cards" / "cards.json").write_text('{"cards": [{"layer": "1", "latent": 6}]}')
-    with pytest.raises(UserError, match="not a cards file"):
+    with pytest.raises(UserError, match=r"cards\[0\]\.layer must be .*rerun the benchmark"):
         Playground.from_run(tiny, formatter, run, playground.saes)

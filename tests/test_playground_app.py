@@ -128,6 +128,9 @@ def test_highlight_and_sweep(playground: Playground) -> None:
     figure = dose_response([[1.0, "refused", "a"], [40.0, "not refused", "b"]], ["substring"])
     (line,) = figure.axes[0].get_lines()
     assert list(line.get_xdata()) == [1.0, 40.0] and list(line.get_ydata()) == [1.0, 0.0]
+    unsure = dose_response([[1.0, "?", "a"], [2.0, "degenerate", "b"]], ["substring"])
+    (line,) = unsure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [2.0] and list(line.get_ydata()) == [0.5]  # "?" not drawn
     with pytest.raises(UserError, match="not numbers"):
         sweep_rows(playground, PROMPT, controls_from(*knobs()), "a, b", Sampling(8), judges)
 
@@ -138,9 +141,10 @@ def test_both_answers_get_each_judge_s_verdict_and_a_latent_its_card(
     base = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
     steered = [*base[:1], {"role": "assistant", "content": "I'm sorry, I can't help with that."}]
     judges = {"substring": make_judge("substring")}
-    assert verdict_rows(judges, base, steered) == [["substring", "not refused", "refused"]]
-    assert verdict_rows(judges, base[:1], steered) == []  # no answer yet
-    assert verdict_rows({}, base, steered) == []
+    rows = verdict_rows(playground, judges, base, steered)
+    assert rows == [["substring", "not refused", "refused"]]
+    assert verdict_rows(playground, judges, base[:1], steered) == []  # no answer yet
+    assert verdict_rows(playground, {}, base, steered) == []
     page = card_html(playground, "L1:3")
     assert "layer 1, latent 3" in page and "promotes" in page
     assert card_html(playground, None) == ""
@@ -153,7 +157,7 @@ def test_the_verdicts_are_the_run_s_judges(tmp_path: Path) -> None:
     summary.write_text('{"config": {"judges": ["substring", "learned:size=quick"]}}')
     assert run_judges(str(tmp_path)) == ("substring", "learned:size=quick")
     summary.write_text('{"config": {"judges": "substring"}}')
-    with pytest.raises(UserError, match="names no judges"):
+    with pytest.raises(UserError, match=r"config\.judges must be a non-empty list"):
         run_judges(str(tmp_path))
 
 

@@ -27,7 +27,8 @@ from refusal_lens.saes import (
     train_saes,
 )
 from refusal_lens.saes.mixture import Document, MixtureSource, Tokenizer, TokenKind
-from refusal_lens.saes.sparse_ops import decode_active, sparse_reconstruction
+from refusal_lens.saes.sparse_ops import decode_active, entry_values, sparse_reconstruction
+from refusal_lens.saes.training import LayerTrainer
 
 
 def random_sae(arch: str, d_in: int = 16, d_sae: int = 64, k: int = 4, seed: int = 0):
@@ -110,7 +111,8 @@ def test_sparse_backward_matches_dense_autograd() -> None:
     with torch.no_grad():
         pre_dense = (x - b_dec) @ w_enc + b_enc
     rows = torch.arange(n).repeat_interleave(k)
-    out = sparse_reconstruction(x, b_dec, w_enc, b_enc, w_dec, rows, idx.reshape(-1), pre_dense)
+    cols = idx.reshape(-1)
+    out = sparse_reconstruction(x, b_dec, w_enc, b_enc, w_dec, rows, cols, pre_dense[rows, cols])
     torch.testing.assert_close(out, recon.detach(), atol=1e-5, rtol=1e-5)
     (out - target).pow(2).sum().backward()
     for got, want in zip((w_enc, b_enc, w_dec, b_dec), reference, strict=True):
@@ -342,11 +344,14 @@ def planted_data(n: int = 60_000, d: int = 32, n_feat: int = 96, seed: int = 0):
     return x + 0.01 * torch.randn(n, d, generator=gen), feats
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_trainer_recovers_planted_features(arch: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arch", "select"), [("topk", "float32"), ("batchtopk", "float32"), ("topk", "bfloat16")]
+)
+def test_trainer_recovers_planted_features(arch: str, select: str, tmp_path: Path) -> None:
     x, feats = planted_data()
     cache = cache_from_tensors(tmp_path / "c", {"resid_post.0": x}, shard_tokens=20_000)
     cfg = TrainConfig(
+        select_dtype=select,
         architecture=arch,
         expansion=4,
         k=4,
@@ -423,7 +428,27 @@ def test_resume_refuses_other_activations_and_torn_checkpoints(tmp_path: Path) -
         train_saes(first, cfg, tmp_path / "run", progress=False)
 
 
+def test_selected_entries_are_computed_in_full_precision() -> None:
+    """Latents chosen from a bfloat16 product keep float32 values: `entry_values` equals the
+    dense float32 product at the chosen entries."""
+    torch.manual_seed(0)
+    sae_in, w_enc, b_enc = torch.randn(8, 16), torch.randn(16, 64), torch.randn(64)
+    low = torch.addmm(b_enc.bfloat16(), sae_in.bfloat16(), w_enc.bfloat16())
+    cols = low.topk(4, dim=-1).indices.sort(dim=-1).values.reshape(-1)
+    rows = torch.arange(8).repeat_interleave(4)
+    exact = (sae_in @ w_enc + b_enc)[rows, cols]
+    torch.testing.assert_close(entry_values(sae_in, w_enc, b_enc, rows, cols), exact)
+    assert not torch.equal(low[rows, cols].float(), exact)  # bfloat16 alone would round them
+    # the trainer chooses from the bfloat16 product only when asked
+    for select, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        cfg = TrainConfig(expansion=4, k=4, select_dtype=select)
+        trainer = LayerTrainer(cfg, SAEConfig("topk", 16, 64, k=4), 1.0, "cpu")
+        assert trainer._selection_product(sae_in).dtype == dtype
+
+
 def test_train_config_errors() -> None:
+    with pytest.raises(UserError, match="select_dtype must be"):
+        TrainConfig(select_dtype="int8")
     with pytest.raises(UserError, match="unknown architecture"):
         TrainConfig(architecture="gated")
     with pytest.raises(UserError, match="must be positive"):

@@ -3,8 +3,9 @@ value on a JailbreakBench prompt, and the strength sweep.
 
     python tools/playground_screenshots.py RUN --out docs/img [--prompt-index 0]
 
-Starts the app on RUN (its model, SAE set, latent sets and direction), drives it in the system
-Chromium through Playwright, and writes playground.png and playground-sweep.png.
+Starts the app on RUN (its model, SAE set, latent sets, direction and the judges its benchmark
+used), drives it in the system Chromium through Playwright, and writes playground.png and
+playground-sweep.png.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 
 from refusal_lens.analyses.suite import benchmark_inputs
 from refusal_lens.data import builtin_prompts, load_prompts, resolve_data_dir
-from refusal_lens.judges import make_judge
+from refusal_lens.judges import JudgeContext, make_judge
 from refusal_lens.models import ChatFormatter, load_model
 from refusal_lens.playground import Playground
-from refusal_lens.playground_app import build_app
+from refusal_lens.playground_app import build_app, run_judges
 from refusal_lens.saes import SAESet
 
 
@@ -43,7 +44,9 @@ def main() -> None:
         else builtin_prompts("harmful", "test").texts()
     )
     prompt = prompts[args.prompt_index]
-    app = build_app(playground, examples=[prompt], judges={"substring": make_judge("substring")})
+    context = JudgeContext(lm=lm, formatter=playground.formatter)
+    judges = {spec: make_judge(spec, context) for spec in run_judges(args.run)}
+    app = build_app(playground, examples=[prompt], judges=judges)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
@@ -61,26 +64,32 @@ def main() -> None:
             page.locator("#prompt textarea").fill(prompt)
             page.locator("#send").click()
             _settle(page)
+            while _said(page.locator("#verdicts").inner_text()) < 2 * len(judges):
+                time.sleep(1)  # each judge's verdict on both answers
             page.get_by_role("button", name="Highlight the chosen latents").click()
             page.locator("#steered-marks .textfield").first.wait_for(timeout=300_000)
             page.screenshot(path=str(out / "playground.png"), full_page=True)
             page.get_by_role("tab", name="strength sweep").click()
             page.locator("#sweep").click()
             words = {"refused", "not refused", "degenerate", "complied", "did not comply"}
-            while (
-                sum(
-                    line.strip() in words
-                    for line in page.locator("#sweep-table").inner_text().splitlines()
-                )
-                < 5
-            ):
-                time.sleep(1)  # one verdict per value of the default sweep
+            while sum(
+                line.strip() in words
+                for line in page.locator("#sweep-table").inner_text().splitlines()
+            ) < 5 * len(judges):
+                time.sleep(1)  # each judge's verdict per value of the default sweep
+            page.locator("#sweep-plot img").first.wait_for(timeout=60_000)
             time.sleep(1)
             page.screenshot(path=str(out / "playground-sweep.png"), full_page=True)
             browser.close()
     finally:
         app.close()
     print(f"{out / 'playground.png'}, {out / 'playground-sweep.png'}: {lm.name}, {prompt[:60]!r}")
+
+
+def _said(text: str) -> int:
+    """How many cells of a table are a judge's verdict."""
+    words = {"refused", "not refused", "degenerate", "complied", "did not comply"}
+    return sum(line.strip() in words for line in text.splitlines())
 
 
 def _settle(page: object) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import schema
 from .attribution import position_mask
 from .data import PromptSet
 from .direction import Direction
@@ -34,6 +35,51 @@ CORPUS = (
     MixtureSource("hh_rlhf", 0.3),
     MixtureSource("gutenberg", 0.4),
 )
+
+
+_TOKEN_LOGIT = schema.Test(
+    lambda v: (
+        isinstance(v, list)
+        and len(v) == 2
+        and isinstance(v[0], str)
+        and not isinstance(v[1], bool)
+        and isinstance(v[1], int | float)
+    ),
+    "a [token, logit] pair",
+)
+_CONTEXT = schema.Obj(
+    required={
+        "tokens": schema.ListOf(schema.Str()),
+        "values": schema.ListOf(schema.Number()),
+        "max": schema.Number(),
+    }
+)
+CARD_SCHEMA = schema.Obj(
+    required={
+        "layer": schema.INDEX,
+        "latent": schema.INDEX,
+        "cosine_with_refusal_direction": schema.Number(),
+        "fires_on": schema.Obj(
+            required={
+                name: schema.Number()
+                for name in (
+                    "harmful_prompts",
+                    "harmless_prompts",
+                    "harmful_tokens",
+                    "harmless_tokens",
+                )
+            }
+        ),
+        "logit_lens": schema.Obj(
+            required={
+                "promotes": schema.ListOf(_TOKEN_LOGIT),
+                "suppresses": schema.ListOf(_TOKEN_LOGIT),
+            }
+        ),
+        "contexts": schema.DictOf(schema.ListOf(_CONTEXT)),
+    }
+)
+CARDS_FILE_SCHEMA = schema.Obj(required={"cards": schema.ListOf(CARD_SCHEMA)})
 
 
 @dataclass(frozen=True)

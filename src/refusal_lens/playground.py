@@ -9,7 +9,8 @@ answers as they grow, and `Playground.sweep` answers one prompt over a grid of s
 model copy serves both answers: their decoding steps alternate, each with its own KV cache, and
 the intervention's hooks are installed only for the steered answer's steps (they keep their
 per-prompt state, such as the attention-sink threshold, between steps). A lock lets one caller
-use the model at a time; the app queues the others.
+use the model at a time; the app queues the others. The lock is not re-entrant: in a notebook,
+finish iterating `stream` before calling `card`, `sweep` or another `stream`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from .models.cache import cache_argument
 from .saes import SAESet
 
 DIRECTION_MODES = ("none", "ablate", "add")
-CARDS = CardSettings(n_prompts=16)  # the cards built on request: 16 prompts per class
+# the cards built on request: 16 prompts per class, 1,000 tokens of held-out corpus text
+CARDS = CardSettings(n_prompts=16, corpus_tokens=1_000)
 Message = Mapping[str, str]  # {"role": "user" | "assistant", "content": ...}
 
 
@@ -116,7 +118,7 @@ class Playground:
             if (folder / "direction" / "direction.json").is_file()
             else None
         )
-        return cls(lm, formatter, saes, sets, direction, run_cards(folder), data_dir)
+        return cls(lm, formatter, saes, sets, direction, run_cards(folder, saes), data_dir)
 
     # ------------------------------------------------------------------ interventions
 
@@ -338,32 +340,29 @@ class Playground:
         return ids["input_ids"].to(self.lm.device)
 
 
-def run_cards(run: Path) -> dict[tuple[int, int], dict[str, Any]]:
-    """The latent cards a run folder holds (none when it has none), checked for types."""
+def run_cards(run: Path, saes: SAESet | None) -> dict[tuple[int, int], dict[str, Any]]:
+    """The latent cards a run folder holds, checked for types; none when it has none, or when
+    `saes` is not the SAE set the run's cards were made with (its benchmark.json's)."""
+    from . import schema
+    from .cards import CARDS_FILE_SCHEMA
+
     path = run / "cards" / "cards.json"
     if not path.is_file():
         return {}
-    try:
-        cards = json.loads(path.read_text(encoding="utf-8"))["cards"]
-        if not isinstance(cards, list):
-            raise TypeError
-        out = {}
-        for card in cards:
-            if not (
-                isinstance(card, dict)
-                and isinstance(card.get("layer"), int)
-                and isinstance(card.get("latent"), int)
-                and isinstance(card.get("logit_lens"), dict)
-                and isinstance(card.get("contexts"), dict)
-                and isinstance(card.get("fires_on"), dict)
-            ):
-                raise TypeError
-            out[(card["layer"], card["latent"])] = card
-    except (ValueError, KeyError, TypeError):
-        raise UserError(
-            f"{path} is not a cards file refusal-lens wrote; delete it and rerun the benchmark"
-        ) from None
-    return out
+    fix = "delete it and rerun the benchmark"
+    summary = run / "benchmark.json"
+    if saes is not None and summary.is_file():
+        found = schema.read_json(summary, "benchmark summary", "rerun the benchmark")
+        made_with = found.get("saes", {}) if isinstance(found, dict) else {}
+        if isinstance(made_with, dict) and made_with.get("fingerprint") not in (
+            None,
+            saes.fingerprint(),
+        ):
+            return {}  # another SAE set's latent numbers: its cards would mislead
+    cards = schema.validate(
+        schema.read_json(path, "latent cards", fix), CARDS_FILE_SCHEMA, str(path), fix
+    )["cards"]
+    return {(card["layer"], card["latent"]): card for card in cards}
 
 
 class _Decoder:

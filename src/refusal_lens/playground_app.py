@@ -29,7 +29,10 @@ class PlaygroundSettings:
     port: int = field(default=7860, metadata={"help": "port to listen on"})
     judges: tuple[str, ...] = field(
         default=(),
-        metadata={"help": "judges of the answers (default: the run's, else substring)"},
+        metadata={
+            "help": "judges of the answers",
+            "default": "the judges of the run's benchmark, else substring",
+        },
     )
     examples: int = field(
         default=4, metadata={"help": "example prompts from each of JailbreakBench, XSTest safe"}
@@ -39,19 +42,24 @@ class PlaygroundSettings:
 def run_judges(run: str | None) -> tuple[str, ...]:
     """The judges a run folder's benchmark used (its `benchmark.json`), else the substring
     judge: the verdicts the playground shows are those the run's tables count."""
-    import json
     from pathlib import Path
+
+    from . import schema
 
     path = Path(run) / "benchmark.json" if run else None
     if path is None or not path.is_file():
         return ("substring",)
-    try:
-        judges = json.loads(path.read_text(encoding="utf-8"))["config"]["judges"]
-    except (ValueError, KeyError, TypeError):
-        judges = None
-    if not (isinstance(judges, list) and judges and all(isinstance(j, str) for j in judges)):
-        raise UserError(f"{path} names no judges as a list of strings; pass --judges")
-    return tuple(judges)
+    spec = schema.Obj(
+        required={"config": schema.Obj(required={"judges": schema.ListOf(schema.Str(), 1)})}
+    )
+    fix = "pass --judges"
+    found = schema.validate(schema.read_json(path, "benchmark summary", fix), spec, str(path), fix)
+    return tuple(found["config"]["judges"])
+
+
+def judge_specs(settings: PlaygroundSettings, run: str | None) -> tuple[str, ...]:
+    """The judges the app shows: `--judges`, else the run's (see `run_judges`)."""
+    return settings.judges or run_judges(run)
 
 
 def example_prompts(data_dir: str | None, n: int) -> list[str]:
@@ -200,9 +208,10 @@ def sweep_rows(
         raise UserError("give at least one sweep value, e.g. -6, -3, 0, 1")
     rows = playground.sweep(prompt, controls, values, sampling)
     answers = [row["answer"] for row in rows]
-    verdicts = {
-        name: judge.verdicts([prompt] * len(answers), answers) for name, judge in judges.items()
-    }
+    with playground.lock:  # a judge may read the evaluated model
+        verdicts = {
+            name: judge.verdicts([prompt] * len(answers), answers) for name, judge in judges.items()
+        }
     return [
         [row["value"], *(_said(verdicts[name][i]) for name in judges), row["answer"]]
         for i, row in enumerate(rows)
@@ -210,18 +219,21 @@ def sweep_rows(
 
 
 def verdict_rows(
+    playground: Playground,
     judges: dict[str, Judge],
     history: list[dict[str, Any]],
     steered_history: list[dict[str, Any]],
 ) -> list[list[str]]:
-    """Each judge's verdict on the last answer of both chats: rows of (judge, base, steered)."""
+    """Each judge's verdict on the last answer of both chats: rows of (judge, base, steered).
+    Judges run under the playground's lock (a judge may read the evaluated model)."""
     pairs = [_last_exchange(history), _last_exchange(steered_history)]
     if not judges or any(pair is None for pair in pairs):
         return []
-    said = {
-        name: [_said(judge.verdicts([p[0]], [p[1]])[0]) for p in pairs if p is not None]
-        for name, judge in judges.items()
-    }
+    with playground.lock:
+        said = {
+            name: [_said(judge.verdicts([p[0]], [p[1]])[0]) for p in pairs if p is not None]
+            for name, judge in judges.items()
+        }
     return [[name, *verdicts] for name, verdicts in said.items()]
 
 
@@ -245,15 +257,19 @@ def card_html(playground: Playground, label: str | None) -> str:
 def dose_response(rows: list[list[Any]], judges: Sequence[str]) -> Any:
     """The sweep as a plot: per judge, whether each strength's answer was refused (1) or not
     (0); a degenerate answer sits at 0.5 (neither)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global state across app threads
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    score = {"refused": 1.0, "did not comply": 1.0, "degenerate": 0.5}
-    figure, axes = plt.subplots(figsize=(6, 2.6))
+    score = {
+        "refused": 1.0,
+        "did not comply": 1.0,
+        "degenerate": 0.5,
+        "not refused": 0.0,
+        "complied": 0.0,
+    }
+    figure = Figure(figsize=(6, 2.6))
+    axes = figure.subplots()
     for column, name in enumerate(judges, start=1):
-        points = sorted((float(row[0]), score.get(row[column], 0.0)) for row in rows)
+        points = sorted((float(row[0]), score[row[column]]) for row in rows if row[column] in score)
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
     axes.set_yticks([0, 0.5, 1], ["complied / not refused", "degenerate", "refused"])
     axes.set_xlabel("strength (c, v or the coefficient)")
@@ -261,7 +277,6 @@ def dose_response(rows: list[list[Any]], judges: Sequence[str]) -> Any:
     if judges:
         axes.legend(loc="best", fontsize="small")
     figure.tight_layout()
-    plt.close(figure)
     return figure
 
 
@@ -447,7 +462,7 @@ def build_app(
             [base_chat, steered_chat, prompt, *knobs, *decoding, custom],
             [base_chat, steered_chat],
         ).then(
-            guarded(lambda a, b: verdict_rows(judges, a or [], b or [])),
+            guarded(lambda a, b: verdict_rows(playground, judges, a or [], b or [])),
             [base_chat, steered_chat],
             verdicts,
         )

@@ -16,7 +16,7 @@ def cmd_playground(args: argparse.Namespace) -> int:
     from ..judges import JudgeContext, check_judge_spec, make_judge
     from ..latents import LatentSet
     from ..playground import Playground
-    from ..playground_app import PlaygroundSettings, build_app, example_prompts, run_judges
+    from ..playground_app import PlaygroundSettings, build_app, example_prompts, judge_specs
     from ..saes import SAESet
 
     settings = settings_from(PlaygroundSettings, args)
@@ -31,8 +31,8 @@ def cmd_playground(args: argparse.Namespace) -> int:
     sets = {name: LatentSet.load(path) for name, path in extra.items()}
     if sets and saes_path is None:
         saes_path = next(iter(sets.values())).saes.get("path")
-    judge_specs = settings.judges or run_judges(args.run)
-    for spec in judge_specs:
+    specs = judge_specs(settings, args.run)
+    for spec in specs:
         check_judge_spec(spec)
     examples = example_prompts(args.data_dir, settings.examples)
     lm, formatter = load_lm(args)
@@ -50,7 +50,7 @@ def cmd_playground(args: argparse.Namespace) -> int:
         if saes is not None:
             latent_set.check_saes(saes)
     context = JudgeContext(lm=lm, formatter=formatter, data_dir=args.data_dir)
-    judges = {spec: make_judge(spec, context) for spec in judge_specs}
+    judges = {spec: make_judge(spec, context) for spec in specs}
     app = build_app(playground, examples=examples, judges=judges)
     print(
         f"playground of {lm.name}: {len(playground.latent_sets)} latent sets, "

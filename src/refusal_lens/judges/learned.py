@@ -150,6 +150,8 @@ def training_precision(settings: LearnedJudgeSettings, device: str = "cpu") -> s
 def judge_key(settings: LearnedJudgeSettings, data: TrainingData) -> str:
     backbone = _backbone(settings)
     resolved = {**asdict(settings), "backbone": "", "precision": training_precision(settings)}
+    if settings.train_embeddings:  # the key judges trained before this setting existed have
+        del resolved["train_embeddings"]
     return stable_hash(
         {
             "format": FORMAT,
@@ -169,7 +171,7 @@ def judge_folder(
 SIZES: dict[str, LearnedJudgeSettings] = {
     "default": LearnedJudgeSettings(),
     # the quick run's judge: one epoch over the first 128 tokens, the word embeddings kept
-    # (about a sixth of the default's training time; its accuracy on GPTFuzz is in
+    # (about a fifth of the default's training time; its accuracy on GPTFuzz is in
     # docs/results.md, section 5)
     "quick": LearnedJudgeSettings(max_tokens=128, epochs=1, train_embeddings=False),
 }
@@ -218,12 +220,14 @@ def default_judge(
 
 
 def _flag_value(value: Any) -> str:
-    """A setting as `--set NAME=VALUE` takes it."""
+    """A setting as `--set NAME=VALUE` takes it, quoted for the shell."""
+    import shlex
+
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple | list):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        return shlex.quote(",".join(str(v) for v in value))
+    return shlex.quote(str(value))
 
 
 def _encode(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], limit: int) -> Any:

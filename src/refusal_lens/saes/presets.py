@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import UserError
 from ..hooks import HookPoint, check_layer, parse_hook_point
 from ..models import LoadedModel
@@ -45,9 +47,10 @@ class SAERecipe:
     def key(self, lm: LoadedModel) -> str:
         """The model's weights and the dtype it runs in (the activations trained on), and the
         recipe."""
-        return stable_hash(
-            {"model": lm.weights_sha256, "dtype": str(lm.dtype), "recipe": asdict(self)}
-        )
+        recipe = asdict(self)
+        if self.train.select_dtype == "float32":  # the key of sets made before this setting
+            del recipe["train"]["select_dtype"]
+        return stable_hash({"model": lm.weights_sha256, "dtype": str(lm.dtype), "recipe": recipe})
 
 
 def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
@@ -85,16 +88,24 @@ def quick_layers(n_layers: int) -> tuple[int, ...]:
 
 def preset(name: str, lm: LoadedModel) -> SAERecipe:
     n = lm.n_layers
+    # each token's top k is chosen from an encoder product in the model's own precision when
+    # that is bfloat16 (the values and gradients stay float32; docs/results.md, section 7,
+    # speed and memory)
+    select = "bfloat16" if lm.dtype == torch.bfloat16 else "float32"
     if name == "quick":
         return SAERecipe(
             layers=quick_layers(n),
-            train=TrainConfig(expansion=8, k=64, total_tokens=400_000, lr=2e-3),
+            train=TrainConfig(
+                expansion=8, k=64, total_tokens=400_000, lr=2e-3, select_dtype=select
+            ),
             collect_tokens=130_000,
         )
     if name == "full":
         return SAERecipe(
             layers=tuple(range(n)),
-            train=TrainConfig(expansion=8, k=64, total_tokens=1_000_000, lr=2e-3),
+            train=TrainConfig(
+                expansion=8, k=64, total_tokens=1_000_000, lr=2e-3, select_dtype=select
+            ),
             collect_tokens=300_000,
         )
     raise UserError(f"unknown preset {name!r}; use quick or full")

@@ -135,14 +135,35 @@ def sparse_reconstruction(
     w_dec: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
-    pre_dense: torch.Tensor,
+    pre_values: torch.Tensor,
 ) -> torch.Tensor:
     """Decoder output (without `b_dec`) of the selected latents; gradients reach `W_enc`,
     `b_enc`, `W_dec` and the input-side `b_dec_in` only through the selected entries.
 
-    `pre_dense` is the no-grad `(x - b_dec_in) @ W_enc + b_enc` the entries were chosen from;
-    entries are sorted by row, then by column within a row.
+    `pre_values` are the no-grad pre-activations `((x - b_dec_in) @ W_enc + b_enc)[rows, cols]`
+    of the selected entries (see `entry_values`); entries are sorted by row, then by column
+    within a row.
     """
-    return _SparseEncodeDecode.apply(
-        x, b_dec_in, w_enc, b_enc, w_dec, rows, cols, pre_dense[rows, cols]
+    return _SparseEncodeDecode.apply(x, b_dec_in, w_enc, b_enc, w_dec, rows, cols, pre_values)
+
+
+def entry_values(
+    sae_in: torch.Tensor,
+    w_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """`(sae_in @ W_enc + b_enc)[rows, cols]` in `sae_in`'s precision, computed only at those
+    entries (sorted by row, then column): the selected pre-activations when the selection
+    itself came from a cheaper, lower-precision product."""
+    counts = torch.bincount(rows, minlength=sae_in.shape[0])
+    crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    pattern = torch.sparse_csr_tensor(
+        crow,
+        cols,
+        torch.zeros(cols.shape[0], dtype=sae_in.dtype, device=sae_in.device),
+        (sae_in.shape[0], w_enc.shape[1]),
+        check_invariants=False,
     )
+    return torch.sparse.sampled_addmm(pattern, sae_in, w_enc, beta=0.0).values() + b_enc[cols]

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..runs import write_json
 from .activations import BUFFER_BYTES, ActivationCache
 from .architectures import SAEConfig, SparseAutoencoder, build_sae
-from .sparse_ops import sparse_reconstruction
+from .sparse_ops import entry_values, sparse_reconstruction
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ class TrainConfig:
     jump_bandwidth: float = 1e-3
     init_threshold: float = 1e-3
     b_dec_init: str = "geometric_median"  # or "mean", "zeros"
+    # the product each token's top k is chosen from: "float32", or "bfloat16" (faster on a CPU
+    # with bfloat16 instructions: `bench/sae_training.py --arms ours@cpu,ours-bf16@cpu`); the
+    # chosen entries' values and every gradient stay float32 either way (TopK and BatchTopK)
+    select_dtype: str = "float32"
     checkpoint_every: int = 50
     shuffle_buffer_bytes: int = BUFFER_BYTES
     seed: int = 0
@@ -68,6 +72,8 @@ class TrainConfig:
         for name in ("expansion", "k", "batch_size", "total_tokens"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.select_dtype not in ("float32", "bfloat16"):
+            raise UserError(f"select_dtype must be float32 or bfloat16, got {self.select_dtype!r}")
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise UserError("b_dec_init must be geometric_median, mean or zeros")
 
@@ -204,7 +210,8 @@ class LayerTrainer:
         sae, n = self.sae, x.shape[0]
         b_dec_in = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
         with torch.no_grad():
-            pre = (x - sae.b_dec if b_dec_in is not None else x) @ sae.W_enc + sae.b_enc
+            sae_in = x - sae.b_dec if b_dec_in is not None else x
+            pre = self._selection_product(sae_in)
         k = self.cfg.k
         if arch == "topk":
             cols = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values.reshape(-1)
@@ -212,17 +219,34 @@ class LayerTrainer:
         else:
             flat = pre.flatten().topk(k * n, sorted=False).indices.sort().values
             rows, cols = flat // sae.d_sae, flat % sae.d_sae
-        selected = pre[rows, cols]
+        with torch.no_grad():
+            selected = self._values(sae_in, pre, rows, cols)
         if arch == "batchtopk" and bool((selected > 0).any()):
             self._update_threshold(float(selected[selected > 0].min()))
         decoded = sparse_reconstruction(
-            x, b_dec_in, sae.W_enc, sae.b_enc, sae.W_dec, rows, cols, pre
+            x, b_dec_in, sae.W_enc, sae.b_enc, sae.W_dec, rows, cols, selected
         )
         recon = decoded + sae.b_dec
         err = (recon - x).pow(2).sum()
         loss = err / n + self._aux_loss(x, recon.detach(), pre)
         fired = torch.bincount(cols[selected > 0], minlength=sae.d_sae) > 0
         return loss, err.detach(), int((selected > 0).sum()), fired
+
+    def _selection_product(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """The pre-activations each token's latents are chosen from (no gradient)."""
+        sae = self.sae
+        if self.cfg.select_dtype == "bfloat16":
+            low = torch.bfloat16
+            return torch.addmm(sae.b_enc.to(low), sae_in.to(low), sae.W_enc.to(low))
+        return sae_in @ sae.W_enc + sae.b_enc
+
+    def _values(
+        self, sae_in: torch.Tensor, pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """The chosen entries' pre-activations in the weights' precision."""
+        if pre.dtype == self.sae.W_enc.dtype:
+            return pre[rows, cols]
+        return entry_values(sae_in, self.sae.W_enc, self.sae.b_enc, rows, cols)
 
     def _aux_loss(self, x: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor) -> Any:
         dead = self.since_fired >= self.cfg.dead_tokens
@@ -236,8 +260,11 @@ class LayerTrainer:
         cols = masked.topk(k_aux, dim=-1, sorted=False).indices.sort(dim=-1).values.reshape(-1)
         rows = torch.arange(n, device=x.device).repeat_interleave(k_aux)
         b_dec_in = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
+        with torch.no_grad():
+            sae_in = x - sae.b_dec if b_dec_in is not None else x
+            values = self._values(sae_in, pre, rows, cols)
         aux_recon = sparse_reconstruction(
-            x, b_dec_in, sae.W_enc, sae.b_enc, sae.W_dec, rows, cols, pre
+            x, b_dec_in, sae.W_enc, sae.b_enc, sae.W_dec, rows, cols, values
         )
         # same units as the main loss (summed squared error per token), as in SAELens
         return self.cfg.aux_coef * (aux_recon - residual).pow(2).sum() / n
