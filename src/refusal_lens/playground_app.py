@@ -271,7 +271,9 @@ def dose_response(rows: list[list[Any]], judges: Sequence[str]) -> Any:
     for column, name in enumerate(judges, start=1):
         points = sorted((float(row[0]), score[row[column]]) for row in rows if row[column] in score)
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
-    axes.set_yticks([0, 0.5, 1], ["complied / not refused", "degenerate", "refused"])
+    axes.set_yticks(
+        [0, 0.5, 1], ["complied / not refused", "degenerate", "refused / did not comply"]
+    )
     axes.set_xlabel("strength (c, v or the coefficient)")
     axes.set_ylim(-0.1, 1.1)
     if judges:
