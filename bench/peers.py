@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from refusal_lens.analyses.suite import benchmark_inputs
 from refusal_lens.data import load_prompts
 from refusal_lens.direction import Direction
+from refusal_lens.evaluation.statistics import paired_difference
 from refusal_lens.generation import generate
 from refusal_lens.jobs import split_prompts
 from refusal_lens.judges import JudgeContext, make_judge
@@ -183,6 +184,12 @@ def main() -> None:
             )
         for trial in trials:  # every trial judged, so each judge has its own front
             complied = [v.complied for v in judge.verdicts(harmful, trial["answers"])]
+            marked = heretic_refusals(python, trial["answers"], out, f"trial-{trial['trial']}")
+            if sum(marked) != trial["refusals"]:
+                raise SystemExit(
+                    f"error: heretic's markers on trial {trial['trial']}'s recorded answers count "
+                    f"{sum(marked)} refusals, its search {trial['refusals']}; rerun the search"
+                )
             rows.append(
                 {
                     "tool": f"heretic {found_h['version']}",
@@ -191,6 +198,7 @@ def main() -> None:
                     "judge_refusals": sum(not c for c in complied),
                     "kl": trial["kl"],
                     "seconds": found_h["wall_seconds"],
+                    "per_prompt": {"markers": marked, "learned": [not c for c in complied]},
                 }
             )
 
@@ -220,7 +228,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         answers[name] = texts
         complied = [v.complied for v in judge.verdicts(harmful, texts)]
-        markers = heretic_refusals(python, texts, out, str(len(answers))) if python else None
+        markers = heretic_refusals(python, texts, out, f"arm-{len(answers)}") if python else None
         rows.append(
             {
                 "tool": "refusal-lens",
@@ -229,6 +237,7 @@ def main() -> None:
                 "judge_refusals": sum(not c for c in complied),
                 "kl": max(kl, 0.0),
                 "seconds": found_seconds + seconds,
+                "per_prompt": {"markers": markers, "learned": [not c for c in complied]},
             }
         )
     with open(out / "answers.jsonl", "w", encoding="utf-8") as handle:
@@ -260,6 +269,20 @@ def main() -> None:
                     for label, key in (("markers", "refusals"), ("learned", "judge_refusals"))
                 ]
                 print(f"  {row['arm']}: {', '.join(verdicts)}")
+        print("\neach arm against the heretic trial nearest in KL, paired over the same prompts")
+        print("(refusal rate of the trial minus the arm's, bootstrap 95% interval, p-value):")
+        for row in rows:
+            if row["tool"] == "refusal-lens" and row["arm"] != "base":
+                near = min(heretic, key=lambda r: abs(r["kl"] - row["kl"]))
+                cells = []
+                for label in ("markers", "learned"):
+                    theirs = [float(x) for x in near["per_prompt"][label]]
+                    mine = [float(x) for x in row["per_prompt"][label]]
+                    diff, p = paired_difference(theirs, mine)
+                    cells.append(
+                        f"{label} {diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}] p={p:.3f}"
+                    )
+                print(f"  {row['arm']} vs {near['arm']} (KL {near['kl']:.3f}): {'; '.join(cells)}")
     print(f"\nall {len(rows)} rows: {out / 'peers.json'}; answers: {out / 'answers.jsonl'}")
 
 
