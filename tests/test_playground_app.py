@@ -229,6 +229,23 @@ def test_the_app_in_a_real_browser(playground: Playground, tmp_path: Path) -> No
                 time.sleep(0.5)
             assert said >= 5, page.locator("#sweep-table").inner_text()
             page.locator("#sweep-plot img").first.wait_for(timeout=60_000)  # the dose-response
+            # a slider moved: the intervention shown is the dialled value, not the set's own
+            page.get_by_label("the set's own c / v").uncheck()
+            page.get_by_label("K* (0: the set's own)").fill("2")  # a short JSON: all in view
+            page.get_by_label("K* (0: the set's own)").press("Enter")
+            page.get_by_text("intervention (as `steer --json` prints it)").click()
+            page.locator("#value input[type=number]").fill("2.5")
+            page.locator("#value input[type=number]").press("Enter")
+            deadline = time.time() + 30
+            while (
+                time.time() < deadline
+                and '"value": 2.5' not in page.locator("#controls-json").inner_text()
+            ):
+                time.sleep(0.5)
+            assert '"value": 2.5' in page.locator("#controls-json").inner_text()
+            page.get_by_label("the set's own c / v").check()
+            page.get_by_label("K* (0: the set's own)").fill("0")
+            page.get_by_label("K* (0: the set's own)").press("Enter")
             # the latent set switched off: both panes answer alike
             page.locator("#clear").click()
             page.get_by_label("latent set").click()

@@ -340,7 +340,9 @@ def build_app(
                 k = gr.Number(value=0, precision=0, label="K* (0: the set's own)")
                 mode = gr.Radio(["scale", "set"], value="scale", label="latent edit")
                 own = gr.Checkbox(value=True, label="the set's own c / v")
-                value = gr.Slider(-20, 40, value=-3, step=0.5, label="c (scale) or v (set)")
+                value = gr.Slider(
+                    -20, 40, value=-3, step=0.5, label="c (scale) or v (set)", elem_id="value"
+                )
                 off = gr.CheckboxGroup([], label="latents switched off", elem_id="latent-switches")
                 positions = gr.Radio(["all", "prompt", "generated"], value="all", label="positions")
                 start = gr.Number(value=0, precision=0, label="from position p (0: from the start)")
@@ -367,7 +369,12 @@ def build_app(
                 if examples:
                     gr.Examples(list(examples), inputs=prompt, label="examples")
                 with gr.Accordion("intervention (as `steer --json` prints it)", open=False):
-                    shown = gr.Code(language="json", label="current controls", interactive=False)
+                    shown = gr.Code(
+                        language="json",
+                        label="current controls",
+                        interactive=False,
+                        elem_id="controls-json",
+                    )
                     custom = gr.Code(
                         language="json",
                         label="run this instead (paste or load; empty: the controls)",
