@@ -281,8 +281,8 @@ class Playground:
 
     def card(self, layer: int, latent: int, settings: CardSettings = CARDS) -> dict[str, Any]:
         """The latent's card (top contexts, logit lens, firing rates, cosine with the refusal
-        direction): the run's own, or built now on validation prompts, which no latent set
-        was chosen on (then kept for the next request)."""
+        direction): the run's own, or built now on validation prompts as the benchmark builds
+        its cards (then kept for the next request)."""
         key = (layer, latent)
         if key in self.cards:
             return self.cards[key]
