@@ -157,13 +157,4 @@ def entry_values(
     """`(sae_in @ W_enc + b_enc)[rows, cols]` in `sae_in`'s precision, computed only at those
     entries (sorted by row, then column): the selected pre-activations when the selection
     itself came from a cheaper, lower-precision product."""
-    counts = torch.bincount(rows, minlength=sae_in.shape[0])
-    crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-    pattern = torch.sparse_csr_tensor(
-        crow,
-        cols,
-        torch.zeros(cols.shape[0], dtype=sae_in.dtype, device=sae_in.device),
-        (sae_in.shape[0], w_enc.shape[1]),
-        check_invariants=False,
-    )
-    return torch.sparse.sampled_addmm(pattern, sae_in, w_enc, beta=0.0).values() + b_enc[cols]
+    return _sampled_dot(sae_in, w_enc.t(), rows, cols) + b_enc[cols]
