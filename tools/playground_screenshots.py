@@ -21,7 +21,7 @@ from refusal_lens.data import builtin_prompts, load_prompts, resolve_data_dir
 from refusal_lens.judges import JudgeContext, make_judge
 from refusal_lens.models import ChatFormatter, load_model
 from refusal_lens.playground import Playground
-from refusal_lens.playground_app import build_app, run_judges
+from refusal_lens.playground_app import VERDICT_WORDS, build_app, run_judges
 from refusal_lens.saes import SAESet
 
 
@@ -71,11 +71,7 @@ def main() -> None:
             page.screenshot(path=str(out / "playground.png"), full_page=True)
             page.get_by_role("tab", name="strength sweep").click()
             page.locator("#sweep").click()
-            words = {"refused", "not refused", "degenerate", "complied", "did not comply"}
-            while sum(
-                line.strip() in words
-                for line in page.locator("#sweep-table").inner_text().splitlines()
-            ) < 5 * len(judges):
+            while _said(page.locator("#sweep-table").inner_text()) < 5 * len(judges):
                 time.sleep(1)  # each judge's verdict per value of the default sweep
             page.locator("#sweep-plot img").first.wait_for(timeout=60_000)
             time.sleep(1)
@@ -88,8 +84,7 @@ def main() -> None:
 
 def _said(text: str) -> int:
     """How many cells of a table are a judge's verdict."""
-    words = {"refused", "not refused", "degenerate", "complied", "did not comply"}
-    return sum(line.strip() in words for line in text.splitlines())
+    return sum(line.strip() in VERDICT_WORDS for line in text.splitlines())
 
 
 def _settle(page: object) -> None:

@@ -19,6 +19,8 @@ from .playground import Controls, Playground, Sampling
 NONE = "(none)"
 SWEEP_DEFAULT = "-6, -3, -1, 0, 1"
 EXAMPLE_SETS = ("jailbreakbench", "xstest_safe")
+# what a verdict cell says (`_said`)
+VERDICT_WORDS = ("refused", "not refused", "degenerate", "complied", "did not comply")
 
 
 @dataclass(frozen=True)
