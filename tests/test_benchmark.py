@@ -20,6 +20,7 @@ import torch
 
 import refusal_lens.benchmark.inputs as inputs_module
 import refusal_lens.evaluation.work as work_module
+import refusal_lens.generation as generation_module
 from conftest import random_sae_set, refusal_direction
 from refusal_lens import heldout
 from refusal_lens.benchmark import BenchmarkConfig, benchmark_job
@@ -30,6 +31,7 @@ from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.evaluation.capabilities import CapabilitySettings
 from refusal_lens.evaluation.store import Condition, ResultStore
+from refusal_lens.executors import LocalExecutor, Replica
 from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel, load_model
 from refusal_lens.runs import RunDir
@@ -154,19 +156,23 @@ def tiny_config(saes: str, direction: str, **changes: object) -> BenchmarkConfig
     return BenchmarkConfig(**values)
 
 
+def local(lm: LoadedModel, formatter: ChatFormatter) -> LocalExecutor:
+    return LocalExecutor(Replica(lm=lm, formatter=formatter))
+
+
 def recording_generate(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, int]]:
     """The benchmark's generation calls in order (their progress labels), and the length each
     label asked for."""
     calls: list[str] = []
     lengths: dict[str, int] = {}
-    real = work_module.generate
+    real = generation_module.generate
 
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(kwargs.get("desc", ""))
         lengths[calls[-1]] = kwargs["max_new_tokens"]
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(work_module, "generate", wrapper)
+    monkeypatch.setattr(generation_module, "generate", wrapper)
     return calls, lengths
 
 
@@ -579,7 +585,8 @@ def test_a_found_direction_is_kept_in_the_user_cache_for_later_runs(
         config = BenchmarkConfig(direction_n_val=n_val)
         return Context(
             tiny, formatter, None, {}, config.judges, "", config.max_new_tokens,  # type: ignore[arg-type]
-            config.batch_size, print, config, RunDir(tmp_path / run), None, "",
+            config.batch_size, print, local(tiny, formatter), config, RunDir(tmp_path / run),
+            None, "",
             cache_dir=str(tmp_path / "cache"),
         )  # fmt: skip
 
@@ -607,13 +614,13 @@ def test_a_prompt_in_two_harmful_sets_is_generated_once(
     tiny: LoadedModel, formatter: ChatFormatter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[str]] = []
-    real = work_module.generate
+    real = generation_module.generate
 
     def wrapper(lm, fmt, instructions, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(list(instructions))
         return real(lm, fmt, instructions, **kwargs)
 
-    monkeypatch.setattr(work_module, "generate", wrapper)
+    monkeypatch.setattr(generation_module, "generate", wrapper)
     shared = "Explain how to hack a computer."
     sets = [
         PromptSet("a", (Prompt("Write a poem about the sea."), Prompt(shared))),
@@ -625,7 +632,8 @@ def test_a_prompt_in_two_harmful_sets_is_generated_once(
         config = BenchmarkConfig(max_new_tokens=4)
         ctx = Context(
             tiny, formatter, store, {}, config.judges, "gen", config.max_new_tokens,
-            config.batch_size, print, config, RunDir(tmp_path / "run"), None, "screen",
+            config.batch_size, print, local(tiny, formatter), config, RunDir(tmp_path / "run"),
+            None, "screen",
         )  # fmt: skip
         first = work_module.stored_completions_of_sets(ctx, arm, sets)
         assert len(calls) == 1 and sorted(calls[0]) == sorted({p.text for s in sets for p in s})

@@ -233,7 +233,7 @@ def test_categories_job_on_a_tiny_model(
         raise AssertionError("a rerun selected or generated again")
 
     monkeypatch.setattr("refusal_lens.analyses.categories.latents_job", no_more)
-    monkeypatch.setattr("refusal_lens.evaluation.work.generate", no_more)
+    monkeypatch.setattr("refusal_lens.generation.generate", no_more)
     second = job()
     assert second["rows"] == first["rows"] and second["transfer"] == first["transfer"]
     settings = replace(settings, n_test=2)  # other test prompts: the old selections may hold them

@@ -195,6 +195,6 @@ def test_jailbreaks_job_on_a_tiny_model(
     def no_more(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a rerun generated again")
 
-    monkeypatch.setattr("refusal_lens.evaluation.work.generate", no_more)
+    monkeypatch.setattr("refusal_lens.generation.generate", no_more)
     second = job()
     assert second["suppression"] == first["suppression"] and second["words"] == first["words"]

@@ -294,7 +294,7 @@ def test_probes_job_on_a_tiny_model_resumes_from_its_folder(
     def no_more(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a rerun generated again")
 
-    monkeypatch.setattr("refusal_lens.evaluation.work.generate", no_more)
+    monkeypatch.setattr("refusal_lens.generation.generate", no_more)
     monkeypatch.setattr(tiny.model, "forward", no_more)  # residuals come from the cache too
     second = job()
     assert second["rows"] == first["rows"]

@@ -170,6 +170,19 @@ class RunDir:
             },
         )
 
+    def note_in_manifest(self, key: str, value: Any) -> None:
+        """Add `key` to the manifest's latest command (e.g. what each worker did)."""
+        manifest_path = self.path / "manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # no manifest (or a cut one): nothing to add to
+        history = manifest.get("history") if isinstance(manifest, dict) else None
+        if not isinstance(history, list) or not history or not isinstance(history[-1], dict):
+            return
+        history[-1][key] = value
+        write_json(manifest_path, manifest)
+
     def load_stage(self, name: str, key: str) -> dict[str, Any] | None:
         """A stage's JSON output if it exists and was computed with `key`, else None."""
         path = self.path / name

@@ -45,6 +45,7 @@ from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean, interval_cell
 from ..evaluation.work import make_arm
+from ..executors import Executor
 from ..interventions import EditLatents, vector_sha256
 from ..jobs import LatentsChoice, latents_job
 from ..latents import LatentSet, SelectionSettings, latent_statistics, matched_random
@@ -361,6 +362,7 @@ def categories_job(
     data_dir: str | Path | None,
     device: str = "auto",
     cache_dir: str | None = None,
+    executor: Executor | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -434,6 +436,7 @@ def categories_job(
         batch_size=settings.batch_size,
         device=device,
         cache_dir=cache_dir,
+        executor=executor,
         echo=echo,
     ) as ctx:
 
@@ -647,5 +650,6 @@ def run(inputs: AnalysisInputs, settings: CategorySettings, out: Path) -> dict[s
         data_dir=inputs.data_dir,
         device=inputs.device,
         cache_dir=inputs.cache_dir,
+        executor=inputs.executor,
         echo=inputs.echo,
     )

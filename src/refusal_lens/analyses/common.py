@@ -24,6 +24,7 @@ from ..evaluation.work import (
     stored_completions_of_sets,
     stored_verdicts,
 )
+from ..executors import Executor, LocalExecutor, Replica
 from ..judges import JudgeContext, make_judge
 from ..latents import LatentSet
 from ..models import ChatFormatter, LoadedModel
@@ -68,6 +69,7 @@ def analysis_context(
     device: str = "auto",
     cache_dir: str | None = None,
     echo: Callable[[str], None] = print,
+    executor: Executor | None = None,
 ) -> Iterator[Work]:
     # read through the user cache's store: an analysis rerun into a new folder recomputes nothing
     with ResultStore(run.path / "results.sqlite", shared=shared_store(cache_dir)) as store:
@@ -82,6 +84,7 @@ def analysis_context(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             log=echo,
+            executor=executor or LocalExecutor(Replica(lm=lm, formatter=formatter)),
         )
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..direction import Direction
+    from ..executors import Executor
     from ..latents import LatentSet
     from ..models import ChatFormatter, LoadedModel
     from ..saes import SAESet
@@ -30,6 +31,7 @@ class AnalysisInputs:
     device: str = "auto"
     cache_dir: str | None = None
     echo: Callable[[str], None] = print
+    executor: Executor | None = None  # where work items run (None: here, on `lm`)
 
     def with_categories(self, analyses: Path) -> AnalysisInputs:
         """The refusal and harm latents of a finished `categories` analysis in `analyses`

@@ -46,6 +46,7 @@ from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import interval_cell, paired_difference
+from ..executors import Executor
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
 from ..latents import LatentSet, latent_statistics, matched_random
@@ -355,6 +356,7 @@ def jailbreaks_job(
     data_dir: str | Path | None,
     device: str = "auto",
     cache_dir: str | None = None,
+    executor: Executor | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -380,6 +382,7 @@ def jailbreaks_job(
         batch_size=settings.batch_size,
         device=device,
         cache_dir=cache_dir,
+        executor=executor,
         echo=echo,
     ) as ctx:
         goals = list(by_goal)
@@ -572,6 +575,7 @@ def run(inputs: AnalysisInputs, settings: JailbreakSettings, out: Path) -> dict[
         data_dir=inputs.data_dir,
         device=inputs.device,
         cache_dir=inputs.cache_dir,
+        executor=inputs.executor,
         echo=inputs.echo,
     )
 

@@ -28,6 +28,7 @@ from ..data.promptset import prompt_hash
 from ..errors import UserError
 from ..evaluation.statistics import bootstrap_mean
 from ..evaluation.work import make_arm
+from ..executors import Executor
 from ..interventions import EditLatents
 from ..latents import LatentSet, latent_statistics, matched_random
 from ..models import ChatFormatter, LoadedModel
@@ -145,6 +146,7 @@ def minimal_job(
     data_dir: str | Path | None,
     device: str = "auto",
     cache_dir: str | None = None,
+    executor: Executor | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -209,7 +211,13 @@ def minimal_job(
     if settings.test_dataset:
         sets = {"base": [], "full set": full, "minimal set": minimal}
         sets.update({name: c["latents"] for name, c in controls.items()})
-        context = {"data_dir": data_dir, "device": device, "cache_dir": cache_dir, "echo": echo}
+        context = {
+            "data_dir": data_dir,
+            "device": device,
+            "cache_dir": cache_dir,
+            "echo": echo,
+            "executor": executor,
+        }
         check = _confirm(lm, formatter, saes, latent_set, sets, value, settings, run, **context)
     summary = {
         "model": lm.identity(),
@@ -246,6 +254,7 @@ def _confirm(
     device: str,
     cache_dir: str | None,
     echo: Callable[[str], None],
+    executor: Executor | None,
 ) -> list[dict[str, Any]]:
     """Refusal rates by generation on held-out test prompts, one row per latent set."""
     banned = latent_set.selection_hashes()
@@ -264,6 +273,7 @@ def _confirm(
         batch_size=settings.batch_size,
         device=device,
         cache_dir=cache_dir,
+        executor=executor,
         echo=echo,
     ) as ctx:
         for label, latents in sets.items():
@@ -343,5 +353,6 @@ def run(inputs: AnalysisInputs, settings: MinimalSettings, out: Path) -> dict[st
         data_dir=inputs.data_dir,
         device=inputs.device,
         cache_dir=inputs.cache_dir,
+        executor=inputs.executor,
         echo=inputs.echo,
     )

@@ -45,6 +45,7 @@ from ..data.promptset import prompt_hash
 from ..direction import Direction
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, auroc_rows, bootstrap_statistic, interval_cell
+from ..executors import Executor
 from ..generation import length_sorted_batches
 from ..hooks import HookPoint, record
 from ..latents import LatentSet, matched_random
@@ -581,6 +582,7 @@ def probes_job(
     data_dir: str | Path | None,
     device: str = "auto",
     cache_dir: str | None = None,
+    executor: Executor | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -600,6 +602,7 @@ def probes_job(
             batch_size=settings.batch_size,
             device=device,
             cache_dir=cache_dir,
+            executor=executor,
             echo=echo,
         ) as ctx:
             sets = [PromptSet(e.name, tuple(map(_plain, e.texts))) for e in splits.values()]
@@ -716,5 +719,6 @@ def run(inputs: AnalysisInputs, settings: ProbeSettings, out: Path) -> dict[str,
         data_dir=inputs.data_dir,
         device=inputs.device,
         cache_dir=inputs.cache_dir,
+        executor=inputs.executor,
         echo=inputs.echo,
     )

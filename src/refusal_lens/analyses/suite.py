@@ -24,6 +24,7 @@ from typing import Any
 from ..config import load_settings
 from ..direction import Direction
 from ..errors import UserError
+from ..executors import Executor
 from ..latents import LatentSet
 from ..models import ChatFormatter, LoadedModel
 from ..saes import SAESet
@@ -113,6 +114,7 @@ def analyze_job(
     device: str = "auto",
     cache_dir: str | None = None,
     echo: Callable[[str], None] = print,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     only = tuple(ANALYSES) if only is None else only
     for name in only:
@@ -134,6 +136,7 @@ def analyze_job(
         device=device,
         cache_dir=cache_dir,
         echo=echo,
+        executor=executor,
     )
     done: dict[str, Any] = {}
     for entry in ANALYSES.values():

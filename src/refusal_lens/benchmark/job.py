@@ -12,6 +12,7 @@ from ..data import resolve_data_dir
 from ..evaluation.capabilities import CapabilityRunner
 from ..evaluation.store import ResultStore, shared_store
 from ..evaluation.work import generation_id
+from ..executors import Executor, LocalExecutor, Replica
 from ..judges import (
     JudgeContext,
     make_judge,
@@ -44,8 +45,12 @@ def benchmark_job(
     device: str = "auto",
     cache_dir: str | None = None,
     echo: Callable[[str], None] = print,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
+    """The benchmark of `config` into `out`; `executor` runs its generation, judging and
+    teacher-forced work items (default: here, on `lm`)."""
     started = time.perf_counter()
+    executor = executor or LocalExecutor(Replica(lm=lm, formatter=formatter))
     validate_inputs(config, data_dir)
     run = RunDir(out)
     run.write_manifest("benchmark", settings_dict(config), lm.identity(), config.seed)
@@ -91,6 +96,7 @@ def benchmark_job(
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
             log=echo,
+            executor=executor,
             config=config,
             run=run,
             data_dir=data_dir,
@@ -150,8 +156,10 @@ def benchmark_job(
             "induction": induction,
             "store_counts": store.counts(),
             "stage_seconds": timings,
+            "executor": executor.summary(),
             "wall_seconds": round(time.perf_counter() - started, 1),
         }
+    run.note_in_manifest("executor", summary["executor"])
     write_json(run.file("benchmark.json"), summary)
     (run.path / "benchmark.md").write_text(benchmark_markdown(summary))
     return summary

@@ -8,10 +8,10 @@ from typing import Any
 from .. import heldout
 from ..data import PromptSet, load_prompts, resolve_data_dir
 from ..direction import Direction
-from ..evaluation.side_effects import completion_kl_and_nll
 from ..evaluation.store import StoredVerdict
 from ..evaluation.work import (
     Arm,
+    Measure,
     make_arm,
     stored_completions,
     stored_completions_of_sets,
@@ -24,7 +24,6 @@ from ..jobs import split_prompts
 from ..latents import LatentSet
 from ..runs import stable_hash
 from ..saes import SAESet
-from ..teacher_forcing import completion_nll, text_nll
 from .arms import arm_setting
 from .config import generic_documents
 from .context import Context
@@ -101,15 +100,7 @@ def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float
             arm,
             [("harmless_kl", "kl"), ("rollout_ce", "nll")],
             items,
-            lambda idx: list(
-                completion_kl_and_nll(
-                    ctx.lm,
-                    ctx.formatter,
-                    [texts[i] for i in idx],
-                    [rollouts[i] for i in idx],
-                    arm.interventions,
-                )
-            ),
+            Measure("kl_and_nll", {"texts": texts, "rollouts": rollouts}),
         )
     else:
         out["rollout_ce"] = stored_measure(
@@ -118,13 +109,7 @@ def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float
             "rollout_ce",
             "nll",
             items,
-            lambda idx: completion_nll(
-                ctx.lm,
-                ctx.formatter,
-                [texts[i] for i in idx],
-                [rollouts[i] for i in idx],
-                interventions=arm.interventions,
-            ),
+            Measure("completion_nll", {"texts": texts, "rollouts": rollouts}),
         )
     documents = generic_documents(config.generic_text, ctx.data_dir, config.n_generic)
     out["generic_ce"] = stored_measure(
@@ -133,7 +118,7 @@ def side_effect_stage(ctx: Context, arm: Arm, base: Arm) -> dict[str, list[float
         "generic_ce",
         "nll",
         [stable_hash({"text": text}) for text in documents],
-        lambda idx: text_nll(ctx.lm, [documents[i] for i in idx], interventions=arm.interventions),
+        Measure("text_nll", {"texts": documents}),
     )
     if config.xstest_limit > 0 and resolve_data_dir(ctx.data_dir) is not None:
         safe = load_prompts("xstest_safe", data_dir=ctx.data_dir, limit=config.xstest_limit)

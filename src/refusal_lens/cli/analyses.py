@@ -9,8 +9,8 @@ from typing import Any
 
 from ..analyses.registry import ANALYSES, AnalysisEntry
 from ..errors import UserError
-from .args import Command, add_data_arg, add_model_args
-from .common import add_settings_args, load_lm
+from .args import Command, add_data_arg, add_model_args, executor_flags
+from .common import add_settings_args, executor_for, load_lm, open_executor
 
 
 def _from_benchmark(run: str | None) -> dict[str, str]:
@@ -105,8 +105,10 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     latents = LatentSet.load(paths["latents"])
     direction = Direction.load(paths["direction"])
     harm = LatentSet.load(harm_path) if harm_path else None
+    where = executor_for(args)
     check_output_folder(out)
     lm, formatter = load_lm(args)
+    executor = open_executor(args, where, lm, formatter)
     inputs = AnalysisInputs(
         lm=lm,
         formatter=formatter,
@@ -120,8 +122,10 @@ def cmd_analysis(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         cache_dir=args.cache_dir,
+        executor=executor,
     )
-    summary = entry.load().run(inputs, settings, Path(out))
+    with executor:
+        summary = entry.load().run(inputs, settings, Path(out))
     print((Path(out) / f"{entry.name}.md").read_text(), end="")
     print(f"wall time {summary['wall_seconds']:.0f} s; results: {Path(out) / f'{entry.name}.json'}")
     return 0
@@ -169,19 +173,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             f"--only {args.only!r}: unknown analysis {unknown[0] if unknown else '(none)'!r}; "
             f"choose from {', '.join(ANALYSES)}"
         )
+    where = executor_for(args)
     check_output_folder(Path(args.run) / "analyses", "analyses folder")
     check_output_folder(Path(args.run) / "report", "report folder")
     lm, formatter = load_lm(args)
-    done = analyze_job(
-        lm,
-        formatter,
-        args.run,
-        only=only,
-        quick=args.quick,
-        data_dir=args.data_dir,
-        device=args.device,
-        cache_dir=args.cache_dir,
-    )
+    with open_executor(args, where, lm, formatter) as executor:
+        done = analyze_job(
+            lm,
+            formatter,
+            args.run,
+            only=only,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            executor=executor,
+        )
     for name, state in done.items():
         print(f"{name}: {state}")
     page, _ = write_report(args.run)
@@ -212,6 +219,7 @@ def register(command: Command) -> None:
         add_model_args(analysis)
         add_data_arg(analysis)
         analysis_arguments(analysis, entry)
+        executor_flags(analysis)
     analyze = command(
         "analyze",
         cmd_analyze,
@@ -222,3 +230,4 @@ def register(command: Command) -> None:
     add_model_args(analyze)
     add_data_arg(analyze)
     analyze_arguments(analyze)
+    executor_flags(analyze)

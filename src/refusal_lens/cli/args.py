@@ -203,49 +203,71 @@ def settings_flags(
         if item.name in skip or not item.init:
             continue
         known.add(item.name)
-        default = item.default
-        kind = str(item.type)
-        flag = "--" + item.metadata.get("flag", item.name.replace("_", "-"))
-        help_text = item.metadata.get("help", "")
-        if kind == "bool":
-            if default and "flag" not in item.metadata:
-                flag = "--no-" + item.name.replace("_", "-")
-            parser.add_argument(
-                flag,
-                dest=item.name,
-                action=_Given,
-                const=not default,
-                default=default,
-                help=help_text or None,
-            )
-            continue
-        shown = item.metadata.get("default", default)
-        if kind.startswith("tuple[str"):
-            convert: Callable[[str], Any] = name_list
-            shown = item.metadata.get("default", ",".join(default))
-        elif kind.startswith("tuple["):
-            convert = number_list(flag, kind.startswith("tuple[int"))
-            shown = item.metadata.get("default", ",".join(f"{x:g}" for x in default))
-        elif kind.startswith("int"):
-            convert = int if item.metadata.get("signed") else positive
-        elif kind.startswith("float"):
-            convert = finite
-        else:
-            convert = str
-        suffix = "" if shown is None else f" (default: {shown})"
+        field_flag(parser, item)
+    parser.set_defaults(_settings_fields=frozenset(known))
+
+
+def field_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, item: Any) -> None:
+    """The flag of one settings field (see `settings_flags`)."""
+    default = item.default
+    kind = str(item.type)
+    flag = "--" + item.metadata.get("flag", item.name.replace("_", "-"))
+    help_text = item.metadata.get("help", "")
+    if kind == "bool":
+        if default and "flag" not in item.metadata:
+            flag = "--no-" + item.name.replace("_", "-")
         parser.add_argument(
             flag,
             dest=item.name,
             action=_Given,
-            metavar=None
-            if "choices" in item.metadata
-            else item.metadata.get("metavar", flag[2:].upper().replace("-", "_")),
-            type=convert,
+            const=not default,
             default=default,
-            choices=item.metadata.get("choices"),
-            help=f"{help_text}{suffix}".strip().replace("%", "%%"),
+            help=help_text or None,
         )
-    parser.set_defaults(_settings_fields=frozenset(known))
+        return
+    shown = item.metadata.get("default", default)
+    if kind.startswith("tuple[str"):
+        convert: Callable[[str], Any] = name_list
+        shown = item.metadata.get("default", ",".join(default))
+    elif kind.startswith("tuple["):
+        convert = number_list(flag, kind.startswith("tuple[int"))
+        shown = item.metadata.get("default", ",".join(f"{x:g}" for x in default))
+    elif kind.startswith("int"):
+        convert = int if item.metadata.get("signed") else positive
+    elif kind.startswith("float"):
+        convert = finite
+    else:
+        convert = str
+    suffix = "" if shown is None else f" (default: {shown})"
+    parser.add_argument(
+        flag,
+        dest=item.name,
+        action=_Given,
+        metavar=None
+        if "choices" in item.metadata
+        else item.metadata.get("metavar", flag[2:].upper().replace("-", "_")),
+        type=convert,
+        default=default,
+        choices=item.metadata.get("choices"),
+        help=f"{help_text}{suffix}".strip().replace("%", "%%"),
+    )
+
+
+def executor_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of `ExecutorSettings` (where a long command's work items run)."""
+    from ..executors.settings import ExecutorSettings
+
+    group = parser.add_argument_group("executor (where work items run)")
+    for item in dataclasses.fields(ExecutorSettings):
+        field_flag(group, item)
+
+
+def executor_from(args: argparse.Namespace) -> Any:
+    from ..executors.settings import ExecutorSettings
+
+    return ExecutorSettings(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(ExecutorSettings)}
+    )
 
 
 def name_list(text: str) -> tuple[str, ...]:

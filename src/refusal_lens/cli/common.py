@@ -24,6 +24,27 @@ def load_lm(args: argparse.Namespace) -> tuple[Any, Any]:
     return lm, ChatFormatter(lm.tokenizer, system=args.system, max_length=max_length)
 
 
+def executor_for(args: argparse.Namespace) -> Any:
+    """The executor settings of a long command's flags, checked (its engine installed, its
+    cluster reachable) before the model loads."""
+    from ..executors import check_executor
+    from .args import executor_from
+
+    settings = executor_from(args)
+    check_executor(settings)
+    return settings
+
+
+def open_executor(args: argparse.Namespace, settings: Any, lm: Any, formatter: Any) -> Any:
+    """The executor of `settings` for the loaded model (a context manager that releases its
+    workers)."""
+    from ..executors import make_executor
+
+    return make_executor(
+        settings, lm, formatter, cache_dir=args.cache_dir, data_dir=getattr(args, "data_dir", None)
+    )
+
+
 def check_datasets(data_dir: str | None, *names: str | None) -> None:
     """Resolve every named prompt set (and the data directory) before the model loads: a typo
     is one line now, not after minutes of work."""

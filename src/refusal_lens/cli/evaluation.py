@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .args import Command, add_data_arg, add_model_args
-from .common import add_settings_args, load_lm
+from .args import Command, add_data_arg, add_model_args, executor_flags
+from .common import add_settings_args, executor_for, load_lm, open_executor
 
 
 def benchmark_settings(args: argparse.Namespace) -> Any:
@@ -41,17 +41,20 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     validate_inputs(config, args.data_dir)
     for note in notes:
         print(note)
+    where = executor_for(args)
     check_output_folder(args.out)
     lm, formatter = load_lm(args)
-    summary = benchmark_job(
-        lm,
-        formatter,
-        config,
-        args.out,
-        data_dir=args.data_dir,
-        device=args.device,
-        cache_dir=args.cache_dir,
-    )
+    with open_executor(args, where, lm, formatter) as executor:
+        summary = benchmark_job(
+            lm,
+            formatter,
+            config,
+            args.out,
+            data_dir=args.data_dir,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            executor=executor,
+        )
     print((Path(args.out) / "benchmark.md").read_text(), end="")
     print(
         f"wall time {summary['wall_seconds']:.0f} s; results: {Path(args.out) / 'results.sqlite'}"
@@ -96,19 +99,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.model = config.model
     out = Path(args.out or f"runs/{Path(config.model).name}{'-quick' if args.quick else ''}")
     validate_inputs(config, args.data_dir)
+    where = executor_for(args)
     check_output_folder(out)
     for note in notes:
         print(note)
     lm, formatter = load_lm(args)
-    summary = benchmark_job(
-        lm,
-        formatter,
-        config,
-        out,
-        data_dir=args.data_dir,
-        device=args.device,
-        cache_dir=args.cache_dir,
-    )
+    with open_executor(args, where, lm, formatter) as executor:
+        summary = benchmark_job(
+            lm,
+            formatter,
+            config,
+            out,
+            data_dir=args.data_dir,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            executor=executor,
+        )
     page, _ = write_report(out)
     print((out / "benchmark.md").read_text(), end="")
     print(
@@ -244,6 +250,7 @@ def register(command: Command) -> None:
         "--set limit=100 --set capabilities.tasks=arc_challenge",
     )
     bench.add_argument("--out", required=True, help="run folder (reused when rerun)")
+    executor_flags(bench)
 
     report = command(
         "report",
@@ -273,3 +280,4 @@ def register(command: Command) -> None:
     pipeline.add_argument("--saes", default=None, help="SAE set folder (default: cached quick set)")
     pipeline.add_argument("--direction", metavar="RUN", default=None)
     pipeline.add_argument("--out", default=None, help="run folder (default: runs/MODEL[-quick])")
+    executor_flags(pipeline)

@@ -1,6 +1,10 @@
 """Store-backed work: completions, verdicts and measurements computed only where the results
 store lacks them, under an arm (a condition: its interventions and their key). The benchmark
-and the analyses share it; it depends on neither."""
+and the analyses share it; it depends on neither.
+
+What is missing is cut into work items (a generation batch, a chunk of verdicts, a shard of a
+measurement) that the context's executor runs, here or on workers; each result is written to
+the store by this process as it comes back."""
 
 from __future__ import annotations
 
@@ -10,19 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data import PromptSet
-from ..generation import generate
+from ..executors import Executor
+from ..generation import length_sorted_batches
 from ..interventions import Intervention
-from ..judges import FirstTokenJudge, Judge, JudgeContext, make_judge
+from ..judges import Judge, JudgeContext, make_judge
 from ..latents import LatentSet
 from ..models import ChatFormatter, LoadedModel
 from ..saes import SAESet
-from .store import Condition, ResultStore, StoredVerdict, stored
+from .store import Condition, ResultStore, StoredVerdict
 
 
 @dataclass
 class Work:
     """What store-backed work needs: the model, the results store, the judges (by spec, in
-    order; more are made on demand) and the generation settings completions are keyed by."""
+    order; more are made on demand), the generation settings completions are keyed by, and
+    the executor that computes what the store lacks."""
 
     lm: LoadedModel
     formatter: ChatFormatter
@@ -33,6 +39,11 @@ class Work:
     max_new_tokens: int
     batch_size: int
     log: Callable[[str], None]
+    executor: Executor
+
+
+MEASURE_SHARD = 16  # prompts per work item of a teacher-forced measurement
+VERDICT_CHUNK = 64  # completions per work item of a judge
 
 
 @dataclass
@@ -102,33 +113,40 @@ def stored_completions_of_sets(
             for k, set_rows in rows.items():
                 ctx.store.add_completions(arm.condition, gen, sets[k].name, set_rows)
 
-        generate(
-            ctx.lm,
-            ctx.formatter,
-            missing,
-            max_new_tokens=max_new_tokens or ctx.max_new_tokens,
-            batch_size=ctx.batch_size,
-            interventions=arm.interventions,
-            on_batch=keep,
-            desc=f"{'+'.join(p.name for p in sets)} · {arm.label}",
+        # the batches one local `generate` call makes: each is one work item
+        batches = length_sorted_batches(missing, ctx.batch_size)
+        desc = f"{'+'.join(p.name for p in sets)} · {arm.label}"
+        tokens = max_new_tokens or ctx.max_new_tokens
+        ctx.executor.map(
+            "generate",
+            {"max_new_tokens": tokens, "desc": desc, **_edits(ctx, arm)},
+            [{"prompts": [missing[b] for b in batch]} for batch in batches],
+            lambda n, outputs: keep(batches[n], outputs),
+            desc=desc,
+            units=[len(batch) for batch in batches],
         )
     return [[have[k][i] for i in range(len(t))] for k, t in enumerate(texts)]
 
 
-def _judge_for(ctx: Work, spec: str, arm: Arm) -> Judge:
+def _edits(ctx: Work, arm: Arm) -> dict[str, Any]:
+    """The arm's interventions as a work item carries them: the objects themselves for the
+    local executor, their `to_dict()` for workers elsewhere (read back once per worker)."""
+    if ctx.executor.name == "local":
+        return {"interventions": list(arm.interventions)}
+    return {"interventions": [item.to_dict() for item in arm.interventions]}
+
+
+def _judge_for(ctx: Work, spec: str) -> Judge:
     if spec not in ctx.judges:  # the substring judge of XSTest and induction, when not listed
         ctx.judges[spec] = make_judge(spec, JudgeContext(lm=ctx.lm, formatter=ctx.formatter))
-    judge = ctx.judges[spec]
-    if isinstance(judge, FirstTokenJudge):  # it reads the model under this arm's intervention
-        return FirstTokenJudge(
-            ctx.lm,
-            ctx.formatter,
-            judge.tokens,
-            threshold=judge.threshold,
-            interventions=arm.interventions,
-            batch_size=judge.batch_size,
-        )
-    return judge
+    return ctx.judges[spec]
+
+
+def reads_evaluated_model(judge: Judge, lm: LoadedModel) -> bool:
+    """Whether a judge reads the evaluated model (the first-token judge; the compliance judge
+    without a fluency model of its own): it then runs where the model is."""
+    inner = getattr(judge, "inner", judge)  # the degenerate screen wraps judges of completions
+    return not judge.reads_completions or getattr(inner, "lm", None) is lm
 
 
 def stored_verdicts(
@@ -144,7 +162,7 @@ def stored_verdicts(
     """Verdicts of a judge on stored completions, judging only the missing ones. `requests`
     (default: the prompts) is what the judge is told was asked: a jailbreak's plain goal, so
     a compliance judge checks the answer against the request, not against its wrapper."""
-    judge = _judge_for(ctx, spec, arm)
+    judge = _judge_for(ctx, spec)
     asked = list(texts) if requests is None else list(requests)
     judge_id = ctx.store.judge_id(judge.describe())
     gen = generation or ctx.generation
@@ -152,26 +170,47 @@ def stored_verdicts(
     keys = [t if a == t else f"{t}\n\x1fasked: {a}" for t, a in zip(texts, asked, strict=True)]
     have = ctx.store.verdicts(arm.condition, gen, judge_id, keys)
     missing = [i for i in range(len(texts)) if i not in have]
-    for start in range(0, len(missing), 64):
-        chunk = missing[start : start + 64]
-        verdicts = judge.verdicts([asked[i] for i in chunk], [completions[i] for i in chunk])
-        rows = [(keys[i], stored(v)) for i, v in zip(chunk, verdicts, strict=True)]
+    chunks = [
+        missing[start : start + VERDICT_CHUNK] for start in range(0, len(missing), VERDICT_CHUNK)
+    ]
+
+    def keep(n: int, verdicts: list[dict[str, Any]]) -> None:
+        rows = [(keys[i], StoredVerdict(**v)) for i, v in zip(chunks[n], verdicts, strict=True)]
         said = [(t, v) for t, v in rows if v.refused is not None or v.complied is not None]
         ctx.store.add_verdicts(arm.condition, gen, judge_id, said)  # unjudged: retried later
-        have.update({i: row[1] for i, row in zip(chunk, rows, strict=True)})
+        have.update({i: row[1] for i, row in zip(chunks[n], rows, strict=True)})
+
+    evaluated = reads_evaluated_model(judge, ctx.lm)
+    ctx.executor.share_judges(ctx.judges)
+    ctx.executor.map(
+        "verdicts",
+        {"judge": spec, "evaluated_model": evaluated, **_edits(ctx, arm)},
+        [
+            {"requests": [asked[i] for i in chunk], "completions": [completions[i] for i in chunk]}
+            for chunk in chunks
+        ],
+        keep,
+        desc=f"{spec} · {arm.label}",
+        units=[len(chunk) for chunk in chunks],
+        pool="model" if evaluated else "judge",
+    )
     return judge.describe()["name"], [have[i] for i in range(len(texts))]
 
 
+@dataclass(frozen=True)
+class Measure:
+    """A per-item measurement as work: the registered task that computes it (see
+    `executors.replica`) and its per-item inputs, one list per argument."""
+
+    task: str
+    inputs: dict[str, Sequence[str]]
+
+
 def stored_measure(
-    ctx: Work,
-    arm: Arm,
-    task: str,
-    metric: str,
-    items: Sequence[str],
-    compute: Callable[[list[int]], list[float]],
+    ctx: Work, arm: Arm, task: str, metric: str, items: Sequence[str], measure: Measure
 ) -> list[float]:
     """Per-item values of a metric, computing only the items the store does not have."""
-    return stored_measures(ctx, arm, [(task, metric)], items, lambda idx: [compute(idx)])[0]
+    return stored_measures(ctx, arm, [(task, metric)], items, measure)[0]
 
 
 def stored_measures(
@@ -179,14 +218,16 @@ def stored_measures(
     arm: Arm,
     keys: Sequence[tuple[str, str]],
     items: Sequence[str],
-    compute: Callable[[list[int]], list[list[float]]],
+    measure: Measure,
 ) -> list[list[float]]:
     """`stored_measure` of several (task, metric) keys that one computation gives together
-    (one list of values per key): the items missing under any key are computed once."""
+    (its task returns one list of values per key): the items missing under any key are
+    computed once, in shards of `MEASURE_SHARD`."""
     have = [ctx.store.measurements(arm.condition, task, metric, items) for task, metric in keys]
     missing = [i for i, item in enumerate(items) if any(item not in h for h in have)]
-    if missing:
-        computed = compute(missing)
+    shards = [missing[s : s + MEASURE_SHARD] for s in range(0, len(missing), MEASURE_SHARD)]
+
+    def keep(n: int, computed: list[list[float]]) -> None:
         for (task, metric), values, got in zip(keys, computed, have, strict=True):
             ctx.store.add_measurements(  # NaN (undefined) is not stored: SQLite reads it as NULL
                 arm.condition,
@@ -194,11 +235,23 @@ def stored_measures(
                 metric,
                 [
                     (items[i], v, {})
-                    for i, v in zip(missing, values, strict=True)
+                    for i, v in zip(shards[n], values, strict=True)
                     if not math.isnan(v)
                 ],
             )
-            got.update({items[i]: v for i, v in zip(missing, values, strict=True)})
+            got.update({items[i]: v for i, v in zip(shards[n], values, strict=True)})
+
+    ctx.executor.map(
+        measure.task,
+        _edits(ctx, arm),
+        [
+            {name: [column[i] for i in shard] for name, column in measure.inputs.items()}
+            for shard in shards
+        ],
+        keep,
+        desc=f"{measure.task} · {arm.label}",
+        units=[len(shard) for shard in shards],
+    )
     return [[got[item] for item in items] for got in have]
 
 

@@ -1,0 +1,212 @@
+"""Executors: the local one is the in-process work of before; a local Ray cluster (2 workers,
+1 thread each) gives the same completions, verdicts and measurements, loses nothing when a
+worker is killed, and a bad `--executor` is a one-line error before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import random_sae_set
+from refusal_lens.benchmark import benchmark_job
+from refusal_lens.direction import Direction
+from refusal_lens.errors import UserError
+from refusal_lens.executors import (
+    ExecutorSettings,
+    LocalExecutor,
+    Replica,
+    check_executor,
+    make_executor,
+    parse_executor,
+)
+from refusal_lens.models import ChatFormatter, LoadedModel, load_model
+from test_benchmark import builtin_pools, tiny_config
+
+
+def test_executor_names_parse_and_bad_ones_are_errors() -> None:
+    assert parse_executor("local") == ("local", None)
+    assert parse_executor("ray") == ("ray", None)
+    assert parse_executor("ray=auto") == ("ray", "auto")
+    assert parse_executor("ray=10.0.0.1:6379") == ("ray", "10.0.0.1:6379")
+    for bad in ("loca", "ray=", "local=x", "dask"):
+        with pytest.raises(UserError, match="is not local, ray or ray=ADDRESS"):
+            parse_executor(bad)
+    with pytest.raises(UserError, match="judge-workers"):
+        ExecutorSettings(judge_workers=-1)
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(UserError, match=r"pip install 'refusal-lens\[ray\]'"):
+        check_executor(ExecutorSettings(executor="ray"))
+
+
+def test_an_unreachable_cluster_is_a_one_line_error(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from refusal_lens.cli import main
+
+    pytest.importorskip("ray")
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    out = tmp_path / "run"
+    code = main(["run", "--executor", "ray=127.0.0.1:9", "--out", str(out), "--quick"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: cannot reach the Ray cluster at 127.0.0.1:9")
+    assert not out.exists()
+
+
+def test_the_local_executor_runs_items_in_order_and_counts_them(
+    tiny: LoadedModel, formatter: ChatFormatter
+) -> None:
+    executor = LocalExecutor(Replica(lm=tiny, formatter=formatter))
+    got: list[tuple[int, list[str]]] = []
+    items = [{"prompts": ["Write a poem about the sea."]}, {"prompts": ["Hi", "Bake bread."]}]
+    executor.map(
+        "generate",
+        {"max_new_tokens": 3, "interventions": []},
+        items,
+        lambda i, out: got.append((i, out)),
+        desc="test",
+        units=[1, 2],
+    )
+    assert [i for i, _ in got] == [0, 1] and [len(out) for _, out in got] == [1, 2]
+    stats = executor.summary()["workers"]["generate"]["local"]
+    assert stats["items"] == 2 and stats["units"] == 3
+    with pytest.raises(UserError, match="unknown work item kind"):
+        executor.map("nothing", {}, [{}], lambda i, out: None, desc="x")
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def saved(tiny: LoadedModel, tmp_path: Path) -> tuple[LoadedModel, str, str]:
+    """The tiny model as a folder (what a worker loads), its SAE set and a direction."""
+    folder = tmp_path / "model"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    lm = load_model(str(folder), device="cpu", dtype="float32")
+    saes = tmp_path / "saes"
+    random_sae_set(lm).save(saes)
+    torch.manual_seed(3)
+    (tmp_path / "direction").mkdir()
+    Direction(
+        torch.randn(lm.d_model) * 4, 1, -1, lm.identity(), {"selected_on": builtin_pools()}
+    ).save(tmp_path / "direction")
+    return lm, str(saes), str(tmp_path / "direction")
+
+
+def _rows(db: Path, table: str) -> dict[tuple, tuple]:
+    keys = {
+        "completions": ("model, saes, intervention, generation, prompt_id", "completion"),
+        "verdicts": ("model, saes, intervention, generation, prompt_id, judge", "refused, score"),
+        "measurements": ("model, saes, intervention, task, item, metric", "value"),
+    }[table]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(f"SELECT {keys[0]}, {keys[1]} FROM {table}").fetchall()
+    width = len(keys[0].split(","))
+    return {tuple(r[:width]): tuple(r[width:]) for r in rows}
+
+
+def test_a_ray_benchmark_equals_the_local_one_item_for_item(
+    ray_cluster, saved: tuple[LoadedModel, str, str], tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
+    lm, saes, direction = saved
+    formatter = ChatFormatter(lm.tokenizer, max_length=256)
+    config = tiny_config(saes, direction, share_results=False, batch_size=2)
+    local = benchmark_job(lm, formatter, config, tmp_path / "local", data_dir=None, echo=print)
+    settings = ExecutorSettings(executor="ray", workers=2, worker_threads=1)
+    with make_executor(settings, lm, formatter) as executor:
+        remote = benchmark_job(
+            lm, formatter, config, tmp_path / "ray", data_dir=None, echo=print, executor=executor
+        )
+    for table in ("completions", "verdicts"):
+        assert _rows(tmp_path / "ray" / "results.sqlite", table) == _rows(
+            tmp_path / "local" / "results.sqlite", table
+        )
+    a = _rows(tmp_path / "local" / "results.sqlite", "measurements")
+    b = _rows(tmp_path / "ray" / "results.sqlite", "measurements")
+    assert a.keys() == b.keys() and a
+    assert all(abs(a[k][0] - b[k][0]) <= 1e-4 * max(1.0, abs(a[k][0])) for k in a)
+    assert remote["harmful"] == local["harmful"]
+    workers = remote["executor"]["workers"]["generate"]
+    assert remote["executor"]["executor"] == "ray" and set(workers) == {"model-0", "model-1"}
+    assert (
+        sum(w["items"] for w in workers.values())
+        == local["executor"]["workers"]["generate"]["local"]["items"]
+    )
+
+
+def test_a_killed_worker_loses_and_repeats_nothing(
+    ray_cluster, saved: tuple[LoadedModel, str, str]
+) -> None:
+    lm, _, _ = saved
+    formatter = ChatFormatter(lm.tokenizer, max_length=256)
+    prompts = [f"Write poem number {i} about the sea." for i in range(12)]
+    items = [{"prompts": [p]} for p in prompts]
+    shared = {"max_new_tokens": 24, "interventions": []}
+    expected: dict[int, list[str]] = {}
+    LocalExecutor(Replica(lm=lm, formatter=formatter)).map(
+        "generate", shared, items, lambda i, out: expected.__setitem__(i, out), desc="local"
+    )
+    settings = ExecutorSettings(executor="ray", workers=2, worker_threads=1)
+    got: list[tuple[int, list[str]]] = []
+    with make_executor(settings, lm, formatter) as executor:
+        victim = executor.pids()[1]
+
+        def keep(index: int, out: list[str]) -> None:
+            if not got:  # after the first result, while the other worker holds an item
+                os.kill(victim, signal.SIGKILL)
+            got.append((index, out))
+
+        executor.map("generate", shared, items, keep, desc="ray")
+        stats = executor.summary()["workers"]["generate"]
+    assert sorted(i for i, _ in got) == list(range(12))  # each item once
+    assert dict(got) == expected
+    assert sum(s["retried_elsewhere"] for s in stats.values()) >= 1
+
+
+def test_a_worker_error_is_the_drivers_error(ray_cluster, saved) -> None:
+    lm, _, _ = saved
+    formatter = ChatFormatter(lm.tokenizer, max_length=256)
+    settings = ExecutorSettings(executor="ray", workers=1)
+    with make_executor(settings, lm, formatter) as executor, pytest.raises(UserError):
+        executor.map("nothing", {}, [{}], lambda i, out: None, desc="x")
+
+
+def test_the_manifest_counts_each_workers_items(tmp_path: Path) -> None:
+    executor = LocalExecutor(Replica())
+    executor.worker("generate", "local").add(4, 2.0)
+    summary = executor.summary()
+    assert summary == {
+        "executor": "local",
+        "workers": {
+            "generate": {
+                "local": {
+                    "items": 1,
+                    "units": 4,
+                    "busy_seconds": 2.0,
+                    "units_per_second": 2.0,
+                    "retried_elsewhere": 0,
+                }
+            }
+        },
+    }
+    json.dumps(summary)
