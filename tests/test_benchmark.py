@@ -378,7 +378,14 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-def test_a_killed_benchmark_resumes_without_recomputing(tiny: LoadedModel, tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_killed_benchmark_resumes_without_recomputing(
+    tiny: LoadedModel, tmp_path: Path, executor: str
+) -> None:
+    """The driver killed mid-run: the rerun computes only what the store lacks (with Ray, the
+    workers of the killed driver go with it and the rerun starts new ones)."""
+    if executor == "ray" and os.environ.get("REFUSAL_LENS_REQUIRE_EXTRAS") != "1":
+        pytest.importorskip("ray")
     model_dir = tmp_path / "model"
     tiny.model.save_pretrained(model_dir)
     tiny.tokenizer.save_pretrained(model_dir)
@@ -399,6 +406,7 @@ def test_a_killed_benchmark_resumes_without_recomputing(tiny: LoadedModel, tmp_p
         "--set", "judges=substring", "--set", "harmless=builtin_harmless_test",
         "--set", "n_harmless=2", "--set", "n_generic=2", "--set", "xstest_limit=0",
         "--set", "induce_values=", "--set", "capabilities.tasks=",
+        "--executor", executor, "--workers", "2",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("REFUSAL_LENS_DATA", None)
@@ -408,8 +416,11 @@ def test_a_killed_benchmark_resumes_without_recomputing(tiny: LoadedModel, tmp_p
     before = 0
     while time.time() < deadline and proc.poll() is None:
         if db.exists():
-            with sqlite3.connect(db) as conn:
-                before = conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            try:
+                with sqlite3.connect(db) as conn:
+                    before = conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            except sqlite3.OperationalError:  # the file exists, its tables not yet
+                before = 0
             if before >= 2:
                 break
         time.sleep(0.05)

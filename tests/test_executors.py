@@ -53,7 +53,7 @@ def test_an_unreachable_cluster_is_a_one_line_error(
 ) -> None:
     from refusal_lens.cli import main
 
-    pytest.importorskip("ray")
+    _ray()
     monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
     out = tmp_path / "run"
     code = main(["run", "--executor", "ray=127.0.0.1:9", "--out", str(out), "--quick"])
@@ -87,9 +87,18 @@ def test_the_local_executor_runs_items_in_order_and_counts_them(
 # ----------------------------------------------------------------------------- Ray
 
 
+def _ray():
+    """Ray, or a skip where it is not installed (CI installs the `ray` extra and must run)."""
+    if os.environ.get("REFUSAL_LENS_REQUIRE_EXTRAS") == "1":
+        import ray
+
+        return ray
+    return pytest.importorskip("ray")
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray")
+    ray = _ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -210,3 +219,29 @@ def test_the_manifest_counts_each_workers_items(tmp_path: Path) -> None:
         },
     }
     json.dumps(summary)
+
+
+def test_attribution_batches_on_workers_equal_the_local_ones(
+    ray_cluster, saved: tuple[LoadedModel, str, str], tmp_path: Path
+) -> None:
+    from refusal_lens.attribution import AttributionSettings, attribute
+    from refusal_lens.saes import SAESet
+
+    lm, saes_path, direction_path = saved
+    formatter = ChatFormatter(lm.tokenizer, max_length=256)
+    saes, direction = SAESet.load(saes_path), Direction.load(direction_path)
+    prompts = [f"Explain how to hack computer number {i}." for i in range(5)]
+    token = lm.tokenizer("I")["input_ids"][0]
+    settings = AttributionSettings(steps=2, batch_size=2)
+    local = attribute(lm, formatter, saes, direction, prompts, token, settings=settings)
+    with make_executor(ExecutorSettings(executor="ray", workers=2), lm, formatter) as executor:
+        remote = attribute(
+            lm, formatter, saes, direction, prompts, token, settings=settings,
+            out=tmp_path / "parts", executor=executor,
+        )  # fmt: skip
+        stats = executor.summary()["workers"]["attribute"]
+    assert sum(s["items"] for s in stats.values()) == 3  # 5 prompts in batches of 2
+    for layer in local.scores:
+        torch.testing.assert_close(remote.scores[layer], local.scores[layer], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(remote.node_sums, local.node_sums, rtol=1e-4, atol=1e-6)
+    assert len(list((tmp_path / "parts").rglob("batch-*.safetensors"))) == 3  # resumable

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from .direction import Direction
 from .errors import UserError
+from .executors.base import Executor
 from .generation import generate, length_sorted_batches
 from .hooks import HookFn, HookPoint, add_hooks, record
 from .interventions import apply, vector_sha256
@@ -377,11 +378,13 @@ def attribute(
     settings: AttributionSettings = AttributionSettings(),
     out: str | Path | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> Attribution:
     """LA-IG attributions of `instructions` (see the module docstring).
 
     `candidates` (layer -> latent indices) limits what is kept; None keeps every latent (the
     `ap` baseline). With `out`, each batch is written as it finishes and a rerun reuses it.
+    `executor`: where the batches are computed (default: here); each batch is one work item.
     """
     if not instructions:
         raise UserError("no prompts to attribute: the prompt list is empty")
@@ -418,10 +421,9 @@ def attribute(
     )
     parts = Path(out) / f"parts-{key}" if out is not None else None
     batches = length_sorted_batches(list(instructions), settings.batch_size)
-    results = []
-    for number, indices in enumerate(
-        tqdm(batches, desc="attribution", disable=not progress, unit="batch")
-    ):
+    results: list[tuple[list[int], dict[str, torch.Tensor]]] = []
+    pending: list[int] = []
+    for number, indices in enumerate(batches):
         part = parts / f"batch-{number:05d}.safetensors" if parts is not None else None
         if part is not None and part.is_file():
             try:
@@ -429,20 +431,32 @@ def attribute(
                 continue
             except SafetensorError:
                 log.warning("recomputing %s: the file was cut short", part)
-        tensors = _attribute_batch(
-            lm,
-            formatter,
-            saes,
-            direction,
-            [instructions[i] for i in indices],
-            refusal_token,
-            candidates,
-            settings,
+        pending.append(number)
+
+    def keep(n: int, tensors: dict[str, torch.Tensor]) -> None:
+        number = pending[n]
+        if parts is not None:
+            parts.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(parts / f"batch-{number:05d}.safetensors"))
+        results.append((batches[number], tensors))
+
+    if executor is None or executor.name == "local":
+        for n, number in enumerate(
+            tqdm(pending, desc="attribution", disable=not progress, unit="batch")
+        ):
+            texts = [instructions[i] for i in batches[number]]
+            keep(n, _attribute_batch(
+                lm, formatter, saes, direction, texts, refusal_token, candidates, settings
+            ))  # fmt: skip
+    else:
+        executor.map(
+            "attribute",
+            attribution_call(saes, direction, refusal_token, candidates, settings),
+            [{"instructions": [instructions[i] for i in batches[n]]} for n in pending],
+            lambda n, data: keep(n, tensors_from_json(data)),
+            desc="attribution",
+            units=[len(batches[n]) for n in pending],
         )
-        if part is not None:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(part))
-        results.append((indices, tensors))
     info = {
         "key": key,
         "settings": asdict(settings),
@@ -451,6 +465,74 @@ def attribute(
         "n_prompts": len(instructions),
     }
     return _assemble(results, len(instructions), candidates, info)
+
+
+def attribution_call(
+    saes: SAESet,
+    direction: Direction,
+    refusal_token: int,
+    candidates: dict[int, torch.Tensor],
+    settings: AttributionSettings,
+) -> dict[str, Any]:
+    """What every attribution work item shares, as plain data: the SAE set's folder (and its
+    fingerprint, checked where it is read), the direction, the token, candidates, settings."""
+    if saes.path is None:
+        raise UserError("attribution on workers needs an SAE set saved in a folder")
+    return {
+        "saes": str(Path(saes.path).resolve()),
+        "fingerprint": saes.fingerprint(),
+        "direction": {
+            "vector": direction.vector.float().tolist(),
+            "dtype": str(direction.vector.dtype).removeprefix("torch."),
+            "layer": direction.layer,
+            "position": direction.position,
+            "model": direction.model,
+        },
+        "refusal_token": refusal_token,
+        "candidates": {str(layer): c.tolist() for layer, c in candidates.items()},
+        "settings": asdict(settings),
+    }
+
+
+def attribute_item(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    shared: dict[str, Any],
+    instructions: list[str],
+) -> dict[str, Any]:
+    """One attribution work item on a worker: `attribution_call`'s data and a batch."""
+    data = shared["direction"]
+    direction = Direction(
+        torch.tensor(data["vector"]).to(getattr(torch, data["dtype"])),
+        data["layer"],
+        data["position"],
+        data["model"],
+    )
+    candidates = {
+        int(layer): torch.tensor(chosen, dtype=torch.long)
+        for layer, chosen in shared["candidates"].items()
+    }
+    settings = AttributionSettings(**shared["settings"])
+    tensors = _attribute_batch(
+        lm, formatter, saes, direction, instructions, shared["refusal_token"], candidates, settings
+    )
+    return tensors_to_json(tensors)
+
+
+def tensors_to_json(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {
+        name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+               "data": t.reshape(-1).tolist()}
+        for name, t in tensors.items()
+    }  # fmt: skip
+
+
+def tensors_from_json(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.tensor(v["data"], dtype=getattr(torch, v["dtype"])).reshape(v["shape"])
+        for name, v in data.items()
+    }
 
 
 def _assemble(

@@ -20,6 +20,7 @@ from .direction import Direction, DirectionData, DirectionSettings, find_directi
 from .errors import UserError
 from .evaluation.refusal import RefusalResult, measure_refusal
 from .evaluation.side_effects import base_completions, completion_kl
+from .executors.base import Executor
 from .interventions import PerPromptLatents
 from .judges import RefusalTokens
 from .latents import (
@@ -301,8 +302,10 @@ def latents_job(
     data_dir: str | Path | None,
     search_settings: SearchSettings | None = None,
     seed: int = 0,
+    executor: Executor | None = None,
 ) -> LatentSet:
-    """Select a latent set and write it to OUT/latents.json (every step resumes)."""
+    """Select a latent set and write it to OUT/latents.json (every step resumes); `executor`
+    computes the attribution's batches (default: here)."""
     run = RunDir(out)
     run.write_manifest(
         "find-latents",
@@ -341,6 +344,7 @@ def latents_job(
         settings,
         reference=reference,
         out=run.path,
+        executor=executor,
     )
     latent_set.info["direction"] = {"layer": direction.layer, "source": direction.source}
     latent_set.save(run.path)

@@ -30,6 +30,7 @@ from .direction import Direction
 from .errors import UserError
 from .evaluation.side_effects import base_completions, completion_kl
 from .evaluation.statistics import bootstrap_mean
+from .executors.base import Executor
 from .generation import generate, length_sorted_batches
 from .hooks import record
 from .interventions import EditLatents, PerPromptLatents
@@ -419,9 +420,10 @@ def select_features(
     reference: LatentSet | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> LatentSet:
     """Select latents with `settings.method` on `harmful` (and `harmless` for actdiff and the
-    random control's frequencies)."""
+    random control's frequencies); `executor` computes the attribution's batches."""
     saes.check_model(lm)
     direction.check_model(lm)
     method = settings.method
@@ -448,6 +450,7 @@ def select_features(
             settings=settings.attribution,
             out=Path(out) / "attribution" if out is not None else None,
             progress=progress,
+            executor=executor,
         )
         if out is not None:
             result.save(Path(out) / "attribution")

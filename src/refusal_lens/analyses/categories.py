@@ -162,6 +162,7 @@ def select_per_category(
     run: RunDir,
     data_dir: str | Path | None,
     echo: Callable[[str], None],
+    executor: Executor | None = None,
 ) -> tuple[dict[str, LatentSet], dict[str, str]]:
     """Each category's global set (ours), selected on its train prompts with the refusal token
     of the refusal latents' selection (None: chosen again), and why a category has none (the
@@ -222,6 +223,7 @@ def select_per_category(
                     settings=selection,
                     data_dir=data_dir,
                     seed=settings.seed,
+                    executor=executor,
                 )
             except UserError as error:  # e.g. the model refuses none of its train prompts
                 skipped[category] = str(error)
@@ -385,6 +387,7 @@ def categories_job(
         run,
         data_dir,
         echo,
+        executor,
     )
     if len(sets) < 2:
         raise UserError(

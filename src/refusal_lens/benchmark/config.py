@@ -17,6 +17,7 @@ from ..judges import (
     parse_judge_spec,
 )
 from ..models import DEFAULT_MODEL
+from ..saes.registry import is_registry_spec
 
 LATENT_METHODS = ("ours", "cossim", "actdiff", "ap", "random")
 
@@ -128,7 +129,7 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
     from ..judges import check_judge_spec
     from ..judges.learned import judge_size
     from ..saes.io import CFG_FILE
-    from ..saes.sets import SET_FILE, read_set_index
+    from ..saes.sets import SET_FILE, SAESet, read_set_index
 
     shared = resolve_data_dir(data_dir) is not None
     learned = False
@@ -152,6 +153,8 @@ def validate_inputs(config: BenchmarkConfig, data_dir: str | Path | None) -> Non
             load_prompts(name, data_dir=data_dir, limit=1)
     if config.saes and any(m in LATENT_METHODS for m in config.methods):
         folder = Path(config.saes)
+        if is_registry_spec(config.saes):  # fetched (once) now: a bad name stops the run here
+            folder = SAESet.from_registry(config.saes)
         if (folder / SET_FILE).is_file():
             read_set_index(folder / SET_FILE)
         elif not (folder / CFG_FILE).is_file():

@@ -200,6 +200,7 @@ def _latent_set(
                     data_dir=ctx.data_dir,
                     search_settings=SearchSettings(batch_size=ctx.config.batch_size),
                     seed=seed,
+                    executor=ctx.executor,
                 )
         _copy_into_place(cached, folder)
     if not marker.exists():

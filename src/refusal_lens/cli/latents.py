@@ -13,11 +13,12 @@ from .args import (
     Command,
     add_data_arg,
     add_model_args,
+    executor_flags,
     positive,
     settings_flags,
     settings_from,
 )
-from .common import check_datasets, load_lm, run_config
+from .common import check_datasets, executor_for, load_lm, open_executor, run_config
 
 
 def cmd_find_latents(args: argparse.Namespace) -> int:
@@ -48,17 +49,20 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
         LatentSet.load(choice.match)
     check_datasets(args.data_dir, choice.harmful, choice.harmless)
     check_output_folder(args.out)
+    where = executor_for(args)
     lm, formatter = load_lm(args)
-    latent_set = latents_job(
-        lm,
-        formatter,
-        args.out,
-        choice=choice,
-        settings=settings,
-        data_dir=args.data_dir,
-        seed=args.seed,
-        search_settings=search,
-    )
+    with open_executor(args, where, lm, formatter) as executor:
+        latent_set = latents_job(
+            lm,
+            formatter,
+            args.out,
+            choice=choice,
+            settings=settings,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            search_settings=search,
+            executor=executor,
+        )
     top = ", ".join(f"{layer}:{latent}" for layer, latent in latent_set.top())
     print(
         f"{latent_set.method} ({latent_set.protocol}): {len(latent_set.top())} latents on "
@@ -75,13 +79,15 @@ def cmd_find_latents(args: argparse.Namespace) -> int:
 
 
 def _check_saes_arg(folder: str | None) -> None:
-    """--saes names an SAE set (its saeset.json readable) or one SAELens-format SAE."""
+    """--saes names an SAE set (its saeset.json readable), one SAELens-format SAE, or a
+    registry spec (`sae-lens:RELEASE[:ID_PATTERN]`, fetched once into the cache now)."""
     if folder is None:
         return
     from ..saes.io import CFG_FILE
-    from ..saes.sets import SET_FILE, read_set_index
+    from ..saes.registry import is_registry_spec
+    from ..saes.sets import SET_FILE, SAESet, read_set_index
 
-    path = Path(folder)
+    path = SAESet.from_registry(folder) if is_registry_spec(folder) else Path(folder)
     if (path / SET_FILE).is_file():
         read_set_index(path / SET_FILE)
     elif not (path / CFG_FILE).is_file():
@@ -382,6 +388,7 @@ def register(command: Command) -> None:
         "--direction", metavar="RUN", help="refusal direction run (default: found into OUT)"
     )
     command.defer(find, _find_latents_flags)
+    executor_flags(find)
 
     check = command(
         "validate-attribution",

@@ -75,6 +75,7 @@ class Replica:
         self._lm, self._formatter = lm, formatter
         self.judges: dict[str, Any] = dict(judges or {})
         self._interventions: dict[str, list[Any]] = {}
+        self._saes: dict[str, Any] = {}
         self.with_model = lm is not None
         if spec is not None and spec.threads:
             import torch
@@ -126,6 +127,23 @@ class Replica:
 
             self._interventions[key] = [from_dict(item) for item in specs]
         return self._interventions[key]
+
+    def sae_set(self, folder: str, fingerprint: str) -> Any:
+        """The SAE set in `folder`, read once per replica and checked against the driver's."""
+        key = f"{folder}\x1f{fingerprint}"
+        if key not in self._saes:
+            from ..saes import SAESet
+
+            saes = SAESet.load(folder)
+            if saes.fingerprint() != fingerprint:
+                raise UserError(
+                    f"a worker read another SAE set at {folder} than the driver; give every "
+                    "node the same files"
+                )
+            for _, sae in saes:
+                sae.to(self.lm.device)
+            self._saes[key] = saes
+        return self._saes[key]
 
     def judge(self, spec: str, *, evaluated_model: bool) -> Any:
         """The judge of `spec`, made on first use (a learned judge is found in the user cache,
@@ -227,3 +245,12 @@ def _text_nll(replica: Replica, shared: dict[str, Any], item: dict[str, Any]) ->
     from ..teacher_forcing import text_nll
 
     return [text_nll(replica.lm, item["texts"], interventions=replica.edits(shared))]
+
+
+@task("attribute")
+def _attribute(replica: Replica, shared: dict[str, Any], item: dict[str, Any]) -> dict:
+    """LA-IG attributions of one batch of prompts (`attribution.attribution_call`'s data)."""
+    from ..attribution import attribute_item
+
+    saes = replica.sae_set(shared["saes"], shared["fingerprint"])
+    return attribute_item(replica.lm, replica.formatter, saes, shared, item["instructions"])

@@ -8,6 +8,7 @@ each SAE also loads on its own in SAELens.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..errors import UserError
 from ..hooks import HookPoint, parse_hook_point
 from ..models import LoadedModel
 from ..runs import stable_hash, write_json
+from . import registry
 from .architectures import SparseAutoencoder
 from .io import load_sae, save_sae
 
@@ -158,6 +160,10 @@ class SAESet:
 
     @classmethod
     def load(cls, folder: str | Path) -> SAESet:
+        """An SAE set folder (or a single SAELens-format SAE), or a registry spec
+        `sae-lens:RELEASE[:ID_PATTERN]` (see `saes.registry`), fetched once into the cache."""
+        if registry.is_registry_spec(folder):
+            folder = cls.from_registry(str(folder))
         path = Path(folder)
         index = path / SET_FILE
         if not index.exists():
@@ -169,6 +175,24 @@ class SAESet:
         data = read_set_index(index)
         saes = {parse_hook_point(name): load_sae(path / name) for name in data["points"]}
         return cls(data["model"], saes, data.get("info") or {}, str(path))
+
+    @classmethod
+    def from_registry(cls, spec: str, cache: str | Path | None = None) -> Path:
+        """The set folder of `sae-lens:RELEASE[:ID_PATTERN]` in the user cache, made on first
+        use from SAELens' registry (or its local mirror): whole or absent."""
+        from ..settings import cache_dir
+
+        choice = registry.choose(spec)
+        folder = cache_dir(cache) / "saes" / "sae-lens" / choice.folder_name
+        if (folder / SET_FILE).is_file():
+            return folder
+        saes, model_name = registry.load_chosen(choice)
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model = {"name": model_name, "weights_sha256": None}
+        cls(model, saes, {"source": choice.source, "sae_ids": list(choice.ids)}).save(partial)
+        partial.rename(folder)
+        return folder
 
     @classmethod
     def from_single(cls, folder: Path) -> SAESet:
