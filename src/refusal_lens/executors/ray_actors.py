@@ -70,6 +70,7 @@ def check_address(address: str | None) -> None:
         ) from None
 
 
+MAX_TRIES = 3  # an item whose worker dies this many times stops the run (a crash, not bad luck)
 _STARTED = {"cluster": False}  # whether `start_ray` started the local cluster now running
 
 
@@ -159,6 +160,7 @@ class RayExecutor(Executor):
         idle = deque(range(len(chosen.actors)))
         running: dict[Any, tuple[int, int]] = {}  # future -> (item, actor)
         done: set[int] = set()
+        tries: dict[int, int] = {}
         lost = (ActorDiedError, ActorUnavailableError, RayActorError)
         with tqdm(total=sum(sizes), desc=desc, unit="item", disable=not items) as bar:
             while queue or running:
@@ -176,8 +178,15 @@ class RayExecutor(Executor):
                         reply = json.loads(self.ray.get(future))
                     except RayTaskError as error:
                         raise _task_error(error) from None
-                    except lost:
+                    except lost as error:
                         worker.retried += 1
+                        tries[index] = tries.get(index, 0) + 1
+                        if tries[index] > MAX_TRIES:
+                            raise UserError(
+                                f"a {task} item was lost {tries[index]} times with its worker "
+                                f"({type(error).__name__}); see the workers' logs under "
+                                "/tmp/ray/session_latest/logs"
+                            ) from None
                         queue.appendleft(index)  # to the next free actor; Ray restarts this one
                         idle.append(actor)
                         time.sleep(0.1)
