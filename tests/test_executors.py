@@ -40,6 +40,8 @@ def test_executor_names_parse_and_bad_ones_are_errors() -> None:
             parse_executor(bad)
     with pytest.raises(UserError, match="judge-workers"):
         ExecutorSettings(judge_workers=-1)
+    with pytest.raises(UserError, match="not supported yet"):
+        ExecutorSettings(executor="ray", worker_gpus=2)
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

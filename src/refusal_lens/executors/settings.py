@@ -29,8 +29,8 @@ class ExecutorSettings:
     worker_gpus: float = field(
         default=-1.0,
         metadata={
-            "help": "GPUs per replica (-1: one where the cluster has GPUs, else none; more "
-            "than one places the model across them)",
+            "help": "GPUs per replica (-1: one where the cluster has GPUs, else none; a "
+            "fraction packs several replicas on one GPU)",
             "signed": True,
             "default": "auto",
         },
@@ -56,6 +56,11 @@ class ExecutorSettings:
             raise UserError("--judge-workers and --judge-gpus must be 0 or more")
         if self.worker_gpus < 0 and self.worker_gpus != -1:
             raise UserError("--worker-gpus must be 0 or more (or -1: auto)")
+        if self.worker_gpus > 1 or self.judge_gpus > 1:
+            raise UserError(
+                "a replica on several GPUs (device_map placement) is not supported yet: give "
+                "--worker-gpus / --judge-gpus of 1 or less (a model must fit one GPU)"
+            )
 
     @property
     def name(self) -> str:
