@@ -1,7 +1,9 @@
 """The quick benchmark through each executor: local, then Ray with 1 and 2 workers, on the
 same model and settings, each into a new folder with nothing shared (every completion, verdict
 and measurement computed again). Prints wall time, generated tokens per second and each
-executor's time as a ratio to local (Ray's overhead at 1 worker: target under 1.10x).
+executor's time in the stages it spreads (the harmful arms and side effects) as a ratio to
+local (Ray's overhead at 1 worker: target under 1.10x). Wall time includes what runs on the
+driver (the first config also finds the direction if it is not cached) and Ray's start.
 
     python bench/executor_overhead.py --data-dir DATA [--out /tmp/executors]
 
@@ -33,13 +35,10 @@ SETTINGS = [
 ]
 
 
-def tokens(db: Path, model: str) -> int:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
+def tokens(db: Path, tokenizer: object) -> int:
     with sqlite3.connect(db) as conn:
         rows = [r[0] for r in conn.execute("SELECT completion FROM completions")]
-    return sum(len(tokenizer(text)["input_ids"]) for text in rows)
+    return sum(len(tokenizer(text)["input_ids"]) for text in rows)  # type: ignore[operator]
 
 
 def main() -> None:
@@ -47,10 +46,12 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", default="/tmp/refusal-lens-executors")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--report", action="store_true", help="only print OUT's finished runs")
     args = parser.parse_args()
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    if not args.report:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
     whole, half = str(args.threads), str(max(1, args.threads // 2))
     arms = {
         "local": ["--executor", "local"],
@@ -58,8 +59,14 @@ def main() -> None:
         "ray, 2 workers": ["--executor", "ray", "--workers", "2", "--worker-threads", half],
     }  # fmt: skip
     rows = {}
+    walls_file = out / "walls.json"
+    walls = json.loads(walls_file.read_text()) if args.report else {}
     for label, flags in arms.items():
         folder = out / label.replace(", ", "-").replace(" ", "")
+        if args.report:
+            summary = json.loads((folder / "benchmark.json").read_text())
+            rows[label] = (walls[label], summary, folder)
+            continue
         command = [
             sys.executable, "-m", "refusal_lens.cli", "benchmark", "--quick",
             "--data-dir", args.data_dir, "--out", str(folder), *flags,
@@ -70,18 +77,28 @@ def main() -> None:
         with (out / "log.txt").open("a") as log:
             subprocess.run(command, check=True, stdout=log, stderr=log)
         wall = time.perf_counter() - started
-        summary = json.loads((folder / "benchmark.json").read_text())
-        model_folder = summary["model"]["source"]
-        rows[label] = (wall, summary, folder, model_folder)
+        walls[label] = wall
+        walls_file.write_text(json.dumps(walls))
+        rows[label] = (wall, json.loads((folder / "benchmark.json").read_text()), folder)
         print(f"{label}: {wall:.0f} s", flush=True)
-    base = rows["local"][0]
-    print(f"{'executor':<16}{'wall (s)':>10}{'tokens/s':>10}{'ratio':>8}  stages (s)")
-    for label, (wall, summary, folder, _) in rows.items():
+    from refusal_lens.models import load_model
+
+    summary = rows["local"][1]
+    tokenizer = load_model(summary["model"]["name"], device="cpu").tokenizer
+
+    def spread(summary: dict) -> float:  # the stages whose work the executor runs
         stages = summary["stage_seconds"]
-        spread = sum(v for k, v in stages.items() if k.startswith(("harmful", "side effects")))
-        count = tokens(folder / "results.sqlite", str(summary["model"]["name"]))
+        return sum(v for k, v in stages.items() if k.startswith(("harmful", "side effects")))
+
+    base = spread(rows["local"][1])
+    print(f"{'executor':<16}{'wall (s)':>10}{'spread (s)':>11}{'tokens/s':>10}{'ratio':>8}  stages")
+    for label, (wall, summary, folder) in rows.items():
+        stages = summary["stage_seconds"]
+        seconds = spread(summary)
+        count = tokens(folder / "results.sqlite", tokenizer)
         print(
-            f"{label:<16}{wall:>10.0f}{count / spread:>10.1f}{wall / base:>8.3f}  "
+            f"{label:<16}{wall:>10.0f}{seconds:>11.0f}{count / seconds:>10.1f}"
+            f"{seconds / base:>8.3f}  "
             + ", ".join(f"{k.split(' (')[0]} {v:.0f}" for k, v in stages.items())
         )
         workers = summary.get("executor", {}).get("workers", {}).get("generate", {})
