@@ -247,3 +247,34 @@ def test_attribution_batches_on_workers_equal_the_local_ones(
         torch.testing.assert_close(remote.scores[layer], local.scores[layer], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(remote.node_sums, local.node_sums, rtol=1e-4, atol=1e-6)
     assert len(list((tmp_path / "parts").rglob("batch-*.safetensors"))) == 3  # resumable
+
+
+def test_an_arm_whose_interventions_cannot_travel_stays_on_the_driver(
+    tiny: LoadedModel, formatter: ChatFormatter, tmp_path: Path
+) -> None:
+    """A per-prompt latent set's `to_dict()` is a key, not the set: its arm runs here, and the
+    log says so once; every other arm goes to the executor."""
+    from types import SimpleNamespace
+
+    from refusal_lens.evaluation import work
+    from refusal_lens.evaluation.store import Condition, ResultStore
+
+    class Elsewhere(LocalExecutor):
+        name = "ray"
+
+    said: list[str] = []
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        ctx = work.Work(
+            tiny, formatter, store, {}, (), "gen", 4, 2, said.append,
+            Elsewhere(Replica(lm=tiny, formatter=formatter)),
+        )  # fmt: skip
+        condition = Condition(tiny.weights_sha256, "none", label="x")
+        per_prompt = [SimpleNamespace(kind="per_prompt_latents")]
+        stays = work.Arm("ours transductive", "ours", "transductive", per_prompt, condition, ())
+        goes = work.Arm("base", "base", "-", [], condition, ())
+        assert work._executor(ctx, goes) is ctx.executor
+        assert work._executor(ctx, stays).name == "local"
+        assert work._executor(ctx, stays).name == "local"
+        assert said == [
+            "ours transductive: its per-prompt interventions run in this process, not on workers"
+        ]

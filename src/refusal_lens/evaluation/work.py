@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import PromptSet
-from ..executors import Executor
+from ..executors import Executor, LocalExecutor, Replica
 from ..generation import length_sorted_batches
 from ..interventions import Intervention
+from ..interventions.registry import readable
 from ..judges import Judge, JudgeContext, make_judge
 from ..latents import LatentSet
 from ..models import ChatFormatter, LoadedModel
@@ -40,6 +41,8 @@ class Work:
     batch_size: int
     log: Callable[[str], None]
     executor: Executor
+    driver: Executor | None = field(default=None, init=False, repr=False)  # arms that stay here
+    said_local: set[str] = field(default_factory=set, init=False, repr=False)
 
 
 MEASURE_SHARD = 16  # prompts per work item of a teacher-forced measurement
@@ -117,7 +120,7 @@ def stored_completions_of_sets(
         batches = length_sorted_batches(missing, ctx.batch_size)
         desc = f"{'+'.join(p.name for p in sets)} · {arm.label}"
         tokens = max_new_tokens or ctx.max_new_tokens
-        ctx.executor.map(
+        _executor(ctx, arm).map(
             "generate",
             {"max_new_tokens": tokens, "desc": desc, **_edits(ctx, arm)},
             [{"prompts": [missing[b] for b in batch]} for batch in batches],
@@ -131,9 +134,22 @@ def stored_completions_of_sets(
 def _edits(ctx: Work, arm: Arm) -> dict[str, Any]:
     """The arm's interventions as a work item carries them: the objects themselves for the
     local executor, their `to_dict()` for workers elsewhere (read back once per worker)."""
-    if ctx.executor.name == "local":
+    if _executor(ctx, arm).name == "local":
         return {"interventions": list(arm.interventions)}
     return {"interventions": [item.to_dict() for item in arm.interventions]}
+
+
+def _executor(ctx: Work, arm: Arm) -> Executor:
+    """The context's executor, or this process for an arm whose interventions cannot travel
+    (a per-prompt latent set's `to_dict()` is a key, not the set): said once per arm."""
+    if ctx.executor.name == "local" or all(readable(i.kind) for i in arm.interventions):
+        return ctx.executor
+    if ctx.driver is None:
+        ctx.driver = LocalExecutor(Replica(lm=ctx.lm, formatter=ctx.formatter))
+    if arm.label not in ctx.said_local:
+        ctx.said_local.add(arm.label)
+        ctx.log(f"{arm.label}: its per-prompt interventions run in this process, not on workers")
+    return ctx.driver
 
 
 def _judge_for(ctx: Work, spec: str) -> Judge:
@@ -181,8 +197,8 @@ def stored_verdicts(
         have.update({i: row[1] for i, row in zip(chunks[n], rows, strict=True)})
 
     evaluated = reads_evaluated_model(judge, ctx.lm)
-    ctx.executor.share_judges(ctx.judges)
-    ctx.executor.map(
+    _executor(ctx, arm).share_judges(ctx.judges)
+    _executor(ctx, arm).map(
         "verdicts",
         {"judge": spec, "evaluated_model": evaluated, **_edits(ctx, arm)},
         [
@@ -241,7 +257,7 @@ def stored_measures(
             )
             got.update({items[i]: v for i, v in zip(shards[n], values, strict=True)})
 
-    ctx.executor.map(
+    _executor(ctx, arm).map(
         measure.task,
         _edits(ctx, arm),
         [

@@ -32,6 +32,12 @@ def reads(kind: str, fields: Any) -> Callable[[Reader], Reader]:
     return register
 
 
+def readable(kind: str) -> bool:
+    """Whether an intervention of this kind can be read back from its `to_dict()` (what a
+    worker elsewhere needs); some kinds' `to_dict()` is only a key (per-prompt sets)."""
+    return kind in _READERS
+
+
 def read(data: dict[str, Any], origin: str = "intervention") -> Any:
     """The object of a serialised intervention; every field is checked for its type first, so
     a hand-written one is a one-line error naming `origin` and the field."""
