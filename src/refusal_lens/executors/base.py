@@ -8,7 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tqdm.auto import tqdm
+
 OnResult = Callable[[int, Any], None]  # (index of the item, its result)
+Finished = Callable[[int, Any, str, float], None]  # (index, result, worker, its seconds)
 
 
 @dataclass
@@ -45,7 +48,6 @@ class Executor(ABC):
     def __init__(self) -> None:
         self.stats: dict[str, dict[str, WorkerStats]] = {}
 
-    @abstractmethod
     def map(
         self,
         task: str,
@@ -58,9 +60,30 @@ class Executor(ABC):
         pool: str = "model",
     ) -> None:
         """Run `task` on every item (with `shared`, the arguments all items share) and call
-        `on_result(index, result)` in this process as each finishes, in any order. `units`:
-        each item's size for the progress bar (default 1). `pool`: `model` (the replicas of
-        the evaluated model) or `judge` (the judges' own replicas, where there are any)."""
+        `on_result(index, result)` in this process as each finishes, in any order, once per
+        item. `units`: each item's size for the progress bar and the stats (default 1).
+        `pool`: `model` (the replicas of the evaluated model) or `judge` (the judges' own
+        replicas, where there are any)."""
+        sizes = list(units) if units is not None else [1] * len(items)
+        with tqdm(total=sum(sizes), desc=desc, unit="item", disable=not items) as bar:
+
+            def finished(index: int, result: Any, worker: str, seconds: float) -> None:
+                self.worker(task, worker).add(sizes[index], seconds)
+                on_result(index, result)
+                bar.update(sizes[index])
+
+            self._run(task, shared, items, finished, pool)
+
+    @abstractmethod
+    def _run(
+        self,
+        task: str,
+        shared: dict[str, Any],
+        items: Sequence[dict[str, Any]],
+        finished: Finished,
+        pool: str,
+    ) -> None:
+        """Compute every item and call `finished(index, result, worker, seconds)` for each."""
 
     def share_judges(self, judges: dict[str, Any]) -> None:  # noqa: B027  (workers make theirs)
         """The driver's judges, for an executor that runs items on the driver's objects."""

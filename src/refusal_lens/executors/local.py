@@ -7,9 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from .base import Executor, OnResult
+from .base import Executor, Finished
 from .replica import Replica
 
 
@@ -23,23 +21,15 @@ class LocalExecutor(Executor):
     def share_judges(self, judges: dict[str, Any]) -> None:
         self.replica.judges = judges
 
-    def map(
+    def _run(
         self,
         task: str,
         shared: dict[str, Any],
         items: Sequence[dict[str, Any]],
-        on_result: OnResult,
-        *,
-        desc: str,
-        units: Sequence[int] | None = None,
-        pool: str = "model",
+        finished: Finished,
+        pool: str,
     ) -> None:
-        sizes = list(units) if units is not None else [1] * len(items)
-        stats = self.worker(task, "local")
-        with tqdm(total=sum(sizes), desc=desc, unit="item", disable=len(items) == 0) as bar:
-            for index, item in enumerate(items):
-                start = time.perf_counter()
-                result = self.replica.run(task, shared, item)
-                stats.add(sizes[index], time.perf_counter() - start)
-                on_result(index, result)
-                bar.update(sizes[index])
+        for index, item in enumerate(items):
+            start = time.perf_counter()
+            result = self.replica.run(task, shared, item)
+            finished(index, result, "local", time.perf_counter() - start)

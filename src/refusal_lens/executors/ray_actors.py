@@ -22,10 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..errors import UserError
-from .base import Executor, OnResult
+from .base import Executor, Finished
 from .replica import Replica, ReplicaSpec
 from .settings import RAY_INSTALL, ExecutorSettings
 
@@ -135,16 +133,13 @@ class RayExecutor(Executor):
         """The process of each actor of a pool (tests kill one)."""
         return self.ray.get([actor.pid.remote() for actor in self.pools[pool].actors])
 
-    def map(
+    def _run(
         self,
         task: str,
         shared: dict[str, Any],
         items: Sequence[dict[str, Any]],
-        on_result: OnResult,
-        *,
-        desc: str,
-        units: Sequence[int] | None = None,
-        pool: str = "model",
+        finished: Finished,
+        pool: str,
     ) -> None:
         from ray.exceptions import (
             ActorDiedError,
@@ -154,50 +149,38 @@ class RayExecutor(Executor):
         )
 
         chosen = self.pools.get(pool) or self.pools["model"]
-        sizes = list(units) if units is not None else [1] * len(items)
         shared_json = _dumps(shared)
         queue = deque(range(len(items)))
         idle = deque(range(len(chosen.actors)))
-        running: dict[Any, tuple[int, int]] = {}  # future -> (item, actor)
-        done: set[int] = set()
+        running: dict[Any, tuple[int, int]] = {}  # future -> (item, actor): one at a time each
         tries: dict[int, int] = {}
         lost = (ActorDiedError, ActorUnavailableError, RayActorError)
-        with tqdm(total=sum(sizes), desc=desc, unit="item", disable=not items) as bar:
-            while queue or running:
-                while queue and idle:
-                    index, actor = queue.popleft(), idle.popleft()
-                    future = chosen.actors[actor].run.remote(
-                        task, shared_json, _dumps(items[index])
-                    )
-                    running[future] = (index, actor)
-                ready, _ = self.ray.wait(list(running), num_returns=1)
-                for future in ready:
-                    index, actor = running.pop(future)
-                    worker = self.worker(task, chosen.names[actor])
-                    try:
-                        reply = json.loads(self.ray.get(future))
-                    except RayTaskError as error:
-                        raise _task_error(error) from None
-                    except lost as error:
-                        worker.retried += 1
-                        tries[index] = tries.get(index, 0) + 1
-                        if tries[index] > MAX_TRIES:
-                            raise UserError(
-                                f"a {task} item was lost {tries[index]} times with its worker "
-                                f"({type(error).__name__}); see the workers' logs under "
-                                "/tmp/ray/session_latest/logs"
-                            ) from None
-                        queue.appendleft(index)  # to the next free actor; Ray restarts this one
-                        idle.append(actor)
-                        time.sleep(0.1)
-                        continue
-                    idle.append(actor)
-                    if index in done:
-                        continue
-                    done.add(index)
-                    worker.add(sizes[index], reply["seconds"])
-                    on_result(index, reply["result"])
-                    bar.update(sizes[index])
+        while queue or running:
+            while queue and idle:
+                index, actor = queue.popleft(), idle.popleft()
+                item = _dumps(items[index])
+                running[chosen.actors[actor].run.remote(task, shared_json, item)] = (index, actor)
+            ready, _ = self.ray.wait(list(running), num_returns=1)
+            for future in ready:
+                index, actor = running.pop(future)
+                idle.append(actor)
+                try:
+                    reply = json.loads(self.ray.get(future))
+                except RayTaskError as error:
+                    raise _task_error(error) from None
+                except lost as error:
+                    self.worker(task, chosen.names[actor]).retried += 1
+                    tries[index] = tries.get(index, 0) + 1
+                    if tries[index] > MAX_TRIES:
+                        raise UserError(
+                            f"a {task} item was lost {tries[index]} times with its worker "
+                            f"({type(error).__name__}); see the workers' logs under "
+                            "/tmp/ray/session_latest/logs"
+                        ) from None
+                    queue.appendleft(index)  # to the next free actor; Ray restarts this one
+                    time.sleep(0.1)
+                    continue
+                finished(index, reply["result"], chosen.names[actor], reply["seconds"])
 
     def close(self) -> None:
         for pool in self.pools.values():
