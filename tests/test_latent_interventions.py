@@ -31,6 +31,25 @@ def test_latent_values_match_encode_and_unit_edit_is_identity(arch: str, tiny: L
     torch.testing.assert_close(doubled, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [4, 64])  # counting the latents above (few rows), or a top-k
+def test_topk_membership_by_count_equals_top_k(rows: int, tiny: LoadedModel) -> None:
+    sae = random_sae_set(tiny, "topk")[HookPoint(1, "resid_post")]
+    assert sae.cfg.k is not None
+    latents = torch.tensor([0, 5, 9])
+    sae_in = torch.randn(rows, tiny.d_model)
+    pre = sae.pre_activation(sae_in)
+    top = pre.topk(sae.cfg.k, dim=-1)
+    dense = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+    torch.testing.assert_close(sae.latent_values(sae_in, latents), dense[:, latents])
+    # a tie at the k-th value counts as in, on both paths
+    kth = int(top.indices[0, top.values[0].argmin()])
+    with torch.no_grad():
+        sae.W_enc[:, 9] = sae.W_enc[:, kth]
+        sae.b_enc[9] = sae.b_enc[kth]
+    values = sae.latent_values(sae_in, latents)
+    assert values[0, 2] > 0
+
+
 @pytest.mark.parametrize("arch", sorted(SAE_CLASSES))
 def test_bfloat16_activations_are_steered_by_a_bfloat16_copy(arch: str, tiny: LoadedModel) -> None:
     sae = random_sae_set(tiny, arch)[HookPoint(1, "resid_post")]
@@ -45,6 +64,7 @@ def test_bfloat16_activations_are_steered_by_a_bfloat16_copy(arch: str, tiny: Lo
     assert close > 0.95
     copy = sae.cast(torch.bfloat16)
     assert sae.cast(torch.bfloat16) is copy  # made once
+    assert torch.equal(copy.W_enc, sae.W_enc.bfloat16())  # stored column-major, same values
     with torch.no_grad():
         sae.W_dec.mul_(2)
     assert sae.cast(torch.bfloat16) is not copy  # a changed weight makes a new copy
