@@ -27,6 +27,10 @@ from refusal_lens.executors import (
     parse_executor,
 )
 from refusal_lens.models import ChatFormatter, LoadedModel, load_model
+from refusal_lens.saes.activations import ActivationCache
+from refusal_lens.saes.mixture import MixtureSource
+from refusal_lens.saes.presets import SAERecipe, train_sae_set
+from refusal_lens.saes.training import TrainConfig
 from test_benchmark import builtin_pools, tiny_config
 
 
@@ -50,15 +54,19 @@ def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
         check_executor(ExecutorSettings(executor="ray"))
 
 
+@pytest.mark.parametrize("command", [["run", "--quick"], ["train-saes", "--layers", "1"]])
 def test_an_unreachable_cluster_is_a_one_line_error(
-    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    command: list[str],
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from refusal_lens.cli import main
 
     _ray()
     monkeypatch.delenv("REFUSAL_LENS_DATA", raising=False)
     out = tmp_path / "run"
-    code = main(["run", "--executor", "ray=127.0.0.1:9", "--out", str(out), "--quick"])
+    code = main([*command, "--executor", "ray=127.0.0.1:9", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: cannot reach the Ray cluster at 127.0.0.1:9")
@@ -278,3 +286,45 @@ def test_an_arm_whose_interventions_cannot_travel_stays_on_the_driver(
         assert said == [
             "ours transductive: its per-prompt interventions run in this process, not on workers"
         ]
+
+
+def test_train_saes_on_ray_equals_the_local_run(
+    ray_cluster, saved: tuple[LoadedModel, str, str], tmp_path: Path, mixture_jsonl: Path
+) -> None:
+    """Collection batches and layer groups as work items: the same activation shards, and
+    the same SAEs (each SAE's start is seeded by its hook point, so a layer group trains it
+    as the joint run does; float tolerance covers a worker's other thread count)."""
+    lm, _, _ = saved
+    formatter = ChatFormatter(lm.tokenizer)
+    recipe = SAERecipe(
+        layers=(0, 1),
+        train=TrainConfig(expansion=4, k=4, batch_size=64, total_tokens=3_200, checkpoint_every=10),
+        collect_tokens=900,
+        mixture=(MixtureSource(str(mixture_jsonl), 1.0),),
+        collect_batch_size=4,
+        cache_dtype="float32",
+    )
+    local = train_sae_set(lm, recipe, tmp_path / "local", progress=False)
+    settings = ExecutorSettings(executor="ray", workers=2, worker_threads=1)
+    with make_executor(settings, lm, formatter) as executor:
+        remote = train_sae_set(lm, recipe, tmp_path / "ray", progress=False, executor=executor)
+        workers = executor.summary()["workers"]
+    assert set(workers["collect"]) == {"model-0", "model-1"}
+    assert sum(w["items"] for w in workers["train_saes"].values()) == 2  # one group per worker
+
+    a = ActivationCache.open(tmp_path / "local" / "activations")
+    b = ActivationCache.open(tmp_path / "ray" / "activations")
+    assert a.shards == b.shards and a.n_tokens >= 900
+    for number in range(len(a.shards)):
+        x, y = a.load_shard(number), b.load_shard(number)
+        assert torch.equal(x["kinds"], y["kinds"])
+        for point in a.points:
+            torch.testing.assert_close(x[point], y[point], atol=1e-5, rtol=1e-5)
+
+    assert [p.name for p in remote.points] == [p.name for p in local.points]
+    for point, sae in local:
+        for name, tensor in sae.state_dict().items():
+            torch.testing.assert_close(
+                remote[point].state_dict()[name], tensor, atol=1e-4, rtol=1e-4
+            )
+    assert remote.info["final_stats"].keys() == local.info["final_stats"].keys()

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from .direction import Direction
 from .errors import UserError
 from .executors.base import Executor
+from .executors.codec import pack, unpack
 from .generation import generate, length_sorted_batches
 from .hooks import HookFn, HookPoint, add_hooks, record
 from .interventions import apply, vector_sha256
@@ -453,7 +454,7 @@ def attribute(
             "attribute",
             attribution_call(saes, direction, refusal_token, candidates, settings),
             [{"instructions": [instructions[i] for i in batches[n]]} for n in pending],
-            lambda n, data: keep(n, tensors_from_json(data)),
+            lambda n, data: keep(n, unpack(data)),
             desc="attribution",
             units=[len(batches[n]) for n in pending],
         )
@@ -517,22 +518,7 @@ def attribute_item(
     tensors = _attribute_batch(
         lm, formatter, saes, direction, instructions, shared["refusal_token"], candidates, settings
     )
-    return tensors_to_json(tensors)
-
-
-def tensors_to_json(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    return {
-        name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
-               "data": t.reshape(-1).tolist()}
-        for name, t in tensors.items()
-    }  # fmt: skip
-
-
-def tensors_from_json(data: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {
-        name: torch.tensor(v["data"], dtype=getattr(torch, v["dtype"])).reshape(v["shape"])
-        for name, v in data.items()
-    }
+    return pack(tensors)
 
 
 def _assemble(

@@ -313,7 +313,11 @@ def latents_job(
         lm.identity(),
         seed,
     )
-    saes = SAESet.load(choice.saes) if choice.saes else ensure_default_sae_set(lm, data_dir)
+    saes = (
+        SAESet.load(choice.saes)
+        if choice.saes
+        else ensure_default_sae_set(lm, data_dir, executor=executor)
+    )
     saes.check_model(lm)
     direction = _direction_for(lm, formatter, choice, run, data_dir, seed)
     harmful = split_prompts("harmful", "train", data_dir, choice.harmful)

@@ -117,7 +117,7 @@ def sae_set_for(ctx: Context) -> SAESet:
     if ctx.config.saes:
         saes = SAESet.load(ctx.config.saes)
     else:
-        saes = ensure_default_sae_set(ctx.lm, ctx.data_dir)
+        saes = ensure_default_sae_set(ctx.lm, ctx.data_dir, executor=ctx.executor)
     saes.check_model(ctx.lm)
     return saes
 

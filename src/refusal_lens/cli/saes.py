@@ -12,12 +12,13 @@ from .args import (
     Command,
     add_data_arg,
     add_model_args,
+    executor_flags,
     finite,
     positive,
     settings_flags,
     settings_from,
 )
-from .common import load_lm
+from .common import executor_for, load_lm, open_executor
 
 
 def cmd_train_saes(args: argparse.Namespace) -> int:
@@ -31,8 +32,9 @@ def cmd_train_saes(args: argparse.Namespace) -> int:
         with_overrides,
     )
 
+    where = executor_for(args)
     _check_train_args(args)
-    lm, _ = load_lm(args)
+    lm, formatter = load_lm(args)
     recipe = preset(args.preset, lm)
     changes: dict[str, Any] = {}
     if args.layers:
@@ -63,7 +65,15 @@ def cmd_train_saes(args: argparse.Namespace) -> int:
         if changes or args.preset != "quick":
             raise UserError("pass --out FOLDER (only the plain quick preset goes to the cache)")
         out = default_sae_folder(lm, args.cache_dir)
-    sae_set = train_sae_set(lm, recipe, out, data_dir=args.data_dir, activations=args.activations)
+    with open_executor(args, where, lm, formatter) as executor:
+        sae_set = train_sae_set(
+            lm,
+            recipe,
+            out,
+            data_dir=args.data_dir,
+            activations=args.activations,
+            executor=executor,
+        )
     seconds = sae_set.info.get("seconds", {})
     print(
         f"trained {len(sae_set)} SAEs at {', '.join(p.name for p in sae_set.points)} "
@@ -196,6 +206,7 @@ def register(command: Command) -> None:
     )
     add_model_args(train)
     add_data_arg(train)
+    executor_flags(train)
     train.add_argument(
         "--out",
         help="folder for the SAE set (default, for the plain quick preset only: the user cache, "

@@ -58,19 +58,20 @@ class Executor(ABC):
         desc: str,
         units: Sequence[int] | None = None,
         pool: str = "model",
+        bar: bool = True,
     ) -> None:
         """Run `task` on every item (with `shared`, the arguments all items share) and call
         `on_result(index, result)` in this process as each finishes, in any order, once per
         item. `units`: each item's size for the progress bar and the stats (default 1).
         `pool`: `model` (the replicas of the evaluated model) or `judge` (the judges' own
-        replicas, where there are any)."""
+        replicas, where there are any). `bar`: False where the caller shows its own progress."""
         sizes = list(units) if units is not None else [1] * len(items)
-        with tqdm(total=sum(sizes), desc=desc, unit="item", disable=not items) as bar:
+        with tqdm(total=sum(sizes), desc=desc, unit="item", disable=not (items and bar)) as shown:
 
             def finished(index: int, result: Any, worker: str, seconds: float) -> None:
                 self.worker(task, worker).add(sizes[index], seconds)
                 on_result(index, result)
-                bar.update(sizes[index])
+                shown.update(sizes[index])
 
             self._run(task, shared, items, finished, pool)
 
@@ -84,6 +85,11 @@ class Executor(ABC):
         pool: str,
     ) -> None:
         """Compute every item and call `finished(index, result, worker, seconds)` for each."""
+
+    @property
+    def parallelism(self) -> int:
+        """How many items run at once (the model pool's workers)."""
+        return 1
 
     def share_judges(self, judges: dict[str, Any]) -> None:  # noqa: B027  (workers make theirs)
         """The driver's judges, for an executor that runs items on the driver's objects."""

@@ -129,6 +129,10 @@ class RayExecutor(Executor):
         actors = [remote.remote(spec.to_json()) for _ in range(n)]
         return _Pool(actors, [f"{role}-{i}" for i in range(n)])
 
+    @property
+    def parallelism(self) -> int:
+        return len(self.pools["model"].actors)
+
     def pids(self, pool: str = "model") -> list[int]:
         """The process of each actor of a pool (tests kill one)."""
         return self.ray.get([actor.pid.remote() for actor in self.pools[pool].actors])

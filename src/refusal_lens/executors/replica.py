@@ -76,6 +76,7 @@ class Replica:
         self.judges: dict[str, Any] = dict(judges or {})
         self._interventions: dict[str, list[Any]] = {}
         self._saes: dict[str, Any] = {}
+        self._kept: dict[str, Any] = {}
         self.with_model = lm is not None
         if spec is not None and spec.threads:
             import torch
@@ -144,6 +145,12 @@ class Replica:
                 sae.to(self.lm.device)
             self._saes[key] = saes
         return self._saes[key]
+
+    def kept(self, key: str, make: Callable[[], Any]) -> Any:
+        """What `make` returns, made once per replica under `key` (state a task reuses)."""
+        if key not in self._kept:
+            self._kept[key] = make()
+        return self._kept[key]
 
     def judge(self, spec: str, *, evaluated_model: bool) -> Any:
         """The judge of `spec`, made on first use (a learned judge is found in the user cache,
@@ -254,3 +261,27 @@ def _attribute(replica: Replica, shared: dict[str, Any], item: dict[str, Any]) -
 
     saes = replica.sae_set(shared["saes"], shared["fingerprint"])
     return attribute_item(replica.lm, replica.formatter, saes, shared, item["instructions"])
+
+
+@task("collect")
+def _collect(replica: Replica, shared: dict[str, Any], item: dict[str, Any]) -> dict:
+    """Activations of a few batches of the SAE training mixture (`activations.collect_item`);
+    the shared system-turn prefix's keys and values are computed once per replica."""
+    from ..hooks import parse_hook_point
+    from ..saes.activations import SharedPrefix, collect_item
+
+    prefix = None
+    if shared["prefix"] is not None:
+        points = [parse_hook_point(name) for name in shared["points"]]
+        key = json.dumps(["prefix", shared["points"], shared["prefix"]])
+        prefix = replica.kept(key, lambda: SharedPrefix(replica.lm, points, shared["prefix"]))
+    return collect_item(replica.lm, shared, item["batches"], prefix)
+
+
+@task("train_saes")
+def _train_saes(replica: Replica, shared: dict[str, Any], item: dict[str, Any]) -> dict:
+    """One layer group's SAEs (`training.train_group_item`), on this replica's device."""
+    from ..saes.training import train_group_item
+
+    device = replica.spec.device if replica.spec is not None else replica.lm.device
+    return train_group_item(shared, item, device)

@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..hooks import HookPoint, add_hooks
+from ..executors.base import Executor
+from ..executors.codec import pack, unpack
+from ..hooks import HookPoint, add_hooks, parse_hook_point
 from ..models import LoadedModel
 from ..runs import stable_hash, write_json
 from .mixture import MixtureSource, Split, Tokenizer, TokenKind, TokenSequence, pad_batch
@@ -405,10 +407,13 @@ def collect_activations(
     system: str | None = None,
     progress: bool = True,
     shared_prefix: bool = True,
+    executor: Executor | None = None,
 ) -> ActivationCache:
     """Collect (or resume collecting, or reuse) `n_tokens` kept activations per point.
     `shared_prefix`: run the system turn every chat row starts with once (`SharedPrefix`);
-    what is collected is the same either way, up to float rounding."""
+    what is collected is the same either way, up to float rounding. `executor`: where the
+    forwards run (default: here), `COLLECT_BATCHES` batches per work item; only this process
+    writes the cache, in batch order, so its shards are the ones a local run writes."""
     if n_tokens <= 0:
         raise UserError("the number of tokens to collect must be positive")
     if dtype not in CACHE_DTYPES:
@@ -450,31 +455,34 @@ def collect_activations(
         total=n_tokens, initial=collected, unit="tok", desc="activations", disable=not progress
     )
     prefix = SharedPrefix.of(lm, points, sequences, mask) if shared_prefix else None
-    for number in range(done_batches, len(batches)):
-        if collected >= n_tokens:
-            break
-        acts, _, kinds = forward_batch(lm, points, batches[number], pad_id, prefix)
-        keep = _sink_mask(acts, mask.keep(kinds), mask.sink_factor)
-        repeat = _repeats(kinds, keep, mask.post_instruction_repeat)
+
+    def add(number: int, rows: dict[str, torch.Tensor], kinds: torch.Tensor) -> bool:
+        """Batch `number`'s rows, in batch order; False once enough tokens are collected."""
+        nonlocal collected
         for point in points:
-            rows = acts[point][keep].float()
-            if not torch.isfinite(rows).all():
-                raise UserError(
-                    f"non-finite activations at {point.name}; load the model in float32 "
-                    "(--dtype float32)"
-                )
-            stored = rows.to(CACHE_DTYPES[dtype])
-            if not torch.isfinite(stored).all():
-                raise UserError(
-                    f"activations at {point.name} overflow {dtype}; use --cache-dtype float32"
-                )
-            pending[point.name].append(stored.repeat_interleave(repeat, dim=0))
-        pending_kinds.append(kinds[keep].repeat_interleave(repeat))
-        added = int(repeat.sum())
-        collected += added
-        bar.update(added)
+            pending[point.name].append(rows[point.name])
+        pending_kinds.append(kinds)
+        collected += int(kinds.shape[0])
+        bar.update(int(kinds.shape[0]))
         if sum(t.shape[0] for t in pending_kinds) >= shard_tokens or collected >= n_tokens:
             _write_shard(cache, pending, pending_kinds, number + 1)
+        return collected < n_tokens
+
+    todo = range(done_batches, len(batches)) if collected < n_tokens else range(0)
+    if executor is None:
+        for number in todo:
+            rows, kinds = collect_batch(lm, points, batches[number], pad_id, prefix, mask, dtype)
+            if not add(number, rows, kinds):
+                break
+    else:
+        shared = {
+            "points": [p.name for p in points],
+            "pad_id": pad_id,
+            "prefix": None if prefix is None else prefix.id_list,
+            "mask": asdict(mask),
+            "dtype": dtype,
+        }
+        _collect_on(executor, shared, batches, list(todo), add)
     if pending_kinds:
         _write_shard(cache, pending, pending_kinds, len(batches))
     bar.close()
@@ -487,6 +495,101 @@ def collect_activations(
     cache.index["complete"] = True
     write_json(out / "index.json", cache.index)
     return cache
+
+
+def collect_batch(
+    lm: LoadedModel,
+    points: Sequence[HookPoint],
+    batch: Sequence[TokenSequence],
+    pad_id: int,
+    prefix: SharedPrefix | None,
+    mask: TokenMask,
+    dtype: str,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One batch's kept activations per point, as the cache stores them (masked, sinks
+    dropped, post-instruction tokens repeated, in `dtype`), and their token kinds."""
+    acts, _, kinds = forward_batch(lm, points, batch, pad_id, prefix)
+    keep = _sink_mask(acts, mask.keep(kinds), mask.sink_factor)
+    repeat = _repeats(kinds, keep, mask.post_instruction_repeat)
+    rows: dict[str, torch.Tensor] = {}
+    for point in points:
+        kept = acts[point][keep].float()
+        if not torch.isfinite(kept).all():
+            raise UserError(
+                f"non-finite activations at {point.name}; load the model in float32 "
+                "(--dtype float32)"
+            )
+        stored = kept.to(CACHE_DTYPES[dtype])
+        if not torch.isfinite(stored).all():
+            raise UserError(
+                f"activations at {point.name} overflow {dtype}; use --cache-dtype float32"
+            )
+        rows[point.name] = stored.repeat_interleave(repeat, dim=0)
+    return rows, kinds[keep].repeat_interleave(repeat)
+
+
+def collect_item(
+    lm: LoadedModel, shared: dict[str, Any], batches: list[list[dict[str, Any]]], prefix: Any
+) -> dict[str, str]:
+    """A work item of collection: `collect_batch` over a few batches, packed for the driver
+    (`{batch}/{point}` and `{batch}/kinds`)."""
+    points = [parse_hook_point(name) for name in shared["points"]]
+    mask = TokenMask(**shared["mask"])
+    out: dict[str, torch.Tensor] = {}
+    for b, rows in enumerate(batches):
+        batch = [TokenSequence(r["input_ids"], r["kinds"], r["source"]) for r in rows]
+        tensors, kinds = collect_batch(
+            lm, points, batch, shared["pad_id"], prefix, mask, shared["dtype"]
+        )
+        out.update({f"{b}/{name}": t for name, t in tensors.items()})
+        out[f"{b}/kinds"] = kinds
+    return pack(out)
+
+
+COLLECT_BATCHES = 4  # batches per work item of collection
+
+
+def _collect_on(
+    executor: Executor,
+    shared: dict[str, Any],
+    batches: list[list[TokenSequence]],
+    todo: list[int],
+    add: Callable[[int, dict[str, torch.Tensor], torch.Tensor], bool],
+) -> None:
+    """Rounds of work items (twice as many as the executor has workers, so little is computed
+    past the last batch needed), whose batches are added in batch order as they arrive."""
+    per_round = 2 * executor.parallelism
+    arrived: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
+    position = 0  # the next batch of `todo` to add
+    while position < len(todo):
+        numbers = todo[position : position + per_round * COLLECT_BATCHES]
+        items = [
+            {
+                "batches": [
+                    [asdict(seq) for seq in batches[n]] for n in numbers[i : i + COLLECT_BATCHES]
+                ]
+            }
+            for i in range(0, len(numbers), COLLECT_BATCHES)
+        ]
+        going = True
+
+        def finished(index: int, result: Any, numbers: list[int] = numbers) -> None:
+            nonlocal position, going
+            tensors = unpack(result)
+            for b in range(min(COLLECT_BATCHES, len(numbers) - index * COLLECT_BATCHES)):
+                rows = {
+                    name.split("/", 1)[1]: t
+                    for name, t in tensors.items()
+                    if name.startswith(f"{b}/") and not name.endswith("/kinds")
+                }
+                arrived[numbers[index * COLLECT_BATCHES + b]] = (rows, tensors[f"{b}/kinds"])
+            while going and position < len(todo) and todo[position] in arrived:
+                going = add(todo[position], *arrived.pop(todo[position]))
+                position += 1
+
+        executor.map("collect", shared, items, finished, desc="activations", bar=False)
+        if not going:
+            return
 
 
 def _repeats(kinds: torch.Tensor, keep: torch.Tensor, factor: int) -> torch.Tensor:

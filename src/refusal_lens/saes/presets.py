@@ -8,7 +8,6 @@ keyed by the model's weights hash and the preset's settings.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..executors.base import Executor
 from ..hooks import HookPoint, check_layer, parse_hook_point
 from ..models import LoadedModel
 from ..runs import environment, stable_hash, write_json
@@ -26,7 +26,7 @@ from ..settings import cache_dir
 from .activations import TokenMask, collect_activations
 from .mixture import DEFAULT_MIXTURE, MixtureSource
 from .sets import SET_FILE, SAESet
-from .training import TrainConfig, train_saes
+from .training import TrainConfig, final_stats, train_layer_groups, train_saes
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,11 @@ def train_sae_set(
     data_dir: str | Path | None = None,
     activations: str | Path | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> SAESet:
-    """Collect, train and save; every step resumes from what an earlier run left."""
+    """Collect, train and save; every step resumes from what an earlier run left.
+    `executor` (other than local): collection batches and layer groups are its work items."""
+    spread = executor if executor is not None and executor.name != "local" else None
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / SET_FILE).exists():
@@ -147,24 +150,29 @@ def train_sae_set(
         mask=recipe.mask,
         dtype=recipe.cache_dtype,
         progress=progress,
+        executor=spread,
     )
     collected = time.perf_counter()
     metadata = {
         p.name: {"model_name": lm.name, "hook_name": f"blocks.{p.layer}.hook_resid_post"}
         for p in points
     }
-    trained = train_saes(
-        cache,
-        recipe.train,
-        folder / "training",
-        metadata=metadata,
-        progress=progress,
-        device=lm.device,
-    )
+    if spread is None:
+        trained = train_saes(
+            cache,
+            recipe.train,
+            folder / "training",
+            metadata=metadata,
+            progress=progress,
+            device=lm.device,
+        )
+    else:
+        trained = train_layer_groups(
+            cache, recipe.train, folder / "training", spread, metadata=metadata
+        )
     finished = time.perf_counter()
-    state = json.loads((folder / "training" / "checkpoint" / "state.json").read_text())
     info: dict[str, Any] = {
-        "final_stats": state.get("stats", {}),
+        "final_stats": final_stats(folder / "training"),
         "recipe": asdict(recipe),
         "recipe_key": recipe.key(lm),
         "activation_tokens": cache.n_tokens,
@@ -201,10 +209,14 @@ def check_default_sae_set(
 
 
 def ensure_default_sae_set(
-    lm: LoadedModel, data_dir: str | Path | None = None, cache: str | Path | None = None
+    lm: LoadedModel,
+    data_dir: str | Path | None = None,
+    cache: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> SAESet:
     """The `quick` SAEs of this model from the user cache, trained first when they are not there
-    (minutes on a CPU: the name says it may do work; `check_default_sae_set` only checks)."""
+    (minutes on a CPU: the name says it may do work; `check_default_sae_set` only checks), on
+    `executor`'s workers when it is given."""
     recipe = preset("quick", lm)
     folder = default_sae_folder(lm, cache)
     check_default_sae_set(lm, data_dir, cache)
@@ -214,7 +226,7 @@ def ensure_default_sae_set(
             lm.name,
             folder,
         )
-    return train_sae_set(lm, recipe, folder, data_dir=data_dir)
+    return train_sae_set(lm, recipe, folder, data_dir=data_dir, executor=executor)
 
 
 def with_overrides(recipe: SAERecipe, **changes: Any) -> SAERecipe:

@@ -14,11 +14,12 @@ raw activations).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..executors.base import Executor
 from ..runs import write_json
 from .activations import BUFFER_BYTES, ActivationCache
 from .architectures import SAEConfig, SparseAutoencoder, build_sae
+from .io import load_sae, save_sae
 from .sparse_ops import entry_values, sparse_reconstruction
 
 log = logging.getLogger(__name__)
@@ -339,8 +342,14 @@ def train_saes(
     stop_after: int | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    points: Sequence[str] | None = None,
 ) -> dict[str, SparseAutoencoder]:
-    """Train one SAE per cached hook point; checkpoints in `out/checkpoint/`, resumable.
+    """Train one SAE per cached hook point (or per point of `points`, a layer group);
+    checkpoints in `out/checkpoint/`, resumable.
+
+    Each SAE starts from its own seeded generator (`point_seed`) and every SAE steps on the same
+    batches, so an SAE trained in a group, alone or with the others, is the same SAE, up to the
+    float rounding of a different thread count.
 
     `stop_after` ends the run after that many steps (as if killed), for tests and for
     splitting a long run over sessions. `device` is where the SAEs train (batches stream from
@@ -353,8 +362,15 @@ def train_saes(
     sample = cache.sample(4096, seed=cfg.seed)
     d_in = int(sample[cache.points[0]].shape[1])
     trainers: dict[str, LayerTrainer] = {}
-    generator = torch.Generator().manual_seed(cfg.seed)
-    for point in cache.points:
+    chosen = list(cache.points if points is None else points)
+    unknown = sorted(set(chosen) - set(cache.points))
+    if unknown or not chosen:
+        raise UserError(
+            f"the activation cache has no hook point {', '.join(unknown) or '(none asked)'}; it "
+            f"holds {', '.join(cache.points)}"
+        )
+    for point in chosen:
+        generator = torch.Generator().manual_seed(point_seed(cfg.seed, point))
         x = sample[point]
         scale = float(x.pow(2).sum(-1).mean().div(d_in).sqrt().clamp_min(1e-8))
         arch = cfg.architecture
@@ -369,7 +385,7 @@ def train_saes(
         trainer.initialise(x, generator)
         trainers[point] = trainer
 
-    source = {"cache_key": cache.index.get("key"), "points": cache.points}
+    source = {"cache_key": cache.index.get("key"), "points": chosen}
     start = _resume(ckpt_dir, cfg, trainers, source)
     bar = tqdm(
         total=cfg.n_steps, initial=start, unit="step", desc="train SAEs", disable=not progress
@@ -390,6 +406,74 @@ def train_saes(
     bar.close()
     log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - begun)
     return {point: finished_sae(trainer) for point, trainer in trainers.items()}
+
+
+def point_seed(seed: int, point: str) -> int:
+    """The seed of one hook point's SAE: the run's seed and the point's name, nothing else."""
+    digest = hashlib.sha256(f"{seed}\x1f{point}".encode()).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
+def train_layer_groups(
+    cache: ActivationCache,
+    cfg: TrainConfig,
+    out: str | Path,
+    executor: Executor,
+    *,
+    metadata: dict[str, dict[str, Any]] | None = None,
+    groups: int | None = None,
+) -> dict[str, SparseAutoencoder]:
+    """`train_saes` with the hook points split into `groups` layer groups (default: one per
+    worker), each a work item that trains its SAEs where the executor puts it, into
+    `out/groups/NN/` (its own resumable checkpoint; every worker reads the activation cache
+    and writes its group from the same folders: a shared filesystem on a cluster)."""
+    n = max(1, min(groups or executor.parallelism, len(cache.points)))
+    chosen = [cache.points[i::n] for i in range(n)]
+    shared = {"cache": str(Path(cache.folder).resolve()), "cfg": asdict(cfg), "metadata": metadata}
+    items = [
+        {"points": points, "out": str((Path(out) / "groups" / f"{i:02d}").resolve())}
+        for i, points in enumerate(chosen)
+    ]
+    trained: dict[str, SparseAutoencoder] = {}
+
+    def finished(index: int, result: Any) -> None:
+        if not isinstance(result, dict) or sorted(result) != sorted(chosen[index]):
+            raise UserError(f"layer group {index} came back without its SAEs {chosen[index]}")
+        for point, folder in result.items():
+            trained[point] = load_sae(folder).requires_grad_(False)
+
+    executor.map("train_saes", shared, items, finished, desc="SAE layer groups")
+    return {point: trained[point] for point in cache.points}
+
+
+def train_group_item(shared: dict[str, Any], item: dict[str, Any], device: Any) -> dict[str, str]:
+    """A layer group's work item: train its SAEs and save each (SAELens format) where the
+    driver reads it; returns point -> folder."""
+    cache = ActivationCache.open(shared["cache"])
+    cfg = TrainConfig(**shared["cfg"])
+    folder = Path(item["out"])
+    saes = train_saes(
+        cache,
+        cfg,
+        folder,
+        metadata=shared["metadata"],
+        progress=False,
+        device=device,
+        points=item["points"],
+    )
+    return {point: str(save_sae(sae, folder / "finished" / point)) for point, sae in saes.items()}
+
+
+def final_stats(training: str | Path) -> dict[str, Any]:
+    """Each SAE's last step statistics, from the checkpoint of a run or of its layer groups."""
+    folder = Path(training)
+    states = [folder / "checkpoint" / "state.json"]
+    states += sorted(folder.glob("groups/*/checkpoint/state.json"))
+    stats: dict[str, Any] = {}
+    for state in states:
+        if state.exists():
+            stats.update(json.loads(state.read_text()).get("stats", {}))
+    return stats
 
 
 def finished_sae(trainer: LayerTrainer) -> SparseAutoencoder:
