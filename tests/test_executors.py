@@ -18,6 +18,7 @@ from conftest import random_sae_set
 from refusal_lens.benchmark import benchmark_job
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
+from refusal_lens.evaluation.agreement import judge_agreement
 from refusal_lens.executors import (
     ExecutorSettings,
     LocalExecutor,
@@ -26,12 +27,14 @@ from refusal_lens.executors import (
     make_executor,
     parse_executor,
 )
+from refusal_lens.judges import JudgeContext, make_judge
 from refusal_lens.models import ChatFormatter, LoadedModel, load_model
 from refusal_lens.saes.activations import ActivationCache
 from refusal_lens.saes.mixture import MixtureSource
 from refusal_lens.saes.presets import SAERecipe, train_sae_set
 from refusal_lens.saes.training import TrainConfig
 from test_benchmark import builtin_pools, tiny_config
+from test_judges import write_labelled_data
 
 
 def test_executor_names_parse_and_bad_ones_are_errors() -> None:
@@ -328,3 +331,30 @@ def test_train_saes_on_ray_equals_the_local_run(
                 remote[point].state_dict()[name], tensor, atol=1e-4, rtol=1e-4
             )
     assert remote.info["final_stats"].keys() == local.info["final_stats"].keys()
+
+
+def test_judge_agreement_on_ray_equals_the_local_one(
+    ray_cluster, saved: tuple[LoadedModel, str, str], tmp_path: Path
+) -> None:
+    """Chunks of labelled answers as work items; the compliance judge, which reads the
+    evaluated model, is rebuilt on the workers from its spec."""
+    lm, _, _ = saved
+    formatter = ChatFormatter(lm.tokenizer)
+    write_labelled_data(tmp_path / "data")
+    specs = ["substring", "compliance"]
+    context = JudgeContext(lm=lm, formatter=formatter)
+
+    def agreement(out: str, executor=None) -> list[dict]:
+        judges = {spec: make_judge(spec, context) for spec in specs}
+        return judge_agreement(
+            judges, ["xstest", "gptfuzz"], tmp_path / out, data_dir=tmp_path / "data",
+            executor=executor,
+        )  # fmt: skip
+
+    local = agreement("local")
+    settings = ExecutorSettings(executor="ray", workers=2, worker_threads=1)
+    with make_executor(settings, lm, formatter) as executor:
+        remote = agreement("ray", executor)
+        workers = executor.summary()["workers"]["verdicts"]
+    assert remote == local and len(local) == 4
+    assert sum(w["units"] for w in workers.values()) == 2 * 13  # every labelled answer, twice

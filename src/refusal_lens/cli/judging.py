@@ -9,8 +9,8 @@ from typing import Any
 from ..errors import UserError
 
 # judges that read the evaluated model (so the command loads --model first)
-from .args import Command, add_data_arg, add_judge_arg, add_model_args, positive
-from .common import add_settings_args, load_lm
+from .args import Command, add_data_arg, add_judge_arg, add_model_args, executor_flags, positive
+from .common import add_settings_args, executor_for, load_lm, open_executor
 
 _READ_MODEL = ("compliance", "first-token")
 
@@ -27,12 +27,15 @@ def _check_specs(specs: list[str]) -> None:
             )
 
 
-def _judges(args: argparse.Namespace, specs: list[str]) -> dict[str, Any]:
-    """The judges of `specs` (checked by `_check_specs` first), built."""
+def _judges(
+    args: argparse.Namespace, specs: list[str], loaded: tuple[Any, Any] | None = None
+) -> dict[str, Any]:
+    """The judges of `specs` (checked by `_check_specs` first), built; `loaded`: the model
+    and formatter when the caller has them."""
     from ..judges import JudgeContext, make_judge, parse_judge_spec
 
     needs_model = any(parse_judge_spec(spec)[0] in _READ_MODEL for spec in specs)
-    lm, formatter = load_lm(args) if needs_model else (None, None)
+    lm, formatter = (loaded or load_lm(args)) if needs_model else (None, None)
     context = JudgeContext(
         lm=lm,
         formatter=formatter,
@@ -105,6 +108,7 @@ def cmd_judge_agreement(args: argparse.Namespace) -> int:
 
     specs = args.judge or ["substring", "compliance", "learned"]
     _check_specs(specs)
+    where = executor_for(args)
     sets = [name.strip() for name in args.sets.split(",") if name.strip()]
     if not sets:
         raise UserError(f"--sets names no labelled set; choose from {', '.join(LABELLED_SETS)}")
@@ -117,10 +121,24 @@ def cmd_judge_agreement(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     for name in sets:  # the labelled data is there and readable, before any model loads
         load_labelled(name, args.data_dir, limit=args.limit, seed=args.seed)
-    judges = _judges(args, specs)
-    rows = judge_agreement(
-        judges, sets, args.out, data_dir=args.data_dir, limit=args.limit, seed=args.seed
-    )
+    executor, loaded = None, None
+    if where.name != "local":  # workers are described by the model (judge-only ones never load it)
+        loaded = load_lm(args)
+        executor = open_executor(args, where, *loaded)
+    judges = _judges(args, specs, loaded)
+    try:
+        rows = judge_agreement(
+            judges,
+            sets,
+            args.out,
+            data_dir=args.data_dir,
+            limit=args.limit,
+            seed=args.seed,
+            executor=executor,
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     print(agreement_markdown(rows), end="")
     return 0
 
@@ -157,6 +175,7 @@ def register(command: Command) -> None:
     )
     add_model_args(agree)
     add_data_arg(agree)
+    executor_flags(agree)
     add_judge_arg(agree, "substring, compliance and learned")
     agree.add_argument(
         "--sets",

@@ -16,7 +16,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..data.labelled import LabelledResponse, load_labelled
-from ..judges import Judge
+from ..executors.base import Executor
+from ..judges import Judge, Verdict
 from ..runs import RunDir, stable_hash
 from .statistics import bootstrap_kappa, bootstrap_mean
 
@@ -28,28 +29,47 @@ def judge_on_labelled(
     batch_size: int = 16,
     run: RunDir | None = None,
     key: str = "",
+    executor: Executor | None = None,
+    spec: str | None = None,
 ) -> list[bool | None]:
     """The judge's verdicts on `rows`; with `run`, each chunk is appended to
     `judges/chunks.jsonl` under `key` as it is judged, and a rerun skips judged chunks (an LLM
-    judge on a CPU takes minutes per chunk)."""
+    judge on a CPU takes minutes per chunk). `executor` (with the judge's `spec`, which its
+    workers build the judge from): the chunks are its work items."""
     done = {
         record["start"]: record["predictions"]
         for record in (run.read_jsonl("judges/chunks.jsonl", key) if run else ())
         if record.get("size") == batch_size
     }
-    predictions: list[bool | None] = []
-    for start in tqdm(range(0, len(rows), batch_size), desc=judge.name, unit="batch"):
-        if start in done:
-            predictions.extend(done[start])
-            continue
-        chunk = rows[start : start + batch_size]
-        verdicts = judge.verdicts([r.prompt for r in chunk], [r.response for r in chunk])
-        said = [v.complied_or_not_refused() for v in verdicts]
+    starts = [start for start in range(0, len(rows), batch_size) if start not in done]
+
+    def keep(n: int, said: list[bool | None]) -> None:
         if run:
-            record = {"start": start, "size": batch_size, "predictions": said}
+            record = {"start": starts[n], "size": batch_size, "predictions": said}
             run.append_jsonl("judges/chunks.jsonl", key, [record])
-        predictions.extend(said)
-    return predictions
+        done[starts[n]] = said
+
+    chunks = [rows[start : start + batch_size] for start in starts]
+    if executor is None or spec is None:
+        for n, chunk in enumerate(tqdm(chunks, desc=judge.name, unit="batch")):
+            verdicts = judge.verdicts([r.prompt for r in chunk], [r.response for r in chunk])
+            keep(n, [v.complied_or_not_refused() for v in verdicts])
+    else:
+        evaluated = getattr(getattr(judge, "inner", judge), "lm", None) is not None
+        executor.share_judges({spec: judge})
+        executor.map(
+            "verdicts",
+            {"judge": spec, "evaluated_model": evaluated, "interventions": []},
+            [
+                {"requests": [r.prompt for r in chunk], "completions": [r.response for r in chunk]}
+                for chunk in chunks
+            ],
+            lambda n, verdicts: keep(n, [Verdict(**v).complied_or_not_refused() for v in verdicts]),
+            desc=judge.name,
+            units=[len(chunk) for chunk in chunks],
+            pool="model" if evaluated else "judge",
+        )
+    return [said for start in sorted(done) for said in done[start]][: len(rows)]
 
 
 def agreement_row(
@@ -87,9 +107,10 @@ def judge_agreement(
     data_dir: str | Path | None = None,
     limit: int | None = None,
     seed: int = 0,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Agreement of every judge with the human labels of every set; writes
-    OUT/agreement.json and OUT/agreement.md."""
+    OUT/agreement.json and OUT/agreement.md. `executor`: where the judges' chunks run."""
     run = RunDir(out)
     rows: list[dict[str, Any]] = []
     for dataset in datasets:
@@ -114,7 +135,10 @@ def judge_agreement(
             stage = f"judges/{dataset}.{safe}.json"
             saved = run.load_stage(stage, key)
             if saved is None:
-                saved = {"predictions": judge_on_labelled(judge, labelled, run=run, key=key)}
+                predictions = judge_on_labelled(
+                    judge, labelled, run=run, key=key, executor=executor, spec=spec
+                )
+                saved = {"predictions": predictions}
                 run.save_stage(stage, key, saved)
             rows.append(agreement_row(described, dataset, labels, saved["predictions"]))
             run.save_stage("agreement.json", "all", {"rows": rows})
