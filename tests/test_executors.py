@@ -358,3 +358,40 @@ def test_judge_agreement_on_ray_equals_the_local_one(
         workers = executor.summary()["workers"]["verdicts"]
     assert remote == local and len(local) == 4
     assert sum(w["units"] for w in workers.values()) == 2 * 13  # every labelled answer, twice
+
+
+def test_capabilities_on_ray_equal_the_local_ones(
+    ray_cluster, saved: tuple[LoadedModel, str, str], tmp_path: Path
+) -> None:
+    """Chunks of an lm-eval task as work items, under an intervention that travels as data."""
+    pytest.importorskip("lm_eval")
+    from refusal_lens.evaluation.capabilities import CapabilityRunner, CapabilitySettings
+    from refusal_lens.evaluation.store import Condition, ResultStore
+    from refusal_lens.interventions import AddDirection
+    from test_capabilities import write_capability_data
+
+    lm, _, _ = saved
+    formatter = ChatFormatter(lm.tokenizer)
+    root = write_capability_data(tmp_path / "data")
+    settings = CapabilitySettings(tasks=("arc_challenge",), limit=None, chunk=1, batch_size=4)
+    torch.manual_seed(0)
+    push = AddDirection(torch.randn(lm.d_model), layer=1, coeff=8.0)
+
+    def measured(name: str, executor=None) -> dict[tuple, float]:
+        with ResultStore(tmp_path / f"{name}.sqlite") as store:
+            runner = CapabilityRunner(lm, store, settings, root, tmp_path / name)
+            condition = Condition(
+                lm.weights_sha256, store.intervention_id([push.to_dict()]), label="add"
+            )
+            runner.evaluate(condition, [push], executor=executor)
+            rows = store.query("measurements", {"intervention": condition.intervention})
+        return {(r["task"], r["item"], r["metric"]): r["value"] for r in rows}
+
+    local = measured("local")
+    settings_ray = ExecutorSettings(executor="ray", workers=2, worker_threads=1)
+    with make_executor(settings_ray, lm, formatter) as executor:
+        remote = measured("ray", executor)
+        workers = executor.summary()["workers"]["capabilities"]
+    assert remote.keys() == local.keys() and len(local) >= 6
+    assert all(abs(remote[k] - local[k]) <= 1e-4 for k in local)
+    assert set(workers) == {"model-0", "model-1"}

@@ -128,7 +128,9 @@ def benchmark_job(
             for arm in [a for a in arms if a.global_ and measures_capabilities(config, a)]:
                 stage(
                     f"capabilities · {arm.label}",
-                    lambda a=arm: runner.evaluate(a.condition, a.interventions),
+                    lambda a=arm: runner.evaluate(
+                        a.condition, a.interventions, executor=ctx.executor
+                    ),
                 )
                 capabilities += [r.to_dict() for r in runner.results(arm.condition, base.condition)]
         induction = (

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ..data import resolve_data_dir
 from ..data.loaders import DATA_DIR_FIX
 from ..errors import UserError
+from ..executors.base import Executor
 from ..interventions import EditLatents, Intervention, PerPromptLatents, apply, needs_twin
 from ..models import LoadedModel
 from ..runs import stable_hash
@@ -366,10 +367,22 @@ class CapabilityRunner:
     """Runs lm-eval tasks on one loaded model under any number of conditions, through the
     results store."""
 
+    @classmethod
+    def for_worker(cls, lm: LoadedModel, shared: dict[str, Any]) -> CapabilityRunner:
+        """A runner without a store, from a work item's shared settings (its task configs in
+        a folder of its own)."""
+        import tempfile
+
+        data = dict(shared["settings"])
+        data["tasks"] = tuple(data["tasks"])
+        data["mmlu_subjects"] = tuple(data["mmlu_subjects"])
+        workdir = Path(tempfile.mkdtemp(prefix="refusal-lens-capabilities-"))
+        return cls(lm, None, CapabilitySettings(**data), shared["data_dir"], workdir)
+
     def __init__(
         self,
         lm: LoadedModel,
-        store: ResultStore,
+        store: ResultStore | None,
         settings: CapabilitySettings,
         data_dir: str | Path | None,
         workdir: Path,
@@ -382,8 +395,9 @@ class CapabilityRunner:
                 'capability tasks need lm-eval; pip install -e ".[capabilities]"'
             ) from None
         self.lm = lm
-        self.store = store
+        self.store = store  # None on a worker: it computes chunks, the driver stores them
         self.settings = settings
+        self.data_dir = None if data_dir is None else str(data_dir)
         self.specs = task_specs(settings, data_dir, workdir)
         self.manager = TaskManager(
             include_path=str(write_task_configs(self.specs, workdir / "lm_eval_tasks"))
@@ -418,44 +432,76 @@ class CapabilityRunner:
         condition: Condition,
         interventions: Sequence[Intervention],
         on_progress: Callable[[str, int, int], None] | None = None,
+        executor: Executor | None = None,
     ) -> None:
-        """Compute and store every item still missing for this condition."""
-        from lm_eval import simple_evaluate
-
+        """Compute and store every item still missing for this condition; `executor` (other
+        than local): each chunk of a task is a work item, on a replica's own lm-eval model."""
         _check_applicable(interventions)
+        if self.store is None:
+            raise UserError("this capability runner has no results store to evaluate into")
+        chunks = []
         for spec in self.specs:
             primary = spec.metrics[0]
             wanted = [self._item(spec, i) for i in self.items(spec)]
             done = self.store.measurements(condition, self.task_key(spec.family), primary, wanted)
             missing = [i for i in self.items(spec) if self._item(spec, i) not in done]
-            chunks = [
-                missing[i : i + self.settings.chunk]
+            chunks += [
+                (spec, missing[i : i + self.settings.chunk])
                 for i in range(0, len(missing), self.settings.chunk)
             ]
-            for chunk in tqdm(
-                chunks, desc=f"{spec.name} ({condition.label})", unit="chunk", disable=not chunks
+
+        def keep(n: int, rows: list[list[Any]]) -> None:
+            spec, chunk = chunks[n]
+            self.store.add_measurement_rows(  # type: ignore[union-attr]
+                condition,
+                self.task_key(spec.family),
+                [(self._item(spec, int(i)), m, v, d) for i, m, v, d in rows],
+            )
+            if on_progress:
+                on_progress(spec.name, len(chunk), sum(len(c) for _, c in chunks))
+
+        if executor is None or executor.name == "local":
+            for n, (spec, chunk) in enumerate(
+                tqdm(chunks, desc=f"capabilities ({condition.label})", unit="chunk")
             ):
-                with apply(self.lm.model, interventions), torch.inference_mode():
-                    out = simple_evaluate(
-                        model=self.hflm,
-                        tasks=[spec.name],
-                        task_manager=self.manager,
-                        samples={spec.name: chunk},
-                        log_samples=True,
-                        bootstrap_iters=0,
-                        apply_chat_template=self.settings.chat_template,
-                        verbosity="ERROR",
-                    )
-                if out is None:
-                    raise UserError(f"lm-eval returned nothing for {spec.name}")
-                rows = sample_metrics(spec, out["samples"][spec.name])
-                self.store.add_measurement_rows(
-                    condition,
-                    self.task_key(spec.family),
-                    [(self._item(spec, int(i)), m, v, d) for i, m, v, d in rows],
-                )
-                if on_progress:
-                    on_progress(spec.name, len(chunk), len(missing))
+                keep(n, [list(row) for row in self.chunk_rows(spec.name, chunk, interventions)])
+            return
+        executor.map(
+            "capabilities",
+            {
+                "settings": asdict(self.settings),
+                "data_dir": self.data_dir,
+                "interventions": [item.to_dict() for item in interventions],
+            },
+            [{"task": spec.name, "items": chunk} for spec, chunk in chunks],
+            keep,
+            desc=f"capabilities ({condition.label})",
+            units=[len(chunk) for _, chunk in chunks],
+        )
+
+    def chunk_rows(
+        self, task: str, chunk: Sequence[int], interventions: Sequence[Intervention]
+    ) -> list[tuple[str, str, float, dict]]:
+        """(item, metric, value, detail) of some items of one task, under `interventions`."""
+        from lm_eval import simple_evaluate
+
+        spec = next((s for s in self.specs if s.name == task), None)
+        if spec is None:
+            raise UserError(f"no capability task {task!r} in this run's settings")
+        with apply(self.lm.model, interventions), torch.inference_mode():
+            out = simple_evaluate(
+                model=self.hflm,
+                tasks=[spec.name],
+                task_manager=self.manager,
+                samples={spec.name: list(chunk)},
+                log_samples=True,
+                bootstrap_iters=0,
+                apply_chat_template=self.settings.chat_template,
+                verbosity="ERROR",
+            )
+        if out is None:
+            raise UserError(f"lm-eval returned nothing for {spec.name}")
+        return sample_metrics(spec, out["samples"][spec.name])
 
     @staticmethod
     def _item(spec: TaskSpec, index: int | str) -> str:

@@ -285,3 +285,15 @@ def _train_saes(replica: Replica, shared: dict[str, Any], item: dict[str, Any]) 
 
     device = replica.spec.device if replica.spec is not None else replica.lm.device
     return train_group_item(shared, item, device)
+
+
+@task("capabilities")
+def _capabilities(replica: Replica, shared: dict[str, Any], item: dict[str, Any]) -> list:
+    """Some items of one lm-eval task under the arm's interventions (`CapabilityRunner`,
+    made once per replica and settings)."""
+    from ..evaluation.capabilities import CapabilityRunner
+
+    key = json.dumps(["capabilities", shared["settings"], shared["data_dir"]], sort_keys=True)
+    runner = replica.kept(key, lambda: CapabilityRunner.for_worker(replica.lm, shared))
+    rows = runner.chunk_rows(item["task"], item["items"], replica.edits(shared))
+    return [list(row) for row in rows]
