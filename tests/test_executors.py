@@ -395,3 +395,61 @@ def test_capabilities_on_ray_equal_the_local_ones(
     assert remote.keys() == local.keys() and len(local) >= 6
     assert all(abs(remote[k] - local[k]) <= 1e-4 for k in local)
     assert set(workers) == {"model-0", "model-1"}
+
+
+def test_an_analysis_on_ray_equals_the_local_one(
+    ray_cluster, saved: tuple[LoadedModel, str, str], tmp_path: Path
+) -> None:
+    """The minimal-set analysis (its test rows are generations and verdicts of the first-token
+    judge, which reads the steered model): the same effects, sets and test rows. Each run has
+    its own user cache: the shared store would otherwise hand the second run every result."""
+    from refusal_lens.analyses.minimal import MinimalSettings, minimal_job
+    from refusal_lens.data import builtin_prompts
+    from refusal_lens.latents import LatentSet
+    from refusal_lens.saes import SAESet
+
+    lm, saes_path, _ = saved
+    formatter = ChatFormatter(lm.tokenizer)
+    saes = SAESet.load(saes_path)
+    features = LatentSet(
+        {"name": lm.name, "weights_sha256": lm.weights_sha256},
+        {"path": saes_path, "fingerprint": saes.fingerprint()},
+        "ours",
+        "heldout",
+        {},
+        [(1, 3, 1.0), (2, 7, 0.5), (1, 11, 0.2), (2, 30, 0.1)],
+        {"mode": "scale", "value": -30.0, "k": 4},
+    )
+    # a threshold at the median base score: verdicts that differ between prompts and edits
+    test = builtin_prompts("harmful", "test").texts()[:8]
+    scores = [v.score for v in make_judge("first-token", JudgeContext(lm, formatter)).verdicts(
+        test, [""] * len(test))]  # fmt: skip
+    settings = MinimalSettings(
+        dataset="builtin_harmful_val",
+        min_score=-1e9,
+        n_prompts=4,
+        interactions=2,
+        test_dataset="builtin_harmful_test",
+        n_test=8,
+        judge=f"first-token:threshold={sorted(scores)[4]:.6f}",
+        max_new_tokens=3,
+    )
+
+    def job(out: str, executor=None) -> dict:
+        return minimal_job(
+            lm, formatter, saes, features, settings, tmp_path / out, data_dir=None,
+            echo=lambda _: None, executor=executor, cache_dir=str(tmp_path / f"cache-{out}"),
+        )  # fmt: skip
+
+    local = job("local")
+    settings_ray = ExecutorSettings(executor="ray", workers=2, worker_threads=1)
+    with make_executor(settings_ray, lm, formatter) as executor:
+        remote = job("ray", executor)
+        workers = executor.summary()["workers"]
+    effects = [json.loads(line)["effect"] for line in (tmp_path / "local" / "effects.jsonl").open()]
+    assert len(set(effects)) > 1  # the sets differ in effect: verdicts that can disagree
+    for key in ("minimal", "interactions", "test"):
+        assert remote[key] == local[key], key
+    assert sum(w["items"] for w in workers["generate"].values()) >= len(local["test"])
+    assert "verdicts" in workers
+    assert len({r["refusal"]["mean"] for r in local["test"]}) > 1
