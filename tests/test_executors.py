@@ -47,8 +47,27 @@ def test_executor_names_parse_and_bad_ones_are_errors() -> None:
             parse_executor(bad)
     with pytest.raises(UserError, match="judge-workers"):
         ExecutorSettings(judge_workers=-1)
-    with pytest.raises(UserError, match="not supported yet"):
-        ExecutorSettings(executor="ray", worker_gpus=2)
+    assert ExecutorSettings(executor="ray", worker_gpus=2).worker_gpus == 2  # spread replicas
+    with pytest.raises(UserError, match="takes whole GPUs"):
+        ExecutorSettings(executor="ray", worker_gpus=1.5)
+
+
+def test_a_spread_model_gets_each_sae_on_its_layers_device(tiny: LoadedModel) -> None:
+    """A model over several devices (here: layer 1 moved to the meta device, as a device map
+    puts layers on other GPUs): each SAE goes where its layer is, and `balanced` without GPUs
+    is a one-line error."""
+    import copy
+
+    from refusal_lens.hooks import decoder_layers
+
+    model = copy.deepcopy(tiny.model)
+    decoder_layers(model)[1].to("meta")
+    saes = random_sae_set(tiny).place(model)
+    devices = {point.layer: sae.W_enc.device.type for point, sae in saes}
+    assert devices[1] == "meta" and all(d == "cpu" for layer, d in devices.items() if layer != 1)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU is visible"):
+            load_model("unused", device="balanced")
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -397,8 +397,7 @@ def attribute(
                 f"the SAE at {point.name} normalises its input ({sae.cfg.normalize_activations}); "
                 "attribution needs SAEs that act on the residual stream itself"
             )
-    for _, sae in saes:
-        sae.to(lm.device)
+    saes.place(lm.model)
     layers = saes.layers
     if candidates is None:
         candidates = {p.layer: torch.arange(sae.d_sae) for p, sae in saes}

@@ -43,11 +43,11 @@ def start_analysis(
     direction: Direction | None = None,
 ) -> RunDir:
     """An analysis' run folder with its manifest, once the SAE set, direction and latent sets
-    are checked against the model (the SAEs move to the model's device)."""
+    are checked against the model (each SAE moves to its layer's device)."""
     run = RunDir(out)
     run.write_manifest(name, settings_dict(settings), lm.identity(), settings.seed)
     saes.check_model(lm)
-    saes.to(lm.device)
+    saes.place(lm.model)
     if direction is not None:
         direction.check_model(lm)
     for latent_set in latent_sets:

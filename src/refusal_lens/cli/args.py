@@ -74,7 +74,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="auto (bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32), "
         "float32, bfloat16, float16",
     )
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda, cuda:N, or balanced (the layers spread over every visible GPU)",
+    )
     group.add_argument(
         "--system", default=None, help="system prompt (default: whatever the chat template inserts)"
     )

@@ -121,7 +121,8 @@ class RayExecutor(Executor):
             )
 
     def _pool(self, role: str, n: int, gpus: float, threads: int) -> _Pool:
-        device = "cuda" if gpus > 0 else "cpu"
+        # several GPUs per replica: its layers spread over them (accelerate's device map)
+        device = "balanced" if gpus > 1 else "cuda" if gpus > 0 else "cpu"
         spec = replace(self.spec, device=device, threads=threads)
         remote = self.ray.remote(ReplicaActor).options(
             num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=0

@@ -141,8 +141,7 @@ class Replica:
                     f"a worker read another SAE set at {folder} than the driver; give every "
                     "node the same files"
                 )
-            for _, sae in saes:
-                sae.to(self.lm.device)
+            saes.place(self.lm.model)
             self._saes[key] = saes
         return self._saes[key]
 

@@ -30,7 +30,8 @@ class ExecutorSettings:
         default=-1.0,
         metadata={
             "help": "GPUs per replica (-1: one where the cluster has GPUs, else none; a "
-            "fraction packs several replicas on one GPU)",
+            "fraction packs several replicas on one GPU; 2 or more spread each replica's "
+            "layers over its GPUs, with each SAE on its layer's GPU)",
             "signed": True,
             "default": "auto",
         },
@@ -56,11 +57,12 @@ class ExecutorSettings:
             raise UserError("--judge-workers and --judge-gpus must be 0 or more")
         if self.worker_gpus < 0 and self.worker_gpus != -1:
             raise UserError("--worker-gpus must be 0 or more (or -1: auto)")
-        if self.worker_gpus > 1 or self.judge_gpus > 1:
-            raise UserError(
-                "a replica on several GPUs (device_map placement) is not supported yet: give "
-                "--worker-gpus / --judge-gpus of 1 or less (a model must fit one GPU)"
-            )
+        for flag, gpus in (("--worker-gpus", self.worker_gpus), ("--judge-gpus", self.judge_gpus)):
+            if gpus > 1 and gpus != int(gpus):
+                raise UserError(
+                    f"{flag} {gpus:g}: a replica on several GPUs takes whole GPUs (2, 4, ...); "
+                    "a fraction packs replicas on one GPU"
+                )
 
     @property
     def name(self) -> str:

@@ -275,7 +275,7 @@ def _checked_sae(
     bad = [i for i in indices if not 0 <= i < sae.d_sae]
     if bad:
         raise UserError(f"latent {bad[0]} does not exist at {point.name} (the SAE has {sae.d_sae})")
-    sae.to(next(model.parameters()).device)
+    sae.to(next(decoder_layers(model)[point.layer].parameters()).device)  # where it runs
     return sae
 
 

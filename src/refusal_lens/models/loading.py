@@ -138,13 +138,27 @@ def _row_major(x: torch.Tensor) -> bool:
     return x.stride() == tuple(reversed(expected))
 
 
+SPREAD = "balanced"  # the device name of a model spread over every visible GPU
+
+
 def resolve_device(device: str) -> torch.device:
+    """The device a model loads on; `balanced` (layers spread over every visible GPU by
+    accelerate's device map) resolves to the first GPU, where inputs go."""
+    if device == SPREAD:
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--device balanced spreads a model over GPUs, and no CUDA GPU is visible; use "
+                "--device cpu"
+            )
+        return torch.device("cuda", 0)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+        raise UserError(
+            f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or balanced"
+        ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
     return resolved
@@ -165,12 +179,14 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         # safetensors only: a pickled checkpoint (pytorch_model.bin) is never unpickled
+        placement = {"device_map": SPREAD} if device == SPREAD else {}
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch_dtype, use_safetensors=True
+            folder, dtype=torch_dtype, use_safetensors=True, **placement
         )
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"could not load model {name!r} from {folder}: {_first_line(exc)}") from exc
-    model.to(target)
+    if device != SPREAD:  # a spread model's layers stay where the device map put them
+        model.to(target)
     model.eval()
     model.requires_grad_(False)
     contiguous_head_inputs(model)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import schema
 from ..errors import UserError
-from ..hooks import HookPoint, parse_hook_point
+from ..hooks import HookPoint, decoder_layers, parse_hook_point
 from ..models import LoadedModel
 from ..runs import stable_hash, write_json
 from . import registry
@@ -91,6 +91,14 @@ class SAESet:
         """Move every SAE to `device` (in place; returns the set)."""
         for sae in self.saes.values():
             sae.to(device)
+        return self
+
+    def place(self, model: Any) -> SAESet:
+        """Move each SAE to the device of its layer of `model` (in place; returns the set):
+        the model's device, or, for a model spread over GPUs, the GPU holding that layer."""
+        layers = decoder_layers(model)
+        for point, sae in self.saes.items():
+            sae.to(next(layers[point.layer].parameters()).device)
         return self
 
     def subset(self, layers: list[int] | tuple[int, ...]) -> SAESet:
