@@ -1,10 +1,10 @@
 """`train-saes` through each executor: local, then Ray with 1 and 2 workers, the same recipe
 into new folders. Activation collection (4 batches per work item) and SAE training (one layer
 group per worker) are what the executor spreads. Prints each arm's collection and training
-seconds, their ratio to local (Ray's overhead at 1 worker), and how far each arm's cache and
-SAEs are from local's (the largest absolute difference of any activation and of any weight).
+seconds, their ratio to local (Ray's overhead at 1 worker), each arm's final FVU, and how far
+its activation cache and SAEs are from local's (relative Frobenius distances).
 
-    python bench/train_saes_executors.py --data-dir DATA [--tokens 120k --collect-tokens 40k]
+    python bench/train_saes_executors.py --data-dir DATA [--tokens 400k --collect-tokens 130k]
 
 The 1-worker Ray pool gets the threads the local run has; the 2-worker pool splits them.
 """
@@ -26,22 +26,39 @@ from refusal_lens.saes import SAESet
 from refusal_lens.saes.activations import ActivationCache
 
 
-def largest_difference(a: Path, b: Path) -> dict[str, float]:
-    """The largest absolute difference of any cached activation and of any SAE weight."""
+def distance(a: Path, b: Path) -> dict[str, float]:
+    """How far arm `b` is from arm `a`: the relative Frobenius distance of the cached
+    activations (the worst shard and point), the share of activation values that differ at all,
+    and the relative distance of the SAE weights (the worst SAE and parameter)."""
     x, y = ActivationCache.open(a / "activations"), ActivationCache.open(b / "activations")
     if x.shards != y.shards:
-        return {"activations": float("inf"), "weights": float("inf")}
-    acts = 0.0
+        return {"activations_relative": float("inf")}
+    worst, differ, total = 0.0, 0, 0
     for number in range(len(x.shards)):
         p, q = x.load_shard(number), y.load_shard(number)
-        acts = max(acts, *(float((p[k].float() - q[k].float()).abs().max()) for k in x.points))
+        for point in x.points:
+            u, v = p[point].float(), q[point].float()
+            worst = max(worst, float((u - v).norm() / u.norm()))
+            differ += int((u != v).sum())
+            total += u.numel()
     s, t = SAESet.load(a), SAESet.load(b)
     weights = 0.0
     for point, sae in s:
         other = t[point].state_dict()
         for name, tensor in sae.state_dict().items():
-            weights = max(weights, float((tensor - other[name]).abs().max()))
-    return {"activations": acts, "weights": weights}
+            scale = float(tensor.norm()) or 1.0
+            weights = max(weights, float((tensor - other[name]).norm()) / scale)
+    return {
+        "activations_relative": worst,
+        "activation_values_differing": differ / total,
+        "weights_relative": weights,
+    }
+
+
+def final_fvu(folder: Path) -> float:
+    """The mean over layers of each SAE's FVU at its last training step."""
+    stats = SAESet.load(folder).info["final_stats"]
+    return round(sum(s["fvu"] for s in stats.values()) / len(stats), 4)
 
 
 def main() -> None:
@@ -49,8 +66,8 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", default="/tmp/refusal-lens-train-executors")
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
-    parser.add_argument("--tokens", default="120k", help="training tokens (train-saes --tokens)")
-    parser.add_argument("--collect-tokens", default="40k")
+    parser.add_argument("--tokens", default="400k", help="training tokens (the quick preset's)")
+    parser.add_argument("--collect-tokens", default="130k", help="(the quick preset's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     out = Path(args.out)
@@ -92,7 +109,8 @@ def main() -> None:
                 "train_s": round(row["train"], 1),
                 "collect_ratio": round(row["collect"] / local["collect"], 3),
                 "train_ratio": round(row["train"] / local["train"], 3),
-                "largest_difference_vs_local": largest_difference(local["folder"], row["folder"]),
+                "final_fvu": final_fvu(row["folder"]),
+                "vs_local": distance(local["folder"], row["folder"]),
             }
             for name, row in rows.items()
         },
