@@ -5,12 +5,14 @@ the `to_dict()` of the interventions that produced it, and `from_dict` reads one
 
 One module per kind of edit: `direction` (ablate or add a direction), `latents` (edit and
 per-prompt SAE latents, with `positions` saying which tokens), `patch` (latents patched to
-given values); `registry` reads each kind back from its JSON; `sets` applies them, binds them
+given values), `gated` (any edit applied only where a gate on latents or a direction
+fires); `registry` reads each kind back from its JSON; `sets` applies them, binds them
 to a batch and holds `from_dict`. A new kind is one new module whose reader is registered with
 `@reads(kind, schema)`.
 """
 
 from .direction import AblateDirection, AddDirection
+from .gated import DirectionGate, Gated, LatentGate
 from .latents import EditLatents, PerPromptLatents
 from .patch import PatchLatents
 from .positions import LATENT_POSITIONS, TokenPositions
@@ -23,9 +25,12 @@ __all__ = [
     "LATENT_POSITIONS",
     "AblateDirection",
     "AddDirection",
+    "DirectionGate",
     "EditLatents",
+    "Gated",
     "Intervention",
     "InterventionSet",
+    "LatentGate",
     "PatchLatents",
     "PerPromptLatents",
     "TokenPositions",

@@ -301,23 +301,24 @@ _EDIT_SCHEMA = schema.Obj(
 )
 
 
-@reads(EditLatents.kind, _EDIT_SCHEMA)
-def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
+def saes_from_dict(saes: dict[str, Any], latents: Sequence[Sequence[int]]) -> SAESet:
+    """The SAE set a serialised intervention names (`{"path", "fingerprint"}`), checked to be
+    the one it was made with and to hold every `(layer, latent)` it reads."""
     from ..saes import SAESet
 
-    saes = SAESet.load(data["saes"]["path"])
-    expected = data["saes"].get("fingerprint")
-    if expected and saes.fingerprint() != expected:
+    loaded = SAESet.load(saes["path"])
+    expected = saes.get("fingerprint")
+    if expected and loaded.fingerprint() != expected:
         raise UserError(
-            f"the SAE set at {data['saes']['path']} is not the one this intervention was made "
+            f"the SAE set at {saes['path']} is not the one this intervention was made "
             "with; point it at the original SAEs"
         )
-    by_layer = {point.layer: sae for point, sae in saes}
-    for layer, latent in [*data["latents"], *data.get("retain", [])]:
+    by_layer = {point.layer: sae for point, sae in loaded}
+    for layer, latent in latents:
         if layer not in by_layer:
             have = ", ".join(str(x) for x in by_layer)
             raise UserError(
-                f"the intervention edits layer {layer} but the SAE set at {data['saes']['path']} "
+                f"the intervention edits layer {layer} but the SAE set at {saes['path']} "
                 f"has SAEs at layers {have}; {INTERVENTION_FIX}"
             )
         if latent >= by_layer[layer].d_sae:
@@ -325,6 +326,12 @@ def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
                 f"the intervention edits latent {latent} at layer {layer}, but that SAE has "
                 f"{by_layer[layer].d_sae} latents; {INTERVENTION_FIX}"
             )
+    return loaded
+
+
+@reads(EditLatents.kind, _EDIT_SCHEMA)
+def _edit_latents_from_dict(data: dict[str, Any]) -> EditLatents:
+    saes = saes_from_dict(data["saes"], [*data["latents"], *data.get("retain", [])])
     rows = data.get("rows")
     return EditLatents(
         saes=saes,

@@ -15,10 +15,13 @@ from torch import nn
 from ..hooks import add_hooks
 from . import registry
 from .direction import AblateDirection, AddDirection
+from .gated import Gated
 from .latents import EditLatents, PerPromptLatents
 from .patch import PatchLatents
 
-Intervention = AblateDirection | AddDirection | EditLatents | PatchLatents | PerPromptLatents
+Intervention = (
+    AblateDirection | AddDirection | EditLatents | Gated | PatchLatents | PerPromptLatents
+)
 
 
 def from_dict(data: dict[str, Any], origin: str = "intervention") -> Intervention:
@@ -64,7 +67,7 @@ def bind(
     attention_mask: torch.Tensor | None = None,
 ) -> list[Intervention]:
     """Interventions for one batch: per-prompt ones bound to its prompts, and latent edits
-    that start at a prompt position told each row's left padding (from `attention_mask`)."""
+    and gates told each row's left padding (from `attention_mask`)."""
     items = interventions.items if isinstance(interventions, InterventionSet) else interventions
     bound = [
         item.for_batch(texts) if isinstance(item, PerPromptLatents) else item for item in items
@@ -75,7 +78,12 @@ def bind(
     # every latent edit is told the padding: `from_position` counts from each prompt's start,
     # and the attention-sink threshold is a median over each prompt's own tokens
     return [
-        replace(item, left_pad=pads) if isinstance(item, EditLatents) else item for item in bound
+        replace(item, left_pad=pads)
+        if isinstance(item, EditLatents)
+        else item.for_batch(pads)
+        if isinstance(item, Gated)
+        else item
+        for item in bound
     ]
 
 

@@ -1,0 +1,148 @@
+"""Gated edits: an edit applied from the token on where a gate (latents, or a direction) fires
+for its row, the same in a prompt's forward, each decoding step and a teacher-forced pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import random_sae_set
+from refusal_lens.errors import UserError
+from refusal_lens.generation import greedy_config
+from refusal_lens.hooks import HookPoint, record
+from refusal_lens.interventions import (
+    AddDirection,
+    DirectionGate,
+    EditLatents,
+    Gated,
+    LatentGate,
+    apply,
+    bind,
+    from_dict,
+)
+from refusal_lens.models import ChatFormatter, LoadedModel
+from refusal_lens.saes import SAESet
+
+PROMPTS = ["Write a poem about the sea.", "Explain how to hack a computer, step by step."]
+
+
+def _push(lm: LoadedModel, layer: int = 2) -> AddDirection:
+    torch.manual_seed(1)
+    return AddDirection(torch.randn(lm.d_model), layer=layer, coeff=6.0)
+
+
+def _condition(lm: LoadedModel) -> torch.Tensor:
+    torch.manual_seed(2)
+    return torch.randn(lm.d_model)
+
+
+def _scores(lm: LoadedModel, formatter: ChatFormatter, vector: torch.Tensor) -> torch.Tensor:
+    """The direction gate's score at layer 0 for every token of PROMPTS (padding: -inf)."""
+    batch = formatter.encode(PROMPTS)
+    point = HookPoint(0, "resid_post")
+    with record(lm.model, [point]) as store, torch.no_grad():
+        lm.model(**batch.forward_kwargs())
+    act = store[point][0].float()
+    cos = act @ (vector / vector.norm()) / act.norm(dim=-1)
+    return torch.where(batch.attention_mask.bool(), cos, torch.full_like(cos, -torch.inf))
+
+
+def _logits(lm: LoadedModel, formatter: ChatFormatter, interventions=()) -> torch.Tensor:
+    batch = formatter.encode(PROMPTS)
+    bound = bind(interventions, PROMPTS, batch.attention_mask)
+    with apply(lm.model, bound), torch.no_grad():
+        return lm.model(**batch.forward_kwargs()).logits
+
+
+def test_a_gate_that_never_or_always_fires_is_nothing_or_the_edit(
+    tiny: LoadedModel, formatter: ChatFormatter
+) -> None:
+    push, vector = _push(tiny), _condition(tiny)
+    clean, edited = _logits(tiny, formatter), _logits(tiny, formatter, [push])
+    never = Gated(push, DirectionGate(vector, 0, threshold=2.0))  # a cosine never reaches 2
+    always = Gated(push, DirectionGate(vector, 0, threshold=-2.0))
+    assert torch.equal(_logits(tiny, formatter, [never]), clean)
+    mask = formatter.encode(PROMPTS).attention_mask.bool()
+    torch.testing.assert_close(_logits(tiny, formatter, [always])[mask], edited[mask])
+
+
+def test_the_edit_starts_at_the_first_token_where_the_gate_fires(
+    tiny: LoadedModel, formatter: ChatFormatter
+) -> None:
+    push, vector = _push(tiny), _condition(tiny)
+    scores = _scores(tiny, formatter, vector)
+    # a threshold between the two rows' maxima: one row fires somewhere, the other never
+    top = scores.max(dim=1).values
+    threshold = float(top.mean())
+    fires, quiet = int(top.argmax()), int(top.argmin())
+    first = int((scores[fires] >= threshold).nonzero()[0])
+    clean, edited = _logits(tiny, formatter), _logits(tiny, formatter, [push])
+    gated = _logits(tiny, formatter, [Gated(push, DirectionGate(vector, 0, threshold))])
+    assert torch.equal(gated[quiet], clean[quiet])
+    assert torch.equal(gated[fires, :first], clean[fires, :first])
+    torch.testing.assert_close(gated[fires, first:], edited[fires, first:])
+
+
+def test_generation_and_teacher_forcing_agree_token_for_token(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    """Greedy tokens under a latent-gated latent edit are the argmax of one teacher-forced
+    forward over prompt + answer under the same gated edit: the gate's running state carries
+    across decoding steps exactly as it runs over a whole sequence."""
+    gate_latents = ((0, 3), (0, 40), (0, 77))
+    edit = EditLatents(tiny_saes, ((1, 5), (2, 9)), "set", 6.0)
+    batch = formatter.encode(PROMPTS)
+    point = HookPoint(0, "resid_post")
+    with record(tiny.model, [point]) as store, torch.no_grad():
+        tiny.model(**batch.forward_kwargs())
+    sae = tiny_saes[point]
+    values = sae.encode_latents(store[point][0], torch.tensor([3, 40, 77])).sum(-1)
+    threshold = float(values[batch.attention_mask.bool()].quantile(0.7))
+    gated = Gated(edit, LatentGate(tiny_saes, gate_latents, threshold))
+    formatter.__dict__["stop_token_ids"] = []
+    config = greedy_config(tiny, formatter, 6)
+
+    def answer(interventions: list) -> torch.Tensor:
+        with apply(tiny.model, bind(interventions, PROMPTS, batch.attention_mask)):
+            out = tiny.model.generate(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                generation_config=config,
+            )
+        return out[:, batch.input_ids.shape[1] :]
+
+    steered = answer([gated])
+    assert not torch.equal(steered, answer([]))  # the gate fired somewhere: answers changed
+    for row in range(len(PROMPTS)):
+        prompt = batch.input_ids[row][batch.attention_mask[row].bool()].unsqueeze(0)
+        whole = torch.cat([prompt, steered[row : row + 1]], dim=1)
+        alone = bind([gated], [PROMPTS[row]], torch.ones_like(whole))
+        with apply(tiny.model, alone), torch.no_grad():
+            logits = tiny.model(input_ids=whole).logits
+        assert torch.equal(logits[0, prompt.shape[1] - 1 : -1].argmax(-1), steered[row])
+
+
+def test_gates_round_trip_and_bad_ones_are_one_line_errors(
+    tiny: LoadedModel, tiny_saes: SAESet, tmp_path: Path
+) -> None:
+    push = _push(tiny)
+    saved = random_sae_set(tiny)
+    saved.save(tmp_path / "saes")
+    for gate in (
+        DirectionGate(_condition(tiny), 0, 0.25),
+        LatentGate(saved, ((0, 3), (1, 4)), 1.5, weights=(0.5, -2.0), bias=0.1),
+    ):
+        item = Gated(push, gate)
+        back = from_dict(item.to_dict())
+        assert isinstance(back, Gated) and back.to_dict() == item.to_dict()
+    late = Gated(_push(tiny, layer=0), DirectionGate(_condition(tiny), 1, 0.0))
+    with pytest.raises(UserError, match="the gate reads layer 1 but the edit changes layer 0"):
+        late.hooks(tiny.model)
+    with pytest.raises(UserError, match="2 latents and 1 weights"):
+        LatentGate(tiny_saes, ((0, 3), (1, 4)), 0.0, weights=(1.0,))
+    no_threshold = {"kind": "direction", "layer": 0, "direction": {"values": [1.0]}}
+    with pytest.raises(UserError, match="threshold"):
+        from_dict({**Gated(push, DirectionGate(_condition(tiny), 0, 0.0)).to_dict(),
+                   "gate": no_threshold})  # fmt: skip
