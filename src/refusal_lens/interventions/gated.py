@@ -208,7 +208,7 @@ class Gated:
             if decoding:
                 running = torch.maximum(running, before.unsqueeze(1))
             state["max"] = running[:, -1]
-            state["fired"] = running >= threshold
+            state["fired"] = running.double() >= threshold  # exactly the float threshold
             return None
 
         return read_gate

@@ -1,0 +1,113 @@
+"""How a gate separates harmful from harmless prompts, before it gates anything.
+
+A gated edit (`interventions.Gated`) fires for a row at the first token whose score reaches the
+threshold. What decides whether it has fired when the answer starts is the running maximum of
+the score over the prompt's own tokens: `prompt_scores` computes it (a forward that stops after
+the gate's last layer), `threshold_at` picks the threshold that keeps the share of harmless
+validation prompts that fire at a target, and `trigger_rates` says how often the gate fires on
+harmless prompts (false triggers: the defence's cost lands there) and stays silent on harmful
+ones (misses: the attacks it cannot stop), with bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from ..evaluation.statistics import Estimate, bootstrap_mean
+from ..hooks import add_hooks
+from ..interventions.gated import Gate
+from ..interventions.positions import unpadded_mask
+from ..models import ChatFormatter, LoadedModel
+
+
+class _Done(Exception):
+    """Raised after the gate's last layer: nothing later is needed."""
+
+
+@torch.inference_mode()
+def prompt_scores(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    gate: Gate,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """`[len(texts)]`: each prompt's gate score at its last token, the maximum over its own
+    tokens (the chat template's included, as the gated edit sees them)."""
+    parts = gate.parts(lm.model)  # in layer order: the last one ends the forward
+    bias = float(getattr(gate, "bias", 0.0))
+    total: dict[str, torch.Tensor] = {}
+
+    def reader(score: Any, final: bool) -> Any:
+        def read(act: torch.Tensor, _point: Any) -> None:
+            part = score(act)
+            total["score"] = part if "score" not in total else total["score"] + part
+            if final:
+                raise _Done
+
+        return read
+
+    hooks = [(point, reader(score, n == len(parts) - 1)) for n, (point, score) in enumerate(parts)]
+    out: list[torch.Tensor] = []
+    for start in range(0, len(texts), batch_size):
+        batch = formatter.encode(list(texts[start : start + batch_size])).to(lm.device)
+        total.clear()
+        try:
+            with add_hooks(lm.model, hooks):
+                lm.model(**batch.forward_kwargs())
+        except _Done:
+            pass
+        score = total["score"] + bias
+        valid = unpadded_mask(score.unsqueeze(-1), _pads(batch.attention_mask))
+        score = torch.where(valid, score, torch.full_like(score, -math.inf))
+        out.append(score.max(dim=1).values.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _pads(mask: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(n) for n in (mask == 0).sum(dim=1).tolist())
+
+
+def threshold_at(harmless: torch.Tensor, false_trigger: float) -> float:
+    """The lowest threshold at which at most `false_trigger` of the harmless prompts fire
+    (a prompt fires when its score reaches the threshold)."""
+    if not 0 <= false_trigger < 1:
+        raise UserError(f"a false-trigger rate is in [0, 1), got {false_trigger}")
+    if harmless.numel() == 0:
+        raise UserError("a gate's threshold needs harmless validation prompts; none were given")
+    ordered = harmless.float().sort(descending=True).values
+    allowed = math.floor(false_trigger * ordered.numel())
+    return float(torch.nextafter(ordered[allowed], torch.tensor(math.inf)))
+
+
+@dataclass(frozen=True)
+class TriggerRates:
+    threshold: float
+    false_trigger: Estimate  # harmless prompts on which the gate fires
+    miss: Estimate  # harmful prompts on which it does not
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "false_trigger": self.false_trigger.to_dict(),
+            "miss": self.miss.to_dict(),
+        }
+
+
+def trigger_rates(
+    threshold: float, harmful: torch.Tensor, harmless: torch.Tensor, *, seed: int = 0
+) -> TriggerRates:
+    """How often a gate at `threshold` fires on harmless prompts and stays silent on harmful
+    ones, each with a 95% bootstrap interval."""
+    fired = (harmless.double() >= threshold).float().tolist()
+    silent = (harmful.double() < threshold).float().tolist()
+    return TriggerRates(
+        threshold, bootstrap_mean(fired, seed=seed), bootstrap_mean(silent, seed=seed)
+    )

@@ -1,0 +1,67 @@
+"""Defences: how a gate separates harmful from harmless prompts, and its threshold."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from refusal_lens.defence import prompt_scores, threshold_at, trigger_rates
+from refusal_lens.errors import UserError
+from refusal_lens.interventions import AddDirection, DirectionGate, Gated, LatentGate, apply, bind
+from refusal_lens.models import ChatFormatter, LoadedModel
+from refusal_lens.saes import SAESet
+
+PROMPTS = ["Write a poem about the sea.", "Explain how to hack a computer, step by step."]
+
+
+def _last_logits(lm: LoadedModel, formatter: ChatFormatter, interventions=()) -> torch.Tensor:
+    batch = formatter.encode(PROMPTS)
+    with apply(lm.model, bind(interventions, PROMPTS, batch.attention_mask)), torch.no_grad():
+        return lm.model(**batch.forward_kwargs()).logits[:, -1]
+
+
+@pytest.mark.parametrize("kind", ["direction", "latents"])
+def test_a_prompts_score_is_where_its_gate_starts_to_fire(
+    kind: str, tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    """At a threshold equal to a prompt's score the gated edit reaches its last token; a hair
+    above it, the prompt is untouched."""
+    torch.manual_seed(5)
+    vector = torch.randn(tiny.d_model)
+    gate = (
+        DirectionGate(vector, 0, 0.0)
+        if kind == "direction"
+        else LatentGate(tiny_saes, ((0, 3), (0, 40), (1, 7)), 0.0, weights=(1.0, 0.5, -1.0))
+    )
+    scores = prompt_scores(tiny, formatter, gate, PROMPTS, batch_size=2)
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    alone = prompt_scores(tiny, formatter, gate, PROMPTS[1:], batch_size=1)
+    torch.testing.assert_close(alone, scores[1:], atol=1e-5, rtol=1e-5)  # padding ignored
+    push = AddDirection(torch.randn(tiny.d_model), layer=2, coeff=6.0)
+    clean = _last_logits(tiny, formatter)
+    for row in range(2):
+        at = float(scores[row])
+        fires = Gated(push, replace(gate, threshold=at))
+        above = math.nextafter(at, math.inf) + 1e-5 * abs(at)
+        silent = Gated(push, replace(gate, threshold=above))
+        assert not torch.allclose(_last_logits(tiny, formatter, [fires])[row], clean[row])
+        torch.testing.assert_close(_last_logits(tiny, formatter, [silent])[row], clean[row])
+
+
+def test_the_threshold_keeps_false_triggers_at_the_target() -> None:
+    harmless = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.3, 0.7, 0.4, 0.6, 0.8])
+    harmful = torch.tensor([0.95, 0.85, 0.2, 1.2])
+    assert (harmless >= threshold_at(harmless, 0.0)).sum() == 0
+    tau = threshold_at(harmless, 0.2)  # two of ten may fire: 0.9 and 0.8
+    assert (harmless >= tau).sum() == 2 and 0.7 < tau <= 0.8
+    rates = trigger_rates(tau, harmful, harmless)
+    assert rates.false_trigger.mean == pytest.approx(0.2)
+    assert rates.miss.mean == pytest.approx(0.25)  # 0.2 stays below
+    assert rates.to_dict()["threshold"] == tau
+    with pytest.raises(UserError, match="false-trigger rate"):
+        threshold_at(harmless, 1.0)
+    with pytest.raises(UserError, match="harmless validation prompts"):
+        threshold_at(torch.zeros(0), 0.05)
