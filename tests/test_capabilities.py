@@ -22,7 +22,8 @@ from refusal_lens.evaluation.capabilities import (
     task_specs,
 )
 from refusal_lens.evaluation.store import Condition, ResultStore
-from refusal_lens.interventions import AddDirection, EditLatents
+from refusal_lens.hooks import HookPoint
+from refusal_lens.interventions import AddDirection, DirectionGate, EditLatents, Gated
 from refusal_lens.models import LoadedModel
 
 if os.environ.get("REFUSAL_LENS_REQUIRE_EXTRAS") != "1":
@@ -130,6 +131,10 @@ def test_position_dependent_edits_are_refused(tiny_saes) -> None:
         _check_applicable([edit])
     with pytest.raises(UserError, match="retain"):
         _check_applicable([EditLatents(tiny_saes, ((1, 0),), retain=((1, 1),))])
+    gate = DirectionGate(torch.ones(tiny_saes[HookPoint(1, "resid_post")].d_in), 0, 0.5)
+    _check_applicable([Gated(EditLatents(tiny_saes, ((1, 0),)), gate)])  # causal: it can run
+    with pytest.raises(UserError, match="at all positions"):
+        _check_applicable([Gated(edit, gate)])
 
 
 def test_lm_eval_runs_our_model_under_our_intervention(tiny: LoadedModel, tmp_path: Path) -> None:

@@ -40,7 +40,14 @@ from ..data import resolve_data_dir
 from ..data.loaders import DATA_DIR_FIX
 from ..errors import UserError
 from ..executors.base import Executor
-from ..interventions import EditLatents, Intervention, PerPromptLatents, apply, needs_twin
+from ..interventions import (
+    EditLatents,
+    Gated,
+    Intervention,
+    PerPromptLatents,
+    apply,
+    needs_twin,
+)
 from ..models import LoadedModel
 from ..runs import stable_hash
 from .statistics import Estimate, bootstrap_mean, paired_difference
@@ -321,11 +328,14 @@ def sample_metrics(
 
 def _check_applicable(interventions: Sequence[Intervention]) -> None:
     """lm-eval batches its own (right-padded) forward passes: only edits that apply the same
-    way at every position can run inside it."""
+    way at every position can run inside it. A gated edit can (its gate is causal: right
+    padding comes after every real token), when what it gates can."""
     if needs_twin(interventions):
         raise UserError("capabilities cannot be measured under a 'retain' latent edit yet")
     for item in interventions:
-        if isinstance(item, PerPromptLatents):
+        if isinstance(item, Gated):
+            _check_applicable([item.edit])
+        elif isinstance(item, PerPromptLatents):
             raise UserError(
                 "per-prompt latent sets exist only for their own prompts; use a global set"
             )
