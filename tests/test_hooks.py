@@ -180,6 +180,6 @@ def test_a_new_intervention_kind_is_one_registered_reader(monkeypatch: pytest.Mo
     assert isinstance(made, interventions.AddDirection) and made.layer == 2
     with pytest.raises(UserError, match="layer"):
         interventions.from_dict({"kind": "noop", "layer": "two"})
-    known = "known: ablate_direction, add_direction, edit_latents, noop"
+    known = "known: ablate_direction, add_direction, edit_latents, gated, noop"
     with pytest.raises(UserError, match=known):
         interventions.from_dict({"kind": "nothing"})
