@@ -226,6 +226,18 @@ def test_sae_set_round_trip_and_model_checks(tiny: LoadedModel, tmp_path: Path) 
         random_sae("topk")(torch.randn(2, 64))
 
 
+def test_the_fingerprint_tells_two_trainings_of_one_recipe_apart(tiny: LoadedModel) -> None:
+    """Results are keyed by the fingerprint: a set trained again from the same recipe with
+    other float rounding (thread count, device) is another set, with its own results."""
+    first, again = _set_for(tiny), _set_for(tiny)
+    for sae_set in (first, again):
+        sae_set.info["recipe_key"] = "one recipe"
+    assert first.fingerprint() == again.fingerprint()
+    with torch.no_grad():
+        next(iter(again))[1].W_dec[0, 0] += 1e-3
+    assert first.fingerprint() != again.fingerprint()
+
+
 def test_token_kinds_of_a_request(tiny: LoadedModel) -> None:
     tok = Tokenizer(tiny.tokenizer, context=128)
     seq = tok.encode(Document("request", (("user", "Write a poem about the sea."),)), "x")

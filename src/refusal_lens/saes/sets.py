@@ -111,19 +111,20 @@ class SAESet:
         return SAESet(self.model, chosen, self.info, self.path)
 
     def fingerprint(self) -> str:
-        """Identifies the set in result keys: its model, hook points and training recipe (or,
-        for a set made elsewhere, its weights' first bytes)."""
+        """Identifies the set in result keys: its model, hook points, training recipe (for a set
+        trained here) and a hash of its weights' first bytes. The weights count even where the
+        recipe is known: the same recipe trained with another thread count or device gives
+        another set (TopK training amplifies float rounding), whose results are not these."""
         parts: dict[str, Any] = {"model": self.model, "points": [p.name for p in self.points]}
         if "recipe_key" in self.info:
             parts["recipe"] = self.info["recipe_key"]
-        else:
-            parts["weights"] = [
-                hashlib.sha256(
-                    sae.W_dec[:8].detach().float().cpu().numpy().tobytes()
-                    + sae.b_enc.detach().float().cpu().numpy().tobytes()
-                ).hexdigest()
-                for _, sae in self
-            ]
+        parts["weights"] = [
+            hashlib.sha256(
+                sae.W_dec[:8].detach().float().cpu().numpy().tobytes()
+                + sae.b_enc.detach().float().cpu().numpy().tobytes()
+            ).hexdigest()
+            for _, sae in self
+        ]
         return stable_hash(parts)
 
     def check_model(self, lm: LoadedModel) -> None:
