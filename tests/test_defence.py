@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
-from refusal_lens.defence import prompt_scores, threshold_at, trigger_rates
+from refusal_lens.defence import arms, prompt_scores, threshold_at, trigger_rates
+from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
 from refusal_lens.interventions import AddDirection, DirectionGate, Gated, LatentGate, apply, bind
+from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel
 from refusal_lens.saes import SAESet
 
@@ -65,3 +68,60 @@ def test_the_threshold_keeps_false_triggers_at_the_target() -> None:
         threshold_at(harmless, 1.0)
     with pytest.raises(UserError, match="harmless validation prompts"):
         threshold_at(torch.zeros(0), 0.05)
+
+
+def _latent_set(lm: LoadedModel, saes: SAESet, rows: list[tuple[int, int, float]]) -> LatentSet:
+    return LatentSet(
+        {"name": lm.name, "weights_sha256": lm.weights_sha256},
+        {"path": "x", "fingerprint": saes.fingerprint()},
+        "ours",
+        "heldout",
+        {},
+        rows,
+        {"mode": "scale", "value": -3.0, "k": len(rows)},
+    )
+
+
+def test_the_defences_are_interventions_whose_gates_read_before_their_edits(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    refusal = _latent_set(tiny, tiny_saes, [(1, 3, 1.0), (2, 7, 0.5)]).top()
+    harm = _latent_set(tiny, tiny_saes, [(2, 9, 1.0), (0, 4, 0.8), (1, 5, 0.6), (0, 8, 0.2)])
+    usable = arms.gate_latents(harm, None, refusal)
+    assert usable == ((0, 4), (1, 5), (0, 8))  # layer 2 sits after the first edited layer, 1
+    late = _latent_set(tiny, tiny_saes, [(2, 9, 1.0), (1, 5, 0.6)])
+    with pytest.raises(UserError, match="no harm latent sits at or before layer 0"):
+        arms.gate_latents(late, None, ((0, 1), *refusal))
+    torch.manual_seed(0)
+    direction = Direction(torch.randn(tiny.d_model) * 3, 1, -1, {"name": tiny.name})
+    amplify = arms.refusal_edit(tiny_saes, refusal, "set", 4.0)
+    add = arms.direction_edit(direction, 2.0)
+    clean = _last_logits(tiny, formatter)
+    for defence in (
+        [amplify],
+        [add],
+        [Gated(amplify, arms.harm_gate(tiny_saes, usable, -1e9))],  # always fires
+        [Gated(add, arms.cast_gate(direction, -1.0))],  # a cosine is never below -1
+    ):
+        assert not torch.allclose(_last_logits(tiny, formatter, defence), clean)
+    assert torch.equal(
+        _last_logits(tiny, formatter, [Gated(add, arms.cast_gate(direction, 1.5))]), clean
+    )
+
+
+def test_a_probes_folded_logit_is_the_fitted_models() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    harmful = rng.normal([2.0, 0.0, 5.0], [1.0, 3.0, 0.5], size=(40, 3))
+    harmless = rng.normal([0.0, 1.0, 4.0], [1.0, 3.0, 0.5], size=(40, 3))
+    probe = arms.fit_probe(((0, 1), (0, 2), (1, 3)), harmful, harmless, c=0.5)
+    x = np.concatenate([harmful, harmless])
+    mean, scale = x.mean(0), x.std(0)
+    y = np.r_[np.ones(40), np.zeros(40)]
+    reference = LogisticRegression(C=0.5, max_iter=5_000).fit((x - mean) / scale, y)
+    folded = x @ np.array(probe.weights) + probe.bias
+    np.testing.assert_allclose(folded, reference.decision_function((x - mean) / scale), atol=1e-8)
+    assert ((folded > 0) == y).mean() > 0.8
+    with pytest.raises(UserError, match="at least 2 harmful and 2 harmless"):
+        arms.fit_probe(((0, 1),), harmful[:1, :1], harmless[:, :1])

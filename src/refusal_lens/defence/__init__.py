@@ -1,9 +1,12 @@
 """Defences: strengthen refusal only where harm is present, and measure what that costs.
 
-`gates` scores how a gate (harm latents, a probe on latents, or a condition direction)
-separates harmful from harmless prompts and sets its threshold on validation prompts.
+`arms` builds the defences a study compares as interventions (refusal latents set up, the
+direction added, each gated on harm latents, a probe on them, or the direction itself);
+`gates` scores how a gate separates harmful from harmless prompts and sets its threshold on
+validation prompts.
 """
 
+from . import arms
 from .gates import TriggerRates, prompt_scores, threshold_at, trigger_rates
 
-__all__ = ["TriggerRates", "prompt_scores", "threshold_at", "trigger_rates"]
+__all__ = ["TriggerRates", "arms", "prompt_scores", "threshold_at", "trigger_rates"]

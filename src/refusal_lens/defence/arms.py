@@ -1,0 +1,101 @@
+"""The defences a study compares, as interventions (data), from a run's artefacts.
+
+- `latents`: the refusal latents set to a value at every token (O'Brien et al. 2024 clamp
+  refusal features of Phi-3 Mini up) or scaled by one;
+- `direction`: the refusal direction added after its layer (activation addition);
+- `latents | harm`: `latents`, gated on the harm latents' summed activation;
+- `latents | probe`: `latents`, gated on a logistic probe's logit over the harm latents;
+- `direction | direction` (CAST-style): `direction`, gated on the cosine of the residual stream
+  with the refusal direction, which is the difference of harmful and harmless means at its
+  layer: the dense condition vector beside the dense behaviour vector.
+
+A gate reads a layer at or before every layer its edit changes (`interventions.Gated`), so
+the latent gates use the harm latents up to the first layer the refusal latents sit at, and
+the CAST gate reads the direction's own layer. Strengths and thresholds are arguments: the
+study chooses them on validation prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..direction import Direction
+from ..errors import UserError
+from ..interventions import AddDirection, DirectionGate, EditLatents, LatentGate
+from ..latents import LatentSet
+from ..saes import SAESet
+
+Pair = tuple[int, int]
+
+
+def refusal_edit(saes: SAESet, refusal: Sequence[Pair], mode: str, value: float) -> EditLatents:
+    """The refusal latents set to `value` (mode `set`) or scaled by it (`scale`) everywhere."""
+    if not refusal:
+        raise UserError("a latent defence needs refusal latents; the latent set is empty")
+    return EditLatents(saes, tuple(refusal), mode, value)
+
+
+def direction_edit(direction: Direction, coeff: float) -> AddDirection:
+    """The refusal direction (the raw difference of harmful and harmless means: `coeff` 1 adds
+    one such difference) added after its layer at every token."""
+    return direction.addition(coeff)
+
+
+def gate_latents(harm: LatentSet, k: int | None, edited: Sequence[Pair]) -> tuple[Pair, ...]:
+    """The top-k harm latents a gate can read before the edit: those at or before the first
+    layer the refusal latents sit at."""
+    first = min(layer for layer, _ in edited)
+    usable = tuple(pair for pair in harm.top(k) if pair[0] <= first)
+    if not usable:
+        layers = sorted({layer for layer, _ in harm.top(k)})
+        raise UserError(
+            f"no harm latent sits at or before layer {first}, the first the refusal latents "
+            f"edit (the harm latents are at layers {layers}); a gate must read before the edit"
+        )
+    return usable
+
+
+def harm_gate(saes: SAESet, latents: Sequence[Pair], threshold: float) -> LatentGate:
+    """Fires where the harm latents' summed activation reaches `threshold`."""
+    return LatentGate(saes, tuple(latents), threshold)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A logistic probe on latent activations, folded to act on raw activations: its logit is
+    `bias + weights . f` (the standardisation is inside)."""
+
+    latents: tuple[Pair, ...]
+    weights: tuple[float, ...]
+    bias: float
+
+    def gate(self, saes: SAESet, threshold: float) -> LatentGate:
+        return LatentGate(saes, self.latents, threshold, self.weights, self.bias)
+
+
+def fit_probe(
+    latents: Sequence[Pair], harmful: np.ndarray, harmless: np.ndarray, c: float = 1.0
+) -> Probe:
+    """A standardised logistic regression of harmful (1) against harmless (0) prompts on
+    `[prompts, latents]` features, with the scaling folded into its weights and bias."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([harmful, harmless]).astype(np.float64)
+    y = np.concatenate([np.ones(len(harmful)), np.zeros(len(harmless))])
+    if len(harmful) < 2 or len(harmless) < 2:
+        raise UserError("a probe gate needs at least 2 harmful and 2 harmless prompts to fit on")
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=c, max_iter=5_000).fit((x - mean) / scale, y)
+    weights = model.coef_[0] / scale
+    bias = float(model.intercept_[0] - (model.coef_[0] * mean / scale).sum())
+    return Probe(tuple(latents), tuple(float(w) for w in weights), bias)
+
+
+def cast_gate(direction: Direction, threshold: float) -> DirectionGate:
+    """Fires where the residual stream's cosine with the refusal direction, at its layer,
+    reaches `threshold`."""
+    return DirectionGate(direction.vector.float(), direction.layer, threshold, direction.source)
