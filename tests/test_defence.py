@@ -125,3 +125,15 @@ def test_a_probes_folded_logit_is_the_fitted_models() -> None:
     assert ((folded > 0) == y).mean() > 0.8
     with pytest.raises(UserError, match="at least 2 harmful and 2 harmless"):
         arms.fit_probe(((0, 1),), harmful[:1, :1], harmless[:, :1])
+
+
+def test_the_weakest_strength_that_reaches_the_target_is_chosen() -> None:
+    from refusal_lens.defence.calibrate import choose_strength
+
+    chosen = choose_strength({8.0: 0.95, 2.0: 0.5, 4.0: 0.92}, target=0.9)
+    assert chosen.strength == 4.0 and chosen.reached and chosen.blocked == 0.92
+    short = choose_strength({2.0: 0.5, 4.0: 0.7, 8.0: 0.7}, target=0.9)
+    assert short.strength == 4.0 and not short.reached  # the most blocked, the weaker on a tie
+    assert [row["strength"] for row in short.to_dict()["tried"]] == [2.0, 4.0, 8.0]
+    with pytest.raises(UserError, match="no defence strength"):
+        choose_strength({}, 0.9)

@@ -3,7 +3,7 @@
 `arms` builds the defences a study compares as interventions (refusal latents set up, the
 direction added, each gated on harm latents, a probe on them, or the direction itself);
 `gates` scores how a gate separates harmful from harmless prompts and sets its threshold on
-validation prompts.
+validation prompts; `calibrate` chooses a defence's strength on validation attacks.
 """
 
 from . import arms
