@@ -350,6 +350,8 @@ def test_train_saes_on_ray_equals_the_local_run(
                 remote[point].state_dict()[name], tensor, atol=1e-4, rtol=1e-4
             )
     assert remote.info["final_stats"].keys() == local.info["final_stats"].keys()
+    assert remote.info["executor"]["workers"]["collect"].keys() == {"model-0", "model-1"}
+    assert local.info["executor"] == {"executor": "local"}
 
 
 def test_judge_agreement_on_ray_equals_the_local_one(

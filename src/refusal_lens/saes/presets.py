@@ -177,6 +177,8 @@ def train_sae_set(
         "recipe_key": recipe.key(lm),
         "activation_tokens": cache.n_tokens,
         "seconds": {"collect": collected - started, "train": finished - collected},
+        # per task kind and worker: items, units, busy seconds (an executor's throughput)
+        "executor": spread.summary() if spread is not None else {"executor": "local"},
         "environment": environment(),
     }
     sae_set = SAESet(
