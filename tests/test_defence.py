@@ -137,3 +137,22 @@ def test_the_weakest_strength_that_reaches_the_target_is_chosen() -> None:
     assert [row["strength"] for row in short.to_dict()["tried"]] == [2.0, 4.0, 8.0]
     with pytest.raises(UserError, match="no defence strength"):
         choose_strength({}, 0.9)
+
+
+def test_latent_maxima_are_one_latent_gates_prompt_scores(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    """A probe gate's features, read in one forward per batch: each column is the prompt
+    score of a gate on that latent alone; the fitted probe is a gate that scores prompts."""
+    from refusal_lens.defence.gates import latent_maxima
+
+    latents = ((0, 3), (1, 7), (1, 40), (2, 9))
+    texts = [*PROMPTS, "Tell me a joke.", "How do I pick a lock without the key?"]
+    maxima = latent_maxima(tiny, formatter, tiny_saes, latents, texts, batch_size=3)
+    assert maxima.shape == (4, 4)
+    for j, pair in enumerate(latents):
+        alone = prompt_scores(tiny, formatter, LatentGate(tiny_saes, (pair,), 0.0), texts)
+        torch.testing.assert_close(maxima[:, j], alone)
+    probe = arms.fit_probe(latents, maxima[[1, 3]].numpy(), maxima[[0, 2]].numpy())
+    scores = prompt_scores(tiny, formatter, probe.gate(tiny_saes, 0.0), texts)
+    assert scores.shape == (4,) and torch.isfinite(scores).all()

@@ -7,6 +7,13 @@ validation prompts; `calibrate` chooses a defence's strength on validation attac
 """
 
 from . import arms
-from .gates import TriggerRates, prompt_scores, threshold_at, trigger_rates
+from .gates import TriggerRates, latent_maxima, prompt_scores, threshold_at, trigger_rates
 
-__all__ = ["TriggerRates", "arms", "prompt_scores", "threshold_at", "trigger_rates"]
+__all__ = [
+    "TriggerRates",
+    "arms",
+    "latent_maxima",
+    "prompt_scores",
+    "threshold_at",
+    "trigger_rates",
+]

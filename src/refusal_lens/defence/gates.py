@@ -21,9 +21,10 @@ import torch
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, bootstrap_mean
 from ..hooks import add_hooks
-from ..interventions.gated import Gate
+from ..interventions.gated import Gate, LatentGate
 from ..interventions.positions import unpadded_mask
 from ..models import ChatFormatter, LoadedModel
+from ..saes import SAESet
 
 
 class _Done(Exception):
@@ -69,6 +70,54 @@ def prompt_scores(
         score = torch.where(valid, score, torch.full_like(score, -math.inf))
         out.append(score.max(dim=1).values.float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.inference_mode()
+def latent_maxima(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    latents: Sequence[tuple[int, int]],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """`[len(texts), len(latents)]`: each latent's largest activation over each prompt's own
+    tokens (a probe gate's features; a one-latent gate's prompt score is its column)."""
+    if not latents:
+        raise UserError("latent maxima need at least one latent")
+    # one part per latent (a one-latent gate), all read in one forward per batch
+    parts = [
+        (point, score)
+        for pair in latents
+        for point, score in LatentGate(saes, (pair,), 0.0).parts(lm.model)
+    ]
+    last = max(point.layer for point, _ in parts)
+    found: dict[int, torch.Tensor] = {}
+
+    def reader(n: int, score: Any) -> Any:
+        def read(act: torch.Tensor, point: Any) -> None:
+            found[n] = score(act)
+            if len(found) == len(parts) and point.layer == last:
+                raise _Done
+
+        return read
+
+    hooks = [(point, reader(n, score)) for n, (point, score) in enumerate(parts)]
+    out: list[torch.Tensor] = []
+    for start in range(0, len(texts), batch_size):
+        batch = formatter.encode(list(texts[start : start + batch_size])).to(lm.device)
+        found.clear()
+        try:
+            with add_hooks(lm.model, hooks):
+                lm.model(**batch.forward_kwargs())
+        except _Done:
+            pass
+        values = torch.stack([found[n] for n in range(len(parts))], dim=-1)  # [B, T, latents]
+        valid = unpadded_mask(values, _pads(batch.attention_mask)).unsqueeze(-1)
+        values = torch.where(valid, values, torch.full_like(values, -math.inf))
+        out.append(values.max(dim=1).values.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(latents))
 
 
 def _pads(mask: torch.Tensor) -> tuple[int, ...]:
