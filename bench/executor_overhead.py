@@ -41,6 +41,17 @@ def tokens(db: Path, tokenizer: object) -> int:
     return sum(len(tokenizer(text)["input_ids"]) for text in rows)  # type: ignore[operator]
 
 
+def executor_arms(threads: int) -> dict[str, list[str]]:
+    """Label -> flags: local, then Ray with one worker of every thread and with two workers
+    that split them."""
+    whole, half = str(threads), str(max(1, threads // 2))
+    return {
+        "local": ["--executor", "local"],
+        "ray, 1 worker": ["--executor", "ray", "--workers", "1", "--worker-threads", whole],
+        "ray, 2 workers": ["--executor", "ray", "--workers", "2", "--worker-threads", half],
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
@@ -52,12 +63,7 @@ def main() -> None:
     if not args.report:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-    whole, half = str(args.threads), str(max(1, args.threads // 2))
-    arms = {
-        "local": ["--executor", "local"],
-        "ray, 1 worker": ["--executor", "ray", "--workers", "1", "--worker-threads", whole],
-        "ray, 2 workers": ["--executor", "ray", "--workers", "2", "--worker-threads", half],
-    }  # fmt: skip
+    arms = executor_arms(args.threads)
     rows = {}
     walls_file = out / "walls.json"
     walls = json.loads(walls_file.read_text()) if args.report else {}

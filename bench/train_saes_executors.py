@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from executor_overhead import executor_arms
 from refusal_lens.saes import SAESet
 from refusal_lens.saes.activations import ActivationCache
 
@@ -73,12 +74,7 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    whole, half = str(args.threads), str(max(1, args.threads // 2))
-    arms = {
-        "local": ["--executor", "local"],
-        "ray, 1 worker": ["--executor", "ray", "--workers", "1", "--worker-threads", whole],
-        "ray, 2 workers": ["--executor", "ray", "--workers", "2", "--worker-threads", half],
-    }  # fmt: skip
+    arms = executor_arms(args.threads)
     rows = {}
     for name, flags in arms.items():
         folder = out / name.replace(", ", "-").replace(" ", "")

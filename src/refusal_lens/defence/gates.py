@@ -12,7 +12,7 @@ ones (misses: the attacks it cannot stop), with bootstrap intervals.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,6 @@ from ..errors import UserError
 from ..evaluation.statistics import Estimate, bootstrap_mean
 from ..hooks import add_hooks
 from ..interventions.gated import Gate, LatentGate
-from ..interventions.positions import unpadded_mask
 from ..models import ChatFormatter, LoadedModel
 from ..saes import SAESet
 
@@ -42,33 +41,11 @@ def prompt_scores(
 ) -> torch.Tensor:
     """`[len(texts)]`: each prompt's gate score at its last token, the maximum over its own
     tokens (the chat template's included, as the gated edit sees them)."""
-    parts = gate.parts(lm.model)  # in layer order: the last one ends the forward
     bias = float(getattr(gate, "bias", 0.0))
-    total: dict[str, torch.Tensor] = {}
-
-    def reader(score: Any, final: bool) -> Any:
-        def read(act: torch.Tensor, _point: Any) -> None:
-            part = score(act)
-            total["score"] = part if "score" not in total else total["score"] + part
-            if final:
-                raise _Done
-
-        return read
-
-    hooks = [(point, reader(score, n == len(parts) - 1)) for n, (point, score) in enumerate(parts)]
-    out: list[torch.Tensor] = []
-    for start in range(0, len(texts), batch_size):
-        batch = formatter.encode(list(texts[start : start + batch_size])).to(lm.device)
-        total.clear()
-        try:
-            with add_hooks(lm.model, hooks):
-                lm.model(**batch.forward_kwargs())
-        except _Done:
-            pass
-        score = total["score"] + bias
-        valid = unpadded_mask(score.unsqueeze(-1), _pads(batch.attention_mask))
-        score = torch.where(valid, score, torch.full_like(score, -math.inf))
-        out.append(score.max(dim=1).values.float().cpu())
+    out = [
+        _prompt_max(sum(values) + bias, mask)
+        for values, mask in _part_batches(lm, formatter, gate.parts(lm.model), texts, batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -92,6 +69,22 @@ def latent_maxima(
         for pair in latents
         for point, score in LatentGate(saes, (pair,), 0.0).parts(lm.model)
     ]
+    out = [
+        _prompt_max(torch.stack(values, dim=-1), mask)  # [B, T, latents] -> [B, latents]
+        for values, mask in _part_batches(lm, formatter, parts, texts, batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, len(latents))
+
+
+def _part_batches(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    parts: Sequence[tuple[Any, Any]],
+    texts: Sequence[str],
+    batch_size: int,
+) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """Per batch of prompts: each part's `[batch, seq]` values (the forward stops once the
+    last is read) and the attention mask."""
     last = max(point.layer for point, _ in parts)
     found: dict[int, torch.Tensor] = {}
 
@@ -104,7 +97,6 @@ def latent_maxima(
         return read
 
     hooks = [(point, reader(n, score)) for n, (point, score) in enumerate(parts)]
-    out: list[torch.Tensor] = []
     for start in range(0, len(texts), batch_size):
         batch = formatter.encode(list(texts[start : start + batch_size])).to(lm.device)
         found.clear()
@@ -113,15 +105,14 @@ def latent_maxima(
                 lm.model(**batch.forward_kwargs())
         except _Done:
             pass
-        values = torch.stack([found[n] for n in range(len(parts))], dim=-1)  # [B, T, latents]
-        valid = unpadded_mask(values, _pads(batch.attention_mask)).unsqueeze(-1)
-        values = torch.where(valid, values, torch.full_like(values, -math.inf))
-        out.append(values.max(dim=1).values.float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(latents))
+        yield [found[n] for n in range(len(parts))], batch.attention_mask
 
 
-def _pads(mask: torch.Tensor) -> tuple[int, ...]:
-    return tuple(int(n) for n in (mask == 0).sum(dim=1).tolist())
+def _prompt_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The maximum over each row's own tokens (padding excluded) of `[batch, seq, ...]`."""
+    valid = mask.bool().reshape(*mask.shape, *([1] * (values.dim() - 2)))
+    masked = torch.where(valid, values, torch.full_like(values, -math.inf))
+    return masked.max(dim=1).values.float().cpu()
 
 
 def threshold_at(harmless: torch.Tensor, false_trigger: float) -> float:
