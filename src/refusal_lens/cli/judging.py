@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 from typing import Any
 
 from ..errors import UserError
@@ -126,7 +127,7 @@ def cmd_judge_agreement(args: argparse.Namespace) -> int:
         loaded = load_lm(args)
         executor = open_executor(args, where, *loaded)
     judges = _judges(args, specs, loaded)
-    try:
+    with executor if executor is not None else nullcontext():
         rows = judge_agreement(
             judges,
             sets,
@@ -136,9 +137,6 @@ def cmd_judge_agreement(args: argparse.Namespace) -> int:
             seed=args.seed,
             executor=executor,
         )
-    finally:
-        if executor is not None:
-            executor.close()
     print(agreement_markdown(rows), end="")
     return 0
 
