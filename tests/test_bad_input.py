@@ -1193,6 +1193,32 @@ CASES: list[Case] = [
         "unknown dataset 'jbb'",
     ),
     Case(
+        "defend-val-fraction-one",
+        lambda e: e.analysis(
+            "defend", "--harm-latents", str(e.w.latents), "--set", "val_fraction=1"
+        ),
+        "val_fraction is in (0, 1)",
+    ),
+    Case(
+        "defend-refusal-judge-not-a-judge",
+        lambda e: e.analysis(
+            "defend", "--harm-latents", str(e.w.latents), "--set", "judges=learned"
+        ),
+        "must be one of the judges",
+    ),
+    Case(
+        "defend-source-missing-file",
+        lambda e: e.analysis(
+            "defend", "--harm-latents", str(e.w.latents), "--source", str(e.tmp / "attacks.csv")
+        ),
+        "unknown adversarial source",
+    ),
+    Case(
+        "defend-without-harm-latents",
+        lambda e: e.analysis("defend"),
+        "pass --harm-latents",
+    ),
+    Case(
         "probes-n-train-negative",
         lambda e: e.analysis("probes", "--set", "n_train=-3"),
         "negative",

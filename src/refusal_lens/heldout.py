@@ -115,6 +115,23 @@ def overlap(
     return exact, near
 
 
+def drop_selected(
+    selected_on: Mapping[str, Any], prompts: PromptSet, threshold: float = NEAR_DUPLICATE_JACCARD
+) -> PromptSet:
+    """`prompts` without those a recorded selection used (exactly or as near-duplicates)."""
+    exact_hashes = {h for role in selected_on.values() for h in role.get("prompt_hashes", [])}
+    index = _Index(
+        (frozenset(item) for role in selected_on.values() for item in role.get("word_hashes", [])),
+        threshold,
+    )
+    return prompts.filter(
+        lambda p: (
+            prompt_hash(p.text) not in exact_hashes
+            and not index.near(frozenset(word_hashes(p.text)))
+        )
+    )
+
+
 def check(selected_on: Mapping[str, Any], prompts: PromptSet, what: str) -> None:
     """Refuse to evaluate `what` on prompts it was selected on (or near-copies of them)."""
     exact, near = overlap(selected_on, prompts)

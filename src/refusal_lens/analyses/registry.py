@@ -42,6 +42,8 @@ class AnalysisEntry:
     harm: Literal["no", "optional", "needed"] = "no"
     # a one-line failure (UserError) is recorded and the later analyses go on without its output
     may_fail: bool = False
+    # whether `analyze` runs it without being named in --only (a study with a cost of its own)
+    in_suite: bool = True
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -157,6 +159,32 @@ ANALYSES: dict[str, AnalysisEntry] = {
     refusal-lens minimal --saes SAES --latents runs/ours/latents.json --data-dir DATA \\
         --set keep=0.8 --out runs/minimal
 """,
+        ),
+        AnalysisEntry(
+            name="defend",
+            help="Defence: refusal latents (or the direction) strengthened everywhere, or only "
+            "where harm latents, a probe on them or the direction's cosine fire; strengths and "
+            "thresholds chosen on validation prompts; jailbreak success (single and two-turn), "
+            "over-refusal, harmless KL, capabilities and the gates' false triggers and misses "
+            "on test prompts, each against no defence.",
+            module="refusal_lens.analyses.defend",
+            section=f"{_REPORT}:defend_section",
+            examples="""
+    refusal-lens defend --run runs/quickstart --quick --data-dir DATA   # after categories
+    refusal-lens defend --run runs/bench --source gptfuzz --source my_attacks.jsonl \\
+        --data-dir DATA --set false_trigger=0.02
+""",
+            flags=(
+                Flag(
+                    "--source",
+                    "sources",
+                    "attacks: gptfuzz, suffixes or a .csv/.json/.jsonl file with prompt and goal "
+                    "columns (repeatable; default gptfuzz and suffixes)",
+                    repeat=True,
+                ),
+            ),
+            harm="needed",
+            in_suite=False,
         ),
     )
 }

@@ -116,7 +116,7 @@ def analyze_job(
     echo: Callable[[str], None] = print,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
-    only = tuple(ANALYSES) if only is None else only
+    only = tuple(n for n, e in ANALYSES.items() if e.in_suite) if only is None else only
     for name in only:
         if name not in ANALYSES:
             raise UserError(f"unknown analysis {name!r}; choose from {', '.join(ANALYSES)}")

@@ -166,7 +166,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     inputs = RunInputs.of(args.run)
     if args.model is None:
         args.model = inputs.model
-    only = tuple(name for name in (args.only or ",".join(ANALYSES)).split(",") if name.strip())
+    suite = ",".join(name for name, entry in ANALYSES.items() if entry.in_suite)
+    only = tuple(name for name in (args.only or suite).split(",") if name.strip())
     unknown = [name for name in only if name not in ANALYSES]
     if unknown or not only:
         raise UserError(
@@ -200,7 +201,9 @@ def analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="benchmark / run folder (its SAE set, direction, ours set)")
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes each)")
     parser.add_argument(
-        "--only", default=None, help="comma-separated subset of the analyses (default: all)"
+        "--only",
+        default=None,
+        help="comma-separated analyses (default: every one but defend, run only when named)",
     )
 
 

@@ -3,9 +3,9 @@
 - `latents`: the refusal latents set to a value at every token (O'Brien et al. 2024 clamp
   refusal features of Phi-3 Mini up) or scaled by one;
 - `direction`: the refusal direction added after its layer (activation addition);
-- `latents | harm`: `latents`, gated on the harm latents' summed activation;
-- `latents | probe`: `latents`, gated on a logistic probe's logit over the harm latents;
-- `direction | direction` (CAST-style): `direction`, gated on the cosine of the residual stream
+- `latents if harm`: `latents`, gated on the harm latents' summed activation;
+- `latents if probe`: `latents`, gated on a logistic probe's logit over the harm latents;
+- `direction if cosine` (CAST-style): `direction`, gated on the cosine of the residual stream
   with the refusal direction, which is the difference of harmful and harmless means at its
   layer: the dense condition vector beside the dense behaviour vector.
 

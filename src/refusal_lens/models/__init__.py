@@ -1,7 +1,7 @@
 """Models: registry of aliases, loading (PyPI-shipped GGUF, hub, folders), chat formatting."""
 
 from ..settings import DEFAULT_MODEL
-from .chat import ChatFormatter, EncodedBatch
+from .chat import ChatFormatter, EncodedBatch, conversation, turns
 from .loading import LoadedModel, load_model
 from .registry import REGISTRY, ModelSpec, find_spec, registered_names
 
@@ -12,7 +12,9 @@ __all__ = [
     "EncodedBatch",
     "LoadedModel",
     "ModelSpec",
+    "conversation",
     "find_spec",
     "load_model",
     "registered_names",
+    "turns",
 ]

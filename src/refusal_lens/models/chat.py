@@ -1,7 +1,15 @@
-"""Chat formatting with the model's own template, left padding and explicit attention masks."""
+"""Chat formatting with the model's own template, left padding and explicit attention masks.
+
+A prompt is one user turn, or a whole conversation written with `conversation(turns)`: user,
+assistant, ..., user turns packed into one string, so that a multi-turn prompt travels, is
+stored and is keyed like any other (its rendering ends with the template's generation prompt
+after the last user turn).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -13,6 +21,35 @@ from ..errors import UserError
 _SENTINEL = "\x00REFUSAL_LENS_INSTRUCTION\x00"
 # Tokens that end an assistant turn in common templates (the tokenizer's eos is added too).
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+# A prompt that starts with this holds a conversation (`conversation`), as a JSON list of turns.
+_TURNS = "\x1eturns:"
+
+
+def conversation(turns: Sequence[str]) -> str:
+    """A multi-turn prompt: user, assistant, ..., user turns (an odd number) as one string."""
+    if len(turns) % 2 == 0 or not all(isinstance(t, str) for t in turns):
+        raise UserError(
+            f"a conversation is user, assistant, ..., user turns (an odd number of strings), "
+            f"got {len(turns)}"
+        )
+    return _TURNS + json.dumps(list(turns), ensure_ascii=False)
+
+
+def turns(prompt: str) -> list[str]:
+    """The user and assistant turns of a prompt: one user turn unless it is a `conversation`."""
+    if not prompt.startswith(_TURNS):
+        return [prompt]
+    try:
+        found = json.loads(prompt[len(_TURNS) :])
+    except json.JSONDecodeError:
+        raise UserError("a conversation prompt is not valid JSON after its marker") from None
+    if (
+        not isinstance(found, list)
+        or len(found) % 2 == 0
+        or not all(isinstance(t, str) for t in found)
+    ):
+        raise UserError("a conversation prompt holds an odd number of text turns")
+    return found
 
 
 @dataclass
@@ -37,7 +74,7 @@ class EncodedBatch:
 
 
 class ChatFormatter:
-    """Renders one-user-turn conversations with the tokenizer's chat template.
+    """Renders prompts (one user turn, or a `conversation`) with the tokenizer's chat template.
 
     `system=None` keeps the template's own behaviour (Qwen2.5 inserts a default system prompt);
     a string sets the system turn explicitly ("" for an empty one, where the template allows).
@@ -59,7 +96,12 @@ class ChatFormatter:
         self.max_length = max_length
 
     def render(self, instruction: str) -> str:
-        messages = [{"role": "user", "content": instruction}]
+        """The prompt (one user turn, or a `conversation`) in the chat template, ending with
+        the generation prompt."""
+        messages = [
+            {"role": "user" if n % 2 == 0 else "assistant", "content": text}
+            for n, text in enumerate(turns(instruction))
+        ]
         if self.system is not None:
             messages.insert(0, {"role": "system", "content": self.system})
         text = self.tokenizer.apply_chat_template(

@@ -375,3 +375,186 @@ def analyses_sections(page: Page, run: Path) -> None:
 
     for entry in ANALYSES.values():
         entry.write_section(page, run)
+
+
+def defend_section(page: Page, run: Path) -> None:
+    summary = _load(run / "analyses" / "defend" / "defend.json")
+    if summary is None:
+        return
+    settings = summary["settings"]
+    page.heading("Defence: refusal strengthened where harm is present")
+    strengths = summary["strengths"]
+    page.paragraph(
+        "Held-out pools: "
+        + ", ".join(f"{k} {v}" for k, v in summary["pools"].items())
+        + ". Strengths chosen on validation attacks (the weakest that blocks "
+        f"{settings['target_block']:.0%} of those that succeed without a defence): refusal "
+        f"latents {settings['latent_mode']} {strengths['latents']['strength']:g} (blocks "
+        f"{strengths['latents']['blocked']:.2f} of {strengths['latents']['n_succeeding']}), "
+        f"direction x{strengths['direction']['strength']:g} (blocks "
+        f"{strengths['direction']['blocked']:.2f}). Gate thresholds keep "
+        f"{settings['false_trigger']:.0%} of harmless and XSTest safe validation prompts firing. "
+        f"Success: every judge ({', '.join(settings['judges'])}) says the answer does the "
+        f"request; over-refusal: the {settings['refusal_judge']} judge. Differences are paired "
+        "with no defence on the same prompts (p: bootstrap)."
+    )
+    rows = summary["defences"]
+    page.table(
+        [
+            "defence",
+            "strength",
+            "attack success (vs none)",
+            "two-turn (vs none)",
+            "XSTest safe refused (vs none)",
+            "benign refused (vs none)",
+            "harmless KL",
+        ],
+        [
+            [
+                r["defence"],
+                "-" if r["strength"] is None else f"{r['strength']:g}",
+                interval_cell(r.get("attacks")) + _vs_none(r.get("attacks_vs_none")),
+                interval_cell(r.get("two_turn")) + _vs_none(r.get("two_turn_vs_none")),
+                interval_cell(r.get("xstest_safe")) + _vs_none(r.get("xstest_safe_vs_none")),
+                interval_cell(r.get("jbb_benign")) + _vs_none(r.get("jbb_benign_vs_none")),
+                interval_cell(r.get("harmless_kl"), 3),
+            ]
+            for r in rows
+        ],
+    )
+    points = {
+        r["defence"]: (r["xstest_safe"], r["attacks"])
+        for r in rows
+        if r.get("xstest_safe") and r.get("attacks")
+    }
+    if points:
+        page.figure(
+            "defend_pareto.png",
+            plots.robustness_cost(points, summary["pareto"]),
+            "Jailbreak success against over-refusal, one point per defence (95% intervals); "
+            "ringed: the Pareto front",
+        )
+    page.paragraph("Pareto front: " + ", ".join(summary["pareto"]) + ".")
+    kept = {k: v for k, v in summary["kept_share"].items() if v}
+    if kept:
+        page.paragraph(
+            "Share of the unconditional defence's drop in attack success its gated version "
+            "keeps: " + "; ".join(f"{k} {interval_cell(v)}" for k, v in kept.items()) + "."
+        )
+    by_source = sorted({s for r in rows for s in r.get("attacks_by_source", {})})
+    capability_rows = [
+        [r["defence"], c["task"], c["metric"], interval_cell(c), _capability_diff(c)]
+        for r in rows
+        for c in r.get("capabilities", [])
+    ]
+    if by_source:
+        page.table(
+            ["defence", *by_source],
+            [
+                [r["defence"], *(interval_cell(r["attacks_by_source"].get(s)) for s in by_source)]
+                for r in rows
+            ],
+        )
+    if capability_rows:
+        page.paragraph("Capabilities through lm-eval with the defence active (vs none: paired).")
+        page.table(["defence", "task", "metric", "score", "vs none (p)"], capability_rows)
+    triggers = [r for r in rows if r.get("trigger")]
+    if triggers:
+        page.paragraph(
+            "Gates: false triggers on harmless, XSTest safe and benign prompts, misses on plain "
+            "requests and attacks (validation: where the threshold was set; test: held out)."
+        )
+        page.table(
+            [
+                "defence",
+                "threshold",
+                "false trigger (val)",
+                "miss (val)",
+                "false trigger (test)",
+                "miss (test)",
+            ],
+            [
+                [
+                    r["defence"],
+                    f"{r['trigger']['threshold']:.4g}",
+                    interval_cell(r["trigger"]["validation"]["false_trigger"]),
+                    interval_cell(r["trigger"]["validation"]["miss"]),
+                    interval_cell(r["trigger"]["test"]["false_trigger"]),
+                    interval_cell(r["trigger"]["test"]["miss"]),
+                ]
+                for r in triggers
+            ],
+        )
+    examples = summary.get("examples") or {}
+    sample_rows = []
+    for defence, kinds in examples.items():
+        for row in kinds.get("attacks", []):
+            sample_rows.append(_sample_row(defence, "attack", row, row["success"]))
+        for row in kinds.get("safe", []):
+            sample_rows.append(_sample_row(defence, "XSTest safe", row, row["refused"]))
+    if sample_rows:
+        page.paragraph(
+            "Where defences fail: attacks that get through (first) and safe prompts refused "
+            "(first), with every judge's verdict and the gate's prompt score."
+        )
+        page.table(
+            ["defence", "kind", "prompt", "answer", "counted", "verdicts", "gate score"],
+            sample_rows,
+        )
+
+
+def _vs_none(entry: dict[str, Any] | None) -> str:
+    return "" if not entry else f" ({entry['mean']:+.2f}, p={entry['p_value']:.3f})"
+
+
+def _capability_diff(entry: dict[str, Any]) -> str:
+    if entry.get("difference_vs_base") is None:
+        return "-"
+    low, high = entry["difference_ci95"]
+    return (
+        f"{entry['difference_vs_base']:+.3f} [{low:+.3f}, {high:+.3f}] (p={entry['p_value']:.3f})"
+    )
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _sample_row(defence: str, kind: str, row: dict[str, Any], counted: bool) -> list[str]:
+    from ..models import turns
+
+    shown = turns(row["prompt"])
+    prompt = (
+        shown[0]
+        if len(shown) == 1
+        else " / ".join(f"[turn {i + 1}] {t}" for i, t in enumerate(shown))
+    )
+    verdicts = ", ".join(
+        f"{judge}: "
+        + (
+            "refused"
+            if v["refused"]
+            else "complied"
+            if v["complied"]
+            else "not complied"
+            if v["complied"] is False
+            else "answered"
+        )
+        for judge, v in row["verdicts"].items()
+    )
+    score = row.get("gate_score")
+    what = (
+        ("jailbroken" if counted else "blocked")
+        if kind == "attack"
+        else ("refused" if counted else "answered")
+    )
+    return [
+        defence,
+        kind,
+        _short(prompt),
+        _short(row["answer"]),
+        what,
+        verdicts,
+        "-" if score is None else f"{score:.3g}",
+    ]

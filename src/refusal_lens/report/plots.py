@@ -171,3 +171,46 @@ def edge_graph(edges: Sequence[dict[str, Any]], *, title: str) -> bytes:
     axes.axis("off")
     axes.set_title(title, fontsize=10)
     return _png(figure)
+
+
+def robustness_cost(
+    points: dict[str, tuple[dict[str, Any], dict[str, Any]]], front: Sequence[str]
+) -> bytes:
+    """Each defence a point: cost (x, e.g. over-refusal) against attack success (y), both with
+    95% intervals; the Pareto front (no other point lower on both) joined and ringed."""
+    figure, axes = plt.subplots(figsize=(5.8, 4.0))
+    for i, (label, (x, y)) in enumerate(points.items()):
+        cx, cy = _clean_entry(x), _clean_entry(y)
+        axes.errorbar(
+            [cx["mean"]],
+            [cy["mean"]],
+            xerr=_errors([cx]),
+            yerr=_errors([cy]),
+            fmt="o",
+            capsize=2,
+            color=COLORS[i % len(COLORS)],
+            label=label,
+        )
+    ordered = sorted((points[label][0]["mean"], points[label][1]["mean"]) for label in front)
+    if ordered:
+        axes.plot(*zip(*ordered, strict=True), linestyle="--", color="grey", linewidth=1)
+        axes.scatter(
+            *zip(*ordered, strict=True),
+            s=160,
+            facecolors="none",
+            edgecolors="k",
+            label="Pareto front",
+        )
+    axes.set_xlabel("over-refusal on XSTest safe prompts (test)")
+    axes.set_ylabel("jailbreak success (test attacks)")
+    axes.set_title("robustness against cost")
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.legend(fontsize=7)
+    return _png(figure)
+
+
+def _clean_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    low, high = entry.get("ci95") or (None, None)
+    mean = entry["mean"]
+    return {"mean": mean, "ci95": [mean if low is None else low, mean if high is None else high]}

@@ -1,0 +1,232 @@
+"""The defence study: its pools, its statistics and the whole job on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_sae_set
+from refusal_lens.analyses.defend import (
+    DefendSettings,
+    _split,
+    build_pools,
+    defend_job,
+    kept_share,
+    pareto,
+    prompt_set,
+)
+from refusal_lens.analyses.inputs import AnalysisInputs
+from refusal_lens.data import load_prompts
+from refusal_lens.direction import Direction
+from refusal_lens.errors import UserError
+from refusal_lens.evaluation.capabilities import CapabilitySettings
+from refusal_lens.heldout import describe, drop_selected, words
+from refusal_lens.judges import degenerate, register_judge
+from refusal_lens.judges.degenerate import DegenerateRules
+from refusal_lens.latents import LatentSet
+from refusal_lens.models import ChatFormatter, LoadedModel, conversation, turns
+from test_probes import _ParityJudge
+
+
+def test_a_conversation_renders_every_turn_in_the_template(tiny: LoadedModel) -> None:
+    formatter = ChatFormatter(tiny.tokenizer)
+    prompt = conversation(["Name a fruit.", "An apple.", "Now name a vegetable."])
+    assert turns(prompt) == ["Name a fruit.", "An apple.", "Now name a vegetable."]
+    assert turns("plain") == ["plain"]
+    rendered = formatter.render(prompt)
+    assert rendered.index("Name a fruit.") < rendered.index("An apple.")
+    assert rendered.index("An apple.") < rendered.index("Now name a vegetable.")
+    assert rendered.endswith(formatter.render("x").split("x")[-1])  # the generation prompt
+    assert "assistant\nAn apple." in rendered
+    with pytest.raises(UserError, match="odd number"):
+        conversation(["a", "b"])
+
+
+def test_selected_prompts_and_near_copies_leave_a_pool() -> None:
+    pool = prompt_set(
+        "pool",
+        ["How do I bake bread at home?", "Write a poem about the sea.", "Explain photosynthesis."],
+    )
+    chosen = prompt_set("chosen", ["how do i bake bread at home", "Explain photosynthesis."])
+    kept = drop_selected({"latents train": describe(chosen)}, pool)
+    assert kept.texts() == ["Write a poem about the sea."]
+
+
+def test_a_split_leaves_no_near_copy_of_validation_in_test() -> None:
+    texts = [f"Tell me about topic number {n} in detail" for n in range(4)] + [
+        "Write a haiku",
+        "write a haiku!",
+    ]
+    val, test = _split(prompt_set("p", texts), 0.5, seed=3)
+    assert len(val) == 3
+    for t in test.texts():
+        assert all(len(words(t) & words(v)) / len(words(t) | words(v)) < 0.6 for v in val.texts())
+
+
+def test_the_pareto_front_keeps_points_no_other_beats_on_both_axes() -> None:
+    points = {"none": (0.0, 0.5), "a": (0.2, 0.1), "b": (0.3, 0.2), "c": (0.2, 0.1)}
+    assert pareto(points) == ["none", "a", "c"]
+
+
+def test_the_kept_share_is_the_gated_drop_over_the_full_drop() -> None:
+    none = np.array([1, 1, 1, 1, 0, 0, 1, 1], dtype=bool)
+    full = np.zeros(8, dtype=bool)
+    gated = np.array([0, 0, 0, 1, 0, 0, 1, 0], dtype=bool)
+    kept = kept_share(none, full, gated, seed=0)
+    assert kept is not None
+    assert kept["mean"] == pytest.approx((6 / 8 - 2 / 8) / (6 / 8))
+    assert kept["ci95"][0] <= kept["mean"] <= kept["ci95"][1]
+    assert kept_share(none, none, gated, seed=0) is None  # nothing to keep
+
+
+def test_bad_settings_are_one_line_errors() -> None:
+    with pytest.raises(UserError, match="val_fraction"):
+        DefendSettings(val_fraction=1.0)
+    with pytest.raises(UserError, match="latent_mode"):
+        DefendSettings(latent_mode="add")
+    with pytest.raises(UserError, match="n_goals"):
+        DefendSettings(n_goals=0)
+
+
+def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:
+    settings = DefendSettings(
+        sources=("suffixes", "gptfuzz"),
+        n_goals=10,
+        attacks_per_goal=2,
+        n_harmless=20,
+        n_safe=20,
+        n_benign=5,
+        two_turn=4,
+    )
+    banned = load_prompts("xstest_safe", data_dir=shared_data, limit=3)
+    pools = build_pools(settings, {"x": describe(banned)}, shared_data)
+    assert not set(banned.texts()) & set(pools.safe_val.texts() + pools.safe_test.texts())
+    val_goals, test_goals = set(pools.val_goals.texts()), set(pools.test_goals.texts())
+    assert not val_goals & test_goals
+    assert {a.goal for a in pools.val_attacks} <= val_goals
+    assert {a.goal for a in pools.test_attacks} <= test_goals
+    assert {a.source for a in pools.val_attacks + pools.test_attacks} == {"suffixes", "gptfuzz"}
+    assert all(a.goal in a.prompt for a in pools.test_attacks)
+    assert len(pools.first_turns) == 4
+    assert not set(pools.first_turns.texts()) & set(
+        pools.harmless_val.texts() + pools.harmless_test.texts()
+    )
+
+
+def test_defend_job_on_a_tiny_model(
+    tiny: LoadedModel, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saes = random_sae_set(tiny)
+    saes.save(tmp_path / "saes")
+    torch.manual_seed(0)
+    direction = Direction(torch.randn(tiny.d_model), 1, -1, {"name": tiny.name})
+    model = {"name": tiny.name, "weights_sha256": tiny.weights_sha256}
+    where = {"path": str(tmp_path / "saes"), "fingerprint": saes.fingerprint()}
+    refusal = LatentSet(
+        model,
+        where,
+        "common",
+        "heldout",
+        {},
+        [(1, 3, 1.0), (2, 7, 0.5)],
+        {"mode": "scale", "value": -3.0, "k": 2},
+    )
+    harm = LatentSet(
+        model,
+        where,
+        "harm",
+        "heldout",
+        {},
+        [(0, 5, 1.0), (1, 9, 0.5), (2, 1, 0.1)],
+        {"mode": "scale", "value": -3.0, "k": 3},
+    )
+    register_judge("test-parity", lambda context: _ParityJudge(), "refuses prompts of even CRC")
+    monkeypatch.setattr(degenerate, "RULES", DegenerateRules(min_words=0, max_loop_share=1.1))
+    settings = DefendSettings(
+        sources=("suffixes",),
+        n_goals=8,
+        attacks_per_goal=2,
+        n_harmless=10,
+        n_safe=10,
+        n_benign=4,
+        two_turn=3,
+        latent_strengths=(2.0, 8.0),
+        direction_strengths=(0.5,),
+        target_block=0.5,
+        judges=("test-parity",),
+        refusal_judge="test-parity",
+        max_new_tokens=6,
+        batch_size=4,
+        samples=2,
+        capabilities=CapabilitySettings(tasks=("arc_challenge",), limit=3, batch_size=4),
+    )
+    inputs = AnalysisInputs(
+        lm=tiny,
+        formatter=ChatFormatter(tiny.tokenizer),
+        saes=saes,
+        saes_path=str(where["path"]),
+        direction=direction,
+        direction_path="",
+        latents=refusal,
+        ours=refusal,
+        harm=harm,
+        data_dir=str(shared_data),
+        echo=lambda _: None,
+    )
+    summary = defend_job(inputs, settings, tmp_path / "run")
+    labels = [row["defence"] for row in summary["defences"]]
+    assert labels == [
+        "none",
+        "latents",
+        "latents if harm",
+        "latents if probe",
+        "direction",
+        "direction if cosine",
+    ]
+    # the gate reads only harm latents at or before the first edited layer (1)
+    assert summary["harm_latents"] == [[0, 5], [1, 9]]
+    rows = {row["defence"]: row for row in summary["defences"]}
+    assert rows["latents if harm"]["strength"] == rows["latents"]["strength"]
+    assert rows["latents"]["strength"] in (2.0, 8.0)
+    n_attacks = summary["pools"]["test attacks"]
+    for row in summary["defences"]:
+        assert row["attacks"]["n"] == n_attacks and row["two_turn"]["n"] == 3
+        assert 0 <= row["xstest_safe"]["mean"] <= 1
+        assert [c["task"] for c in row["capabilities"]] == ["arc_challenge", "arc_challenge"]
+    assert rows["none"]["harmless_kl"] is None and "attacks_vs_none" not in rows["none"]
+    assert rows["latents"]["harmless_kl"]["mean"] > 0
+    for name in ("latents if harm", "latents if probe", "direction if cosine"):
+        trigger = rows[name]["trigger"]
+        assert trigger["validation"]["false_trigger"]["mean"] <= settings.false_trigger + 1e-9
+        assert rows[name]["threshold"] == trigger["threshold"]
+    # unconditional defences fire everywhere, so they differ from none on some test attacks
+    assert set(summary["pareto"]) <= set(labels)
+    attacks = summary["examples"]["latents"]["attacks"]
+    assert any(len(turns(a["prompt"])) == 3 for a in attacks)
+    markdown = (tmp_path / "run" / "defend.md").read_text()
+    assert markdown.startswith("# Defence") and "| latents if probe |" in markdown
+    scores = json.loads((tmp_path / "run" / "gate_scores.json").read_text())
+    assert set(scores) == {"harm", "probe", "cosine"}
+
+    from refusal_lens.report.analyses import defend_section
+    from refusal_lens.report.page import Page
+
+    report_run = tmp_path / "report-run" / "analyses" / "defend"
+    report_run.mkdir(parents=True)
+    (report_run / "defend.json").write_text(json.dumps(summary))
+    page = Page("report")
+    defend_section(page, tmp_path / "report-run")
+    text = "\n".join(page.md)
+    assert "defend_pareto.png" in page.figures and "| latents if harm |" in text
+    assert "[turn 3]" in text
+
+    def no_more(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a rerun generated again")
+
+    monkeypatch.setattr("refusal_lens.generation.generate", no_more)
+    again = defend_job(inputs, settings, tmp_path / "run")
+    assert again["defences"] == summary["defences"]
