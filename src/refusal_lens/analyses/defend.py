@@ -512,7 +512,8 @@ def measure(
     safe_sets = [pools.safe_test] + ([pools.benign] if pools.benign is not None else [])
     verdicts = judged(ctx, safe_sets, arm)
     for name, rows in zip(("xstest_safe", "jbb_benign"), verdicts, strict=False):
-        out[name] = np.array([bool(v[settings.refusal_judge].refused) for v in rows])
+        out[name] = np.array([_unanswered(v[settings.refusal_judge]) for v in rows])
+        out[f"{name}_degenerate"] = int(sum(v[settings.refusal_judge].degenerate for v in rows))
     if defence.interventions:
         texts = pools.harmless_test.texts()
         answers = stored_completions(ctx, base_arm(ctx), pools.harmless_test)
@@ -568,8 +569,19 @@ def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
     ]
 
 
+def _unanswered(verdict: Any) -> bool:
+    """A safe prompt the defence fails: refused, or answered with degenerate text (empty,
+    looping, the request echoed), which no refusal judge counts but no user is helped by."""
+    return bool(verdict.refused) or verdict.degenerate
+
+
 def _verdict(v: Any) -> dict[str, Any]:
-    return {"refused": v.refused, "complied": v.complied, "score": v.score}
+    return {
+        "refused": v.refused,
+        "complied": v.complied,
+        "score": v.score,
+        "degenerate": v.degenerate,
+    }
 
 
 def samples(
@@ -610,7 +622,7 @@ def samples(
     safe = pools.safe_test
     answers = stored_completions(ctx, arm, safe)
     (verdicts,) = judged(ctx, [safe], arm)
-    refused = [bool(v[settings.refusal_judge].refused) for v in verdicts]
+    refused = [_unanswered(v[settings.refusal_judge]) for v in verdicts]
     order = [i for i, r in enumerate(refused) if r] + [i for i, r in enumerate(refused) if not r]
     for i in order[: settings.samples]:
         out["safe"].append(
@@ -719,6 +731,8 @@ def summarise(
             row[name] = _estimate(got[name].astype(float), seed)
             if defence.label != NONE:
                 row[f"{name}_vs_none"] = _paired(got[name], none[name], seed)
+            if f"{name}_degenerate" in got:
+                row[f"{name}_degenerate"] = got[f"{name}_degenerate"]
         by_source = {}
         for source in settings.sources:
             mask = np.array([a.source == source for a in pools.test_attacks])
@@ -778,8 +792,8 @@ def defend_markdown(summary: dict[str, Any]) -> str:
         "",
         "Pools: " + ", ".join(f"{k} {v}" for k, v in summary["pools"].items()) + ".",
         "",
-        "| defence | strength | attack success | two-turn | XSTest safe refused | benign "
-        "refused | harmless KL |",
+        "| defence | strength | attack success | two-turn | XSTest safe unanswered | benign "
+        "unanswered | harmless KL |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in summary["defences"]:

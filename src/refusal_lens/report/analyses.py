@@ -395,8 +395,9 @@ def defend_section(page: Page, run: Path) -> None:
         f"{strengths['direction']['blocked']:.2f}). Gate thresholds keep "
         f"{settings['false_trigger']:.0%} of harmless and XSTest safe validation prompts firing. "
         f"Success: every judge ({', '.join(settings['judges'])}) says the answer does the "
-        f"request; over-refusal: the {settings['refusal_judge']} judge. Differences are paired "
-        "with no defence on the same prompts (p: bootstrap)."
+        f"request; a safe or benign prompt is unanswered when the {settings['refusal_judge']} "
+        "judge says refused or the answer is degenerate (empty, looping, the request echoed). "
+        "Differences are paired with no defence on the same prompts (p: bootstrap)."
     )
     rows = summary["defences"]
     page.table(
@@ -405,8 +406,8 @@ def defend_section(page: Page, run: Path) -> None:
             "strength",
             "attack success (vs none)",
             "two-turn (vs none)",
-            "XSTest safe refused (vs none)",
-            "benign refused (vs none)",
+            "XSTest safe unanswered (vs none)",
+            "benign unanswered (vs none)",
             "harmless KL",
         ],
         [
@@ -421,6 +422,13 @@ def defend_section(page: Page, run: Path) -> None:
             ]
             for r in rows
         ],
+    )
+    degenerate = [
+        f"{r['defence']} {r.get('xstest_safe_degenerate', 0)} + {r.get('jbb_benign_degenerate', 0)}"
+        for r in rows
+    ]
+    page.paragraph(
+        "Degenerate answers among them (XSTest safe + benign): " + ", ".join(degenerate) + "."
     )
     points = {
         r["defence"]: (r["xstest_safe"], r["attacks"])
@@ -533,7 +541,9 @@ def _sample_row(defence: str, kind: str, row: dict[str, Any], counted: bool) -> 
     verdicts = ", ".join(
         f"{judge}: "
         + (
-            "refused"
+            "degenerate"
+            if v.get("degenerate")
+            else "refused"
             if v["refused"]
             else "complied"
             if v["complied"]
@@ -547,7 +557,7 @@ def _sample_row(defence: str, kind: str, row: dict[str, Any], counted: bool) -> 
     what = (
         ("jailbroken" if counted else "blocked")
         if kind == "attack"
-        else ("refused" if counted else "answered")
+        else ("unanswered" if counted else "answered")
     )
     return [
         defence,
