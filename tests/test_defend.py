@@ -230,3 +230,18 @@ def test_defend_job_on_a_tiny_model(
     monkeypatch.setattr("refusal_lens.generation.generate", no_more)
     again = defend_job(inputs, settings, tmp_path / "run")
     assert again["defences"] == summary["defences"]
+
+
+def test_a_nested_override_keeps_the_fields_own_default() -> None:
+    """`capabilities.limit=5` changes the limit only: the study's own task list (with MMLU)
+    stays, not the capability settings' class defaults."""
+    from refusal_lens.analyses.defend import QUICK
+    from refusal_lens.config import load_settings
+
+    settings = load_settings(DefendSettings, overrides=["capabilities.limit=5"])
+    assert settings.capabilities.tasks == DefendSettings().capabilities.tasks
+    assert "mmlu" in settings.capabilities.tasks and settings.capabilities.limit == 5
+    assert settings.capabilities.mmlu_subjects == DefendSettings().capabilities.mmlu_subjects
+    quick = load_settings(DefendSettings, defaults=QUICK)
+    assert quick.capabilities.tasks == ("arc_challenge", "mmlu", "gsm8k")
+    assert quick.capabilities.gsm8k_limit == 8

@@ -115,12 +115,35 @@ def _apply(values: dict[str, Any], cls: type, name: str, raw: Any, origin: str) 
 
 
 def _build(cls: type[T], values: Mapping[str, Any]) -> T:
+    """`cls` from its defaults and `values`; a nested table overrides only the keys it gives,
+    on top of the field's own default (which may differ from the nested class' defaults)."""
     hints = _hints(cls)
-    kwargs = {
-        key: _build(hints[key], value) if _is_dataclass_type(hints[key]) else value
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in values.items():
+        if _is_dataclass_type(hints[key]) and isinstance(value, Mapping):
+            base = _field_default(fields[key])
+            value = _build(hints[key], value) if base is None else _overlay(base, value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def _overlay(base: Any, values: Mapping[str, Any]) -> Any:
+    """A copy of the dataclass instance `base` with `values` (nested tables overlaid too)."""
+    hints = _hints(type(base))
+    changes = {
+        key: _overlay(getattr(base, key), value)
+        if _is_dataclass_type(hints[key]) and isinstance(value, Mapping)
+        else value
         for key, value in values.items()
     }
-    return cls(**kwargs)
+    return dataclasses.replace(base, **changes)
 
 
 def _env_names(cls: type, prefix: str, path: str = "") -> dict[str, str]:
