@@ -1200,13 +1200,6 @@ CASES: list[Case] = [
         "val_fraction is in (0, 1)",
     ),
     Case(
-        "defend-refusal-judge-not-a-judge",
-        lambda e: e.analysis(
-            "defend", "--harm-latents", str(e.w.latents), "--set", "judges=learned"
-        ),
-        "must be one of the judges",
-    ),
-    Case(
         "defend-source-missing-file",
         lambda e: e.analysis(
             "defend", "--harm-latents", str(e.w.latents), "--source", str(e.tmp / "attacks.csv")

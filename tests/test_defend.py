@@ -158,7 +158,6 @@ def test_defend_job_on_a_tiny_model(
         direction_strengths=(0.5,),
         target_block=0.5,
         judges=("test-parity",),
-        refusal_judge="test-parity",
         max_new_tokens=6,
         batch_size=4,
         samples=2,
@@ -245,3 +244,17 @@ def test_a_nested_override_keeps_the_fields_own_default() -> None:
     quick = load_settings(DefendSettings, defaults=QUICK)
     assert quick.capabilities.tasks == ("arc_challenge", "mmlu", "gsm8k")
     assert quick.capabilities.gsm8k_limit == 8
+
+
+def test_a_safe_prompt_is_answered_only_when_every_judge_says_so() -> None:
+    from refusal_lens.analyses.defend import _unanswered
+    from refusal_lens.evaluation.store import StoredVerdict
+
+    answered = StoredVerdict(False, None, None, {})
+    complied = StoredVerdict(None, True, 0.9, {})
+    assert not _unanswered({"substring": answered, "learned": complied})
+    lecture = StoredVerdict(None, False, 0.1, {})  # no refusal phrase, but no help either
+    assert _unanswered({"substring": answered, "learned": lecture})
+    loop = StoredVerdict(False, False, None, {"degenerate": "loop"})
+    assert _unanswered({"substring": loop})
+    assert _unanswered({"substring": StoredVerdict(True, None, None, {})})
