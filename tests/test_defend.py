@@ -158,6 +158,7 @@ def test_defend_job_on_a_tiny_model(
         direction_strengths=(0.5,),
         target_block=0.5,
         judges=("test-parity",),
+        answer_judges=("test-parity", "substring"),
         max_new_tokens=6,
         batch_size=4,
         samples=2,
