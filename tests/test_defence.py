@@ -64,6 +64,8 @@ def test_the_threshold_keeps_false_triggers_at_the_target() -> None:
     assert rates.false_trigger.mean == pytest.approx(0.2)
     assert rates.miss.mean == pytest.approx(0.25)  # 0.2 stays below
     assert rates.to_dict()["threshold"] == tau
+    entry = rates.to_dict()["false_trigger"]
+    assert entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1]
     with pytest.raises(UserError, match="false-trigger rate"):
         threshold_at(harmless, 1.0)
     with pytest.raises(UserError, match="harmless validation prompts"):

@@ -136,9 +136,14 @@ class TriggerRates:
     def to_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
-            "false_trigger": self.false_trigger.to_dict(),
-            "miss": self.miss.to_dict(),
+            "false_trigger": _entry(self.false_trigger),
+            "miss": _entry(self.miss),
         }
+
+
+def _entry(estimate: Estimate) -> dict[str, Any]:
+    """An estimate as the report's tables read it: mean, 95% interval, n."""
+    return {"mean": estimate.mean, "ci95": [estimate.low, estimate.high], "n": estimate.n}
 
 
 def trigger_rates(
