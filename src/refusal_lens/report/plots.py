@@ -201,7 +201,7 @@ def robustness_cost(
             edgecolors="k",
             label="Pareto front",
         )
-    axes.set_xlabel("over-refusal on XSTest safe prompts (test)")
+    axes.set_xlabel("XSTest safe prompts unanswered (test)")
     axes.set_ylabel("jailbreak success (test attacks)")
     axes.set_title("robustness against cost")
     axes.set_xlim(-0.02, 1.02)
