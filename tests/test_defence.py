@@ -158,3 +158,31 @@ def test_latent_maxima_are_one_latent_gates_prompt_scores(
     probe = arms.fit_probe(latents, maxima[[1, 3]].numpy(), maxima[[0, 2]].numpy())
     scores = prompt_scores(tiny, formatter, probe.gate(tiny_saes, 0.0), texts)
     assert scores.shape == (4,) and torch.isfinite(scores).all()
+
+
+def test_several_gates_score_prompts_in_one_forward_as_each_alone(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    """The study scores its three gates together (one forward to the deepest gate's layer):
+    each gate's scores are those it gives alone, and the forward stops after that layer."""
+    from refusal_lens.defence.gates import gates_prompt_scores
+
+    torch.manual_seed(3)
+    gates = [
+        LatentGate(tiny_saes, ((1, 3), (1, 40)), 0.0),
+        LatentGate(tiny_saes, ((0, 7), (1, 9)), 0.0, weights=(0.5, -2.0), bias=1.5),
+        DirectionGate(torch.randn(tiny.d_model), 1, 0.0),
+    ]
+    texts = [*PROMPTS, "Tell me a joke."]
+    together = gates_prompt_scores(tiny, formatter, gates, texts, batch_size=2)
+    assert len(together) == 3
+    for gate, scores in zip(gates, together, strict=True):
+        torch.testing.assert_close(scores, prompt_scores(tiny, formatter, gate, texts))
+    last = tiny.model.model.layers[-1]
+    calls = []
+    handle = last.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        gates_prompt_scores(tiny, formatter, gates, texts, batch_size=2)
+    finally:
+        handle.remove()
+    assert tiny.n_layers > 2 and not calls  # nothing after layer 1 ran

@@ -48,10 +48,10 @@ from ..config import settings_dict
 from ..data import Prompt, PromptSet, load_prompts
 from ..defence import arms as defences
 from ..defence.calibrate import choose_strength
-from ..defence.gates import latent_maxima, prompt_scores, threshold_at, trigger_rates
+from ..defence.gates import gates_prompt_scores, latent_maxima, threshold_at, trigger_rates
 from ..errors import UserError
 from ..evaluation.capabilities import CapabilityRunner, CapabilitySettings
-from ..evaluation.statistics import Estimate, bootstrap_mean, paired_difference
+from ..evaluation.statistics import bootstrap_mean, interval_cell, paired_difference
 from ..evaluation.work import (
     Arm,
     Measure,
@@ -327,19 +327,14 @@ class Study:
 def _estimate(values: Sequence[float] | np.ndarray, seed: int) -> dict[str, Any] | None:
     if len(values) == 0:
         return None
-    e = bootstrap_mean(np.asarray(values, dtype=float), seed=seed)
-    return _as_entry(e)
-
-
-def _as_entry(e: Estimate) -> dict[str, Any]:
-    return {"mean": e.mean, "ci95": [e.low, e.high], "n": e.n}
+    return bootstrap_mean(np.asarray(values, dtype=float), seed=seed).entry()
 
 
 def _paired(after: np.ndarray, before: np.ndarray, seed: int) -> dict[str, Any] | None:
     if len(after) == 0:
         return None
     diff, p = paired_difference(after.astype(float), before.astype(float), seed=seed)
-    return {**_as_entry(diff), "p_value": p}
+    return {**diff.entry(), "p_value": p}
 
 
 def calibrate(
@@ -399,17 +394,21 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     chosen: dict[str, Any] = {}
     rates: dict[str, Any] = {}
-    for name, gate in candidates.items():
-        study.echo(f"gate {name}: scoring validation and test prompts")
-        scores = {
-            part: prompt_scores(lm, formatter, gate, texts, batch_size=settings.batch_size)
-            for part, texts in (
-                ("harmful_val", harmful_val),
-                ("harmless_val", harmless_val),
-                ("harmful_test", harmful_test),
-                ("harmless_test", harmless_test),
-            )
-        }
+    study.echo("gates: scoring validation and test prompts (one forward for all three)")
+    texts_of = {
+        "harmful_val": harmful_val,
+        "harmless_val": harmless_val,
+        "harmful_test": harmful_test,
+        "harmless_test": harmless_test,
+    }
+    every = {
+        part: gates_prompt_scores(
+            lm, formatter, list(candidates.values()), texts, batch_size=settings.batch_size
+        )
+        for part, texts in texts_of.items()
+    }
+    for g, (name, gate) in enumerate(candidates.items()):
+        scores = {part: found[g] for part, found in every.items()}
         threshold = threshold_at(scores["harmless_val"], settings.false_trigger)
         chosen[name] = replace(gate, threshold=threshold)
         rates[name] = {
@@ -784,15 +783,6 @@ def summarise(
     }
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "-"
-    low, high = entry["ci95"]
-    if low is None:
-        return f"{entry['mean']:.2f}"
-    return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}]"
-
-
 def _strength(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
@@ -814,10 +804,10 @@ def defend_markdown(summary: dict[str, Any]) -> str:
     for row in summary["defences"]:
         lines.append(
             f"| {row['defence']} | {_strength(row['strength'])} | "
-            f"{_cell(row.get('attacks'))}{_vs(row.get('attacks_vs_none'))} | "
-            f"{_cell(row.get('two_turn'))} | "
-            f"{_cell(row.get('xstest_safe'))}{_vs(row.get('xstest_safe_vs_none'))} | "
-            f"{_cell(row.get('jbb_benign'))} | {_cell(row.get('harmless_kl'))} |"
+            f"{interval_cell(row.get('attacks'))}{_vs(row.get('attacks_vs_none'))} | "
+            f"{interval_cell(row.get('two_turn'))} | "
+            f"{interval_cell(row.get('xstest_safe'))}{_vs(row.get('xstest_safe_vs_none'))} | "
+            f"{interval_cell(row.get('jbb_benign'))} | {interval_cell(row.get('harmless_kl'))} |"
         )
     lines += [
         "",

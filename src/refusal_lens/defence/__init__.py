@@ -7,11 +7,19 @@ validation prompts; `calibrate` chooses a defence's strength on validation attac
 """
 
 from . import arms
-from .gates import TriggerRates, latent_maxima, prompt_scores, threshold_at, trigger_rates
+from .gates import (
+    TriggerRates,
+    gates_prompt_scores,
+    latent_maxima,
+    prompt_scores,
+    threshold_at,
+    trigger_rates,
+)
 
 __all__ = [
     "TriggerRates",
     "arms",
+    "gates_prompt_scores",
     "latent_maxima",
     "prompt_scores",
     "threshold_at",

@@ -30,7 +30,6 @@ class _Done(Exception):
     """Raised after the gate's last layer: nothing later is needed."""
 
 
-@torch.inference_mode()
 def prompt_scores(
     lm: LoadedModel,
     formatter: ChatFormatter,
@@ -41,12 +40,32 @@ def prompt_scores(
 ) -> torch.Tensor:
     """`[len(texts)]`: each prompt's gate score at its last token, the maximum over its own
     tokens (the chat template's included, as the gated edit sees them)."""
-    bias = float(getattr(gate, "bias", 0.0))
-    out = [
-        _prompt_max(sum(values) + bias, mask)
-        for values, mask in _part_batches(lm, formatter, gate.parts(lm.model), texts, batch_size)
-    ]
-    return torch.cat(out) if out else torch.zeros(0)
+    return gates_prompt_scores(lm, formatter, [gate], texts, batch_size=batch_size)[0]
+
+
+@torch.inference_mode()
+def gates_prompt_scores(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    gates: Sequence[Gate],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> list[torch.Tensor]:
+    """`prompt_scores` of several gates from one forward per batch (up to the deepest
+    gate's layer), not one forward per gate."""
+    parts, owner = [], []
+    for g, gate in enumerate(gates):
+        for part in gate.parts(lm.model):
+            parts.append(part)
+            owner.append(g)
+    biases = [float(getattr(gate, "bias", 0.0)) for gate in gates]
+    out: list[list[torch.Tensor]] = [[] for _ in gates]
+    for values, mask in _part_batches(lm, formatter, parts, texts, batch_size):
+        for g, bias in enumerate(biases):
+            mine = [v for v, o in zip(values, owner, strict=True) if o == g]
+            out[g].append(_prompt_max(sum(mine) + bias, mask))
+    return [torch.cat(scores) if scores else torch.zeros(0) for scores in out]
 
 
 @torch.inference_mode()
@@ -136,14 +155,9 @@ class TriggerRates:
     def to_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
-            "false_trigger": _entry(self.false_trigger),
-            "miss": _entry(self.miss),
+            "false_trigger": self.false_trigger.entry(),
+            "miss": self.miss.entry(),
         }
-
-
-def _entry(estimate: Estimate) -> dict[str, Any]:
-    """An estimate as the report's tables read it: mean, 95% interval, n."""
-    return {"mean": estimate.mean, "ci95": [estimate.low, estimate.high], "n": estimate.n}
 
 
 def trigger_rates(

@@ -23,6 +23,10 @@ class Estimate:
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
+    def entry(self) -> dict[str, Any]:
+        """As stored summaries and report tables read it: mean, 95% interval, n."""
+        return {"mean": self.mean, "ci95": [self.low, self.high], "n": self.n}
+
     def __str__(self) -> str:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
 

@@ -25,13 +25,6 @@ def _with_p(entry: dict[str, Any] | None) -> str:
     return "-" if entry is None else f"{interval_cell(entry)} (p={entry['p_value']:.3f})"
 
 
-def _clean(entry: dict[str, Any]) -> dict[str, Any]:
-    """An entry whose interval may be missing, with a zero-width one instead (for plots)."""
-    low, high = entry["ci95"]
-    mean = entry["mean"]
-    return {"mean": mean, "ci95": [mean if low is None else low, mean if high is None else high]}
-
-
 def _rank_cell(entry: dict[str, Any]) -> str:
     if not entry.get("n"):
         return "-"
@@ -77,7 +70,7 @@ def categories_section(page: Page, run: Path) -> None:
         condition: [
             next(
                 (
-                    _clean(r["refusal"])
+                    plots.clean_entry(r["refusal"])
                     for r in summary["rows"]
                     if r["condition"] == condition and r["category"] == c
                 ),
@@ -315,7 +308,7 @@ def probes_section(page: Page, run: Path) -> None:
         for r in rows:
             series.setdefault(r["features"], [None] * len(tests))
             index = tests.index(f"{r['test']} ({r['subset']})")
-            series[r["features"]][index] = _clean(r["accuracy"])
+            series[r["features"]][index] = plots.clean_entry(r["accuracy"])
         png = plots.grouped_bars(
             tests, series, title=f"Probe accuracy, target {target}", ylabel="accuracy"
         )

@@ -180,7 +180,7 @@ def robustness_cost(
     95% intervals; the Pareto front (no other point lower on both) joined and ringed."""
     figure, axes = plt.subplots(figsize=(5.8, 4.0))
     for i, (label, (x, y)) in enumerate(points.items()):
-        cx, cy = _clean_entry(x), _clean_entry(y)
+        cx, cy = clean_entry(x), clean_entry(y)
         axes.errorbar(
             [cx["mean"]],
             [cy["mean"]],
@@ -210,7 +210,8 @@ def robustness_cost(
     return _png(figure)
 
 
-def _clean_entry(entry: dict[str, Any]) -> dict[str, Any]:
+def clean_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry whose interval may be missing, with a zero-width one instead."""
     low, high = entry.get("ci95") or (None, None)
     mean = entry["mean"]
     return {"mean": mean, "ci95": [mean if low is None else low, mean if high is None else high]}
