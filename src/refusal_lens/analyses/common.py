@@ -93,11 +93,12 @@ def judged(
     sets: Sequence[PromptSet],
     arm: Arm | None = None,
     requests: Sequence[Sequence[str]] | None = None,
+    judges: Sequence[str] | None = None,
 ) -> list[list[dict[str, StoredVerdict]]]:
-    """Every judge's verdict on the model's completion (under `arm`, default unsteered) of
-    each prompt of each set; completions are generated once, in shared batches, and stored.
-    `requests` (per set, per prompt) is what the judges are told was asked (default: the
-    prompt itself)."""
+    """Every judge's verdict (the context's, or `judges`) on the model's completion (under
+    `arm`, default unsteered) of each prompt of each set; completions are generated once, in
+    shared batches, and stored. `requests` (per set, per prompt) is what the judges are told
+    was asked (default: the prompt itself)."""
     arm = arm or base_arm(ctx)
     every = stored_completions_of_sets(ctx, arm, sets)
     asked = requests or [None] * len(sets)
@@ -105,7 +106,7 @@ def judged(
     for prompts, completions, request in zip(sets, every, asked, strict=True):
         by_judge = {
             spec: stored_verdicts(ctx, arm, spec, prompts.texts(), completions, requests=request)[1]
-            for spec in ctx.judge_specs
+            for spec in (ctx.judge_specs if judges is None else judges)
         }
         out.append([{spec: by_judge[spec][i] for spec in by_judge} for i in range(len(prompts))])
     return out

@@ -59,9 +59,7 @@ from ..evaluation.work import (
     base_arm,
     make_arm,
     stored_completions,
-    stored_completions_of_sets,
     stored_measures,
-    stored_verdicts,
 )
 from ..heldout import drop_selected, without
 from ..interventions import Gated, Intervention
@@ -302,15 +300,7 @@ class Study:
 
     def answered(self, arm: Arm, sets: Sequence[PromptSet]) -> list[list[dict[str, Any]]]:
         """Per set, per prompt: the answer judges' verdicts (`_unanswered` reads them)."""
-        every = stored_completions_of_sets(self.ctx, arm, sets)
-        out = []
-        for prompts, completions in zip(sets, every, strict=True):
-            by_judge = {
-                spec: stored_verdicts(self.ctx, arm, spec, prompts.texts(), completions)[1]
-                for spec in self.settings.answer_judges
-            }
-            out.append([{j: v[i] for j, v in by_judge.items()} for i in range(len(prompts))])
-        return out
+        return judged(self.ctx, sets, arm, judges=self.settings.answer_judges)
 
     def success(self, arm: Arm, attacks: Sequence[Attempt], name: str) -> np.ndarray:
         if not attacks:
