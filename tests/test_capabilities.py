@@ -22,7 +22,7 @@ from refusal_lens.evaluation.capabilities import (
     task_specs,
 )
 from refusal_lens.evaluation.store import Condition, ResultStore
-from refusal_lens.hooks import HookPoint
+from refusal_lens.hooks import HookPoint, record
 from refusal_lens.interventions import AddDirection, DirectionGate, EditLatents, Gated
 from refusal_lens.models import LoadedModel
 
@@ -180,3 +180,45 @@ def test_lm_eval_runs_our_model_under_our_intervention(tiny: LoadedModel, tmp_pa
         assert progress == []  # everything was already stored
         results = {r.metric: r for r in runner.results(edited, base)}
         assert results["acc"].estimate.n == 3 and results["acc"].difference_vs_base is not None
+
+
+def test_a_prompt_scope_gate_inside_lm_eval_decides_on_the_question_alone(
+    tiny: LoadedModel, tmp_path: Path
+) -> None:
+    """lm-eval scores each choice in one forward over question + choice. The gate's condition
+    is the activation of the first choice's first token after the first question: a causal gate
+    fires there, on that choice alone; a prompt-scope gate is bound with each row's question
+    length, so no question fires it and every item keeps the base model's numbers."""
+    root = write_capability_data(tmp_path / "data")
+    settings = CapabilitySettings(tasks=("arc_challenge",), limit=None, chunk=3, batch_size=4)
+    contexts = [f"Question: {r['question']}\nAnswer:" for r in ARC]
+    first = ARC[0]["choices"]["text"][0].split()[0]  # "an" of "an oven"
+    ids = tiny.tokenizer(contexts[0] + " " + first, add_special_tokens=False)["input_ids"]
+    point = HookPoint(0, "resid_post")
+    with record(tiny.model, [point]) as found, torch.no_grad():
+        tiny.model(input_ids=torch.tensor([ids]))
+    act = found[point][0][0].float()
+    vector = act[-1]
+    n_context = len(tiny.tokenizer(contexts[0], add_special_tokens=False)["input_ids"])
+    assert float((act[:n_context] @ vector / act[:n_context].norm(dim=-1)).max()) < (
+        0.99 * vector.norm()
+    )
+    torch.manual_seed(0)
+    push = AddDirection(torch.randn(tiny.d_model), layer=1, coeff=8.0)
+    gate = DirectionGate(vector, 0, 0.99)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        runner = CapabilityRunner(tiny, store, settings, root, tmp_path / "work")
+
+        def loglikelihoods(items: list) -> dict[str, list[float]]:
+            key = store.intervention_id([i.to_dict() for i in items])
+            runner.evaluate(Condition(tiny.weights_sha256, key, label=key), items)
+            rows = store.query("measurements", {"intervention": key, "metric": "acc"})
+            return {r["item"]: json.loads(r["detail"])["loglikelihoods"] for r in rows}
+
+        base = loglikelihoods([])
+        prompt = loglikelihoods([Gated(push, gate, scope="prompt")])
+        token = loglikelihoods([Gated(push, gate)])
+    for item, values in base.items():
+        assert prompt[item] == pytest.approx(values, abs=1e-3)
+    assert token["0"][0] != pytest.approx(base["0"][0], abs=1e-3)  # the choice fired it
+    assert token["0"][1:] == pytest.approx(base["0"][1:], abs=1e-3)

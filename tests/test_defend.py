@@ -90,6 +90,8 @@ def test_bad_settings_are_one_line_errors() -> None:
         DefendSettings(latent_mode="add")
     with pytest.raises(UserError, match="n_goals"):
         DefendSettings(n_goals=0)
+    with pytest.raises(UserError, match="gate_scope is one of token, prompt"):
+        DefendSettings(gate_scope="answer")
 
 
 def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:
@@ -223,6 +225,7 @@ def test_defend_job_on_a_tiny_model(
     text = "\n".join(page.md)
     assert "defend_pareto.png" in page.figures and "| latents if harm |" in text
     assert "[turn 3]" in text
+    assert "a fired gate edits its whole prompt and answer" in text  # the default scope
 
     def no_more(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a rerun generated again")

@@ -146,3 +146,95 @@ def test_gates_round_trip_and_bad_ones_are_one_line_errors(
     with pytest.raises(UserError, match="threshold"):
         from_dict({**Gated(push, DirectionGate(_condition(tiny), 0, 0.0)).to_dict(),
                    "gate": no_threshold})  # fmt: skip
+
+
+def test_a_prompt_scope_gate_edits_every_token_of_the_rows_whose_prompt_fires(
+    tiny: LoadedModel, formatter: ChatFormatter
+) -> None:
+    push, vector = _push(tiny), _condition(tiny)
+    top = _scores(tiny, formatter, vector).max(dim=1).values
+    threshold = float(top.mean())
+    fires, quiet = int(top.argmax()), int(top.argmin())
+    clean, edited = _logits(tiny, formatter), _logits(tiny, formatter, [push])
+    gate = DirectionGate(vector, 0, threshold)
+    gated = _logits(tiny, formatter, [Gated(push, gate, scope="prompt")])
+    assert torch.equal(gated[quiet], clean[quiet])
+    mask = formatter.encode(PROMPTS).attention_mask.bool()
+    # from the row's first token, not from the token that fired it
+    torch.testing.assert_close(gated[fires][mask[fires]], edited[fires][mask[fires]])
+    token = _logits(tiny, formatter, [Gated(push, gate)])
+    assert not torch.allclose(token[fires][mask[fires]], gated[fires][mask[fires]])
+
+
+def test_a_prompt_scope_gate_decides_on_the_prompt_not_on_the_completion(
+    tiny: LoadedModel, formatter: ChatFormatter
+) -> None:
+    """A teacher-forced forward (prompt, then completion) bound with the prompt's length: a
+    completion token that would fire the gate does not, so nothing is edited; unbound, the
+    whole forward counts as the prompt and the row is edited."""
+    prompt = tiny.tokenizer(formatter.render(PROMPTS[0]), add_special_tokens=False)["input_ids"]
+    answer = tiny.tokenizer(" a boat on the water", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + answer])
+    point = HookPoint(0, "resid_post")
+    with record(tiny.model, [point]) as store, torch.no_grad():
+        tiny.model(input_ids=ids)
+    act = store[point][0][0].float()
+    vector = act[-1]  # the condition is the last completion token's own activation
+    cos = act @ (vector / vector.norm()) / act.norm(dim=-1)
+    assert float(cos[: len(prompt)].max()) < 0.99  # the prompt alone stays below
+    push = _push(tiny)
+    gated = Gated(push, DirectionGate(vector, 0, 0.99), scope="prompt")
+    ones = torch.ones_like(ids)
+
+    def logits(items: list) -> torch.Tensor:
+        with apply(tiny.model, items), torch.no_grad():
+            return tiny.model(input_ids=ids).logits
+
+    clean = logits([])
+    assert torch.equal(logits(bind([gated], PROMPTS[:1], ones, [len(prompt)])), clean)
+    torch.testing.assert_close(logits(bind([gated], PROMPTS[:1], ones)), logits([push]))
+
+
+def test_prompt_scope_generation_matches_teacher_forcing_with_prompt_lengths(
+    tiny: LoadedModel, formatter: ChatFormatter
+) -> None:
+    """Greedy tokens under a prompt-scope gate are the argmax of one teacher-forced forward
+    over prompt + answer bound with the prompt's length; one row fires, one does not."""
+    push, vector = _push(tiny), _condition(tiny)
+    top = _scores(tiny, formatter, vector).max(dim=1).values
+    gated = Gated(push, DirectionGate(vector, 0, float(top.mean())), scope="prompt")
+    batch = formatter.encode(PROMPTS)
+    formatter.__dict__["stop_token_ids"] = []
+    config = greedy_config(tiny, formatter, 6)
+
+    def answer(interventions: list) -> torch.Tensor:
+        with apply(tiny.model, bind(interventions, PROMPTS, batch.attention_mask)):
+            out = tiny.model.generate(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                generation_config=config,
+            )
+        return out[:, batch.input_ids.shape[1] :]
+
+    steered, clean, edited = answer([gated]), answer([]), answer([push])
+    fires, quiet = int(top.argmax()), int(top.argmin())
+    assert torch.equal(steered[quiet], clean[quiet])
+    assert torch.equal(steered[fires], edited[fires])
+    for row in range(len(PROMPTS)):
+        prompt = batch.input_ids[row][batch.attention_mask[row].bool()].unsqueeze(0)
+        whole = torch.cat([prompt, steered[row : row + 1]], dim=1)
+        alone = bind([gated], [PROMPTS[row]], torch.ones_like(whole), [prompt.shape[1]])
+        with apply(tiny.model, alone), torch.no_grad():
+            logits = tiny.model(input_ids=whole).logits
+        assert torch.equal(logits[0, prompt.shape[1] - 1 : -1].argmax(-1), steered[row])
+
+
+def test_a_gate_scope_round_trips_and_a_bad_one_is_refused(tiny: LoadedModel) -> None:
+    item = Gated(_push(tiny), DirectionGate(_condition(tiny), 0, 0.25), scope="prompt")
+    back = from_dict(item.to_dict())
+    assert isinstance(back, Gated) and back.scope == "prompt"
+    assert "scope" not in Gated(item.edit, item.gate).to_dict()  # token keys stay as they were
+    with pytest.raises(UserError, match="gate scope 'answer' unknown"):
+        Gated(item.edit, item.gate, scope="answer")
+    with pytest.raises(UserError, match="scope"):
+        from_dict({**item.to_dict(), "scope": "answer"})

@@ -48,6 +48,14 @@ def teacher_forced_batch(
     return ids, attention, predicts
 
 
+def prompt_lengths(attention: torch.Tensor, predicts: torch.Tensor) -> list[int]:
+    """Each row's prompt tokens in a `teacher_forced_batch` (its last prompt position is the
+    first that predicts), for interventions that decide on the prompt alone (`bind`)."""
+    pads = (attention == 0).sum(dim=1)
+    first = predicts.long().argmax(dim=1)
+    return (first.cpu() - pads.cpu() + 1).tolist()
+
+
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """`-log p(target)` per position, `[batch, seq]`, one row at a time in float32 (a full
     float32 log-softmax of a batch over a 150k vocabulary would take gigabytes)."""
@@ -94,7 +102,8 @@ def completion_nll(
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         # rows are left-padded, so every scored position lies in the last `keep` positions
         keep = int(predicts.sum(dim=1).max()) + 1
-        with apply(lm.model, bind(interventions, prompts, attention)):
+        lengths = prompt_lengths(attention, predicts)
+        with apply(lm.model, bind(interventions, prompts, attention, lengths)):
             logits = twin_logits(
                 lm.model,
                 needs_twin(interventions),

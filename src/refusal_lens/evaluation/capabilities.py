@@ -1,10 +1,13 @@
 """Capabilities under an intervention, with lm-evaluation-harness as the engine.
 
-lm-eval's `HFLM` wraps our already-loaded model, our intervention context manager is active
-around `simple_evaluate`, and the tasks are lm-eval task configs written into the run folder
-that read the local files of the data directory (`dataset_path: json|csv` with `data_files`),
-so nothing is fetched from a hub. Prompt formats, few-shot exemplars and metrics are lm-eval's
-own (ARC-Challenge, OpenBookQA, MMLU, GSM8K 8-shot chain of thought, TruthfulQA MC1).
+lm-eval's `HFLM` wraps our already-loaded model (`EditedHFLM`: each of its forwards and
+generations runs under the interventions, bound to that batch as our own forwards are: each
+row's padding, and each row's context length where the forward also holds a continuation, so a
+prompt-scope gate decides on the question and never on an answer choice), and the tasks are
+lm-eval task configs written into the run folder that read the local files of the data directory
+(`dataset_path: json|csv` with `data_files`), so nothing is fetched from a hub. Prompt formats,
+few-shot exemplars and metrics are lm-eval's own (ARC-Challenge, OpenBookQA, MMLU, GSM8K 8-shot
+chain of thought, TruthfulQA MC1).
 
 Items are evaluated in chunks through lm-eval's `samples=` argument and every item's metrics
 go into the results store as its chunk finishes: an interrupted run resumes at the next item,
@@ -46,6 +49,7 @@ from ..interventions import (
     Intervention,
     PerPromptLatents,
     apply,
+    bind,
     needs_twin,
 )
 from ..models import LoadedModel
@@ -326,10 +330,66 @@ def sample_metrics(
     return rows
 
 
+def edited_hflm_class() -> type:
+    """lm-eval's `HFLM`, with every forward and generation under `self.interventions` bound to
+    its batch: a loglikelihood batch is right-padded context + continuation, so it is bound with
+    each row's context length (found from the request it came from); a generation batch is
+    left-padded, so it is bound with its attention mask."""
+    from lm_eval.models.huggingface import HFLM
+
+    class EditedHFLM(HFLM):  # type: ignore[misc, valid-type]
+        interventions: tuple[Intervention, ...] = ()
+        _contexts: dict[tuple[int, ...], int] = {}  # noqa: RUF012 (replaced per call)
+
+        def _loglikelihood_tokens(self, requests: Any, *args: Any, **kwargs: Any) -> Any:
+            room = self.max_length + 1
+            contexts = {}
+            for _, context, continuation in requests:
+                whole = context + continuation
+                # lm-eval cuts from the left past its maximum length, then drops the last token
+                cut = max(0, len(whole) - room)
+                contexts[tuple(whole[-room:][:-1])] = max(0, len(context) - cut)
+            self._contexts = contexts
+            try:
+                return super()._loglikelihood_tokens(requests, *args, **kwargs)
+            finally:
+                self._contexts = {}
+
+        def _context_length(self, row: list[int]) -> int:
+            """A padded row's context length: the longest request its tokens start with
+            (padding is 0, and 0 is also a token, so every length from the unpadded one up)."""
+            end = len(row)
+            while end > 0 and row[end - 1] == 0:
+                end -= 1
+            for length in range(end, len(row) + 1):
+                found = self._contexts.get(tuple(row[:length]))
+                if found is not None:
+                    return found
+            return end  # not a request's row (a batch-size probe): all of it
+
+        def _model_call(self, inps: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if not self.interventions:
+                return super()._model_call(inps, *args, **kwargs)
+            lengths = [self._context_length(row) for row in inps.tolist()]
+            rows = [""] * inps.shape[0]
+            with apply(self.model, bind(self.interventions, rows, None, lengths)):
+                return super()._model_call(inps, *args, **kwargs)
+
+        def _model_generate(self, context: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if not self.interventions:
+                return super()._model_generate(context, *args, **kwargs)
+            mask = kwargs.get("attention_mask")
+            rows = [""] * context.shape[0]
+            with apply(self.model, bind(self.interventions, rows, mask)):
+                return super()._model_generate(context, *args, **kwargs)
+
+    return EditedHFLM
+
+
 def _check_applicable(interventions: Sequence[Intervention]) -> None:
-    """lm-eval batches its own (right-padded) forward passes: only edits that apply the same
-    way at every position can run inside it. A gated edit can (its gate is causal: right
-    padding comes after every real token), when what it gates can."""
+    """lm-eval batches its own forward passes (context + continuation, right-padded): only
+    edits that apply the same way at every position can run inside it. A gated edit can (each
+    batch is bound with its rows' padding and context lengths), when what it gates can."""
     if needs_twin(interventions):
         raise UserError("capabilities cannot be measured under a 'retain' latent edit yet")
     for item in interventions:
@@ -398,7 +458,6 @@ class CapabilityRunner:
         workdir: Path,
     ) -> None:
         try:
-            from lm_eval.models.huggingface import HFLM
             from lm_eval.tasks import TaskManager
         except ImportError:
             raise UserError(
@@ -413,7 +472,7 @@ class CapabilityRunner:
             include_path=str(write_task_configs(self.specs, workdir / "lm_eval_tasks"))
         )
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
-        self.hflm = HFLM(
+        self.hflm = edited_hflm_class()(
             pretrained=lm.model,
             tokenizer=lm.tokenizer,
             batch_size=settings.batch_size,
@@ -498,17 +557,21 @@ class CapabilityRunner:
         spec = next((s for s in self.specs if s.name == task), None)
         if spec is None:
             raise UserError(f"no capability task {task!r} in this run's settings")
-        with apply(self.lm.model, interventions), torch.inference_mode():
-            out = simple_evaluate(
-                model=self.hflm,
-                tasks=[spec.name],
-                task_manager=self.manager,
-                samples={spec.name: list(chunk)},
-                log_samples=True,
-                bootstrap_iters=0,
-                apply_chat_template=self.settings.chat_template,
-                verbosity="ERROR",
-            )
+        self.hflm.interventions = tuple(interventions)
+        try:
+            with torch.inference_mode():
+                out = simple_evaluate(
+                    model=self.hflm,
+                    tasks=[spec.name],
+                    task_manager=self.manager,
+                    samples={spec.name: list(chunk)},
+                    log_samples=True,
+                    bootstrap_iters=0,
+                    apply_chat_template=self.settings.chat_template,
+                    verbosity="ERROR",
+                )
+        finally:
+            self.hflm.interventions = ()
         if out is None:
             raise UserError(f"lm-eval returned nothing for {spec.name}")
         return sample_metrics(spec, out["samples"][spec.name])

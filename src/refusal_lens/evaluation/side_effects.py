@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..generation import generate, length_sorted_batches
 from ..interventions import Intervention, InterventionSet, apply, bind, needs_twin, twin_logits
 from ..models import ChatFormatter, LoadedModel
-from ..teacher_forcing import next_token_nll, teacher_forced_batch
+from ..teacher_forcing import next_token_nll, prompt_lengths, teacher_forced_batch
 from .statistics import Estimate, bootstrap_mean
 
 
@@ -137,7 +137,8 @@ def completion_kl_and_nll(
         }
         base = lm.model(**kwargs).logits
         batch_texts = [instructions[i] for i in indices]
-        with apply(lm.model, bind(interventions, batch_texts, attention)):
+        lengths = prompt_lengths(attention, predicts)
+        with apply(lm.model, bind(interventions, batch_texts, attention, lengths)):
             edited = twin_logits(lm.model, twin, **kwargs)  # twin: latent `retain`
         scored = predicts[:, -keep:]
         targets = ids[:, -keep + 1 :] if keep > 1 else ids[:, :0]

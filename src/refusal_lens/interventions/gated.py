@@ -1,21 +1,25 @@
-"""Conditional interventions: an edit applied only from the token on where a gate fires.
+"""Conditional interventions: an edit applied only where a gate fires.
 
 A defence that strengthens refusal everywhere also refuses safe requests (O'Brien et al.
 2024); conditional activation steering (CAST, Lee et al. 2025) applies the edit only where a
-condition holds. `Gated(edit, gate)` does that for any other intervention:
+condition holds. `Gated(edit, gate)` does that for any other intervention. The gate scores
+every token at its layer: a weighted sum of SAE latents plus a bias (`LatentGate`: harm
+latents, or a linear probe on them), or the cosine of the residual stream with a condition
+vector (`DirectionGate`, the dense baseline, CAST-style). Its `scope` says where the edit goes:
 
-- the gate scores every token at its layer: a weighted sum of SAE latents plus a bias
-  (`LatentGate`: harm latents, or a linear probe on them), or the cosine of the residual
-  stream with a condition vector (`DirectionGate`, the dense baseline, CAST-style);
-- a row's gate fires at the first of its tokens whose score reaches the threshold, and stays
-  fired for the rest of the prompt and the whole answer (a running maximum over the row's
-  own tokens, carried across decoding steps);
-- the edit changes only the tokens where its row's gate has fired.
+- `token` (causal): a row's gate fires at the first of its tokens whose score reaches the
+  threshold and stays fired for the rest of the prompt and the whole answer (a running maximum
+  over the row's own tokens, carried across decoding steps); the edit changes only the tokens
+  from there on;
+- `prompt` (score the prompt, then edit all of it): a row fires when its score reaches the
+  threshold at any of its prompt's tokens, and then the edit changes every token of that row,
+  the prompt's from its first and every answer token; the answer's own tokens never change
+  the decision. A prompt's forward holds the whole prompt, and a teacher-forced forward (prompt
+  then completion) is told each row's prompt length (`bind(..., prompt_lengths=...)`), so KL
+  and likelihood measures see what generation does.
 
-The rule is causal and the same for a prompt's forward, each decoding step and a
-teacher-forced forward, so KL and likelihood measures see what generation does. The gate
-must sit at or before every layer the edit changes: it is read in the same forward, before
-the edit runs (at one shared layer, the gate reads the activation the edit then changes).
+The gate must sit at or before every layer the edit changes: it is read in the same forward,
+before the edit runs (at one shared layer, the gate reads the activation the edit then changes).
 """
 
 from __future__ import annotations
@@ -143,31 +147,43 @@ class DirectionGate:
 
 
 Gate = LatentGate | DirectionGate
+GATE_SCOPES = ("token", "prompt")
 
 
 @dataclass(frozen=True)
 class Gated:
-    """`edit` applied only at the tokens where `gate` has fired for their row (see the
-    module's docstring). `left_pad` is each row's padding, bound per batch (`bind`)."""
+    """`edit` applied only where `gate` has fired for a row, from the firing token on (`scope`
+    token) or at every token of a row whose prompt fired it (`prompt`; see the module's
+    docstring). `left_pad` (each row's padding) and `prompt_lengths` (each row's prompt tokens,
+    where a forward also holds a completion) are bound per batch (`bind`)."""
 
     edit: Any  # an Intervention (any kind with hooks and to_dict)
     gate: Gate
+    scope: str = "token"
     left_pad: tuple[int, ...] | None = None
+    prompt_lengths: tuple[int, ...] | None = None
     kind: ClassVar[str] = "gated"
 
     def __post_init__(self) -> None:
+        if self.scope not in GATE_SCOPES:
+            raise UserError(
+                f"gate scope {self.scope!r} unknown; use token (from the firing token on) or "
+                "prompt (the whole row once its prompt fires)"
+            )
         if getattr(self.edit, "needs_twin", False):
             raise UserError("a gated edit cannot use retain (a twin batch); drop retain")
         if not hasattr(self.edit, "hooks") or not hasattr(self.edit, "to_dict"):
             raise UserError(f"a gate wraps an intervention, not {type(self.edit).__name__}")
 
-    def for_batch(self, pads: tuple[int, ...]) -> Gated:
+    def for_batch(
+        self, pads: tuple[int, ...], prompt_lengths: tuple[int, ...] | None = None
+    ) -> Gated:
         """This gated edit told each row's left padding (its inner edit too, where it has a
-        use for it)."""
+        use for it) and, where the forward goes on past the prompt, each prompt's length."""
         edit = self.edit
         if hasattr(edit, "left_pad"):
             edit = replace(edit, left_pad=pads)
-        return replace(self, edit=edit, left_pad=pads)
+        return replace(self, edit=edit, left_pad=pads, prompt_lengths=prompt_lengths)
 
     def hooks(self, model: nn.Module) -> list[tuple[HookPoint, HookFn]]:
         inner = self.edit.hooks(model)
@@ -200,11 +216,20 @@ class Gated:
             if not final:
                 return None
             total = state.pop("partial") + bias
-            valid = unpadded_mask(act, row_pads(self.left_pad, act))
+            pads = row_pads(self.left_pad, act)
+            valid = unpadded_mask(act, pads)
             total = torch.where(valid, total, torch.full_like(total, -math.inf))
-            running = total.cummax(dim=1).values
             before = state.get("max")
             decoding = act.shape[1] == 1 and before is not None and before.shape[0] == act.shape[0]
+            if self.scope == "prompt":
+                if not decoding:  # the prompt's forward decides for the whole row
+                    window = total.masked_fill(~self._prompt_mask(act, pads), -math.inf)
+                    state["max"] = window.max(dim=1).values
+                    # exactly the float threshold
+                    state["rows"] = state["max"].double() >= threshold
+                state["fired"] = state["rows"].unsqueeze(1).expand(act.shape[:2])
+                return None
+            running = total.cummax(dim=1).values
             if decoding:
                 running = torch.maximum(running, before.unsqueeze(1))
             state["max"] = running[:, -1]
@@ -212,6 +237,22 @@ class Gated:
             return None
 
         return read_gate
+
+    def _prompt_mask(self, act: torch.Tensor, pads: tuple[int, ...] | None) -> torch.Tensor:
+        """`[batch, seq]`: True at each row's prompt tokens (all its own tokens, unless the
+        forward was bound with prompt lengths because it goes on past them)."""
+        if self.prompt_lengths is None:
+            return unpadded_mask(act, pads)
+        lengths = self.prompt_lengths
+        if len(lengths) != act.shape[0]:
+            raise UserError(
+                f"prompt lengths were bound for {len(lengths)} prompts, the batch has "
+                f"{act.shape[0]}"
+            )
+        start = torch.tensor(pads or (0,) * len(lengths), device=act.device).unsqueeze(1)
+        end = start + torch.tensor(lengths, device=act.device).unsqueeze(1)
+        position = torch.arange(act.shape[1], device=act.device).unsqueeze(0)
+        return (position >= start) & (position < end)
 
     @staticmethod
     def _masked(fn: HookFn, state: dict[str, Any]) -> HookFn:
@@ -232,7 +273,10 @@ class Gated:
         return masked
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "edit": self.edit.to_dict(), "gate": self.gate.to_dict()}
+        out = {"kind": self.kind, "edit": self.edit.to_dict(), "gate": self.gate.to_dict()}
+        if self.scope != "token":  # the default stays out: stored token-scope keys unchanged
+            out["scope"] = self.scope
+        return out
 
 
 _LATENT_GATE = schema.Obj(
@@ -278,7 +322,11 @@ def gate_from_dict(data: dict[str, Any], origin: str = "gate") -> Gate:
 @reads(
     Gated.kind,
     schema.Obj(required={"edit": schema.Obj(required={"kind": schema.Str()}), "gate": schema.Obj(
-        required={"kind": schema.Str()})}),
+        required={"kind": schema.Str()})}, optional={"scope": schema.OneOf(GATE_SCOPES)}),
 )  # fmt: skip
 def _gated_from_dict(data: dict[str, Any]) -> Gated:
-    return Gated(read(data["edit"], "gated edit"), gate_from_dict(data["gate"]))
+    return Gated(
+        read(data["edit"], "gated edit"),
+        gate_from_dict(data["gate"]),
+        str(data.get("scope", "token")),
+    )

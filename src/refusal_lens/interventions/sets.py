@@ -65,22 +65,32 @@ def bind(
     interventions: Sequence[Intervention] | InterventionSet,
     texts: Sequence[str],
     attention_mask: torch.Tensor | None = None,
+    prompt_lengths: Sequence[int] | None = None,
 ) -> list[Intervention]:
     """Interventions for one batch: per-prompt ones bound to its prompts, and latent edits
-    and gates told each row's left padding (from `attention_mask`)."""
+    and gates told each row's left padding (from a left-padded `attention_mask`). Where the
+    forward holds more than each prompt (a completion after it, teacher-forced),
+    `prompt_lengths` gives each row's prompt tokens: a prompt-scope gate decides on those.
+    Right-padded rows (lm-eval's) pass `prompt_lengths` and no mask: their padding is 0."""
     items = interventions.items if isinstance(interventions, InterventionSet) else interventions
     bound = [
         item.for_batch(texts) if isinstance(item, PerPromptLatents) else item for item in items
     ]
-    if attention_mask is None:
+    if attention_mask is None and prompt_lengths is None:
         return bound
-    pads = tuple(int(n) for n in (attention_mask == 0).sum(dim=1).tolist())
+    if attention_mask is not None:
+        pads = tuple(int(n) for n in (attention_mask == 0).sum(dim=1).tolist())
+    else:
+        pads = (0,) * len(prompt_lengths or ())
+    lengths = None if prompt_lengths is None else tuple(int(n) for n in prompt_lengths)
+    if lengths is not None and len(lengths) != len(pads):
+        raise ValueError(f"{len(lengths)} prompt lengths for a batch of {len(pads)} rows")
     # every latent edit is told the padding: `from_position` counts from each prompt's start,
     # and the attention-sink threshold is a median over each prompt's own tokens
     return [
         replace(item, left_pad=pads)
         if isinstance(item, EditLatents)
-        else item.for_batch(pads)
+        else item.for_batch(pads, lengths)
         if isinstance(item, Gated)
         else item
         for item in bound
