@@ -238,3 +238,46 @@ def test_a_gate_scope_round_trips_and_a_bad_one_is_refused(tiny: LoadedModel) ->
         Gated(item.edit, item.gate, scope="answer")
     with pytest.raises(UserError, match="scope"):
         from_dict({**item.to_dict(), "scope": "answer"})
+
+
+def test_a_mean_pooled_direction_gate_decides_on_the_prompts_mean_activation(
+    tiny: LoadedModel, formatter: ChatFormatter
+) -> None:
+    """CAST's condition: the cosine of the mean of the prompt's activations (padding excluded)
+    with the condition vector; the study's scores and the gated edit agree on it."""
+    from refusal_lens.defence.gates import prompt_scores
+
+    vector = _condition(tiny)
+    batch = formatter.encode(PROMPTS)
+    point = HookPoint(0, "resid_post")
+    with record(tiny.model, [point]) as store, torch.no_grad():
+        tiny.model(**batch.forward_kwargs())
+    act = store[point][0].float()
+    weight = batch.attention_mask.unsqueeze(-1).float()
+    mean = (act * weight).sum(1) / weight.sum(1)
+    expected = mean @ (vector / vector.norm()) / mean.norm(dim=-1)
+    gate = DirectionGate(vector, 0, 0.0, pool="mean")
+    scores = prompt_scores(tiny, formatter, gate, PROMPTS)
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(
+        scores, prompt_scores(tiny, formatter, DirectionGate(vector, 0, 0.0), PROMPTS)
+    )
+    push = _push(tiny)
+    threshold = float(scores.mean())
+    fires, quiet = int(scores.argmax()), int(scores.argmin())
+    gated = _logits(
+        tiny,
+        formatter,
+        [Gated(push, DirectionGate(vector, 0, threshold, pool="mean"), scope="prompt")],
+    )
+    clean, edited = _logits(tiny, formatter), _logits(tiny, formatter, [push])
+    mask = batch.attention_mask.bool()
+    assert torch.equal(gated[quiet], clean[quiet])
+    torch.testing.assert_close(gated[fires][mask[fires]], edited[fires][mask[fires]])
+    with pytest.raises(UserError, match="give the gated edit scope prompt"):
+        Gated(push, DirectionGate(vector, 0, threshold, pool="mean"))
+    with pytest.raises(UserError, match="pools by max or mean"):
+        DirectionGate(vector, 0, 0.0, pool="median")
+    item = Gated(push, DirectionGate(vector, 0, threshold, pool="mean"), scope="prompt")
+    back = from_dict(item.to_dict())
+    assert isinstance(back, Gated) and back.gate.pool == "mean"

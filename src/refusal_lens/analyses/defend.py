@@ -388,7 +388,10 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
     candidates = {
         "harm": defences.harm_gate(saes, harm, 0.0),
         "probe": probe.gate(saes, 0.0),
-        "cosine": defences.cast_gate(inputs.direction, 0.0),
+        # decided once per prompt, the dense gate pools as CAST does (the mean activation)
+        "cosine": defences.cast_gate(
+            inputs.direction, 0.0, "mean" if settings.gate_scope == "prompt" else "max"
+        ),
     }
     chosen: dict[str, Any] = {}
     rates: dict[str, Any] = {}

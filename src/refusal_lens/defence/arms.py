@@ -7,7 +7,8 @@
 - `latents if probe`: `latents`, gated on a logistic probe's logit over the harm latents;
 - `direction if cosine` (CAST-style): `direction`, gated on the cosine of the residual stream
   with the refusal direction, which is the difference of harmful and harmless means at its
-  layer: the dense condition vector beside the dense behaviour vector.
+  layer: the dense condition vector beside the dense behaviour vector. Decided once per
+  prompt, the cosine is CAST's: that of the prompt's mean activation.
 
 A gate reads a layer at or before every layer its edit changes (`interventions.Gated`), so
 the latent gates use the harm latents up to the first layer the refusal latents sit at, and
@@ -95,7 +96,10 @@ def fit_probe(
     return Probe(tuple(latents), tuple(float(w) for w in weights), bias)
 
 
-def cast_gate(direction: Direction, threshold: float) -> DirectionGate:
+def cast_gate(direction: Direction, threshold: float, pool: str = "max") -> DirectionGate:
     """Fires where the residual stream's cosine with the refusal direction, at its layer,
-    reaches `threshold`."""
-    return DirectionGate(direction.vector.float(), direction.layer, threshold, direction.source)
+    reaches `threshold` (`pool` mean: the cosine of the prompt's mean activation, as CAST
+    checks its condition once per prompt)."""
+    return DirectionGate(
+        direction.vector.float(), direction.layer, threshold, direction.source, pool
+    )

@@ -1,8 +1,10 @@
 """How a gate separates harmful from harmless prompts, before it gates anything.
 
 A gated edit (`interventions.Gated`) fires for a row at the first token whose score reaches the
-threshold. What decides whether it has fired when the answer starts is the running maximum of
-the score over the prompt's own tokens: `prompt_scores` computes it (a forward that stops after
+threshold (scope token) or on its prompt as a whole (scope prompt). Either way, what decides
+whether it has fired when the answer starts is the prompt's score: the maximum over the
+prompt's own tokens, or the cosine of their mean activation for a CAST-style gate pooled by
+mean. `prompt_scores` computes it (a forward that stops after
 the gate's last layer), `threshold_at` picks the threshold that keeps the share of harmless
 validation prompts that fire at a target, and `trigger_rates` says how often the gate fires on
 harmless prompts (false triggers: the defence's cost lands there) and stays silent on harmful
@@ -38,8 +40,9 @@ def prompt_scores(
     *,
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """`[len(texts)]`: each prompt's gate score at its last token, the maximum over its own
-    tokens (the chat template's included, as the gated edit sees them)."""
+    """`[len(texts)]`: each prompt's gate score over its own tokens (the chat template's
+    included, as the gated edit sees them): the maximum, which a token-scope gate has reached
+    by the prompt's last token, or what the gate pools (`prompt_score`)."""
     return gates_prompt_scores(lm, formatter, [gate], texts, batch_size=batch_size)[0]
 
 
@@ -59,12 +62,12 @@ def gates_prompt_scores(
         for part in gate.parts(lm.model):
             parts.append(part)
             owner.append(g)
-    biases = [float(getattr(gate, "bias", 0.0)) for gate in gates]
     out: list[list[torch.Tensor]] = [[] for _ in gates]
     for values, mask in _part_batches(lm, formatter, parts, texts, batch_size):
-        for g, bias in enumerate(biases):
+        for g, gate in enumerate(gates):
             mine = [v for v, o in zip(values, owner, strict=True) if o == g]
-            out[g].append(_prompt_max(sum(mine) + bias, mask))
+            # the gate's own reduction over the prompt (a maximum, or CAST's mean pooling)
+            out[g].append(gate.prompt_score(sum(mine), mask.bool()).float().cpu())
     return [torch.cat(scores) if scores else torch.zeros(0) for scores in out]
 
 

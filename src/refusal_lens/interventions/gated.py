@@ -96,6 +96,11 @@ class LatentGate:
             out.append((point, score))
         return out
 
+    def prompt_score(self, values: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """`[batch]`: the score's maximum over each row's `window` tokens (`values`: the sum
+        of the parts' `[batch, seq]` outputs)."""
+        return _window_max(values + self.bias, window)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -110,17 +115,23 @@ class LatentGate:
 @dataclass(frozen=True)
 class DirectionGate:
     """Score the cosine of the residual stream after block `layer` with `vector` (a condition
-    vector, e.g. harmful minus harmless means): the dense, CAST-style gate."""
+    vector, e.g. harmful minus harmless means): the dense, CAST-style gate. `pool` says what a
+    prompt's score is: `max`, the largest of its tokens' cosines (any scope), or `mean`, the
+    cosine of the mean of its tokens' activations, as CAST checks its condition (prompt scope
+    only: it needs the whole prompt)."""
 
     vector: torch.Tensor
     layer: int
     threshold: float
     source: str | None = None
+    pool: str = "max"
     kind: ClassVar[str] = "direction"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.threshold):
             raise UserError("a direction gate's threshold must be a finite number")
+        if self.pool not in ("max", "mean"):
+            raise UserError(f"a direction gate pools by max or mean, not {self.pool!r}")
 
     @property
     def layers(self) -> list[int]:
@@ -135,15 +146,37 @@ class DirectionGate:
             x = act.float()
             return (x @ unit.to(act.device)) / x.norm(dim=-1).clamp_min(1e-6)
 
-        return [(HookPoint(self.layer, "resid_post"), score)]
+        def activation(act: torch.Tensor) -> torch.Tensor:  # pooled later: `prompt_score`
+            return act.float()
+
+        return [(HookPoint(self.layer, "resid_post"), score if self.pool == "max" else activation)]
+
+    def prompt_score(self, values: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """`[batch]`: the largest cosine over each row's `window` tokens (`max`), or the
+        cosine of their mean activation (`mean`; `values` are then the activations)."""
+        if self.pool == "max":
+            return _window_max(values, window)
+        weight = window.unsqueeze(-1).float()
+        mean = (values * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+        unit = self.vector.float().to(values.device)
+        unit = unit / unit.norm()
+        return (mean @ unit) / mean.norm(dim=-1).clamp_min(1e-6)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "direction": vector_to_json(self.vector, self.source),
             "layer": self.layer,
             "threshold": self.threshold,
         }
+        if self.pool != "max":  # the default stays out: stored keys unchanged
+            out["pool"] = self.pool
+        return out
+
+
+def _window_max(values: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """`[batch]`: each row's maximum of `values` over its `window` tokens."""
+    return values.masked_fill(~window, -math.inf).max(dim=1).values
 
 
 Gate = LatentGate | DirectionGate
@@ -169,6 +202,11 @@ class Gated:
             raise UserError(
                 f"gate scope {self.scope!r} unknown; use token (from the firing token on) or "
                 "prompt (the whole row once its prompt fires)"
+            )
+        if getattr(self.gate, "pool", "max") != "max" and self.scope != "prompt":
+            raise UserError(
+                "a gate pooled over the prompt (pool mean) decides once per prompt; give the "
+                "gated edit scope prompt"
             )
         if getattr(self.edit, "needs_twin", False):
             raise UserError("a gated edit cannot use retain (a twin batch); drop retain")
@@ -215,20 +253,21 @@ class Gated:
                 state["partial"] = state["partial"] + part
             if not final:
                 return None
-            total = state.pop("partial") + bias
+            values = state.pop("partial")
             pads = row_pads(self.left_pad, act)
-            valid = unpadded_mask(act, pads)
-            total = torch.where(valid, total, torch.full_like(total, -math.inf))
             before = state.get("max")
             decoding = act.shape[1] == 1 and before is not None and before.shape[0] == act.shape[0]
             if self.scope == "prompt":
                 if not decoding:  # the prompt's forward decides for the whole row
-                    window = total.masked_fill(~self._prompt_mask(act, pads), -math.inf)
-                    state["max"] = window.max(dim=1).values
+                    window = self._prompt_mask(act, pads)
+                    state["max"] = self.gate.prompt_score(values, window)
                     # exactly the float threshold
                     state["rows"] = state["max"].double() >= threshold
                 state["fired"] = state["rows"].unsqueeze(1).expand(act.shape[:2])
                 return None
+            valid = unpadded_mask(act, pads)
+            total = values + bias
+            total = torch.where(valid, total, torch.full_like(total, -math.inf))
             running = total.cummax(dim=1).values
             if decoding:
                 running = torch.maximum(running, before.unsqueeze(1))
@@ -297,7 +336,8 @@ _DIRECTION_GATE = schema.Obj(
         "direction": VECTOR_SCHEMA,
         "layer": schema.INDEX,
         "threshold": schema.Number(),
-    }
+    },
+    optional={"pool": schema.OneOf(("max", "mean"))},
 )
 
 
@@ -316,7 +356,9 @@ def gate_from_dict(data: dict[str, Any], origin: str = "gate") -> Gate:
         )
     schema.validate(data, _DIRECTION_GATE, origin, "see Gated's to_dict()")
     vector, source = vector_from_json(data["direction"])
-    return DirectionGate(vector, int(data["layer"]), float(data["threshold"]), source)
+    return DirectionGate(
+        vector, int(data["layer"]), float(data["threshold"]), source, str(data.get("pool", "max"))
+    )
 
 
 @reads(
