@@ -213,6 +213,13 @@ def test_defend_job_on_a_tiny_model(
     assert markdown.startswith("# Defence") and "| latents if probe |" in markdown
     scores = json.loads((tmp_path / "run" / "gate_scores.json").read_text())
     assert set(scores) == {"harm", "probe", "cosine"}
+    # the prompt-scope gated defences at every false-trigger target, composed
+    assert set(summary["sweep"]) == {"latents if harm", "latents if probe", "direction if cosine"}
+    for label, swept in summary["sweep"].items():
+        assert [p["false_trigger"] for p in swept["points"]] == list(settings.sweep)
+        same = swept["agreement"]["attacks"]
+        assert same["n"] == n_attacks and same["same"] >= 0.9 * n_attacks, label
+    assert "at each false-trigger target" in markdown
 
     from refusal_lens.report.analyses import defend_section
     from refusal_lens.report.page import Page
@@ -226,6 +233,7 @@ def test_defend_job_on_a_tiny_model(
     assert "defend_pareto.png" in page.figures and "| latents if harm |" in text
     assert "[turn 3]" in text
     assert "a fired gate edits its whole prompt and answer" in text  # the default scope
+    assert "at every false-trigger target, composed" in text
 
     def no_more(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a rerun generated again")

@@ -435,12 +435,22 @@ def defend_section(page: Page, run: Path) -> None:
         for r in rows
         if r.get("xstest_safe") and r.get("attacks")
     }
+    swept = summary.get("sweep") or {}
+    curves = {
+        label: [(p["xstest_safe"]["mean"], p["attacks"]["mean"]) for p in s["points"]]
+        for label, s in swept.items()
+    }
     if points:
         page.figure(
             "defend_pareto.png",
-            plots.robustness_cost(points, summary["pareto"]),
+            plots.robustness_cost(points, summary["pareto"], curves),
             "Jailbreak success against over-refusal, one point per defence (95% intervals); "
-            "ringed: the Pareto front",
+            "ringed: the Pareto front"
+            + (
+                "; lines: each gated defence at every false-trigger target (composed)"
+                if curves
+                else ""
+            ),
         )
     page.paragraph("Pareto front: " + ", ".join(summary["pareto"]) + ".")
     kept = {k: v for k, v in summary["kept_share"].items() if v}
@@ -448,6 +458,37 @@ def defend_section(page: Page, run: Path) -> None:
         page.paragraph(
             "Share of the unconditional defence's drop in attack success its gated version "
             "keeps: " + "; ".join(f"{k} {interval_cell(v)}" for k, v in kept.items()) + "."
+        )
+    for label, entry in swept.items():
+        same = entry["agreement"]
+        page.paragraph(
+            f"{label} at every false-trigger target, composed from the answers already judged "
+            "(a prompt-scope gate answers as the unconditional defence where it fires and as "
+            "the model without a defence elsewhere; at the study's threshold the composition "
+            f"matches the generated arm on {same['attacks']['same']} of {same['attacks']['n']} "
+            f"attacks and {same['xstest_safe']['same']} of {same['xstest_safe']['n']} XSTest "
+            "safe prompts)."
+        )
+        page.table(
+            [
+                "false trigger (val)",
+                "threshold",
+                "attack success",
+                "XSTest safe unanswered",
+                "gate fires on attacks",
+                "kept share",
+            ],
+            [
+                [
+                    f"{p['false_trigger']:.2f}",
+                    f"{p['threshold']:.4g}",
+                    interval_cell(p["attacks"]),
+                    interval_cell(p["xstest_safe"]),
+                    "-" if p["fired_attacks"] is None else f"{p['fired_attacks']:.2f}",
+                    "-" if p["kept_share"] is None else f"{p['kept_share']:.2f}",
+                ]
+                for p in entry["points"]
+            ],
         )
     by_source = sorted({s for r in rows for s in r.get("attacks_by_source", {})})
     capability_rows = [

@@ -174,11 +174,24 @@ def edge_graph(edges: Sequence[dict[str, Any]], *, title: str) -> bytes:
 
 
 def robustness_cost(
-    points: dict[str, tuple[dict[str, Any], dict[str, Any]]], front: Sequence[str]
+    points: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+    front: Sequence[str],
+    curves: dict[str, Sequence[tuple[float, float]]] | None = None,
 ) -> bytes:
     """Each defence a point: cost (x, e.g. over-refusal) against attack success (y), both with
-    95% intervals; the Pareto front (no other point lower on both) joined and ringed."""
+    95% intervals; the Pareto front (no other point lower on both) joined and ringed; `curves`:
+    a gated defence across thresholds, a thin line of (x, y) per label."""
     figure, axes = plt.subplots(figsize=(5.8, 4.0))
+    for i, (label, line) in enumerate((curves or {}).items()):
+        if line:
+            axes.plot(
+                *zip(*line, strict=True),
+                marker=".",
+                linewidth=0.8,
+                alpha=0.6,
+                color=COLORS[(i + len(points)) % len(COLORS)],
+                label=f"{label}, every threshold",
+            )
     for i, (label, (x, y)) in enumerate(points.items()):
         cx, cy = clean_entry(x), clean_entry(y)
         axes.errorbar(

@@ -1,0 +1,94 @@
+"""The false-trigger rate as an axis: a prompt-scope gated defence at every threshold, from
+answers already judged.
+
+A prompt-scope gate (`interventions.Gated(..., scope="prompt")`) decides once per prompt, and
+then the model answers either with the edit on every token or with no edit at all. So on a
+prompt the gate fires on, the gated defence's answer is the unconditional defence's answer, and
+elsewhere it is the undefended model's. Given both arms' per-prompt outcomes and the gate's
+per-prompt scores, the gated defence at any threshold is a composition: no generation.
+
+`compose_sweep` does that for a list of false-trigger targets: each target's threshold is set
+on the harmless validation scores (`gates.threshold_at`), and test attack success, test safe
+prompts left unanswered and the share of the unconditional drop kept are read off the
+composition, with bootstrap intervals. `agreement` checks the premise at the threshold the
+study generated with: how often the composition's outcome equals the generated gated arm's
+(greedy decoding in a different batch can differ in the last bits, so it is measured, not
+assumed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..evaluation.statistics import bootstrap_mean
+from .gates import threshold_at
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Per test prompt, aligned: the gate's score, and the outcome (a success, an unanswered
+    safe prompt) without a defence and under the unconditional one."""
+
+    scores: np.ndarray
+    none: np.ndarray
+    full: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not len(self.scores) == len(self.none) == len(self.full):
+            raise UserError(
+                f"a sweep needs aligned outcomes: {len(self.scores)} scores, "
+                f"{len(self.none)} undefended and {len(self.full)} defended outcomes"
+            )
+
+    def at(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(fired, composed outcome) at `threshold`."""
+        fired = self.scores.astype(np.float64) >= threshold
+        return fired, np.where(fired, self.full, self.none).astype(bool)
+
+
+def compose_sweep(
+    targets: Sequence[float],
+    harmless_val: torch.Tensor,
+    attacks: Outcomes,
+    safe: Outcomes,
+    *,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One point per false-trigger target: its validation threshold, the composed test attack
+    success and safe prompts unanswered (95% bootstrap intervals), the share of attacks and safe
+    prompts the gate fires on, and the share of the unconditional drop in success kept."""
+    out = []
+    drop_full = attacks.none.mean() - attacks.full.mean()
+    for target in targets:
+        threshold = threshold_at(harmless_val, target)
+        fired_attacks, success = attacks.at(threshold)
+        fired_safe, unanswered = safe.at(threshold)
+        kept = None
+        if drop_full > 0:
+            kept = float((attacks.none.mean() - success.mean()) / drop_full)
+        out.append(
+            {
+                "false_trigger": float(target),
+                "threshold": threshold,
+                "attacks": bootstrap_mean(success.astype(float), seed=seed).entry(),
+                "xstest_safe": bootstrap_mean(unanswered.astype(float), seed=seed).entry(),
+                "fired_attacks": float(fired_attacks.mean()) if len(fired_attacks) else None,
+                "fired_safe": float(fired_safe.mean()) if len(fired_safe) else None,
+                "kept_share": kept,
+            }
+        )
+    return out
+
+
+def agreement(outcomes: Outcomes, threshold: float, generated: np.ndarray) -> dict[str, int]:
+    """How many prompts' composed outcome at `threshold` equals the generated gated arm's."""
+    if len(generated) != len(outcomes.scores):
+        raise UserError(f"{len(generated)} generated outcomes for {len(outcomes.scores)} prompts")
+    _, composed = outcomes.at(threshold)
+    return {"same": int((composed == generated.astype(bool)).sum()), "n": len(generated)}

@@ -1,0 +1,49 @@
+"""The false-trigger sweep: a prompt-scope gated defence composed from the undefended and the
+unconditional arms' outcomes at each threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from refusal_lens.defence.sweep import Outcomes, agreement, compose_sweep
+from refusal_lens.errors import UserError
+
+
+def test_the_composition_takes_the_defended_outcome_where_the_gate_fires() -> None:
+    attacks = Outcomes(
+        scores=np.array([0.9, 0.1, 0.8, 0.2]),
+        none=np.array([True, True, True, False]),
+        full=np.array([False, False, False, False]),
+    )
+    safe = Outcomes(
+        scores=np.array([0.05, 0.7]),
+        none=np.array([False, False]),
+        full=np.array([True, True]),
+    )
+    harmless_val = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.85])
+    points = compose_sweep([0.0, 0.2, 0.5], harmless_val, attacks, safe)
+    # 0%: the threshold sits just above the highest harmless score (0.85): only 0.9 fires
+    assert points[0]["fired_attacks"] == 0.25 and points[0]["attacks"]["mean"] == 0.5
+    assert points[0]["xstest_safe"]["mean"] == 0.0 and points[0]["kept_share"] == pytest.approx(
+        1 / 3
+    )
+    # 20%: two harmless may fire, the threshold is just above 0.7: 0.9 and 0.8 fire
+    assert points[1]["attacks"]["mean"] == 0.25 and points[1]["kept_share"] == pytest.approx(2 / 3)
+    # 50%: just above 0.4: the 0.7 safe prompt fires and is left unanswered
+    assert points[2]["xstest_safe"]["mean"] == 0.5
+    assert [p["threshold"] for p in points] == sorted(
+        (p["threshold"] for p in points), reverse=True
+    )
+    generated = np.array([False, True, False, False])
+    assert agreement(attacks, points[1]["threshold"], generated) == {"same": 4, "n": 4}
+    assert agreement(attacks, points[0]["threshold"], generated) == {"same": 3, "n": 4}
+
+
+def test_misaligned_outcomes_are_refused() -> None:
+    with pytest.raises(UserError, match="aligned outcomes"):
+        Outcomes(np.zeros(3), np.zeros(2, dtype=bool), np.zeros(3, dtype=bool))
+    ok = Outcomes(np.zeros(2), np.zeros(2, dtype=bool), np.zeros(2, dtype=bool))
+    with pytest.raises(UserError, match="3 generated outcomes for 2 prompts"):
+        agreement(ok, 0.5, np.zeros(3, dtype=bool))
