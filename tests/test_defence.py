@@ -141,23 +141,34 @@ def test_the_weakest_strength_that_reaches_the_target_is_chosen() -> None:
         choose_strength({}, 0.9)
 
 
-def test_latent_maxima_are_one_latent_gates_prompt_scores(
-    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_latent_features_are_one_latent_gates_prompt_scores(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet, pool: str
 ) -> None:
     """A probe gate's features, read in one forward per batch: each column is the prompt
-    score of a gate on that latent alone; the fitted probe is a gate that scores prompts."""
-    from refusal_lens.defence.gates import latent_maxima
+    score of a gate on that latent alone (pooled the same way); the fitted probe is a gate
+    whose prompt score is its logit on those features (the mean of a linear score is the
+    score of the means)."""
+    from refusal_lens.defence.gates import latent_features
 
     latents = ((0, 3), (1, 7), (1, 40), (2, 9))
     texts = [*PROMPTS, "Tell me a joke.", "How do I pick a lock without the key?"]
-    maxima = latent_maxima(tiny, formatter, tiny_saes, latents, texts, batch_size=3)
-    assert maxima.shape == (4, 4)
+    features = latent_features(tiny, formatter, tiny_saes, latents, texts, pool=pool, batch_size=3)
+    assert features.shape == (4, 4)
     for j, pair in enumerate(latents):
-        alone = prompt_scores(tiny, formatter, LatentGate(tiny_saes, (pair,), 0.0), texts)
-        torch.testing.assert_close(maxima[:, j], alone)
-    probe = arms.fit_probe(latents, maxima[[1, 3]].numpy(), maxima[[0, 2]].numpy())
-    scores = prompt_scores(tiny, formatter, probe.gate(tiny_saes, 0.0), texts)
+        alone = prompt_scores(
+            tiny, formatter, LatentGate(tiny_saes, (pair,), 0.0, pool=pool), texts
+        )
+        torch.testing.assert_close(features[:, j], alone)
+    probe = arms.fit_probe(latents, features[[1, 3]].numpy(), features[[0, 2]].numpy())
+    scores = prompt_scores(tiny, formatter, probe.gate(tiny_saes, 0.0, pool), texts)
     assert scores.shape == (4,) and torch.isfinite(scores).all()
+    if pool == "mean":
+        logits = features.double() @ torch.tensor(probe.weights).double() + probe.bias
+        torch.testing.assert_close(scores.double(), logits, rtol=1e-4, atol=1e-4)
+    else:
+        means = latent_features(tiny, formatter, tiny_saes, latents, texts, pool="mean")
+        assert (features >= means - 1e-5).all() and not torch.allclose(features, means)
 
 
 def test_several_gates_score_prompts_in_one_forward_as_each_alone(

@@ -92,6 +92,10 @@ def test_bad_settings_are_one_line_errors() -> None:
         DefendSettings(n_goals=0)
     with pytest.raises(UserError, match="gate_scope is one of token, prompt"):
         DefendSettings(gate_scope="answer")
+    with pytest.raises(UserError, match="gate_pool=mean needs gate_scope=prompt"):
+        DefendSettings(gate_scope="token", gate_pool="mean")
+    with pytest.raises(UserError, match="gate_pool is max or mean"):
+        DefendSettings(gate_pool="sum")
 
 
 def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:

@@ -281,3 +281,29 @@ def test_a_mean_pooled_direction_gate_decides_on_the_prompts_mean_activation(
     item = Gated(push, DirectionGate(vector, 0, threshold, pool="mean"), scope="prompt")
     back = from_dict(item.to_dict())
     assert isinstance(back, Gated) and back.gate.pool == "mean"
+
+
+def test_a_mean_pooled_latent_gate_fires_on_the_mean_of_its_prompts_scores(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    latents = ((0, 3), (0, 40), (0, 77))
+    batch = formatter.encode(PROMPTS)
+    point = HookPoint(0, "resid_post")
+    with record(tiny.model, [point]) as store, torch.no_grad():
+        tiny.model(**batch.forward_kwargs())
+    values = tiny_saes[point].encode_latents(store[point][0], torch.tensor([3, 40, 77])).sum(-1)
+    mask = batch.attention_mask.float()
+    means = ((values * mask).sum(1) / mask.sum(1)).detach()
+    push = _push(tiny)
+    threshold = float(means.mean())
+    fires, quiet = int(means.argmax()), int(means.argmin())
+    gate = LatentGate(tiny_saes, latents, threshold, pool="mean")
+    gated = _logits(tiny, formatter, [Gated(push, gate, scope="prompt")])
+    clean, edited = _logits(tiny, formatter), _logits(tiny, formatter, [push])
+    valid = batch.attention_mask.bool()
+    assert torch.equal(gated[quiet], clean[quiet])
+    torch.testing.assert_close(gated[fires][valid[fires]], edited[fires][valid[fires]])
+    with pytest.raises(UserError, match="give the gated edit scope prompt"):
+        Gated(push, gate)
+    with pytest.raises(UserError, match="pools by max or mean"):
+        LatentGate(tiny_saes, latents, 0.0, pool="sum")

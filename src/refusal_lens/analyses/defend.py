@@ -51,7 +51,7 @@ from ..config import settings_dict
 from ..data import Prompt, PromptSet, load_prompts
 from ..defence import arms as defences
 from ..defence.calibrate import choose_strength
-from ..defence.gates import gates_prompt_scores, latent_maxima, threshold_at, trigger_rates
+from ..defence.gates import gates_prompt_scores, latent_features, threshold_at, trigger_rates
 from ..defence.sweep import Outcomes, agreement, compose_sweep
 from ..errors import UserError
 from ..evaluation.capabilities import CapabilityRunner, CapabilitySettings
@@ -66,7 +66,7 @@ from ..evaluation.work import (
     stored_measures,
 )
 from ..heldout import drop_selected, without
-from ..interventions import GATE_SCOPES, Gated, Intervention
+from ..interventions import GATE_POOLS, GATE_SCOPES, Gated, Intervention
 from ..models import conversation
 from ..runs import RunDir, stable_hash, write_json
 from .common import analysis_context, jailbroken, judged, start_analysis
@@ -94,6 +94,7 @@ class DefendSettings:
     target_block: float = 0.9  # share of succeeding validation attacks a defence must block
     false_trigger: float = 0.05  # gates' firing rate on harmless validation prompts
     gate_scope: str = "prompt"  # a fired gate edits its whole prompt (or: token, from it on)
+    gate_pool: str = "max"  # the latent gates' prompt score: max or (prompt scope) mean
     # false-trigger targets a prompt-scope gated defence is composed at (no generation)
     sweep: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
     judges: tuple[str, ...] = ("learned", "substring")  # success: every judge says complied
@@ -129,6 +130,10 @@ class DefendSettings:
             raise UserError(
                 f"gate_scope is one of {', '.join(GATE_SCOPES)}, got {self.gate_scope!r}"
             )
+        if self.gate_pool not in GATE_POOLS:
+            raise UserError(f"gate_pool is max or mean, got {self.gate_pool!r}")
+        if self.gate_pool == "mean" and self.gate_scope != "prompt":
+            raise UserError("gate_pool=mean needs gate_scope=prompt (it pools the whole prompt)")
         if not all(0 <= x < 1 for x in (self.false_trigger, *self.sweep)):
             raise UserError("false_trigger and every sweep target are rates in [0, 1)")
         if self.latent_mode not in ("scale", "set"):
@@ -385,14 +390,15 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
         + pools.safe_test.texts()
         + ([] if pools.benign is None else pools.benign.texts())
     )
+    pool = settings.gate_pool
     features = [
-        latent_maxima(lm, formatter, saes, harm, texts, batch_size=settings.batch_size)
+        latent_features(lm, formatter, saes, harm, texts, pool=pool, batch_size=settings.batch_size)
         for texts in (harmful_val, harmless_val)
     ]
     probe = defences.fit_probe(harm, features[0].numpy(), features[1].numpy())
     candidates = {
-        "harm": defences.harm_gate(saes, harm, 0.0),
-        "probe": probe.gate(saes, 0.0),
+        "harm": defences.harm_gate(saes, harm, 0.0, pool),
+        "probe": probe.gate(saes, 0.0, pool),
         # decided once per prompt, the dense gate pools as CAST does (the mean activation)
         "cosine": defences.cast_gate(
             inputs.direction, 0.0, "mean" if settings.gate_scope == "prompt" else "max"

@@ -59,9 +59,12 @@ def gate_latents(harm: LatentSet, k: int | None, edited: Sequence[Pair]) -> tupl
     return usable
 
 
-def harm_gate(saes: SAESet, latents: Sequence[Pair], threshold: float) -> LatentGate:
-    """Fires where the harm latents' summed activation reaches `threshold`."""
-    return LatentGate(saes, tuple(latents), threshold)
+def harm_gate(
+    saes: SAESet, latents: Sequence[Pair], threshold: float, pool: str = "max"
+) -> LatentGate:
+    """Fires where the harm latents' summed activation (its maximum over a prompt's tokens,
+    or with `pool` mean, its mean) reaches `threshold`."""
+    return LatentGate(saes, tuple(latents), threshold, pool=pool)
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,9 @@ class Probe:
     weights: tuple[float, ...]
     bias: float
 
-    def gate(self, saes: SAESet, threshold: float) -> LatentGate:
-        return LatentGate(saes, self.latents, threshold, self.weights, self.bias)
+    def gate(self, saes: SAESet, threshold: float, pool: str = "max") -> LatentGate:
+        """The probe as a gate; `pool` must be how its features were pooled."""
+        return LatentGate(saes, self.latents, threshold, self.weights, self.bias, pool)
 
 
 def fit_probe(

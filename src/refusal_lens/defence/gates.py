@@ -72,27 +72,30 @@ def gates_prompt_scores(
 
 
 @torch.inference_mode()
-def latent_maxima(
+def latent_features(
     lm: LoadedModel,
     formatter: ChatFormatter,
     saes: SAESet,
     latents: Sequence[tuple[int, int]],
     texts: Sequence[str],
     *,
+    pool: str = "max",
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """`[len(texts), len(latents)]`: each latent's largest activation over each prompt's own
-    tokens (a probe gate's features; a one-latent gate's prompt score is its column)."""
+    """`[len(texts), len(latents)]`: each latent's activation pooled (max or mean) over each
+    prompt's own tokens (a probe gate's features; a one-latent gate's prompt score is its
+    column)."""
     if not latents:
-        raise UserError("latent maxima need at least one latent")
+        raise UserError("latent features need at least one latent")
     # one part per latent (a one-latent gate), all read in one forward per batch
-    parts = [
-        (point, score)
-        for pair in latents
-        for point, score in LatentGate(saes, (pair,), 0.0).parts(lm.model)
-    ]
+    one = [LatentGate(saes, (pair,), 0.0, pool=pool) for pair in latents]
+    parts = [part for gate in one for part in gate.parts(lm.model)]
     out = [
-        _prompt_max(torch.stack(values, dim=-1), mask)  # [B, T, latents] -> [B, latents]
+        torch.stack(
+            [g.prompt_score(v, mask.bool()) for g, v in zip(one, values, strict=True)], dim=-1
+        )
+        .float()
+        .cpu()
         for values, mask in _part_batches(lm, formatter, parts, texts, batch_size)
     ]
     return torch.cat(out) if out else torch.zeros(0, len(latents))
@@ -128,13 +131,6 @@ def _part_batches(
         except _Done:
             pass
         yield [found[n] for n in range(len(parts))], batch.attention_mask
-
-
-def _prompt_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The maximum over each row's own tokens (padding excluded) of `[batch, seq, ...]`."""
-    valid = mask.bool().reshape(*mask.shape, *([1] * (values.dim() - 2)))
-    masked = torch.where(valid, values, torch.full_like(values, -math.inf))
-    return masked.max(dim=1).values.float().cpu()
 
 
 def threshold_at(harmless: torch.Tensor, false_trigger: float) -> float:

@@ -12,7 +12,7 @@ to a batch and holds `from_dict`. A new kind is one new module whose reader is r
 """
 
 from .direction import AblateDirection, AddDirection
-from .gated import GATE_SCOPES, DirectionGate, Gated, LatentGate
+from .gated import GATE_POOLS, GATE_SCOPES, DirectionGate, Gated, LatentGate
 from .latents import EditLatents, PerPromptLatents
 from .patch import PatchLatents
 from .positions import LATENT_POSITIONS, TokenPositions
@@ -21,6 +21,7 @@ from .sets import Intervention, InterventionSet, apply, bind, from_dict, needs_t
 from .vectors import read_direction_file, vector_sha256
 
 __all__ = [
+    "GATE_POOLS",
     "GATE_SCOPES",
     "INTERVENTION_FIX",
     "LATENT_POSITIONS",

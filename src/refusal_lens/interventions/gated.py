@@ -43,19 +43,27 @@ if TYPE_CHECKING:
     from ..saes import SAESet
 
 
+GATE_POOLS = ("max", "mean")
+
+
 @dataclass(frozen=True)
 class LatentGate:
     """Score `bias + sum_i weights[i] * f_i` over SAE latents `f_i` (weights default to 1:
-    the harm latents' summed activation; a probe's weights and bias give its logit)."""
+    the harm latents' summed activation; a probe's weights and bias give its logit). `pool`
+    says what a prompt's score is: `max`, the largest of its tokens' scores (any scope), or
+    `mean`, the mean of its tokens' scores (prompt scope only: it needs the whole prompt)."""
 
     saes: SAESet
     latents: tuple[tuple[int, int], ...]
     threshold: float
     weights: tuple[float, ...] | None = None
     bias: float = 0.0
+    pool: str = "max"
     kind: ClassVar[str] = "latents"
 
     def __post_init__(self) -> None:
+        if self.pool not in GATE_POOLS:
+            raise UserError(f"a latent gate pools by max or mean, not {self.pool!r}")
         if not self.latents:
             raise UserError("a latent gate needs at least one latent")
         if self.weights is not None and len(self.weights) != len(self.latents):
@@ -97,12 +105,15 @@ class LatentGate:
         return out
 
     def prompt_score(self, values: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-        """`[batch]`: the score's maximum over each row's `window` tokens (`values`: the sum
-        of the parts' `[batch, seq]` outputs)."""
-        return _window_max(values + self.bias, window)
+        """`[batch]`: the score's maximum (or mean) over each row's `window` tokens
+        (`values`: the sum of the parts' `[batch, seq]` outputs)."""
+        if self.pool == "max":
+            return _window_max(values + self.bias, window)
+        weight = window.float()
+        return (values * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0) + self.bias
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "saes": {"path": self.saes.path, "fingerprint": self.saes.fingerprint()},
             "latents": [list(pair) for pair in self.latents],
@@ -110,6 +121,9 @@ class LatentGate:
             "bias": self.bias,
             "threshold": self.threshold,
         }
+        if self.pool != "max":  # the default stays out: stored keys unchanged
+            out["pool"] = self.pool
+        return out
 
 
 @dataclass(frozen=True)
@@ -130,7 +144,7 @@ class DirectionGate:
     def __post_init__(self) -> None:
         if not math.isfinite(self.threshold):
             raise UserError("a direction gate's threshold must be a finite number")
-        if self.pool not in ("max", "mean"):
+        if self.pool not in GATE_POOLS:
             raise UserError(f"a direction gate pools by max or mean, not {self.pool!r}")
 
     @property
@@ -203,7 +217,7 @@ class Gated:
                 f"gate scope {self.scope!r} unknown; use token (from the firing token on) or "
                 "prompt (the whole row once its prompt fires)"
             )
-        if getattr(self.gate, "pool", "max") != "max" and self.scope != "prompt":
+        if self.gate.pool != "max" and self.scope != "prompt":
             raise UserError(
                 "a gate pooled over the prompt (pool mean) decides once per prompt; give the "
                 "gated edit scope prompt"
@@ -328,7 +342,11 @@ _LATENT_GATE = schema.Obj(
         "latents": schema.ListOf(schema.LATENT_PAIR, min_len=1),
         "threshold": schema.Number(),
     },
-    optional={"weights": schema.Maybe(schema.ListOf(schema.Number())), "bias": schema.Number()},
+    optional={
+        "weights": schema.Maybe(schema.ListOf(schema.Number())),
+        "bias": schema.Number(),
+        "pool": schema.OneOf(GATE_POOLS),
+    },
 )
 _DIRECTION_GATE = schema.Obj(
     required={
@@ -337,7 +355,7 @@ _DIRECTION_GATE = schema.Obj(
         "layer": schema.INDEX,
         "threshold": schema.Number(),
     },
-    optional={"pool": schema.OneOf(("max", "mean"))},
+    optional={"pool": schema.OneOf(GATE_POOLS)},
 )
 
 
@@ -353,6 +371,7 @@ def gate_from_dict(data: dict[str, Any], origin: str = "gate") -> Gate:
             float(data["threshold"]),
             None if weights is None else tuple(float(w) for w in weights),
             float(data.get("bias", 0.0)),
+            str(data.get("pool", "max")),
         )
     schema.validate(data, _DIRECTION_GATE, origin, "see Gated's to_dict()")
     vector, source = vector_from_json(data["direction"])
