@@ -47,3 +47,34 @@ def test_misaligned_outcomes_are_refused() -> None:
     ok = Outcomes(np.zeros(2), np.zeros(2, dtype=bool), np.zeros(2, dtype=bool))
     with pytest.raises(UserError, match="3 generated outcomes for 2 prompts"):
         agreement(ok, 0.5, np.zeros(3, dtype=bool))
+
+
+def test_gates_are_compared_on_safe_prompts_at_equal_attack_success() -> None:
+    """Two gates over the same arms: at each attack success both reach, each takes its lowest
+    false-trigger target reaching it, and their unanswered safe prompts are paired."""
+    from refusal_lens.defence.sweep import Swept, at_equal_success
+
+    none_a = np.array([True, True, True, True])
+    full_a = np.zeros(4, dtype=bool)
+    none_s, full_s = np.zeros(4, dtype=bool), np.ones(4, dtype=bool)
+    harmless_val = torch.linspace(0.0, 0.9, 10)
+    # gate a separates: attacks score high, safe prompts low
+    a = Swept(
+        harmless_val,
+        Outcomes(np.array([0.95, 0.95, 0.6, 0.6]), none_a, full_a),
+        Outcomes(np.array([0.0, 0.1, 0.2, 0.3]), none_s, full_s),
+    )
+    # gate b fires on safe prompts as soon as it fires on attacks
+    b = Swept(
+        harmless_val,
+        Outcomes(np.array([0.95, 0.95, 0.6, 0.6]), none_a, full_a),
+        Outcomes(np.array([0.96, 0.96, 0.65, 0.65]), none_s, full_s),
+    )
+    rows = at_equal_success(a, b, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    by_count = {row["successes"]: row for row in rows}
+    # even at 0% false triggers both fire on the two strongest attacks; then on all four
+    assert set(by_count) == {2, 0}
+    assert by_count[2]["xstest_safe"] == [0.0, 0.5]
+    assert by_count[0]["xstest_safe"] == [0.0, 1.0]
+    assert by_count[0]["difference"]["mean"] == -1.0
+    assert by_count[0]["targets"][0] == by_count[0]["targets"][1]  # matched on attacks alone

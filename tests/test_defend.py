@@ -224,6 +224,11 @@ def test_defend_job_on_a_tiny_model(
         same = swept["agreement"]["attacks"]
         assert same["n"] == n_attacks and same["same"] >= 0.9 * n_attacks, label
     assert "at each false-trigger target" in markdown
+    # each latent gate against the CAST-style gate, matched on attack success
+    assert set(summary["matched"]) == {"latents if harm", "latents if probe"}
+    for rows_matched in summary["matched"].values():
+        assert rows_matched and all(0 <= r["successes"] <= n_attacks for r in rows_matched)
+    assert "against the CAST-style gate at equal attack success" in markdown
 
     from refusal_lens.report.analyses import defend_section
     from refusal_lens.report.page import Page

@@ -52,7 +52,7 @@ from ..data import Prompt, PromptSet, load_prompts
 from ..defence import arms as defences
 from ..defence.calibrate import choose_strength
 from ..defence.gates import gates_prompt_scores, latent_features, threshold_at, trigger_rates
-from ..defence.sweep import Outcomes, agreement, compose_sweep
+from ..defence.sweep import Outcomes, Swept, agreement, at_equal_success, compose_sweep
 from ..errors import UserError
 from ..evaluation.capabilities import CapabilityRunner, CapabilitySettings
 from ..evaluation.statistics import bootstrap_mean, interval_cell, paired_difference
@@ -780,13 +780,26 @@ def summarise(
         for d in built
         if d.gate != "-"
     }
-    swept = {}
+    sweeps: dict[str, Any] = {}
+    matched: dict[str, Any] = {}
     if settings.gate_scope == "prompt" and settings.sweep:
-        swept = {
-            d.label: sweep_defence(settings, d, measured, rates[d.gate], pools)
+        composed = {
+            d.label: swept(d, measured, rates[d.gate], pools)
             for d in built
             if d.gate != "-" and d.threshold is not None
         }
+        sweeps = {
+            d.label: sweep_defence(settings, d, composed[d.label], measured[d.label])
+            for d in built
+            if d.label in composed
+        }
+        dense = next((d.label for d in built if d.gate == "cosine"), None)
+        if dense is not None:  # each latent gate against the CAST-style one, matched
+            matched = {
+                label: at_equal_success(composed[label], composed[dense], MATCH_TARGETS, seed=seed)
+                for label in composed
+                if label != dense
+            }
     points = {
         r["defence"]: (r["xstest_safe"]["mean"], r["attacks"]["mean"])
         for r in rows
@@ -798,48 +811,56 @@ def summarise(
         **info,
         "defences": rows,
         "kept_share": kept,
-        "sweep": swept,
+        "sweep": sweeps,
+        "matched": matched,
         "pareto": pareto(points),
         "examples": examples,
     }
 
 
+# false-trigger targets the matched comparison searches (every point from 0 to 50%)
+MATCH_TARGETS = tuple(i / 100 for i in range(51))
+
+
+def swept(
+    defence: Defence, measured: dict[str, dict[str, Any]], rate: dict[str, Any], pools: Pools
+) -> Swept:
+    """A prompt-scope gated defence's scores and its two source arms' test outcomes."""
+    scores = rate["scores"]
+    none, full = measured[NONE], measured[defence.family]
+    return Swept(
+        torch.tensor(scores["harmless_val"]),
+        Outcomes(
+            np.array([scores["harmful_test"][a.prompt] for a in pools.test_attacks]),
+            none["attacks"],
+            full["attacks"],
+        ),
+        Outcomes(
+            np.array([scores["harmless_test"][t] for t in pools.safe_test.texts()]),
+            none["xstest_safe"],
+            full["xstest_safe"],
+        ),
+    )
+
+
 def sweep_defence(
-    settings: DefendSettings,
-    defence: Defence,
-    measured: dict[str, dict[str, Any]],
-    rate: dict[str, Any],
-    pools: Pools,
+    settings: DefendSettings, defence: Defence, composed: Swept, measured: dict[str, Any]
 ) -> dict[str, Any]:
     """A prompt-scope gated defence at every false-trigger target of `settings.sweep`, composed
     from the undefended and unconditional arms' outcomes (`defence.sweep`), and how well the
     composition matches the arm generated at the study's threshold."""
-    scores = rate["scores"]
-    none, full = measured[NONE], measured[defence.family]
-    attacks = Outcomes(
-        np.array([scores["harmful_test"][a.prompt] for a in pools.test_attacks]),
-        none["attacks"],
-        full["attacks"],
-    )
-    safe = Outcomes(
-        np.array([scores["harmless_test"][t] for t in pools.safe_test.texts()]),
-        none["xstest_safe"],
-        full["xstest_safe"],
-    )
     assert defence.threshold is not None
     return {
         "points": compose_sweep(
             settings.sweep,
-            torch.tensor(scores["harmless_val"]),
-            attacks,
-            safe,
+            composed.harmless_val,
+            composed.attacks,
+            composed.safe,
             seed=settings.seed,
         ),
         "agreement": {
-            "attacks": agreement(attacks, defence.threshold, measured[defence.label]["attacks"]),
-            "xstest_safe": agreement(
-                safe, defence.threshold, measured[defence.label]["xstest_safe"]
-            ),
+            "attacks": agreement(composed.attacks, defence.threshold, measured["attacks"]),
+            "xstest_safe": agreement(composed.safe, defence.threshold, measured["xstest_safe"]),
         },
     }
 
@@ -897,7 +918,28 @@ def defend_markdown(summary: dict[str, Any]) -> str:
                 f"{'-' if kept is None else f'{kept:.2f}'} |"
             )
         lines.append("")
+    for label, rows in (summary.get("matched") or {}).items():
+        lines += [
+            f"{label} against the CAST-style gate at equal attack success (each at the lowest "
+            "false-trigger target reaching it; XSTest safe unanswered, paired):",
+            "",
+            "| attack success | false trigger (latent, CAST) | XSTest safe unanswered "
+            "(latent, CAST) | difference |",
+            "|---|---|---|---|",
+        ]
+        lines += [matched_cells(row) for row in rows]
+        lines.append("")
     return "\n".join(lines)
+
+
+def matched_cells(row: dict[str, Any]) -> str:
+    """One markdown row of the matched comparison."""
+    (ta, tb), (ua, ub), diff = row["targets"], row["xstest_safe"], row["difference"]
+    return (
+        f"| {row['successes'] / row['attacks']:.2f} ({row['successes']}/{row['attacks']}) | "
+        f"{ta:.2f}, {tb:.2f} | {ua:.2f}, {ub:.2f} | {interval_cell(diff)}"
+        f" (p={diff['p_value']:.3f}) |"
+    )
 
 
 # --------------------------------------------------------------------------- the registry's hooks

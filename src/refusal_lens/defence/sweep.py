@@ -92,3 +92,52 @@ def agreement(outcomes: Outcomes, threshold: float, generated: np.ndarray) -> di
         raise UserError(f"{len(generated)} generated outcomes for {len(outcomes.scores)} prompts")
     _, composed = outcomes.at(threshold)
     return {"same": int((composed == generated.astype(bool)).sum()), "n": len(generated)}
+
+
+@dataclass(frozen=True)
+class Swept:
+    """One prompt-scope gated defence, ready to compose: its harmless validation scores (for
+    thresholds) and its test outcomes."""
+
+    harmless_val: torch.Tensor
+    attacks: Outcomes
+    safe: Outcomes
+
+    def at_target(self, target: float) -> tuple[float, np.ndarray, np.ndarray]:
+        """(threshold, composed attack successes, composed unanswered safe prompts)."""
+        threshold = threshold_at(self.harmless_val, target)
+        return threshold, self.attacks.at(threshold)[1], self.safe.at(threshold)[1]
+
+
+def at_equal_success(
+    a: Swept, b: Swept, targets: Sequence[float], *, seed: int = 0
+) -> list[dict[str, Any]]:
+    """`a` against `b` on safe prompts at equal attack success: for every number of test
+    attacks both reach at some false-trigger target, each takes the lowest target that reaches
+    it (a rule that never looks at the safe prompts), and the safe prompts each leaves
+    unanswered are compared pair by pair (paired bootstrap, `a - b`). Matching on attacks and
+    comparing on the separate safe prompts keeps the compared axis out of the choice."""
+    from ..evaluation.statistics import paired_difference
+
+    def first_reaching(swept: Swept) -> dict[int, tuple[float, np.ndarray]]:
+        found: dict[int, tuple[float, np.ndarray]] = {}
+        for target in sorted(targets):
+            _, success, unanswered = swept.at_target(target)
+            found.setdefault(int(success.sum()), (float(target), unanswered))
+        return found
+
+    mine, theirs = first_reaching(a), first_reaching(b)
+    out = []
+    for count in sorted(set(mine) & set(theirs)):
+        (ta, ua), (tb, ub) = mine[count], theirs[count]
+        diff, p = paired_difference(ua.astype(float), ub.astype(float), seed=seed)
+        out.append(
+            {
+                "successes": count,
+                "attacks": len(a.attacks.scores),
+                "targets": [ta, tb],
+                "xstest_safe": [float(ua.mean()), float(ub.mean())],
+                "difference": {**diff.entry(), "p_value": p},
+            }
+        )
+    return out
