@@ -243,6 +243,7 @@ def test_defend_job_on_a_tiny_model(
     assert "[turn 3]" in text
     assert "a fired gate edits its whole prompt and answer" in text  # the default scope
     assert "at every false-trigger target, composed" in text
+    assert "against the CAST-style gate at equal attack success" in text
 
     def no_more(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a rerun generated again")

@@ -490,6 +490,30 @@ def defend_section(page: Page, run: Path) -> None:
                 for p in entry["points"]
             ],
         )
+    for label, matched in (summary.get("matched") or {}).items():
+        page.paragraph(
+            f"{label} against the CAST-style gate at equal attack success: for every number of "
+            "test attacks both let through at some false-trigger target, each gate at the "
+            "lowest target that does, and the XSTest safe prompts each leaves unanswered, "
+            "paired (latent minus CAST)."
+        )
+        page.table(
+            [
+                "attack success",
+                "false trigger (latent, CAST)",
+                "XSTest unanswered (latent, CAST)",
+                "difference (p)",
+            ],
+            [
+                [
+                    f"{m['successes'] / m['attacks']:.2f} ({m['successes']}/{m['attacks']})",
+                    f"{m['targets'][0]:.2f}, {m['targets'][1]:.2f}",
+                    f"{m['xstest_safe'][0]:.2f}, {m['xstest_safe'][1]:.2f}",
+                    interval_cell(m["difference"]) + f" (p={m['difference']['p_value']:.3f})",
+                ]
+                for m in matched
+            ],
+        )
     by_source = sorted({s for r in rows for s in r.get("attacks_by_source", {})})
     capability_rows = [
         [r["defence"], c["task"], c["metric"], interval_cell(c), _capability_diff(c)]
