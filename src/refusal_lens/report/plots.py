@@ -181,18 +181,20 @@ def robustness_cost(
     """Each defence a point: cost (x, e.g. over-refusal) against attack success (y), both with
     95% intervals; the Pareto front (no other point lower on both) joined and ringed; `curves`:
     a gated defence across thresholds, a thin line of (x, y) per label."""
-    figure, axes = plt.subplots(figsize=(5.8, 4.0))
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    color = {label: COLORS[i % len(COLORS)] for i, label in enumerate(points)}
     for i, (label, line) in enumerate((curves or {}).items()):
         if line:
             axes.plot(
                 *zip(*line, strict=True),
                 marker=".",
-                linewidth=0.8,
-                alpha=0.6,
-                color=COLORS[(i + len(points)) % len(COLORS)],
+                linestyle=":",
+                linewidth=1.0,
+                alpha=0.8,
+                color=color.get(label, COLORS[(i + len(points)) % len(COLORS)]),
                 label=f"{label}, every threshold",
             )
-    for i, (label, (x, y)) in enumerate(points.items()):
+    for label, (x, y) in points.items():
         cx, cy = clean_entry(x), clean_entry(y)
         axes.errorbar(
             [cx["mean"]],
@@ -201,7 +203,7 @@ def robustness_cost(
             yerr=_errors([cy]),
             fmt="o",
             capsize=2,
-            color=COLORS[i % len(COLORS)],
+            color=color[label],
             label=label,
         )
     ordered = sorted((points[label][0]["mean"], points[label][1]["mean"]) for label in front)
@@ -217,9 +219,10 @@ def robustness_cost(
     axes.set_xlabel("XSTest safe prompts unanswered (test)")
     axes.set_ylabel("jailbreak success (test attacks)")
     axes.set_title("robustness against cost")
+    highest = max((clean_entry(y)["ci95"][1] for _, y in points.values()), default=1.0)
     axes.set_xlim(-0.02, 1.02)
-    axes.set_ylim(-0.02, 1.02)
-    axes.legend(fontsize=7)
+    axes.set_ylim(-0.02, min(1.02, max(0.3, highest + 0.05)))
+    axes.legend(fontsize=6.5, loc="upper left")
     return _png(figure)
 
 
