@@ -490,6 +490,35 @@ def defend_section(page: Page, run: Path) -> None:
                 for p in entry["points"]
             ],
         )
+    chosen = {k: v for k, v in (summary.get("operating_points") or {}).items() if v}
+    if chosen:
+        page.paragraph(
+            "Operating points chosen on validation prompts: the lowest false-trigger target at "
+            f"which a gate keeps {settings.get('target_kept', 0.8):.0%} of the unconditional "
+            "defence's blocks of validation attacks; test numbers composed at that target."
+        )
+        page.table(
+            [
+                "defence",
+                "false trigger",
+                "kept (val)",
+                "attack success",
+                "XSTest unanswered",
+                "kept share (test)",
+            ],
+            [
+                [
+                    label,
+                    f"{c['false_trigger']:.2f}",
+                    f"{c['kept_val']:.2f}",
+                    interval_cell(c["test"]["attacks"]),
+                    interval_cell(c["test"]["xstest_safe"]),
+                    "-" if c["test"]["kept_share"] is None else f"{c['test']['kept_share']:.2f}",
+                ]
+                for label, c in chosen.items()
+                if "test" in c
+            ],
+        )
     for label, matched in (summary.get("matched") or {}).items():
         page.paragraph(
             f"{label} against the CAST-style gate at equal attack success: for every number of "
