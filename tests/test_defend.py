@@ -96,6 +96,8 @@ def test_bad_settings_are_one_line_errors() -> None:
         DefendSettings(gate_scope="token", gate_pool="mean")
     with pytest.raises(UserError, match="gate_pool is max or mean"):
         DefendSettings(gate_pool="sum")
+    with pytest.raises(UserError, match="target_kept"):
+        DefendSettings(target_kept=0.0)
 
 
 def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:
@@ -229,6 +231,12 @@ def test_defend_job_on_a_tiny_model(
     for rows_matched in summary["matched"].values():
         assert rows_matched and all(0 <= r["successes"] <= n_attacks for r in rows_matched)
     assert "against the CAST-style gate at equal attack success" in markdown
+    # each gated defence's operating point, chosen on validation attacks
+    points = summary["operating_points"]
+    assert set(points) == {"latents if harm", "latents if probe", "direction if cosine"}
+    for choice in points.values():
+        if choice is not None:
+            assert choice["kept_val"] >= settings.target_kept and "test" in choice
 
     from refusal_lens.report.analyses import defend_section
     from refusal_lens.report.page import Page
