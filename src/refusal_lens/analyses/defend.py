@@ -846,7 +846,8 @@ def operating_points(study: Study, built: list[Defence], rates: dict[str, Any]) 
     settings, pools = study.settings, study.pools
     if settings.gate_scope != "prompt":
         return {}
-    none = study.success(study.arm(built[0]), pools.val_attacks, "validation attacks")
+    undefended = next(d for d in built if d.label == NONE)
+    none = study.success(study.arm(undefended), pools.val_attacks, "validation attacks")
     succeeded = [a for a, s in zip(pools.val_attacks, none, strict=True) if s]
     out = {}
     for defence in built:
@@ -868,7 +869,7 @@ def operating_points(study: Study, built: list[Defence], rates: dict[str, Any]) 
     return out
 
 
-# false-trigger targets the matched comparison searches (every point from 0 to 50%)
+# false-trigger targets the operating points and the matched comparison search (0 to 50%)
 MATCH_TARGETS = tuple(i / 100 for i in range(51))
 
 
