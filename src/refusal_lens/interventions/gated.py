@@ -109,8 +109,7 @@ class LatentGate:
         (`values`: the sum of the parts' `[batch, seq]` outputs)."""
         if self.pool == "max":
             return _window_max(values + self.bias, window)
-        weight = window.float()
-        return (values * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0) + self.bias
+        return _window_mean(values, window) + self.bias
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -170,8 +169,7 @@ class DirectionGate:
         cosine of their mean activation (`mean`; `values` are then the activations)."""
         if self.pool == "max":
             return _window_max(values, window)
-        weight = window.unsqueeze(-1).float()
-        mean = (values * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+        mean = _window_mean(values, window)
         unit = self.vector.float().to(values.device)
         unit = unit / unit.norm()
         return (mean @ unit) / mean.norm(dim=-1).clamp_min(1e-6)
@@ -191,6 +189,13 @@ class DirectionGate:
 def _window_max(values: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """`[batch]`: each row's maximum of `values` over its `window` tokens."""
     return values.masked_fill(~window, -math.inf).max(dim=1).values
+
+
+def _window_mean(values: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """`[batch, ...]`: each row's mean of `values` (`[batch, seq, ...]`) over its `window`
+    tokens."""
+    weight = window.float().reshape(*window.shape, *([1] * (values.dim() - 2)))
+    return (values * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
 
 
 Gate = LatentGate | DirectionGate
@@ -259,6 +264,16 @@ class Gated:
         bias = getattr(self.gate, "bias", 0.0)
 
         def read_gate(act: torch.Tensor, _point: HookPoint) -> None:
+            rows = state.get("rows")
+            if (
+                self.scope == "prompt"
+                and act.shape[1] == 1
+                and rows is not None
+                and rows.shape[0] == act.shape[0]
+            ):  # a decoding step: the prompt has decided, nothing to score
+                if final:
+                    state["fired"] = rows.unsqueeze(1).expand(act.shape[:2])
+                return None
             with torch.no_grad():
                 part = score(act)
             if "partial" not in state or state["partial"].shape != part.shape:
@@ -271,12 +286,9 @@ class Gated:
             pads = row_pads(self.left_pad, act)
             before = state.get("max")
             decoding = act.shape[1] == 1 and before is not None and before.shape[0] == act.shape[0]
-            if self.scope == "prompt":
-                if not decoding:  # the prompt's forward decides for the whole row
-                    window = self._prompt_mask(act, pads)
-                    state["max"] = self.gate.prompt_score(values, window)
-                    # exactly the float threshold
-                    state["rows"] = state["max"].double() >= threshold
+            if self.scope == "prompt":  # the prompt's forward decides for the whole row
+                state["max"] = self.gate.prompt_score(values, self._prompt_mask(act, pads))
+                state["rows"] = state["max"].double() >= threshold  # exactly the float threshold
                 state["fired"] = state["rows"].unsqueeze(1).expand(act.shape[:2])
                 return None
             valid = unpadded_mask(act, pads)
