@@ -4,6 +4,7 @@ for its row, the same in a prompt's forward, each decoding step and a teacher-fo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,6 +57,23 @@ def _logits(lm: LoadedModel, formatter: ChatFormatter, interventions=()) -> torc
         return lm.model(**batch.forward_kwargs()).logits
 
 
+def _greedy(lm: LoadedModel, formatter: ChatFormatter, batch: Any) -> Any:
+    """`answer(interventions)`: 6 greedy new tokens for each row of `batch` (no stop token)."""
+    formatter.__dict__["stop_token_ids"] = []
+    config = greedy_config(lm, formatter, 6)
+
+    def answer(interventions: list) -> torch.Tensor:
+        with apply(lm.model, bind(interventions, PROMPTS, batch.attention_mask)):
+            out = lm.model.generate(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                generation_config=config,
+            )
+        return out[:, batch.input_ids.shape[1] :]
+
+    return answer
+
+
 def test_a_gate_that_never_or_always_fires_is_nothing_or_the_edit(
     tiny: LoadedModel, formatter: ChatFormatter
 ) -> None:
@@ -101,17 +119,7 @@ def test_generation_and_teacher_forcing_agree_token_for_token(
     values = sae.encode_latents(store[point][0], torch.tensor([3, 40, 77])).sum(-1)
     threshold = float(values[batch.attention_mask.bool()].quantile(0.7))
     gated = Gated(edit, LatentGate(tiny_saes, gate_latents, threshold))
-    formatter.__dict__["stop_token_ids"] = []
-    config = greedy_config(tiny, formatter, 6)
-
-    def answer(interventions: list) -> torch.Tensor:
-        with apply(tiny.model, bind(interventions, PROMPTS, batch.attention_mask)):
-            out = tiny.model.generate(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                generation_config=config,
-            )
-        return out[:, batch.input_ids.shape[1] :]
+    answer = _greedy(tiny, formatter, batch)
 
     steered = answer([gated])
     assert not torch.equal(steered, answer([]))  # the gate fired somewhere: answers changed
@@ -204,17 +212,7 @@ def test_prompt_scope_generation_matches_teacher_forcing_with_prompt_lengths(
     top = _scores(tiny, formatter, vector).max(dim=1).values
     gated = Gated(push, DirectionGate(vector, 0, float(top.mean())), scope="prompt")
     batch = formatter.encode(PROMPTS)
-    formatter.__dict__["stop_token_ids"] = []
-    config = greedy_config(tiny, formatter, 6)
-
-    def answer(interventions: list) -> torch.Tensor:
-        with apply(tiny.model, bind(interventions, PROMPTS, batch.attention_mask)):
-            out = tiny.model.generate(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                generation_config=config,
-            )
-        return out[:, batch.input_ids.shape[1] :]
+    answer = _greedy(tiny, formatter, batch)
 
     steered, clean, edited = answer([gated]), answer([]), answer([push])
     fires, quiet = int(top.argmax()), int(top.argmin())
