@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from refusal_lens.defence.sweep import Outcomes, agreement, compose_sweep
+from refusal_lens.defence.sweep import Outcomes, Swept, agreement, compose_sweep
 from refusal_lens.errors import UserError
 
 
@@ -23,7 +23,7 @@ def test_the_composition_takes_the_defended_outcome_where_the_gate_fires() -> No
         full=np.array([True, True]),
     )
     harmless_val = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.85])
-    points = compose_sweep([0.0, 0.2, 0.5], harmless_val, attacks, safe)
+    points = compose_sweep([0.0, 0.2, 0.5], Swept(harmless_val, attacks, safe))
     # 0%: the threshold sits just above the highest harmless score (0.85): only 0.9 fires
     assert points[0]["fired_attacks"] == 0.25 and points[0]["attacks"]["mean"] == 0.5
     assert points[0]["xstest_safe"]["mean"] == 0.0 and points[0]["kept_share"] == pytest.approx(
@@ -52,7 +52,7 @@ def test_misaligned_outcomes_are_refused() -> None:
 def test_gates_are_compared_on_safe_prompts_at_equal_attack_success() -> None:
     """Two gates over the same arms: at each attack success both reach, each takes its lowest
     false-trigger target reaching it, and their unanswered safe prompts are paired."""
-    from refusal_lens.defence.sweep import Swept, at_equal_success
+    from refusal_lens.defence.sweep import at_equal_success
 
     none_a = np.array([True, True, True, True])
     full_a = np.zeros(4, dtype=bool)

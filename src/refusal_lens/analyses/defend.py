@@ -803,14 +803,9 @@ def summarise(
         }
         for label, choice in (chosen or {}).items():
             if choice is not None and label in composed:  # its test numbers, composed
-                point = compose_sweep(
-                    [choice["false_trigger"]],
-                    composed[label].harmless_val,
-                    composed[label].attacks,
-                    composed[label].safe,
-                    seed=seed,
+                choice["test"] = compose_sweep(
+                    [choice["false_trigger"]], composed[label], seed=seed
                 )[0]
-                choice["test"] = point
         dense = next((d.label for d in built if d.gate == "cosine"), None)
         if dense is not None:  # each latent gate against the CAST-style one, matched
             matched = {
@@ -902,13 +897,7 @@ def sweep_defence(
     composition matches the arm generated at the study's threshold."""
     assert defence.threshold is not None
     return {
-        "points": compose_sweep(
-            settings.sweep,
-            composed.harmless_val,
-            composed.attacks,
-            composed.safe,
-            seed=settings.seed,
-        ),
+        "points": compose_sweep(settings.sweep, composed, seed=settings.seed),
         "agreement": {
             "attacks": agreement(composed.attacks, defence.threshold, measured["attacks"]),
             "xstest_safe": agreement(composed.safe, defence.threshold, measured["xstest_safe"]),

@@ -52,23 +52,32 @@ class Outcomes:
         return fired, np.where(fired, self.full, self.none).astype(bool)
 
 
-def compose_sweep(
-    targets: Sequence[float],
-    harmless_val: torch.Tensor,
-    attacks: Outcomes,
-    safe: Outcomes,
-    *,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Swept:
+    """One prompt-scope gated defence, ready to compose: its harmless validation scores (for
+    thresholds) and its test outcomes."""
+
+    harmless_val: torch.Tensor
+    attacks: Outcomes
+    safe: Outcomes
+
+    def at_target(self, target: float) -> tuple[float, np.ndarray, np.ndarray]:
+        """(threshold, composed attack successes, composed unanswered safe prompts)."""
+        threshold = threshold_at(self.harmless_val, target)
+        return threshold, self.attacks.at(threshold)[1], self.safe.at(threshold)[1]
+
+
+def compose_sweep(targets: Sequence[float], swept: Swept, *, seed: int = 0) -> list[dict[str, Any]]:
     """One point per false-trigger target: its validation threshold, the composed test attack
     success and safe prompts unanswered (95% bootstrap intervals), the share of attacks and safe
     prompts the gate fires on, and the share of the unconditional drop in success kept."""
     out = []
+    attacks = swept.attacks
     drop_full = attacks.none.mean() - attacks.full.mean()
     for target in targets:
-        threshold = threshold_at(harmless_val, target)
+        threshold = threshold_at(swept.harmless_val, target)
         fired_attacks, success = attacks.at(threshold)
-        fired_safe, unanswered = safe.at(threshold)
+        fired_safe, unanswered = swept.safe.at(threshold)
         kept = None
         if drop_full > 0:
             kept = float((attacks.none.mean() - success.mean()) / drop_full)
@@ -92,21 +101,6 @@ def agreement(outcomes: Outcomes, threshold: float, generated: np.ndarray) -> di
         raise UserError(f"{len(generated)} generated outcomes for {len(outcomes.scores)} prompts")
     _, composed = outcomes.at(threshold)
     return {"same": int((composed == generated.astype(bool)).sum()), "n": len(generated)}
-
-
-@dataclass(frozen=True)
-class Swept:
-    """One prompt-scope gated defence, ready to compose: its harmless validation scores (for
-    thresholds) and its test outcomes."""
-
-    harmless_val: torch.Tensor
-    attacks: Outcomes
-    safe: Outcomes
-
-    def at_target(self, target: float) -> tuple[float, np.ndarray, np.ndarray]:
-        """(threshold, composed attack successes, composed unanswered safe prompts)."""
-        threshold = threshold_at(self.harmless_val, target)
-        return threshold, self.attacks.at(threshold)[1], self.safe.at(threshold)[1]
 
 
 def at_equal_success(
