@@ -49,6 +49,12 @@ def plain_generate(
 
 def time_arms(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per arm; one warm-up of the first arm, then the arms interleaved."""
+    return {name: statistics.median(values) for name, values in timed_rounds(arms, repeats).items()}
+
+
+def timed_rounds(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per arm and round; one warm-up of the first arm, then the arms interleaved, so
+    that round i's arms ran next to each other (a ratio within a round shares its noise)."""
     next(iter(arms.values()))()
     times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(repeats):
@@ -56,7 +62,12 @@ def time_arms(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
             start = time.perf_counter()
             arm()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], arm: str, baseline: str) -> float:
+    """The median over rounds of `arm / baseline` within each round."""
+    return statistics.median(a / b for a, b in zip(times[arm], times[baseline], strict=True))
 
 
 def main() -> None:

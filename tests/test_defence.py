@@ -12,6 +12,7 @@ import torch
 from refusal_lens.defence import arms, prompt_scores, threshold_at, trigger_rates
 from refusal_lens.direction import Direction
 from refusal_lens.errors import UserError
+from refusal_lens.hooks import HookPoint
 from refusal_lens.interventions import AddDirection, DirectionGate, Gated, LatentGate, apply, bind
 from refusal_lens.latents import LatentSet
 from refusal_lens.models import ChatFormatter, LoadedModel
@@ -197,3 +198,40 @@ def test_several_gates_score_prompts_in_one_forward_as_each_alone(
     finally:
         handle.remove()
     assert tiny.n_layers > 2 and not calls  # nothing after layer 1 ran
+
+
+def test_layer_features_are_every_latent_pooled_as_latent_features(
+    tiny: LoadedModel, formatter: ChatFormatter, tiny_saes: SAESet
+) -> None:
+    from refusal_lens.defence.gates import latent_features, layer_features
+
+    texts = [*PROMPTS, "Tell me a joke.", "How do I pick a lock without the key?"]
+    for pool in ("max", "mean"):
+        every = layer_features(tiny, formatter, tiny_saes, 1, texts, pool=pool, batch_size=3)
+        assert every.shape == (4, tiny_saes[HookPoint(1, "resid_post")].d_sae)
+        chosen = latent_features(tiny, formatter, tiny_saes, ((1, 7), (1, 40)), texts, pool=pool)
+        torch.testing.assert_close(every[:, [7, 40]], chosen)
+    with pytest.raises(UserError, match="max or mean"):
+        layer_features(tiny, formatter, tiny_saes, 1, texts, pool="sum")
+
+
+def test_a_sparse_probe_finds_the_latents_that_separate_and_folds_its_scaling() -> None:
+    rng = np.random.default_rng(0)
+    n, d = 60, 300
+    harmful, harmless = rng.exponential(1.0, (n, d)), rng.exponential(1.0, (n, d))
+    harmful[:, 17] += 3.0  # a latent that fires on harmful prompts
+    harmless[:, 230] += 3.0  # one that fires on harmless ones
+    harmful[:, 5] = harmless[:, 5] = 0.0  # a dead latent
+    probe = arms.fit_sparse_probe(4, harmful, harmless, max_latents=8)
+    chosen = dict(zip(probe.latents, probe.weights, strict=True))
+    assert 1 <= len(chosen) <= 8 and all(layer == 4 for layer, _ in chosen)
+    assert chosen[(4, 17)] > 0 and chosen[(4, 230)] < 0 and (4, 5) not in chosen
+    # the logit on raw features: the harmful prompts score above the harmless ones
+    w = np.zeros(d)
+    for (_, i), weight in chosen.items():
+        w[i] = weight
+    assert (harmful @ w + probe.bias).mean() > 0 > (harmless @ w + probe.bias).mean()
+    # the same prompts give the same probe (a rerun finds its stored answers by the gate)
+    assert arms.fit_sparse_probe(4, harmful, harmless, max_latents=8) == probe
+    with pytest.raises(UserError, match="at least 5 harmful"):
+        arms.fit_sparse_probe(4, harmful[:3], harmless, max_latents=8)

@@ -98,6 +98,8 @@ def test_bad_settings_are_one_line_errors() -> None:
         DefendSettings(gate_pool="sum")
     with pytest.raises(UserError, match="target_kept"):
         DefendSettings(target_kept=0.0)
+    with pytest.raises(UserError, match="sparse_latents"):
+        DefendSettings(sparse_latents=-1)
 
 
 def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:
@@ -192,9 +194,14 @@ def test_defend_job_on_a_tiny_model(
         "latents",
         "latents if harm",
         "latents if probe",
+        "latents if sparse probe",
         "direction",
         "direction if cosine",
     ]
+    # the sparse probe reads only latents of the first edited layer (1)
+    sparse = summary["sparse_probe"]
+    assert sparse["latents"] and {layer for layer, _ in sparse["latents"]} == {1}
+    assert len(sparse["weights"]) == len(sparse["latents"]) <= settings.sparse_latents
     # the gate reads only harm latents at or before the first edited layer (1)
     assert summary["harm_latents"] == [[0, 5], [1, 9]]
     rows = {row["defence"]: row for row in summary["defences"]}
@@ -207,7 +214,7 @@ def test_defend_job_on_a_tiny_model(
         assert [c["task"] for c in row["capabilities"]] == ["arc_challenge", "arc_challenge"]
     assert rows["none"]["harmless_kl"] is None and "attacks_vs_none" not in rows["none"]
     assert rows["latents"]["harmless_kl"]["mean"] > 0
-    for name in ("latents if harm", "latents if probe", "direction if cosine"):
+    for name in ("latents if harm", "latents if probe", "latents if sparse probe"):
         trigger = rows[name]["trigger"]
         assert trigger["validation"]["false_trigger"]["mean"] <= settings.false_trigger + 1e-9
         assert rows[name]["threshold"] == trigger["threshold"]
@@ -218,22 +225,23 @@ def test_defend_job_on_a_tiny_model(
     markdown = (tmp_path / "run" / "defend.md").read_text()
     assert markdown.startswith("# Defence") and "| latents if probe |" in markdown
     scores = json.loads((tmp_path / "run" / "gate_scores.json").read_text())
-    assert set(scores) == {"harm", "probe", "cosine"}
+    assert set(scores) == {"harm", "probe", "sparse", "cosine"}
     # the prompt-scope gated defences at every false-trigger target, composed
-    assert set(summary["sweep"]) == {"latents if harm", "latents if probe", "direction if cosine"}
+    gated = {"latents if harm", "latents if probe", "latents if sparse probe"}
+    assert set(summary["sweep"]) == gated | {"direction if cosine"}
     for label, swept in summary["sweep"].items():
         assert [p["false_trigger"] for p in swept["points"]] == list(settings.sweep)
         same = swept["agreement"]["attacks"]
         assert same["n"] == n_attacks and same["same"] >= 0.9 * n_attacks, label
     assert "at each false-trigger target" in markdown
     # each latent gate against the CAST-style gate, matched on attack success
-    assert set(summary["matched"]) == {"latents if harm", "latents if probe"}
+    assert set(summary["matched"]) == gated
     for rows_matched in summary["matched"].values():
         assert rows_matched and all(0 <= r["successes"] <= n_attacks for r in rows_matched)
     assert "against the CAST-style gate at equal attack success" in markdown
     # each gated defence's operating point, chosen on validation attacks
     points = summary["operating_points"]
-    assert set(points) == {"latents if harm", "latents if probe", "direction if cosine"}
+    assert set(points) == gated | {"direction if cosine"}
     for choice in points.values():
         if choice is not None:
             assert choice["kept_val"] >= settings.target_kept and "test" in choice

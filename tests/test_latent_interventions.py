@@ -13,7 +13,7 @@ from refusal_lens.generation import generate
 from refusal_lens.hooks import HookPoint, add_hooks, record
 from refusal_lens.interventions import EditLatents, apply, bind, from_dict
 from refusal_lens.models import ChatFormatter, LoadedModel
-from refusal_lens.saes import SAE_CLASSES, SAESet
+from refusal_lens.saes import SAE_CLASSES, SAEConfig, SAESet, build_sae
 
 PROMPTS = ["Write a poem about the sea.", "Explain how to hack a computer."]
 
@@ -31,11 +31,12 @@ def test_latent_values_match_encode_and_unit_edit_is_identity(arch: str, tiny: L
     torch.testing.assert_close(doubled, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [4, 64])  # counting the latents above (few rows), or a top-k
+@pytest.mark.parametrize("rows", [4, 300])
 def test_topk_membership_by_count_equals_top_k(rows: int, tiny: LoadedModel) -> None:
     sae = random_sae_set(tiny, "topk")[HookPoint(1, "resid_post")]
     assert sae.cfg.k is not None
-    latents = torch.tensor([0, 5, 9])
+    # latents inside the screened share (the first 32 of 256) and outside it
+    latents = torch.tensor([0, 5, 9, 40, 128, 255])
     sae_in = torch.randn(rows, tiny.d_model)
     pre = sae.pre_activation(sae_in)
     top = pre.topk(sae.cfg.k, dim=-1)
@@ -48,6 +49,33 @@ def test_topk_membership_by_count_equals_top_k(rows: int, tiny: LoadedModel) -> 
         sae.b_enc[9] = sae.b_enc[kth]
     values = sae.latent_values(sae_in, latents)
     assert values[0, 2] > 0
+
+
+@pytest.mark.parametrize("rows", [1, 16, 300])
+def test_topk_membership_screen_decides_as_a_top_k(rows: int, tiny: LoadedModel) -> None:
+    """Every latent, at every row: the screened count gives the dense top-k's activations,
+    for a wide SAE whose screened share is a small part of it."""
+    torch.manual_seed(1)
+    sae = build_sae(SAEConfig("topk", tiny.d_model, 2048, k=16))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, tiny.d_model**-0.5)
+        sae.b_enc.normal_(0, 0.5)
+    sae_in = torch.randn(rows, tiny.d_model)
+    dense = sae.encode(sae_in)
+    latents = torch.arange(sae.d_sae)
+    assert torch.equal(sae.latent_values(sae_in, latents), dense)
+    assert torch.equal(sae.latent_values(sae_in, torch.tensor([7, 1500])), dense[:, [7, 1500]])
+
+
+def test_bfloat16_copy_encodes_with_a_packed_weight_bit_for_bit(tiny: LoadedModel) -> None:
+    sae = random_sae_set(tiny, "topk", d_sae=1024)[HookPoint(1, "resid_post")]
+    copy = sae.cast(torch.bfloat16)
+    if copy._packed_enc is None:
+        pytest.skip("this CPU's oneDNN has no bfloat16 matmul")
+    for rows in (1, 16, 40):
+        sae_in = torch.randn(rows, tiny.d_model).bfloat16()
+        plain = (sae_in - copy.b_dec) @ copy.W_enc + copy.b_enc
+        assert torch.equal(copy.pre_activation(sae_in), plain)
 
 
 @pytest.mark.parametrize("arch", sorted(SAE_CLASSES))

@@ -5,8 +5,9 @@ but every capability benchmark, safe requests included, paid for it. CAST (Lee e
 gates a dense refusal vector on a dense condition vector. This study gates the SAE refusal
 latents on the SAE harm latents (or a probe on them) and compares, on the same held-out
 prompts: no defence; the refusal latents scaled (or set) up everywhere; the refusal direction
-added everywhere; each of those gated (`latents if harm`, `latents if probe`, and the CAST-style
-`direction if cosine`, the direction gated on its own cosine). A gated defence edits, by
+added everywhere; each of those gated (`latents if harm`, `latents if probe`, `latents if sparse
+probe`: an L1 probe over every latent of the first edited layer, and the CAST-style `direction
+if cosine`, the direction gated on its own cosine). A gated defence edits, by
 default, every token of a prompt its gate fires on, and that prompt's whole answer
 (`gate_scope` prompt: score the prompt, then answer with or without the edit); `gate_scope`
 token edits only from the token the gate fires on (see `interventions.gated`).
@@ -20,7 +21,7 @@ Protocol:
   (requests by goal, so a goal's attacks are all on one side), the test side without
   near-copies of the validation side;
 - validation only: a gate's threshold keeps the share of harmless + XSTest safe validation
-  prompts it fires on at `false_trigger`; the probe is fitted on validation prompts; a
+  prompts it fires on at `false_trigger`; the probes are fitted on validation prompts; a
   defence's strength is the weakest that blocks `target_block` of the validation attacks
   that succeed without a defence (gated versions use their defence's strength, so a gate
   changes where the edit applies, not how hard);
@@ -51,7 +52,13 @@ from ..config import settings_dict
 from ..data import Prompt, PromptSet, load_prompts
 from ..defence import arms as defences
 from ..defence.calibrate import choose_strength
-from ..defence.gates import gates_prompt_scores, latent_features, threshold_at, trigger_rates
+from ..defence.gates import (
+    gates_prompt_scores,
+    latent_features,
+    layer_features,
+    threshold_at,
+    trigger_rates,
+)
 from ..defence.sweep import Outcomes, Swept, agreement, at_equal_success, compose_sweep
 from ..errors import UserError
 from ..evaluation.capabilities import CapabilityRunner, CapabilitySettings
@@ -95,6 +102,10 @@ class DefendSettings:
     false_trigger: float = 0.05  # gates' firing rate on harmless validation prompts
     gate_scope: str = "prompt"  # a fired gate edits its whole prompt (or: token, from it on)
     gate_pool: str = "max"  # the latent gates' prompt score: max or (prompt scope) mean
+    # a gate on an L1 probe over every latent at the first edited layer (mean-pooled, so the
+    # gate's score is the probe's logit), keeping at most this many latents (0: no such gate;
+    # gate_scope=token has none: it cannot pool the whole prompt)
+    sparse_latents: int = 32
     # a gated defence's operating point: the lowest false-trigger target whose gate keeps this
     # share of the unconditional defence's blocks on validation attacks
     target_kept: float = 0.8
@@ -137,6 +148,8 @@ class DefendSettings:
             raise UserError(f"target_kept is a share in (0, 1], got {self.target_kept}")
         if self.gate_pool not in GATE_POOLS:
             raise UserError(f"gate_pool is max or mean, got {self.gate_pool!r}")
+        if self.sparse_latents < 0:
+            raise UserError(f"sparse_latents must be 0 or more, got {self.sparse_latents}")
         if self.gate_pool == "mean" and self.gate_scope != "prompt":
             raise UserError("gate_pool=mean needs gate_scope=prompt (it pools the whole prompt)")
         if not all(0 <= x < 1 for x in (self.false_trigger, *self.sweep)):
@@ -404,6 +417,25 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
     candidates = {
         "harm": defences.harm_gate(saes, harm, 0.0, pool),
         "probe": probe.gate(saes, 0.0, pool),
+    }
+    sparse = None
+    if settings.sparse_latents and settings.gate_scope == "prompt":
+        # every latent of the first edited layer, mean-pooled (the gate's logit is the probe's)
+        first = min(layer for layer, _ in refusal)
+        study.echo(f"gates: fitting a sparse probe on every latent of layer {first}")
+        every_latent = [
+            layer_features(lm, formatter, saes, first, texts, batch_size=settings.batch_size)
+            for texts in (harmful_val, harmless_val)
+        ]
+        sparse = defences.fit_sparse_probe(
+            first,
+            every_latent[0].numpy(),
+            every_latent[1].numpy(),
+            max_latents=settings.sparse_latents,
+            seed=settings.seed,
+        )
+        candidates["sparse"] = sparse.gate(saes, 0.0, "mean")
+    candidates |= {
         # decided once per prompt, the dense gate pools as CAST does (the mean activation)
         "cosine": defences.cast_gate(
             inputs.direction, 0.0, "mean" if settings.gate_scope == "prompt" else "max"
@@ -452,6 +484,12 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
         "harm_latents": [list(p) for p in harm],
         "probe": {"weights": list(probe.weights), "bias": probe.bias},
     }
+    if sparse is not None:
+        info["sparse_probe"] = {
+            "latents": [list(p) for p in sparse.latents],
+            "weights": list(sparse.weights),
+            "bias": sparse.bias,
+        }
     return {"gates": chosen, **info}, rates
 
 
@@ -493,6 +531,20 @@ def build_defences(study: Study) -> tuple[list[Defence], dict[str, Any], dict[st
             (Gated(edit, gate["probe"], scope),),
             latent_strength,
             gate["probe"].threshold,
+        ),
+        *(
+            [
+                Defence(
+                    "latents if sparse probe",
+                    "latents",
+                    "sparse",
+                    (Gated(edit, gate["sparse"], scope),),
+                    latent_strength,
+                    gate["sparse"].threshold,
+                )
+            ]
+            if "sparse" in gate
+            else []
         ),
         Defence("direction", "direction", "-", (add,), direction_strength),
         Defence(

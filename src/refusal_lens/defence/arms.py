@@ -5,6 +5,8 @@
 - `direction`: the refusal direction added after its layer (activation addition);
 - `latents if harm`: `latents`, gated on the harm latents' summed activation;
 - `latents if probe`: `latents`, gated on a logistic probe's logit over the harm latents;
+- `latents if sparse probe`: `latents`, gated on an L1 logistic probe's logit over every
+  latent of the first edited layer (the probe picks its few latents), mean-pooled;
 - `direction if cosine` (CAST-style): `direction`, gated on the cosine of the residual stream
   with the refusal direction, which is the difference of harmful and harmless means at its
   layer: the dense condition vector beside the dense behaviour vector. Decided once per
@@ -98,6 +100,62 @@ def fit_probe(
     weights = model.coef_[0] / scale
     bias = float(model.intercept_[0] - (model.coef_[0] * mean / scale).sum())
     return Probe(tuple(latents), tuple(float(w) for w in weights), bias)
+
+
+def fit_sparse_probe(
+    layer: int,
+    harmful: np.ndarray,
+    harmless: np.ndarray,
+    *,
+    max_latents: int = 64,
+    folds: int = 5,
+    seed: int = 0,
+) -> Probe:
+    """An L1 logistic probe of harmful (1) against harmless (0) prompts on every latent of the
+    SAE at `layer` (`[prompts, d_sae]` features): the strength of the penalty is chosen by
+    cross-validated log-loss among those that keep at most `max_latents` latents, and the
+    probe keeps the latents with a non-zero weight (the scaling folded in)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    x = np.concatenate([harmful, harmless]).astype(np.float64)
+    y = np.concatenate([np.ones(len(harmful)), np.zeros(len(harmless))])
+    if min(len(harmful), len(harmless)) < folds:
+        raise UserError(
+            f"a sparse probe needs at least {folds} harmful and {folds} harmless prompts to "
+            f"fit on (cross-validated); it got {len(harmful)} and {len(harmless)}"
+        )
+    live = x.std(0) > 0
+    mean, scale = x[:, live].mean(0), x[:, live].std(0)
+    z = (x[:, live] - mean) / scale
+
+    def model(c: float) -> LogisticRegression:
+        return LogisticRegression(
+            C=c, l1_ratio=1.0, solver="liblinear", max_iter=5_000, random_state=seed
+        )
+
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    best: tuple[float, float] | None = None
+    for c in np.logspace(-2.5, 0.5, 13):
+        kept = int((model(c).fit(z, y).coef_[0] != 0).sum())
+        if kept == 0 or kept > max_latents:
+            continue
+        loss = -cross_val_score(model(c), z, y, cv=split, scoring="neg_log_loss").mean()
+        if best is None or loss < best[0]:
+            best = (loss, c)
+    if best is None:
+        raise UserError(
+            f"no L1 penalty keeps between 1 and {max_latents} latents of layer {layer}; "
+            "raise max_latents or give the probe more prompts"
+        )
+    fitted = model(best[1]).fit(z, y)
+    coef = np.zeros(x.shape[1])
+    coef[live] = fitted.coef_[0] / scale
+    bias = float(fitted.intercept_[0] - (fitted.coef_[0] * mean / scale).sum())
+    chosen = np.flatnonzero(coef)
+    return Probe(
+        tuple((layer, int(i)) for i in chosen), tuple(float(coef[i]) for i in chosen), bias
+    )
 
 
 def cast_gate(direction: Direction, threshold: float, pool: str = "max") -> DirectionGate:

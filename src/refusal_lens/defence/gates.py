@@ -22,8 +22,8 @@ import torch
 
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, bootstrap_mean
-from ..hooks import add_hooks
-from ..interventions.gated import Gate, LatentGate
+from ..hooks import HookPoint, add_hooks
+from ..interventions.gated import GATE_POOLS, Gate, LatentGate
 from ..models import ChatFormatter, LoadedModel
 from ..saes import SAESet
 
@@ -99,6 +99,40 @@ def latent_features(
         for values, mask in _part_batches(lm, formatter, parts, texts, batch_size)
     ]
     return torch.cat(out) if out else torch.zeros(0, len(latents))
+
+
+@torch.inference_mode()
+def layer_features(
+    lm: LoadedModel,
+    formatter: ChatFormatter,
+    saes: SAESet,
+    layer: int,
+    texts: Sequence[str],
+    *,
+    pool: str = "mean",
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """`[len(texts), d_sae]`: every latent of the SAE at `layer`, pooled (max or mean) over
+    each prompt's own tokens, as `latent_features` pools a chosen few (a sparse probe picks
+    its latents from these)."""
+    if pool not in GATE_POOLS:
+        raise UserError(f"latent features pool by max or mean, not {pool!r}")
+    point = HookPoint(layer, "resid_post")
+    sae = saes[point]
+
+    def encode(act: torch.Tensor) -> torch.Tensor:
+        encoder = sae.cast(act.dtype) if act.dtype in (torch.bfloat16, torch.float16) else sae
+        return encoder.encode(act).float()
+
+    out = []
+    for (values,), mask in _part_batches(lm, formatter, [(point, encode)], texts, batch_size):
+        window = mask.bool().to(values.device).unsqueeze(-1)
+        if pool == "max":
+            pooled = values.masked_fill(~window, -math.inf).amax(dim=1)
+        else:
+            pooled = (values * window).sum(1) / window.sum(1).clamp_min(1)
+        out.append(pooled.cpu())
+    return torch.cat(out) if out else torch.zeros(0, sae.d_sae)
 
 
 def _part_batches(
