@@ -222,7 +222,8 @@ def test_a_sparse_probe_finds_the_latents_that_separate_and_folds_its_scaling() 
     harmful[:, 17] += 3.0  # a latent that fires on harmful prompts
     harmless[:, 230] += 3.0  # one that fires on harmless ones
     harmful[:, 5] = harmless[:, 5] = 0.0  # a dead latent
-    probe = arms.fit_sparse_probe(4, harmful, harmless, max_latents=8)
+    fit = arms.fit_sparse_probe(4, harmful, harmless, max_latents=8)
+    probe = fit.probe
     chosen = dict(zip(probe.latents, probe.weights, strict=True))
     assert 1 <= len(chosen) <= 8 and all(layer == 4 for layer, _ in chosen)
     assert chosen[(4, 17)] > 0 and chosen[(4, 230)] < 0 and (4, 5) not in chosen
@@ -230,8 +231,14 @@ def test_a_sparse_probe_finds_the_latents_that_separate_and_folds_its_scaling() 
     w = np.zeros(d)
     for (_, i), weight in chosen.items():
         w[i] = weight
-    assert (harmful @ w + probe.bias).mean() > 0 > (harmless @ w + probe.bias).mean()
+    logits_harmful, logits_harmless = harmful @ w + probe.bias, harmless @ w + probe.bias
+    assert logits_harmful.mean() > 0 > logits_harmless.mean()
+    # out of fold, each prompt is scored by a probe fitted without it: close to the final
+    # probe's logits, not equal, and less extreme on average (no prompt scores itself)
+    assert fit.harmful_logits.shape == (n,) and fit.harmless_logits.shape == (n,)
+    assert np.corrcoef(fit.harmful_logits, logits_harmful)[0, 1] > 0.8
+    assert not np.allclose(fit.harmful_logits, logits_harmful)
     # the same prompts give the same probe (a rerun finds its stored answers by the gate)
-    assert arms.fit_sparse_probe(4, harmful, harmless, max_latents=8) == probe
+    assert arms.fit_sparse_probe(4, harmful, harmless, max_latents=8).probe == probe
     with pytest.raises(UserError, match="at least 5 harmful"):
         arms.fit_sparse_probe(4, harmful[:3], harmless, max_latents=8)

@@ -78,3 +78,25 @@ def test_gates_are_compared_on_safe_prompts_at_equal_attack_success() -> None:
     assert by_count[0]["xstest_safe"] == [0.0, 1.0]
     assert by_count[0]["difference"]["mean"] == -1.0
     assert by_count[0]["targets"][0] == by_count[0]["targets"][1]  # matched on attacks alone
+
+
+def test_benign_behaviours_are_composed_and_compared_beside_the_safe_prompts() -> None:
+    """A gate whose cost lands on benign behaviours rather than on XSTest shows it: the sweep
+    composes them too, and the matched comparison pairs them."""
+    from refusal_lens.defence.sweep import at_equal_success
+
+    harmless_val = torch.linspace(0.0, 0.9, 10)
+    attacks = Outcomes(np.array([0.95, 0.6]), np.array([True, True]), np.zeros(2, dtype=bool))
+    safe = Outcomes(np.array([0.0, 0.1]), np.zeros(2, dtype=bool), np.ones(2, dtype=bool))
+    benign_high = Outcomes(np.array([0.97, 0.7]), np.zeros(2, dtype=bool), np.ones(2, dtype=bool))
+    benign_low = Outcomes(np.array([0.0, 0.0]), np.zeros(2, dtype=bool), np.ones(2, dtype=bool))
+    a = Swept(harmless_val, attacks, safe, benign_high)
+    b = Swept(harmless_val, attacks, safe, benign_low)
+    points = compose_sweep([0.0, 0.4], a)
+    assert points[0]["jbb_benign"]["mean"] == 0.5 and points[0]["fired_benign"] == 0.5
+    assert points[1]["jbb_benign"]["mean"] == 1.0
+    assert "jbb_benign" not in compose_sweep([0.0], Swept(harmless_val, attacks, safe))[0]
+    rows = {row["successes"]: row for row in at_equal_success(a, b, [0.0, 0.4])}
+    assert rows[1]["xstest_safe"] == [0.0, 0.0]  # equal on XSTest ...
+    assert rows[1]["jbb_benign"]["means"] == [0.5, 0.0]  # ... the cost is on benign ones
+    assert rows[1]["jbb_benign"]["mean"] == 0.5

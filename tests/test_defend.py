@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,8 @@ def test_bad_settings_are_one_line_errors() -> None:
         DefendSettings(gate_pool="sum")
     with pytest.raises(UserError, match="target_kept"):
         DefendSettings(target_kept=0.0)
+    with pytest.raises(UserError, match="attack_split is one of attack, goal"):
+        DefendSettings(attack_split="template")
     with pytest.raises(UserError, match="sparse_latents"):
         DefendSettings(sparse_latents=-1)
 
@@ -121,6 +124,10 @@ def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:
     assert {a.goal for a in pools.test_attacks} <= test_goals
     assert {a.source for a in pools.val_attacks + pools.test_attacks} == {"suffixes", "gptfuzz"}
     assert all(a.goal in a.prompt for a in pools.test_attacks)
+    # no test attack uses a template or suffix that a validation attack used
+    assert not {a.attack for a in pools.val_attacks} & {a.attack for a in pools.test_attacks}
+    by_goal = build_pools(replace(settings, attack_split="goal"), {}, shared_data)
+    assert {a.goal for a in by_goal.test_attacks} == {a.goal for a in pools.test_attacks}
     assert len(pools.first_turns) == 4
     assert not set(pools.first_turns.texts()) & set(
         pools.harmless_val.texts() + pools.harmless_test.texts()

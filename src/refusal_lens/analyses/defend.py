@@ -18,10 +18,12 @@ Protocol:
   of `prompt` and `goal`), Alpaca harmless prompts, XSTest safe prompts and JailbreakBench's
   benign behaviours; every prompt the latent sets or the direction were selected on is
   dropped (exactly or as a near-duplicate), and each pool is split into validation and test
-  (requests by goal, so a goal's attacks are all on one side), the test side without
-  near-copies of the validation side;
+  (requests by goal, so a goal's attacks are all on one side; and by default the attacks
+  themselves, so no test attack uses a template or suffix a validation attack used), the test
+  side without near-copies of the validation side;
 - validation only: a gate's threshold keeps the share of harmless + XSTest safe validation
-  prompts it fires on at `false_trigger`; the probes are fitted on validation prompts; a
+  prompts it fires on at `false_trigger`; the probes are fitted on validation prompts (the
+  sparse probe's threshold is set on its out-of-fold logits, as on unseen prompts); a
   defence's strength is the weakest that blocks `target_block` of the validation attacks
   that succeed without a defence (gated versions use their defence's strength, so a gate
   changes where the edit applies, not how hard);
@@ -88,6 +90,9 @@ class DefendSettings:
     sources: tuple[str, ...] = ("gptfuzz", "suffixes")  # or files with prompt and goal columns
     n_goals: int = 64  # plain requests per source (before the validation / test split)
     attacks_per_goal: int = 4
+    # attack: a test attack's template (or suffix) is never one a validation attack used, so
+    # a gate fitted or set on validation attacks meets new ones; goal: only requests are split
+    attack_split: str = "attack"
     val_fraction: float = 0.5  # of every pool: validation (thresholds, strengths, the probe)
     n_harmless: int = 128  # Alpaca harmless prompts (validation + test)
     n_safe: int = 250  # XSTest safe prompts (validation + test)
@@ -148,6 +153,10 @@ class DefendSettings:
             raise UserError(f"target_kept is a share in (0, 1], got {self.target_kept}")
         if self.gate_pool not in GATE_POOLS:
             raise UserError(f"gate_pool is max or mean, got {self.gate_pool!r}")
+        if self.attack_split not in ATTACK_SPLITS:
+            raise UserError(
+                f"attack_split is one of {', '.join(ATTACK_SPLITS)}, got {self.attack_split!r}"
+            )
         if self.sparse_latents < 0:
             raise UserError(f"sparse_latents must be 0 or more, got {self.sparse_latents}")
         if self.gate_pool == "mean" and self.gate_scope != "prompt":
@@ -232,6 +241,22 @@ def _split(prompts: PromptSet, fraction: float, seed: int) -> tuple[PromptSet, P
     return val, without(test, [val])
 
 
+ATTACK_SPLITS = ("attack", "goal")
+
+
+def _attack_sides(
+    by_goal: dict[str, list[tuple[str, str]]], settings: DefendSettings
+) -> dict[str, str]:
+    """With `attack_split` attack: each attack (a template id, a suffix) on one side, validation
+    or test, in the share of `val_fraction` (seeded); with goal: none (any attack, any side)."""
+    if settings.attack_split == "goal":
+        return {}
+    labels = sorted({label for options in by_goal.values() for label, _ in options})
+    random.Random(settings.seed).shuffle(labels)
+    cut = max(1, round(settings.val_fraction * len(labels)))
+    return {label: "validation" if i < cut else "test" for i, label in enumerate(labels)}
+
+
 def build_pools(
     settings: DefendSettings, selected_on: dict[str, Any], data_dir: str | Path | None
 ) -> Pools:
@@ -251,9 +276,14 @@ def build_pools(
     val_goals, test_goals = _split(
         prompt_set("requests", list(by_goal)), settings.val_fraction, settings.seed
     )
+    sides = _attack_sides(by_goal, settings)
 
-    def attempts(goals: PromptSet) -> list[Attempt]:
-        picked = sample_attacks(by_goal, goals.texts(), settings.attacks_per_goal, settings.seed)
+    def attempts(goals: PromptSet, side: str) -> list[Attempt]:
+        options = {
+            goal: [o for o in by_goal[goal] if sides.get(o[0], side) == side]
+            for goal in goals.texts()
+        }
+        picked = sample_attacks(options, goals.texts(), settings.attacks_per_goal, settings.seed)
         return [Attempt(source_of[a.prompt], a.goal, a.attack, a.prompt) for a in picked]
 
     harmless = drop_selected(
@@ -277,8 +307,8 @@ def build_pools(
         else None
     )
     pools = Pools(
-        attempts(val_goals),
-        attempts(test_goals),
+        attempts(val_goals, "validation"),
+        attempts(test_goals, "test"),
         val_goals,
         test_goals,
         harmless_val,
@@ -434,7 +464,7 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
             max_latents=settings.sparse_latents,
             seed=settings.seed,
         )
-        candidates["sparse"] = sparse.gate(saes, 0.0, "mean")
+        candidates["sparse"] = sparse.probe.gate(saes, 0.0, "mean")
     candidates |= {
         # decided once per prompt, the dense gate pools as CAST does (the mean activation)
         "cosine": defences.cast_gate(
@@ -443,7 +473,7 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     chosen: dict[str, Any] = {}
     rates: dict[str, Any] = {}
-    study.echo("gates: scoring validation and test prompts (one forward for all three)")
+    study.echo("gates: scoring validation and test prompts (one forward for every gate)")
     texts_of = {
         "harmful_val": harmful_val,
         "harmless_val": harmless_val,
@@ -458,6 +488,11 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     for g, (name, gate) in enumerate(candidates.items()):
         scores = {part: found[g] for part, found in every.items()}
+        if name == "sparse" and sparse is not None:
+            # the probe was fitted on the validation prompts: its threshold and operating
+            # point are set on out-of-fold logits (the gate's mean-pooled score is the logit)
+            scores["harmful_val"] = torch.from_numpy(sparse.harmful_logits).float()
+            scores["harmless_val"] = torch.from_numpy(sparse.harmless_logits).float()
         threshold = threshold_at(scores["harmless_val"], settings.false_trigger)
         chosen[name] = replace(gate, threshold=threshold)
         rates[name] = {
@@ -486,9 +521,10 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     if sparse is not None:
         info["sparse_probe"] = {
-            "latents": [list(p) for p in sparse.latents],
-            "weights": list(sparse.weights),
-            "bias": sparse.bias,
+            "latents": [list(p) for p in sparse.probe.latents],
+            "weights": list(sparse.probe.weights),
+            "bias": sparse.probe.bias,
+            "c": sparse.c,
         }
     return {"gates": chosen, **info}, rates
 
@@ -938,6 +974,13 @@ def swept(
             none["xstest_safe"],
             full["xstest_safe"],
         ),
+        None
+        if pools.benign is None or "jbb_benign" not in none
+        else Outcomes(
+            np.array([scores["harmless_test"][t] for t in pools.benign.texts()]),
+            none["jbb_benign"],
+            full["jbb_benign"],
+        ),
     )
 
 
@@ -948,12 +991,15 @@ def sweep_defence(
     from the undefended and unconditional arms' outcomes (`defence.sweep`), and how well the
     composition matches the arm generated at the study's threshold."""
     assert defence.threshold is not None
+    same = {
+        "attacks": agreement(composed.attacks, defence.threshold, measured["attacks"]),
+        "xstest_safe": agreement(composed.safe, defence.threshold, measured["xstest_safe"]),
+    }
+    if composed.benign is not None:
+        same["jbb_benign"] = agreement(composed.benign, defence.threshold, measured["jbb_benign"])
     return {
         "points": compose_sweep(settings.sweep, composed, seed=settings.seed),
-        "agreement": {
-            "attacks": agreement(composed.attacks, defence.threshold, measured["attacks"]),
-            "xstest_safe": agreement(composed.safe, defence.threshold, measured["xstest_safe"]),
-        },
+        "agreement": same,
     }
 
 
@@ -992,21 +1038,25 @@ def defend_markdown(summary: dict[str, Any]) -> str:
     ]
     for label, swept in (summary.get("sweep") or {}).items():
         same = swept["agreement"]
+        benign = same.get("jbb_benign")
         lines += [
             f"{label} at each false-trigger target (composed; at the study's threshold the "
             f"composition matches the generated arm on {same['attacks']['same']}/"
-            f"{same['attacks']['n']} attacks and {same['xstest_safe']['same']}/"
-            f"{same['xstest_safe']['n']} safe prompts):",
+            f"{same['attacks']['n']} attacks, {same['xstest_safe']['same']}/"
+            f"{same['xstest_safe']['n']} safe prompts"
+            + (f" and {benign['same']}/{benign['n']} benign ones" if benign else "")
+            + "):",
             "",
             "| false trigger (val) | threshold | attack success | XSTest safe unanswered | "
-            "kept share |",
-            "|---|---|---|---|---|",
+            "benign unanswered | kept share |",
+            "|---|---|---|---|---|---|",
         ]
         for point in swept["points"]:
             kept = point["kept_share"]
             lines.append(
                 f"| {point['false_trigger']:.2f} | {point['threshold']:.4g} | "
                 f"{interval_cell(point['attacks'])} | {interval_cell(point['xstest_safe'])} | "
+                f"{interval_cell(point.get('jbb_benign'))} | "
                 f"{'-' if kept is None else f'{kept:.2f}'} |"
             )
         lines.append("")
@@ -1019,18 +1069,19 @@ def defend_markdown(summary: dict[str, Any]) -> str:
             f"{label}, operating point chosen on validation: false trigger "
             f"{choice['false_trigger']:.2f} (keeps {choice['kept_val']:.2f} of the validation "
             f"blocks); test (composed): attack success {interval_cell(test['attacks'])}, XSTest "
-            f"safe unanswered {interval_cell(test['xstest_safe'])}, kept share "
+            f"safe unanswered {interval_cell(test['xstest_safe'])}, benign unanswered "
+            f"{interval_cell(test.get('jbb_benign'))}, kept share "
             f"{'-' if test['kept_share'] is None else format(test['kept_share'], '.2f')}."
         )
     lines.append("")
     for label, rows in (summary.get("matched") or {}).items():
         lines += [
             f"{label} against the CAST-style gate at equal attack success (each at the lowest "
-            "false-trigger target reaching it; XSTest safe unanswered, paired):",
+            "false-trigger target reaching it; safe prompts unanswered, paired):",
             "",
             "| attack success | false trigger (latent, CAST) | XSTest safe unanswered "
-            "(latent, CAST) | difference |",
-            "|---|---|---|---|",
+            "(latent, CAST) | difference | benign unanswered (latent, CAST) | difference |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [matched_cells(row) for row in rows]
         lines.append("")
@@ -1040,10 +1091,15 @@ def defend_markdown(summary: dict[str, Any]) -> str:
 def matched_cells(row: dict[str, Any]) -> str:
     """One markdown row of the matched comparison."""
     (ta, tb), (ua, ub), diff = row["targets"], row["xstest_safe"], row["difference"]
+    benign = row.get("jbb_benign")
+    tail = " - | - |"
+    if benign:
+        (ba, bb) = benign["means"]
+        tail = f" {ba:.2f}, {bb:.2f} | {interval_cell(benign)} (p={benign['p_value']:.3f}) |"
     return (
         f"| {row['successes'] / row['attacks']:.2f} ({row['successes']}/{row['attacks']}) | "
         f"{ta:.2f}, {tb:.2f} | {ua:.2f}, {ub:.2f} | {interval_cell(diff)}"
-        f" (p={diff['p_value']:.3f}) |"
+        f" (p={diff['p_value']:.3f}) |" + tail
     )
 
 

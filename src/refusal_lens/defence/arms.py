@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -102,6 +103,18 @@ def fit_probe(
     return Probe(tuple(latents), tuple(float(w) for w in weights), bias)
 
 
+@dataclass(frozen=True)
+class SparseProbe:
+    """An L1 probe on every latent of one layer, and its out-of-fold logits on the prompts it
+    was fitted on (each from a probe fitted without that prompt): a threshold set on these is
+    set as on unseen prompts, not on the probe's own training data."""
+
+    probe: Probe
+    c: float
+    harmful_logits: np.ndarray
+    harmless_logits: np.ndarray
+
+
 def fit_sparse_probe(
     layer: int,
     harmful: np.ndarray,
@@ -110,13 +123,15 @@ def fit_sparse_probe(
     max_latents: int = 64,
     folds: int = 5,
     seed: int = 0,
-) -> Probe:
+) -> SparseProbe:
     """An L1 logistic probe of harmful (1) against harmless (0) prompts on every latent of the
     SAE at `layer` (`[prompts, d_sae]` features): the strength of the penalty is chosen by
     cross-validated log-loss among those that keep at most `max_latents` latents, and the
     probe keeps the latents with a non-zero weight (the scaling folded in)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     x = np.concatenate([harmful, harmless]).astype(np.float64)
     y = np.concatenate([np.ones(len(harmful)), np.zeros(len(harmless))])
@@ -125,22 +140,22 @@ def fit_sparse_probe(
             f"a sparse probe needs at least {folds} harmful and {folds} harmless prompts to "
             f"fit on (cross-validated); it got {len(harmful)} and {len(harmless)}"
         )
-    live = x.std(0) > 0
-    mean, scale = x[:, live].mean(0), x[:, live].std(0)
-    z = (x[:, live] - mean) / scale
 
-    def model(c: float) -> LogisticRegression:
-        return LogisticRegression(
-            C=c, l1_ratio=1.0, solver="liblinear", max_iter=5_000, random_state=seed
+    def model(c: float) -> Any:
+        return make_pipeline(
+            StandardScaler(),
+            LogisticRegression(
+                C=c, l1_ratio=1.0, solver="liblinear", max_iter=5_000, random_state=seed
+            ),
         )
 
     split = StratifiedKFold(folds, shuffle=True, random_state=seed)
     best: tuple[float, float] | None = None
     for c in np.logspace(-2.5, 0.5, 13):
-        kept = int((model(c).fit(z, y).coef_[0] != 0).sum())
+        kept = int((model(c).fit(x, y)[-1].coef_[0] != 0).sum())
         if kept == 0 or kept > max_latents:
             continue
-        loss = -cross_val_score(model(c), z, y, cv=split, scoring="neg_log_loss").mean()
+        loss = -cross_val_score(model(c), x, y, cv=split, scoring="neg_log_loss").mean()
         if best is None or loss < best[0]:
             best = (loss, c)
     if best is None:
@@ -148,14 +163,17 @@ def fit_sparse_probe(
             f"no L1 penalty keeps between 1 and {max_latents} latents of layer {layer}; "
             "raise max_latents or give the probe more prompts"
         )
-    fitted = model(best[1]).fit(z, y)
-    coef = np.zeros(x.shape[1])
-    coef[live] = fitted.coef_[0] / scale
-    bias = float(fitted.intercept_[0] - (fitted.coef_[0] * mean / scale).sum())
+    c = float(best[1])
+    fitted = model(c).fit(x, y)
+    scaler, logistic = fitted[0], fitted[-1]
+    coef = logistic.coef_[0] / scaler.scale_
+    bias = float(logistic.intercept_[0] - (coef * scaler.mean_).sum())
     chosen = np.flatnonzero(coef)
-    return Probe(
+    probe = Probe(
         tuple((layer, int(i)) for i in chosen), tuple(float(coef[i]) for i in chosen), bias
     )
+    logits = cross_val_predict(model(c), x, y, cv=split, method="decision_function")
+    return SparseProbe(probe, c, logits[: len(harmful)], logits[len(harmful) :])
 
 
 def cast_gate(direction: Direction, threshold: float, pool: str = "max") -> DirectionGate:

@@ -55,11 +55,13 @@ class Outcomes:
 @dataclass(frozen=True)
 class Swept:
     """One prompt-scope gated defence, ready to compose: its harmless validation scores (for
-    thresholds) and its test outcomes."""
+    thresholds) and its test outcomes (attacks, XSTest safe prompts and, where the study has
+    them, benign behaviours: a cost that lands elsewhere than on XSTest is shown too)."""
 
     harmless_val: torch.Tensor
     attacks: Outcomes
     safe: Outcomes
+    benign: Outcomes | None = None
 
     def at_target(self, target: float) -> tuple[float, np.ndarray, np.ndarray]:
         """(threshold, composed attack successes, composed unanswered safe prompts)."""
@@ -81,17 +83,20 @@ def compose_sweep(targets: Sequence[float], swept: Swept, *, seed: int = 0) -> l
         kept = None
         if drop_full > 0:
             kept = float((attacks.none.mean() - success.mean()) / drop_full)
-        out.append(
-            {
-                "false_trigger": float(target),
-                "threshold": threshold,
-                "attacks": bootstrap_mean(success.astype(float), seed=seed).entry(),
-                "xstest_safe": bootstrap_mean(unanswered.astype(float), seed=seed).entry(),
-                "fired_attacks": float(fired_attacks.mean()) if len(fired_attacks) else None,
-                "fired_safe": float(fired_safe.mean()) if len(fired_safe) else None,
-                "kept_share": kept,
-            }
-        )
+        point = {
+            "false_trigger": float(target),
+            "threshold": threshold,
+            "attacks": bootstrap_mean(success.astype(float), seed=seed).entry(),
+            "xstest_safe": bootstrap_mean(unanswered.astype(float), seed=seed).entry(),
+            "fired_attacks": float(fired_attacks.mean()) if len(fired_attacks) else None,
+            "fired_safe": float(fired_safe.mean()) if len(fired_safe) else None,
+            "kept_share": kept,
+        }
+        if swept.benign is not None:
+            fired_benign, benign = swept.benign.at(threshold)
+            point["jbb_benign"] = bootstrap_mean(benign.astype(float), seed=seed).entry()
+            point["fired_benign"] = float(fired_benign.mean()) if len(fired_benign) else None
+        out.append(point)
     return out
 
 
@@ -113,25 +118,31 @@ def at_equal_success(
     comparing on the separate safe prompts keeps the compared axis out of the choice."""
     from ..evaluation.statistics import paired_difference
 
-    def first_reaching(swept: Swept) -> dict[int, tuple[float, np.ndarray]]:
-        found: dict[int, tuple[float, np.ndarray]] = {}
+    def first_reaching(swept: Swept) -> dict[int, tuple[float, float]]:
+        found: dict[int, tuple[float, float]] = {}
         for target in sorted(targets):
-            _, success, unanswered = swept.at_target(target)
-            found.setdefault(int(success.sum()), (float(target), unanswered))
+            threshold, success, _ = swept.at_target(target)
+            found.setdefault(int(success.sum()), (float(target), threshold))
         return found
+
+    def compared(mine: Outcomes, theirs: Outcomes, ta: float, tb: float) -> dict[str, Any]:
+        ua, ub = mine.at(ta)[1], theirs.at(tb)[1]
+        diff, p = paired_difference(ua.astype(float), ub.astype(float), seed=seed)
+        return {"means": [float(ua.mean()), float(ub.mean())], **diff.entry(), "p_value": p}
 
     mine, theirs = first_reaching(a), first_reaching(b)
     out = []
     for count in sorted(set(mine) & set(theirs)):
-        (ta, ua), (tb, ub) = mine[count], theirs[count]
-        diff, p = paired_difference(ua.astype(float), ub.astype(float), seed=seed)
-        out.append(
-            {
-                "successes": count,
-                "attacks": len(a.attacks.scores),
-                "targets": [ta, tb],
-                "xstest_safe": [float(ua.mean()), float(ub.mean())],
-                "difference": {**diff.entry(), "p_value": p},
-            }
-        )
+        (ta, tha), (tb, thb) = mine[count], theirs[count]
+        safe = compared(a.safe, b.safe, tha, thb)
+        row = {
+            "successes": count,
+            "attacks": len(a.attacks.scores),
+            "targets": [ta, tb],
+            "xstest_safe": safe.pop("means"),
+            "difference": safe,
+        }
+        if a.benign is not None and b.benign is not None:
+            row["jbb_benign"] = compared(a.benign, b.benign, tha, thb)
+        out.append(row)
     return out

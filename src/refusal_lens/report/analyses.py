@@ -475,6 +475,7 @@ def defend_section(page: Page, run: Path) -> None:
                 "threshold",
                 "attack success",
                 "XSTest safe unanswered",
+                "benign unanswered",
                 "gate fires on attacks",
                 "kept share",
             ],
@@ -484,6 +485,7 @@ def defend_section(page: Page, run: Path) -> None:
                     f"{p['threshold']:.4g}",
                     interval_cell(p["attacks"]),
                     interval_cell(p["xstest_safe"]),
+                    interval_cell(p.get("jbb_benign")),
                     "-" if p["fired_attacks"] is None else f"{p['fired_attacks']:.2f}",
                     "-" if p["kept_share"] is None else f"{p['kept_share']:.2f}",
                 ]
@@ -504,6 +506,7 @@ def defend_section(page: Page, run: Path) -> None:
                 "kept (val)",
                 "attack success",
                 "XSTest unanswered",
+                "benign unanswered",
                 "kept share (test)",
             ],
             [
@@ -513,6 +516,7 @@ def defend_section(page: Page, run: Path) -> None:
                     f"{c['kept_val']:.2f}",
                     interval_cell(c["test"]["attacks"]),
                     interval_cell(c["test"]["xstest_safe"]),
+                    interval_cell(c["test"].get("jbb_benign")),
                     "-" if c["test"]["kept_share"] is None else f"{c['test']['kept_share']:.2f}",
                 ]
                 for label, c in chosen.items()
@@ -523,14 +527,16 @@ def defend_section(page: Page, run: Path) -> None:
         page.paragraph(
             f"{label} against the CAST-style gate at equal attack success: for every number of "
             "test attacks both let through at some false-trigger target, each gate at the "
-            "lowest target that does, and the XSTest safe prompts each leaves unanswered, "
-            "paired (latent minus CAST)."
+            "lowest target that does, and the XSTest safe prompts and benign behaviours each "
+            "leaves unanswered, paired (latent minus CAST)."
         )
         page.table(
             [
                 "attack success",
                 "false trigger (latent, CAST)",
                 "XSTest unanswered (latent, CAST)",
+                "difference (p)",
+                "benign unanswered (latent, CAST)",
                 "difference (p)",
             ],
             [
@@ -539,6 +545,7 @@ def defend_section(page: Page, run: Path) -> None:
                     f"{m['targets'][0]:.2f}, {m['targets'][1]:.2f}",
                     f"{m['xstest_safe'][0]:.2f}, {m['xstest_safe'][1]:.2f}",
                     interval_cell(m["difference"]) + f" (p={m['difference']['p_value']:.3f})",
+                    *_benign_cells(m.get("jbb_benign")),
                 ]
                 for m in matched
             ],
@@ -607,6 +614,14 @@ def defend_section(page: Page, run: Path) -> None:
 
 def _vs_none(entry: dict[str, Any] | None) -> str:
     return "" if not entry else f" ({entry['mean']:+.2f}, p={entry['p_value']:.3f})"
+
+
+def _benign_cells(benign: dict[str, Any] | None) -> list[str]:
+    """The matched comparison's benign columns: both means, and the paired difference."""
+    if not benign:
+        return ["-", "-"]
+    a, b = benign["means"]
+    return [f"{a:.2f}, {b:.2f}", interval_cell(benign) + f" (p={benign['p_value']:.3f})"]
 
 
 def _capability_diff(entry: dict[str, Any]) -> str:
