@@ -1,0 +1,171 @@
+"""One edited layer's steering hook, per call, against the path it replaced, in one process.
+
+Arms, interleaved over `--rounds` rounds of `--calls` calls each (median seconds per call):
+  current    the hook `EditLatents` installs: the SAE's bfloat16 copy encodes with a weight
+             oneDNN reordered once, and a TopK latent's membership is screened with the k-th
+             largest of a share of the latents before it is counted against all of them
+  reference  the same edit as it was computed before: the plain encoder matmul, and a top-k
+             over every latent for the k-th value
+on the two shapes a steered `generate` hands a hook: the prompt's forward (batch x prompt
+tokens) and a decoding step (batch x 1), with the model's own activations at that layer. The
+two arms' outputs are checked equal. Prints the per-call times and their ratio, and what the
+hooks of `--edited-layers` layers add to one steered `generate` (a prompt forward, then a
+decoding step per new token) as a share of plain `model.generate`, timed in the same script.
+Per-call medians over many calls are steadier than whole-generation ratios on a CPU whose
+speed drifts (bench/steering_overhead.py measures those).
+
+    python bench/steering_hooks.py --saes SAES [--latents RUN/latents.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from generation_overhead import plain_generate
+from refusal_lens.data import builtin_prompts
+from refusal_lens.hooks import HookPoint, add_hooks
+from refusal_lens.interventions import EditLatents
+from refusal_lens.latents import LatentSet
+from refusal_lens.models import ChatFormatter, load_model
+from refusal_lens.saes import SAESet
+from refusal_lens.saes.presets import ensure_default_sae_set
+
+
+def per_call(arms: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, float]:
+    """Median seconds per call of each arm, the arms interleaved round by round."""
+    for arm in arms.values():
+        arm()
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, arm in arms.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                arm()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--saes", help="SAE set (default: the model's cached quick set)")
+    parser.add_argument("--latents", help="latent set: its latents at the layer are edited")
+    parser.add_argument("--data-dir", help="data for training the quick set if it is missing")
+    parser.add_argument("--layer", type=int, help="the edited layer (default: the set's first)")
+    parser.add_argument("--n-latents", type=int, default=2, help="latents edited at the layer")
+    parser.add_argument("--edited-layers", type=int, default=11)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=40)
+    args = parser.parse_args()
+
+    lm = load_model(args.model)
+    formatter = ChatFormatter(lm.tokenizer)
+    saes = SAESet.load(args.saes) if args.saes else ensure_default_sae_set(lm, args.data_dir)
+    layer = args.layer if args.layer is not None else saes.layers[0]
+    point = HookPoint(layer, "resid_post")
+    sae = saes[point]
+    if args.latents:
+        found = [i for at, i in LatentSet.load(args.latents).top(None) if at == layer]
+        latents = found[: args.n_latents]
+    else:
+        generator = torch.Generator().manual_seed(0)
+        latents = torch.randperm(sae.d_sae, generator=generator)[: args.n_latents].tolist()
+    texts = (builtin_prompts("harmful").texts() + builtin_prompts("harmless").texts())[
+        : args.batch_size
+    ]
+    batch = formatter.encode(texts).to(lm.device)
+    seen: list[torch.Tensor] = []
+    with torch.inference_mode(), add_hooks(lm.model, [(point, lambda a, _p: seen.append(a))]):
+        lm.model(**batch.forward_kwargs())
+    prompt = seen[0].clone()
+    step = prompt[:, -1:].clone()
+
+    edit = EditLatents(saes, tuple((layer, i) for i in latents), "scale", -3.0)
+    ((_, hook),) = edit.hooks(lm.model)
+    copy = sae.cast(prompt.dtype) if prompt.dtype in (torch.bfloat16, torch.float16) else sae
+    index = torch.tensor(latents)
+    state: dict[str, torch.Tensor] = {}
+
+    def reference(act: torch.Tensor) -> torch.Tensor:
+        keep = edit.where.mask(act, None, state)
+        assert keep is not None
+        flat = act.reshape(-1, act.shape[-1]).to(copy.W_enc.dtype)
+        pre = (flat - copy.b_dec) @ copy.W_enc + copy.b_enc
+        kth = pre.topk(sae.cfg.k or sae.d_sae, dim=-1, sorted=False).values.amin(-1, True)
+        selected = pre[:, index]
+        values = torch.relu(selected) * (selected >= kth)
+        delta = ((values * -3.0 - values) @ copy.W_dec[index]).reshape(act.shape)
+        return act + (delta * keep.unsqueeze(-1).to(delta.dtype)).to(act.dtype)
+
+    def current(act: torch.Tensor) -> torch.Tensor:
+        return hook(act, point)
+
+    with torch.inference_mode():
+        equal = {
+            "prompt": bool(torch.equal(current(prompt), reference(prompt))),
+            "decoding step": bool(torch.equal(current(step), reference(step))),
+        }
+        timings = {
+            "prompt": per_call(
+                {"current": lambda: current(prompt), "reference": lambda: reference(prompt)},
+                args.rounds,
+                max(2, args.calls // 10),
+            ),
+            "decoding step": per_call(
+                {"current": lambda: current(step), "reference": lambda: reference(step)},
+                args.rounds,
+                args.calls,
+            ),
+        }
+    formatter.__dict__["stop_token_ids"] = []  # a fixed number of new tokens
+    plain = statistics.median(
+        timed(lambda: plain_generate(lm, formatter, texts, args.max_new_tokens, len(texts)))
+        for _ in range(3)
+    )
+    steps = args.max_new_tokens - 1
+    added = {
+        arm: args.edited_layers * (timings["prompt"][arm] + steps * timings["decoding step"][arm])
+        for arm in ("current", "reference")
+    }
+    result = {
+        "model": lm.name,
+        "dtype": str(lm.dtype),
+        "saes": saes.path,
+        "layer": layer,
+        "latents": latents,
+        "k": sae.cfg.k,
+        "batch_size": len(texts),
+        "prompt_tokens": prompt.shape[1],
+        "outputs_equal": equal,
+        "ms_per_call": {
+            shape: {arm: round(1e3 * t, 3) for arm, t in arms.items()}
+            for shape, arms in timings.items()
+        },
+        "ratio_current_vs_reference": {
+            shape: round(arms["current"] / arms["reference"], 3) for shape, arms in timings.items()
+        },
+        "plain_generate_s": round(plain, 3),
+        "edited_layers": args.edited_layers,
+        "hooks_share_of_plain_generate": {
+            arm: round(seconds / plain, 3) for arm, seconds in added.items()
+        },
+    }
+    print(json.dumps(result, indent=2))
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
