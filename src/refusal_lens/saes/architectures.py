@@ -24,7 +24,7 @@ from .sparse_ops import ActiveLatents, decode_active
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
 HALF = (torch.bfloat16, torch.float16)
 # a TopK SAE screens membership with the k-th largest of this share of its latents (at least
-# SCREEN_PER_K * k of them) before counting over all of them (bench/steering_overhead.py)
+# SCREEN_PER_K * k of them) before counting over all of them (bench/steering_hooks.py)
 SCREEN_SHARE = 8
 SCREEN_PER_K = 4
 
@@ -201,11 +201,12 @@ class SparseAutoencoder(nn.Module):
     def pre_activation(self, sae_in: torch.Tensor) -> torch.Tensor:
         if self.cfg.apply_b_dec_to_input:
             sae_in = sae_in - self.b_dec
-        if self._packed_enc is not None and not sae_in.requires_grad:
+        packed = self._packed_enc
+        if packed is not None and sae_in.device.type == "cpu" and not sae_in.requires_grad:
             # the same products as `sae_in @ W_enc`, bit for bit, from a weight oneDNN
             # reordered once instead of at every call (a third off a decoding step's matmul)
             product = torch.ops.mkldnn._linear_pointwise(
-                sae_in.contiguous(), self._packed_enc, None, "none", [], ""
+                sae_in.contiguous(), packed, None, "none", [], ""
             )
             return product + self.b_enc
         return sae_in @ self.W_enc + self.b_enc
