@@ -200,3 +200,14 @@ def test_sae_training_on_gpu_matches_cpu_and_resumes(arch: str, tmp_path: Path) 
     resumed = train_saes(cache, cfg, folder, progress=False, device="cuda")["resid_post.0"]
     for name, value in gpu.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_topk_membership_on_the_gpu_equals_the_cpu_screen(tiny: LoadedModel) -> None:
+    """On an accelerator a top-k decides membership (no per-step device waits); it gives the
+    activations the CPU's screened count gives, on the same inputs."""
+    sae = random_sae_set(tiny, "topk", d_sae=1024)[HookPoint(1, "resid_post")]
+    sae_in = torch.randn(40, tiny.d_model)
+    latents = torch.arange(sae.d_sae)
+    on_cpu = sae.latent_values(sae_in, latents)
+    on_gpu = copy.deepcopy(sae).cuda().latent_values(sae_in.cuda(), latents.cuda())
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=1e-4)

@@ -23,7 +23,7 @@ import torch
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, bootstrap_mean
 from ..hooks import HookPoint, add_hooks
-from ..interventions.gated import GATE_POOLS, Gate, LatentGate
+from ..interventions.gated import GATE_POOLS, Gate, LatentGate, _window_mean
 from ..models import ChatFormatter, LoadedModel
 from ..saes import SAESet
 
@@ -126,11 +126,11 @@ def layer_features(
 
     out = []
     for (values,), mask in _part_batches(lm, formatter, [(point, encode)], texts, batch_size):
-        window = mask.bool().to(values.device).unsqueeze(-1)
+        window = mask.bool().to(values.device)
         if pool == "max":
-            pooled = values.masked_fill(~window, -math.inf).amax(dim=1)
-        else:
-            pooled = (values * window).sum(1) / window.sum(1).clamp_min(1)
+            pooled = values.masked_fill(~window.unsqueeze(-1), -math.inf).amax(dim=1)
+        else:  # the gates' own masked mean
+            pooled = _window_mean(values, window)
         out.append(pooled.cpu())
     return torch.cat(out) if out else torch.zeros(0, sae.d_sae)
 

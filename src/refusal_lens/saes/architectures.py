@@ -204,7 +204,7 @@ class SparseAutoencoder(nn.Module):
         packed = self._packed_enc
         if packed is not None and sae_in.device.type == "cpu" and not sae_in.requires_grad:
             # the same products as `sae_in @ W_enc`, bit for bit, from a weight oneDNN
-            # reordered once instead of at every call (a third off a decoding step's matmul)
+            # reordered once instead of at every call (bench/steering_hooks.py)
             product = torch.ops.mkldnn._linear_pointwise(
                 sae_in.contiguous(), packed, None, "none", [], ""
             )
@@ -312,11 +312,17 @@ class TopKSAE(SparseAutoencoder):
         """A selected latent is in the top k exactly when fewer than k pre-activations exceed
         it (ties count as in, as `selected >= kth` would). Only a positive one can be non-zero,
         and one below the k-th largest of a fixed share of the latents has k above it already;
-        only the rest (a few per step) are counted over every latent."""
+        only the rest (a few per step) are counted over every latent. On an accelerator, where
+        each such decision waits for the device, a top-k decides instead (the same result)."""
         assert self.cfg.k is not None
         k = self.cfg.k
         pre = self.pre_activation(sae_in)
         selected = pre[:, latents]
+        if pre.device.type != "cpu":
+            # no data-dependent branch on an accelerator: each would wait for the device at
+            # every edited layer of every decoding step
+            kth = pre.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+            return torch.relu(selected) * (selected >= kth)
         open_ = selected > 0
         share = max(SCREEN_PER_K * k, self.d_sae // SCREEN_SHARE)
         if 2 * share <= self.d_sae and bool(open_.any()):
