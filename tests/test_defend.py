@@ -192,6 +192,7 @@ def test_defend_job_on_a_tiny_model(
         ours=refusal,
         harm=harm,
         data_dir=str(shared_data),
+        cache_dir=str(tmp_path / "cache"),
         echo=lambda _: None,
     )
     summary = defend_job(inputs, settings, tmp_path / "run")
@@ -272,8 +273,42 @@ def test_defend_job_on_a_tiny_model(
         raise AssertionError("a rerun generated again")
 
     monkeypatch.setattr("refusal_lens.generation.generate", no_more)
-    again = defend_job(inputs, settings, tmp_path / "run")
+    # nor scored a prompt again: gate scores and features come from the user cache
+    for scorer in ("gates_prompt_scores", "latent_features", "layer_features"):
+        monkeypatch.setattr(f"refusal_lens.analyses.defend.{scorer}", no_more)
+    again = defend_job(inputs, settings, tmp_path / "run-again")
     assert again["defences"] == summary["defences"]
+    assert again["sparse_probe"] == summary["sparse_probe"]
+
+
+def test_gate_scores_are_cached_by_model_key_and_texts(tiny: LoadedModel, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from refusal_lens.analyses.defend import _cached
+
+    said: list[str] = []
+    study = SimpleNamespace(
+        inputs=SimpleNamespace(lm=tiny, cache_dir=str(tmp_path)), echo=said.append
+    )
+    calls: list[int] = []
+
+    def compute() -> torch.Tensor:
+        calls.append(1)
+        return torch.arange(6.0).reshape(3, 2)
+
+    def cached(key: str, texts: list[str], fn=compute) -> torch.Tensor:
+        return _cached(study, "gate-scores", [key], texts, fn)  # type: ignore[arg-type]
+
+    first = cached("a", ["x", "y", "z"])
+    assert torch.equal(cached("a", ["x", "y", "z"]), first) and len(calls) == 1
+    cached("b", ["x", "y", "z"])
+    cached("a", ["x", "y"], lambda: first[:2])
+    assert len(calls) == 2  # another key, other texts: computed, not read
+    # a file that is not a table of the texts' rows is computed again, with one line said
+    for path in (tmp_path / "defend").iterdir():
+        path.write_bytes(b"not safetensors")
+    assert torch.equal(cached("a", ["x", "y", "z"]), first)
+    assert len(calls) == 3 and said and "recomputing" in said[0]
 
 
 def test_a_nested_override_keeps_the_fields_own_default() -> None:

@@ -54,7 +54,7 @@ def test_topk_membership_by_count_equals_top_k(rows: int, tiny: LoadedModel) -> 
 @pytest.mark.parametrize("rows", [1, 16, 300])
 def test_topk_membership_screen_decides_as_a_top_k(rows: int, tiny: LoadedModel) -> None:
     """Every latent, at every row: the screened count gives the dense top-k's activations,
-    for a wide SAE whose screened share is a small part of it."""
+    for a wide float32 SAE (no int8 bounds) whose screened share is a small part of it."""
     torch.manual_seed(1)
     sae = build_sae(SAEConfig("topk", tiny.d_model, 2048, k=16))
     with torch.no_grad():
@@ -63,8 +63,12 @@ def test_topk_membership_screen_decides_as_a_top_k(rows: int, tiny: LoadedModel)
     sae_in = torch.randn(rows, tiny.d_model)
     dense = sae.encode(sae_in)
     latents = torch.arange(sae.d_sae)
-    assert torch.equal(sae.latent_values(sae_in, latents), dense)
-    assert torch.equal(sae.latent_values(sae_in, torch.tensor([7, 1500])), dense[:, [7, 1500]])
+    # the same latents in the top k; their values are the selected columns' exact dot
+    # products, which may differ from the full matmul's in the last bit
+    for chosen in (latents, torch.tensor([7, 1500])):
+        values = sae.latent_values(sae_in, chosen)
+        assert torch.equal(values > 0, dense[:, chosen] > 0)
+        torch.testing.assert_close(values, dense[:, chosen], rtol=1e-6, atol=1e-6)
 
 
 def test_bfloat16_copy_encodes_with_a_packed_weight_bit_for_bit(tiny: LoadedModel) -> None:
@@ -410,3 +414,33 @@ def test_token_positions_say_which_tokens_an_edit_touches() -> None:
     assert TokenPositions(edit_sinks=True).mask(sink, None, {}).all()
     with pytest.raises(UserError, match="positions 'middle' unknown"):
         TokenPositions("middle")
+
+
+def test_topk_membership_reads_the_encoder_only_where_it_must(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row with no positive selected latent reads no more of the encoder, and a latent below
+    the share's bound on the k-th largest never reaches the full product."""
+    torch.manual_seed(2)
+    sae = build_sae(SAEConfig("topk", 64, 2048, k=16))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 64**-0.5)
+    products: list[int] = []
+    full = sae._product
+    monkeypatch.setattr(sae, "_product", lambda c: products.append(len(c)) or full(c))
+    screens: list[int] = []
+    share = sae._share_floor
+    monkeypatch.setattr(sae, "_share_floor", lambda c, n: screens.append(len(c)) or share(c, n))
+    latent = torch.tensor([1500])
+    away = -5 * sae.W_enc[:, 1500] / sae.W_enc[:, 1500].norm()  # its pre-activation < 0
+    values = sae.latent_values(away.repeat(3, 1), latent)
+    assert not bool(values.any()) and not screens and not products
+    # a latent only just positive: the screen puts 16 latents above it, with no full product
+    sae_in = torch.randn(8, 64)
+    dots = sae_in @ sae.W_enc[:, 1500]
+    row = sae_in[int(dots.argmin())].unsqueeze(0)
+    with torch.no_grad():
+        sae.b_enc[1500] = 1e-3 - float(dots.min())
+    values = sae.latent_values(row, latent)
+    assert screens == [1] and products == []
+    assert not bool(values.any()) and not bool(sae.encode(row)[:, latent].any())

@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ..config import settings_dict
 from ..data import Prompt, PromptSet, load_prompts
@@ -61,16 +63,18 @@ from ..defence.gates import (
     threshold_at,
     trigger_rates,
 )
+from ..defence.markdown import defend_markdown
 from ..defence.sweep import Outcomes, Swept, agreement, at_equal_success, compose_sweep
 from ..errors import UserError
 from ..evaluation.capabilities import CapabilityRunner, CapabilitySettings
-from ..evaluation.statistics import bootstrap_mean, interval_cell, paired_difference
+from ..evaluation.statistics import bootstrap_mean, paired_difference
 from ..evaluation.work import (
     Arm,
     Measure,
     Work,
     base_arm,
     make_arm,
+    model_key,
     stored_completions,
     stored_measures,
 )
@@ -78,6 +82,7 @@ from ..heldout import drop_selected, without
 from ..interventions import GATE_POOLS, GATE_SCOPES, Gated, Intervention
 from ..models import conversation
 from ..runs import RunDir, stable_hash, write_json
+from ..settings import cache_dir
 from .common import analysis_context, jailbroken, judged, start_analysis
 from .inputs import AnalysisInputs
 from .jailbreaks import JailbreakSettings, candidate_goals, sample_attacks
@@ -421,6 +426,39 @@ def calibrate(
     return choice.strength, {**choice.to_dict(), "n_succeeding": len(succeeded)}
 
 
+def _cached(
+    study: Study,
+    name: str,
+    key: Any,
+    texts: Sequence[str],
+    compute: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """`compute()`, one row per text, kept in the user cache under a hash of the model, `key`
+    (the gates or latents and how they pool) and the texts: a rerun of the study, into any
+    folder, reads its gate scores and features instead of scoring every prompt again."""
+    digest = stable_hash([model_key(study.inputs.lm), name, key, list(texts)])
+    path = cache_dir(study.inputs.cache_dir) / "defend" / f"{name}-{digest}.safetensors"
+    if path.is_file():
+        try:
+            found = load_file(str(path)).get("value")
+        except (SafetensorError, OSError):
+            found = None
+        if (
+            isinstance(found, torch.Tensor)
+            and found.dtype == torch.float32
+            and found.ndim >= 1
+            and found.shape[0] == len(texts)
+        ):
+            return found
+        study.echo(f"gates: {path.name} is not a {name} table of {len(texts)} rows; recomputing")
+    value = compute().float().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    save_file({"value": value}, str(partial))
+    partial.replace(path)
+    return value
+
+
 def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each gate at its threshold (chosen on validation prompts), and its trigger rates on
     validation and test prompts."""
@@ -438,9 +476,17 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
         + pools.safe_test.texts()
         + ([] if pools.benign is None else pools.benign.texts())
     )
-    pool = settings.gate_pool
+    pool, batch_size = settings.gate_pool, settings.batch_size
     features = [
-        latent_features(lm, formatter, saes, harm, texts, pool=pool, batch_size=settings.batch_size)
+        _cached(
+            study,
+            "latent-features",
+            [saes.fingerprint(), harm, pool, batch_size],
+            texts,
+            lambda texts=texts: latent_features(
+                lm, formatter, saes, harm, texts, pool=pool, batch_size=batch_size
+            ),
+        )
         for texts in (harmful_val, harmless_val)
     ]
     probe = defences.fit_probe(harm, features[0].numpy(), features[1].numpy())
@@ -454,7 +500,15 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
         first = min(layer for layer, _ in refusal)
         study.echo(f"gates: fitting a sparse probe on every latent of layer {first}")
         every_latent = [
-            layer_features(lm, formatter, saes, first, texts, batch_size=settings.batch_size)
+            _cached(
+                study,
+                "layer-features",
+                [saes.fingerprint(), first, "mean", batch_size],
+                texts,
+                lambda texts=texts: layer_features(
+                    lm, formatter, saes, first, texts, batch_size=batch_size
+                ),
+            )
             for texts in (harmful_val, harmless_val)
         ]
         sparse = defences.fit_sparse_probe(
@@ -480,10 +534,20 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
         "harmful_test": harmful_test,
         "harmless_test": harmless_test,
     }
+    specs = [gate.to_dict() for gate in candidates.values()]
     every = {
-        part: gates_prompt_scores(
-            lm, formatter, list(candidates.values()), texts, batch_size=settings.batch_size
-        )
+        part: _cached(
+            study,
+            "gate-scores",
+            [specs, batch_size],
+            texts,
+            lambda texts=texts: torch.stack(
+                gates_prompt_scores(
+                    lm, formatter, list(candidates.values()), texts, batch_size=batch_size
+                ),
+                dim=-1,
+            ),
+        ).unbind(-1)
         for part, texts in texts_of.items()
     }
     for g, (name, gate) in enumerate(candidates.items()):
@@ -1001,106 +1065,6 @@ def sweep_defence(
         "points": compose_sweep(settings.sweep, composed, seed=settings.seed),
         "agreement": same,
     }
-
-
-def _strength(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
-
-
-def _vs(entry: dict[str, Any] | None) -> str:
-    return "" if not entry else f" ({entry['mean']:+.2f}, p={entry['p_value']:.3f})"
-
-
-def defend_markdown(summary: dict[str, Any]) -> str:
-    lines = [
-        "# Defence: refusal strengthened where harm is present",
-        "",
-        "Pools: " + ", ".join(f"{k} {v}" for k, v in summary["pools"].items()) + ".",
-        "",
-        "| defence | strength | attack success | two-turn | XSTest safe unanswered | benign "
-        "unanswered | harmless KL |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in summary["defences"]:
-        lines.append(
-            f"| {row['defence']} | {_strength(row['strength'])} | "
-            f"{interval_cell(row.get('attacks'))}{_vs(row.get('attacks_vs_none'))} | "
-            f"{interval_cell(row.get('two_turn'))} | "
-            f"{interval_cell(row.get('xstest_safe'))}{_vs(row.get('xstest_safe_vs_none'))} | "
-            f"{interval_cell(row.get('jbb_benign'))} | {interval_cell(row.get('harmless_kl'))} |"
-        )
-    lines += [
-        "",
-        "Pareto front (attack success vs XSTest over-refusal): "
-        + ", ".join(summary["pareto"])
-        + ".",
-        "",
-    ]
-    for label, swept in (summary.get("sweep") or {}).items():
-        same = swept["agreement"]
-        benign = same.get("jbb_benign")
-        lines += [
-            f"{label} at each false-trigger target (composed; at the study's threshold the "
-            f"composition matches the generated arm on {same['attacks']['same']}/"
-            f"{same['attacks']['n']} attacks, {same['xstest_safe']['same']}/"
-            f"{same['xstest_safe']['n']} safe prompts"
-            + (f" and {benign['same']}/{benign['n']} benign ones" if benign else "")
-            + "):",
-            "",
-            "| false trigger (val) | threshold | attack success | XSTest safe unanswered | "
-            "benign unanswered | kept share |",
-            "|---|---|---|---|---|---|",
-        ]
-        for point in swept["points"]:
-            kept = point["kept_share"]
-            lines.append(
-                f"| {point['false_trigger']:.2f} | {point['threshold']:.4g} | "
-                f"{interval_cell(point['attacks'])} | {interval_cell(point['xstest_safe'])} | "
-                f"{interval_cell(point.get('jbb_benign'))} | "
-                f"{'-' if kept is None else f'{kept:.2f}'} |"
-            )
-        lines.append("")
-    for label, choice in (summary.get("operating_points") or {}).items():
-        if choice is None or "test" not in choice:
-            lines.append(f"{label}: no false-trigger target up to 0.50 keeps the target share.")
-            continue
-        test = choice["test"]
-        lines.append(
-            f"{label}, operating point chosen on validation: false trigger "
-            f"{choice['false_trigger']:.2f} (keeps {choice['kept_val']:.2f} of the validation "
-            f"blocks); test (composed): attack success {interval_cell(test['attacks'])}, XSTest "
-            f"safe unanswered {interval_cell(test['xstest_safe'])}, benign unanswered "
-            f"{interval_cell(test.get('jbb_benign'))}, kept share "
-            f"{'-' if test['kept_share'] is None else format(test['kept_share'], '.2f')}."
-        )
-    lines.append("")
-    for label, rows in (summary.get("matched") or {}).items():
-        lines += [
-            f"{label} against the CAST-style gate at equal attack success (each at the lowest "
-            "false-trigger target reaching it; safe prompts unanswered, paired):",
-            "",
-            "| attack success | false trigger (latent, CAST) | XSTest safe unanswered "
-            "(latent, CAST) | difference | benign unanswered (latent, CAST) | difference |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [matched_cells(row) for row in rows]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def matched_cells(row: dict[str, Any]) -> str:
-    """One markdown row of the matched comparison."""
-    (ta, tb), (ua, ub), diff = row["targets"], row["xstest_safe"], row["difference"]
-    benign = row.get("jbb_benign")
-    tail = " - | - |"
-    if benign:
-        (ba, bb) = benign["means"]
-        tail = f" {ba:.2f}, {bb:.2f} | {interval_cell(benign)} (p={benign['p_value']:.3f}) |"
-    return (
-        f"| {row['successes'] / row['attacks']:.2f} ({row['successes']}/{row['attacks']}) | "
-        f"{ta:.2f}, {tb:.2f} | {ua:.2f}, {ub:.2f} | {interval_cell(diff)}"
-        f" (p={diff['p_value']:.3f}) |" + tail
-    )
 
 
 # --------------------------------------------------------------------------- the registry's hooks

@@ -4,7 +4,8 @@
 direction added, each gated on harm latents, a probe on them, or the direction itself);
 `gates` scores how a gate separates harmful from harmless prompts and sets its threshold on
 validation prompts; `calibrate` chooses a defence's strength on validation attacks; `sweep`
-composes a prompt-scope gated defence at every threshold from answers already judged.
+composes a prompt-scope gated defence at every threshold from answers already judged;
+`markdown` writes a study's summary as a report.
 """
 
 from . import arms

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .int8_bounds import Int8Bounds, exact_pre
 from .sparse_ops import ActiveLatents, decode_active
 
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
@@ -27,6 +28,11 @@ HALF = (torch.bfloat16, torch.float16)
 # SCREEN_PER_K * k of them) before counting over all of them (bench/steering_hooks.py)
 SCREEN_SHARE = 8
 SCREEN_PER_K = 4
+# a TopK SAE's int8-bounded membership holds at most this many float32 comparisons at once
+BOUNDED_ELEMENTS = 1 << 24
+# what a half-precision product with a share of the encoder's columns can differ from the exact
+# pre-activation by, relative to it: its own rounding and the bias's, and the exact value's two
+SHARE_ROUNDING = 2.0**-6
 
 
 @dataclass
@@ -88,6 +94,8 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
         self._casts: dict[torch.dtype, tuple[tuple[object, ...], SparseAutoencoder]] = {}
         self._packed_enc: torch.Tensor | None = None  # oneDNN's blocked W_enc (CPU casts)
+        self._int8_bounds: Int8Bounds | None = None  # TopK membership from int8 (CPU casts)
+        self._amax: tuple[tuple[object, ...], torch.Tensor] | None = None  # per latent
 
     @property
     def d_in(self) -> int:
@@ -176,6 +184,8 @@ class SparseAutoencoder(nn.Module):
             # (bench/steering_overhead.py); float32 is faster as it is, so only casts change
             copy.W_enc.data = copy.W_enc.data.t().contiguous().t()
             copy._packed_enc = _packed_weight(copy.W_enc)
+            if copy.architecture == "topk":
+                copy._int8_bounds = Int8Bounds.build(copy.W_enc)
         self._casts[dtype] = (versions, copy)
         return copy
 
@@ -199,17 +209,22 @@ class SparseAutoencoder(nn.Module):
 
     # -- pieces subclasses override ---------------------------------------------------------
     def pre_activation(self, sae_in: torch.Tensor) -> torch.Tensor:
-        if self.cfg.apply_b_dec_to_input:
-            sae_in = sae_in - self.b_dec
+        return self._product(self._centred(sae_in)) + self.b_enc
+
+    def _centred(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads: `sae_in - b_dec` where the SAE applies it."""
+        return sae_in - self.b_dec if self.cfg.apply_b_dec_to_input else sae_in
+
+    def _product(self, centred: torch.Tensor) -> torch.Tensor:
+        """`centred @ W_enc`."""
         packed = self._packed_enc
-        if packed is not None and sae_in.device.type == "cpu" and not sae_in.requires_grad:
-            # the same products as `sae_in @ W_enc`, bit for bit, from a weight oneDNN
+        if packed is not None and centred.device.type == "cpu" and not centred.requires_grad:
+            # the same products as `centred @ W_enc`, bit for bit, from a weight oneDNN
             # reordered once instead of at every call (bench/steering_hooks.py)
-            product = torch.ops.mkldnn._linear_pointwise(
-                sae_in.contiguous(), packed, None, "none", [], ""
+            return torch.ops.mkldnn._linear_pointwise(
+                centred.contiguous(), packed, None, "none", [], ""
             )
-            return product + self.b_enc
-        return sae_in @ self.W_enc + self.b_enc
+        return centred @ self.W_enc
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -310,30 +325,105 @@ class TopKSAE(SparseAutoencoder):
 
     def latent_values(self, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """A selected latent is in the top k exactly when fewer than k pre-activations exceed
-        it (ties count as in, as `selected >= kth` would). Only a positive one can be non-zero,
-        and one below the k-th largest of a fixed share of the latents has k above it already;
-        only the rest (a few per step) are counted over every latent. On an accelerator, where
-        each such decision waits for the device, a top-k decides instead (the same result)."""
+        it (ties count as in, as `selected >= kth` would), and only a positive one can be
+        non-zero. On a CPU the selected latents are computed exactly first (`exact_pre`), and
+        the rest of the encoder is read only for rows where one of them is positive: from int8
+        bounds on every pre-activation where the SAE has them (`Int8Bounds`, a bfloat16 copy:
+        half the encoder's bytes), else in full, where a latent below the k-th largest of a
+        fixed share of the latents has k above it already and only the rest are counted over
+        every latent. On an accelerator, where each such decision waits for the device, a
+        top-k over every latent decides instead (the same result)."""
         assert self.cfg.k is not None
-        k = self.cfg.k
-        pre = self.pre_activation(sae_in)
-        selected = pre[:, latents]
-        if pre.device.type != "cpu":
+        if sae_in.device.type != "cpu":
             # no data-dependent branch on an accelerator: each would wait for the device at
             # every edited layer of every decoding step
-            kth = pre.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+            pre = self.pre_activation(sae_in)
+            selected = pre[:, latents]
+            kth = pre.topk(self.cfg.k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
             return torch.relu(selected) * (selected >= kth)
-        open_ = selected > 0
+        centred = self._centred(sae_in)
+        selected = exact_pre(centred, self.W_enc[:, latents], self.b_enc[latents])
+        inside = torch.zeros(selected.shape, dtype=torch.bool)
+        rows = (selected > 0).any(-1).nonzero().flatten()
+        # rows in chunks: each holds `[rows x latents, d_sae]` comparisons at most
+        size = max(1, BOUNDED_ELEMENTS // (self.d_sae * max(1, len(latents))))
+        for part in rows.split(size) if rows.numel() else ():
+            inside[part] = self._membership(centred[part], selected[part], latents)
+        return torch.relu(selected) * inside
+
+    def _membership(
+        self, centred: torch.Tensor, selected: torch.Tensor, latents: torch.Tensor
+    ) -> torch.Tensor:
+        """Whether each positive selected latent (`selected`, exact, `[N, L]`) is in its
+        row's top k. A latent below a lower bound on the k-th largest of a fixed share of the
+        latents has k others above it; the rest are decided from int8 bounds where the SAE has
+        them, else counted over every latent's pre-activation, for their rows only."""
+        assert self.cfg.k is not None
+        k, open_ = self.cfg.k, selected > 0
         share = max(SCREEN_PER_K * k, self.d_sae // SCREEN_SHARE)
-        if 2 * share <= self.d_sae and bool(open_.any()):
-            floor = pre[:, :share].topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        first = None  # the share's pre-activations, where the screen computed them
+        if 2 * share <= self.d_sae:
+            first, floor = self._share_floor(centred, share)
             open_ &= selected >= floor
         inside = torch.zeros_like(open_)
-        rows, cols = open_.nonzero(as_tuple=True)
-        if rows.numel():
-            above = (pre[rows] > selected[rows, cols].unsqueeze(-1)).sum(-1, dtype=torch.int32)
-            inside[rows, cols] = above < k
-        return torch.relu(selected) * inside
+        rows = open_.any(-1).nonzero().flatten()
+        if not rows.numel():
+            return inside
+        if rows.numel() < len(open_):
+            centred, selected, open_ = centred[rows], selected[rows], open_[rows]
+            first = None if first is None else first[rows]
+        bounds = self._int8_bounds
+        if bounds is None:
+            if first is None:
+                pre = self._product(centred) + self.b_enc
+            else:  # the rest of the latents only
+                rest = centred @ self.W_enc[:, share:] + self.b_enc[share:]
+                pre = torch.cat([first, rest], dim=-1)
+            pre[:, latents] = selected  # the values decided on are the exact ones
+            at, col = open_.nonzero(as_tuple=True)
+            value = selected[at, col].unsqueeze(-1)
+            inside[rows[at], col] = (pre[at] > value).sum(-1, dtype=torch.int32) < k
+            return inside
+        # a latent with k others certainly above it is out, one with fewer than k possibly
+        # above it is in; only the latents whose bounds straddle an undecided one are computed
+        # exactly
+        at, col = open_.nonzero(as_tuple=True)
+        centre, radius = bounds.interval(centred, self.b_enc)
+        gap = centre[at] - selected[at, col].float().unsqueeze(-1)
+        certain = (gap > radius[at]).sum(-1)
+        possible = (gap > -radius[at]).sum(-1)
+        inside[rows[at], col] = possible < k
+        undecided = ((possible >= k) & (certain < k)).nonzero().flatten()
+        if undecided.numel():
+            straddle = gap[undecided].abs() <= radius[at[undecided]]
+            others = straddle.any(0).nonzero().flatten()
+            row, latent = at[undecided], col[undecided]
+            exact = exact_pre(centred[row], self.W_enc[:, others], self.b_enc[others])
+            over = (exact > selected[row, latent].unsqueeze(-1)) & straddle[:, others]
+            inside[rows[row], latent] = certain[undecided] + over.sum(-1) < k
+        return inside
+
+    def _share_floor(self, centred: torch.Tensor, share: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `share` latents' pre-activations `[N, share]`, from one product with
+        their columns, and `[N, 1]`: a lower bound on the k-th largest exact one among them
+        (so on the k-th largest of all), less what that product's rounding and accumulation
+        can miss."""
+        assert self.cfg.k is not None
+        found = centred @ self.W_enc[:, :share] + self.b_enc[:share]
+        relative = SHARE_ROUNDING if centred.dtype in HALF else 2.0**-20
+        l1 = centred.float().abs().sum(-1, keepdim=True)
+        slack = relative * found.float().abs() + 2.0**-12 * l1 * self._column_amax()[:share]
+        lower = found.float() - slack
+        floor = lower.topk(self.cfg.k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        return found, floor
+
+    def _column_amax(self) -> torch.Tensor:
+        """Each latent's largest absolute encoder weight (float32), kept until a weight
+        changes."""
+        versions = (self.W_enc.device, self.W_enc._version)
+        if self._amax is None or self._amax[0] != versions:
+            self._amax = (versions, self.W_enc.detach().abs().amax(0).float())
+        return self._amax[1]
 
     def active(self, x: torch.Tensor) -> ActiveLatents:
         flat, _ = self._flatten(x)
