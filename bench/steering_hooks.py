@@ -9,6 +9,8 @@ Arms, interleaved over `--rounds` rounds of `--calls` calls each (median seconds
              largest of an eighth of the latents before it is counted against all of them
   reference  the same edit as it was first computed: the plain encoder matmul, and a top-k
              over every latent for the k-th value
+  counted    (a bfloat16 copy with int8 bounds only) the current hook without the bounds:
+             the rows the share's bound leaves undecided are counted over the full product
 on the two shapes a steered `generate` hands a hook: the prompt's forward (batch x prompt
 tokens) and a decoding step (batch x 1), with the model's own activations at that layer. Each
 arm's output is compared with the edit computed from exact pre-activations of every latent
@@ -61,6 +63,7 @@ def per_call(arms: dict[str, Callable[[], object]], rounds: int, calls: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--dtype", default="auto", help="the model's dtype (auto: as loaded)")
     parser.add_argument("--saes", help="SAE set (default: the model's cached quick set)")
     parser.add_argument("--latents", help="latent set: its latents at the layer are edited")
     parser.add_argument("--data-dir", help="data for training the quick set if it is missing")
@@ -73,7 +76,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40)
     args = parser.parse_args()
 
-    lm = load_model(args.model)
+    lm = load_model(args.model, dtype=args.dtype)
     formatter = ChatFormatter(lm.tokenizer)
     saes = SAESet.load(args.saes) if args.saes else ensure_default_sae_set(lm, args.data_dir)
     layer = args.layer if args.layer is not None else saes.layers[0]
@@ -145,7 +148,18 @@ def main() -> None:
     def current(act: torch.Tensor) -> torch.Tensor:
         return hook(act, point)
 
+    bounds = copy._int8_bounds
+
+    def counted(act: torch.Tensor) -> torch.Tensor:
+        copy._int8_bounds = None  # the hook as it runs where there are no int8 bounds
+        try:
+            return hook(act, point)
+        finally:
+            copy._int8_bounds = bounds
+
     arms = {"current": current, "previous": previous, "reference": reference}
+    if bounds is not None:
+        arms["counted"] = counted
     with torch.inference_mode():
         # the largest difference from the edit on exact pre-activations, as a share of that
         # edit's largest change: rounding is far below 1, a latent decided otherwise near 1
@@ -188,7 +202,7 @@ def main() -> None:
         "k": sae.cfg.k,
         "batch_size": len(texts),
         "prompt_tokens": prompt.shape[1],
-        "int8_bounds": copy._int8_bounds is not None,
+        "int8_bounds": bounds is not None,
         "largest_difference_from_exact_edit": differing,
         "ms_per_call": {
             shape: {arm: round(1e3 * seconds, 3) for arm, seconds in t.items()}
