@@ -444,3 +444,21 @@ def test_topk_membership_reads_the_encoder_only_where_it_must(
     values = sae.latent_values(row, latent)
     assert screens == [1] and products == []
     assert not bool(values.any()) and not bool(sae.encode(row)[:, latent].any())
+
+
+def test_topk_latent_values_carry_gradients_after_an_inference_mode_call() -> None:
+    """The membership decision runs without autograd: a call in inference mode (which caches
+    each latent's largest weight) does not stop a later call carrying gradients to the
+    selected latents' weights."""
+    torch.manual_seed(3)
+    sae = build_sae(SAEConfig("topk", 64, 2048, k=16))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 64**-0.5)
+    sae_in = torch.randn(6, 64)
+    latents = torch.arange(0, 2048, 5)
+    with torch.inference_mode():
+        first = sae.latent_values(sae_in, latents)
+    values = sae.latent_values(sae_in, latents)
+    assert torch.equal(values.detach(), first)
+    values.sum().backward()
+    assert sae.W_enc.grad is not None and bool(sae.W_enc.grad[:, latents].abs().sum() > 0)

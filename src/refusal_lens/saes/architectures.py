@@ -347,8 +347,9 @@ class TopKSAE(SparseAutoencoder):
         rows = (selected > 0).any(-1).nonzero().flatten()
         # rows in chunks: each holds `[rows x latents, d_sae]` comparisons at most
         size = max(1, BOUNDED_ELEMENTS // (self.d_sae * max(1, len(latents))))
-        for part in rows.split(size) if rows.numel() else ():
-            inside[part] = self._membership(centred[part], selected[part], latents)
+        with torch.no_grad():  # a decision: gradients flow through `selected` only
+            for part in rows.split(size) if rows.numel() else ():
+                inside[part] = self._membership(centred[part], selected[part], latents)
         return torch.relu(selected) * inside
 
     def _membership(
