@@ -326,13 +326,11 @@ class TopKSAE(SparseAutoencoder):
     def latent_values(self, sae_in: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """A selected latent is in the top k exactly when fewer than k pre-activations exceed
         it (ties count as in, as `selected >= kth` would), and only a positive one can be
-        non-zero. On a CPU the selected latents are computed exactly first (`exact_pre`), and
-        the rest of the encoder is read only for rows where one of them is positive: from int8
-        bounds on every pre-activation where the SAE has them (`Int8Bounds`, a bfloat16 copy:
-        half the encoder's bytes), else in full, where a latent below the k-th largest of a
-        fixed share of the latents has k above it already and only the rest are counted over
-        every latent. On an accelerator, where each such decision waits for the device, a
-        top-k over every latent decides instead (the same result)."""
+        non-zero. On a CPU the selected latents are computed first (`exact_pre`), and the rest
+        of the encoder is read only for rows where one of them is positive (`_membership`: a
+        bound from a fixed share of the latents, then int8 bounds or a count over the rest).
+        On an accelerator, where each such decision waits for the device, a top-k over every
+        latent decides instead (the same result)."""
         assert self.cfg.k is not None
         if sae_in.device.type != "cpu":
             # no data-dependent branch on an accelerator: each would wait for the device at
