@@ -287,8 +287,10 @@ def test_gate_scores_are_cached_by_model_key_and_texts(tiny: LoadedModel, tmp_pa
     from refusal_lens.analyses.defend import _cached
 
     said: list[str] = []
+    formatter = ChatFormatter(tiny.tokenizer)
     study = SimpleNamespace(
-        inputs=SimpleNamespace(lm=tiny, cache_dir=str(tmp_path)), echo=said.append
+        inputs=SimpleNamespace(lm=tiny, formatter=formatter, cache_dir=str(tmp_path)),
+        echo=said.append,
     )
     calls: list[int] = []
 
@@ -304,11 +306,15 @@ def test_gate_scores_are_cached_by_model_key_and_texts(tiny: LoadedModel, tmp_pa
     cached("b", ["x", "y", "z"])
     cached("a", ["x", "y"], lambda: first[:2])
     assert len(calls) == 2  # another key, other texts: computed, not read
+    study.inputs.formatter = ChatFormatter(tiny.tokenizer, system="Be brief.")
+    cached("a", ["x", "y", "z"])
+    assert len(calls) == 3  # another chat template scores every prompt differently
+    study.inputs.formatter = formatter
     # a file that is not a table of the texts' rows is computed again, with one line said
     for path in (tmp_path / "defend").iterdir():
         path.write_bytes(b"not safetensors")
     assert torch.equal(cached("a", ["x", "y", "z"]), first)
-    assert len(calls) == 3 and said and "recomputing" in said[0]
+    assert len(calls) == 4 and said and "recomputing" in said[0]
 
 
 def test_a_nested_override_keeps_the_fields_own_default() -> None:

@@ -27,7 +27,7 @@ def _wide_topk(d_in: int = 64, d_sae: int = 2048, k: int = 16, seed: int = 1):
 def _dense(copy, sae_in: torch.Tensor) -> torch.Tensor:
     """The TopK activations from exact pre-activations of every latent (ties count as in)."""
     assert copy.cfg.k is not None
-    pre = exact_pre(sae_in - copy.b_dec, copy.W_enc, copy.b_enc)
+    pre = exact_pre(sae_in - copy.b_dec, copy.W_enc, copy.b_enc)  # float64 sums: exact
     kth = pre.topk(copy.cfg.k, dim=-1).values.amin(-1, keepdim=True)
     return torch.relu(pre) * (pre >= kth)
 
@@ -109,3 +109,16 @@ def test_bounded_membership_in_row_chunks_equals_one_pass(monkeypatch: pytest.Mo
     monkeypatch.setattr(architectures, "BOUNDED_ELEMENTS", copy.d_sae * len(latents) * 8)
     assert torch.equal(copy.latent_values(sae_in, latents), whole)  # 7 chunks of 8 rows
     assert copy.latent_values(sae_in[:0], latents).shape == (0, len(latents))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_membership_without_bounds_equals_a_dense_top_k_over_exact_values(
+    dtype: torch.dtype,
+) -> None:
+    """Where there are no int8 bounds (a width the kernel cannot read, or float16), the
+    product's rounding gets an interval of its own: still a top-k over exact values."""
+    sae = _wide_topk(d_in=24, d_sae=1024)
+    copy = sae.cast(dtype)
+    assert copy._int8_bounds is None
+    sae_in = (torch.randn(64, 24) * 2).to(dtype)
+    assert torch.equal(copy.latent_values(sae_in, torch.arange(copy.d_sae)), _dense(copy, sae_in))

@@ -40,6 +40,7 @@ Protocol:
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -426,6 +427,10 @@ def calibrate(
     return choice.strength, {**choice.to_dict(), "n_succeeding": len(succeeded)}
 
 
+# bumped whenever what a gate scores, or how, changes: older cached scores are then not read
+GATE_CACHE_VERSION = 1
+
+
 def _cached(
     study: Study,
     name: str,
@@ -433,11 +438,16 @@ def _cached(
     texts: Sequence[str],
     compute: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
-    """`compute()`, one row per text, kept in the user cache under a hash of the model, `key`
-    (the gates or latents and how they pool) and the texts: a rerun of the study, into any
-    folder, reads its gate scores and features instead of scoring every prompt again."""
-    digest = stable_hash([model_key(study.inputs.lm), name, key, list(texts)])
-    path = cache_dir(study.inputs.cache_dir) / "defend" / f"{name}-{digest}.safetensors"
+    """`compute()`, one row per text, kept in the user cache under a hash of the model, its
+    chat template, `key` (the gates or latents and how they pool) and the texts: a rerun of
+    the study, into any folder, reads its gate scores and features instead of scoring every
+    prompt again."""
+    inputs = study.inputs
+    template = inputs.formatter.render("{}")  # the chat template and system prompt
+    digest = stable_hash(
+        [GATE_CACHE_VERSION, model_key(inputs.lm), template, name, key, list(texts)]
+    )
+    path = cache_dir(inputs.cache_dir) / "defend" / f"{name}-{digest}.safetensors"
     if path.is_file():
         try:
             found = load_file(str(path)).get("value")
@@ -453,7 +463,7 @@ def _cached(
         study.echo(f"gates: {path.name} is not a {name} table of {len(texts)} rows; recomputing")
     value = compute().float().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # two runs never share one
     save_file({"value": value}, str(partial))
     partial.replace(path)
     return value

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .int8_bounds import Int8Bounds, exact_pre
+from .int8_bounds import Int8Bounds, exact_pre, rounding_interval
 from .sparse_ops import ActiveLatents, decode_active
 
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
@@ -30,9 +30,6 @@ SCREEN_SHARE = 8
 SCREEN_PER_K = 4
 # a TopK SAE's int8-bounded membership holds at most this many float32 comparisons at once
 BOUNDED_ELEMENTS = 1 << 24
-# what a half-precision product with a share of the encoder's columns can differ from the exact
-# pre-activation by, relative to it: its own rounding and the bias's, and the exact value's two
-SHARE_ROUNDING = 2.0**-6
 
 
 @dataclass
@@ -355,12 +352,15 @@ class TopKSAE(SparseAutoencoder):
     ) -> torch.Tensor:
         """Whether each positive selected latent (`selected`, exact, `[N, L]`) is in its
         row's top k. A latent below a lower bound on the k-th largest of a fixed share of the
-        latents has k others above it; the rest are decided from int8 bounds where the SAE has
-        them, else counted over every latent's pre-activation, for their rows only."""
+        latents has k others above it. The rest, for their rows only, are decided from an
+        interval around every exact pre-activation: int8 bounds where the SAE has them, else
+        the encoder's product and what its rounding can miss. A latent with k others certainly
+        above it is out, one with fewer than k possibly above it is in, and only the latents
+        whose intervals straddle an undecided one are computed exactly."""
         assert self.cfg.k is not None
         k, open_ = self.cfg.k, selected > 0
         share = max(SCREEN_PER_K * k, self.d_sae // SCREEN_SHARE)
-        first = None  # the share's pre-activations, where the screen computed them
+        first = None  # the share's products, where the screen computed them
         if 2 * share <= self.d_sae:
             first, floor = self._share_floor(centred, share)
             open_ &= selected >= floor
@@ -372,22 +372,15 @@ class TopKSAE(SparseAutoencoder):
             centred, selected, open_ = centred[rows], selected[rows], open_[rows]
             first = None if first is None else first[rows]
         bounds = self._int8_bounds
-        if bounds is None:
-            if first is None:
-                pre = self._product(centred) + self.b_enc
-            else:  # the rest of the latents only
-                rest = centred @ self.W_enc[:, share:] + self.b_enc[share:]
-                pre = torch.cat([first, rest], dim=-1)
-            pre[:, latents] = selected  # the values decided on are the exact ones
-            at, col = open_.nonzero(as_tuple=True)
-            value = selected[at, col].unsqueeze(-1)
-            inside[rows[at], col] = (pre[at] > value).sum(-1, dtype=torch.int32) < k
-            return inside
-        # a latent with k others certainly above it is out, one with fewer than k possibly
-        # above it is in; only the latents whose bounds straddle an undecided one are computed
-        # exactly
+        if bounds is not None:
+            centre, radius = bounds.interval(centred, self.b_enc)
+        else:
+            dot = self._product(centred) if first is None else None
+            if first is not None:  # the rest of the latents only
+                dot = torch.cat([first, centred @ self.W_enc[:, share:]], dim=-1)
+            assert dot is not None
+            centre, radius = rounding_interval(dot, self.b_enc, centred, self._column_amax())
         at, col = open_.nonzero(as_tuple=True)
-        centre, radius = bounds.interval(centred, self.b_enc)
         gap = centre[at] - selected[at, col].float().unsqueeze(-1)
         certain = (gap > radius[at]).sum(-1)
         possible = (gap > -radius[at]).sum(-1)
@@ -399,22 +392,21 @@ class TopKSAE(SparseAutoencoder):
             row, latent = at[undecided], col[undecided]
             exact = exact_pre(centred[row], self.W_enc[:, others], self.b_enc[others])
             over = (exact > selected[row, latent].unsqueeze(-1)) & straddle[:, others]
+            # a selected latent is not above itself, whatever the last bit of a float32 sum
+            over &= others.unsqueeze(0) != latents[latent].unsqueeze(-1)
             inside[rows[row], latent] = certain[undecided] + over.sum(-1) < k
         return inside
 
     def _share_floor(self, centred: torch.Tensor, share: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `share` latents' pre-activations `[N, share]`, from one product with
-        their columns, and `[N, 1]`: a lower bound on the k-th largest exact one among them
-        (so on the k-th largest of all), less what that product's rounding and accumulation
-        can miss."""
+        """The first `share` latents' products `[N, share]` (before the bias), and `[N, 1]`: a
+        lower bound on the k-th largest exact pre-activation among them (so on the k-th
+        largest of all), less what that product's rounding and accumulation can miss."""
         assert self.cfg.k is not None
-        found = centred @ self.W_enc[:, :share] + self.b_enc[:share]
-        relative = SHARE_ROUNDING if centred.dtype in HALF else 2.0**-20
-        l1 = centred.float().abs().sum(-1, keepdim=True)
-        slack = relative * found.float().abs() + 2.0**-12 * l1 * self._column_amax()[:share]
-        lower = found.float() - slack
-        floor = lower.topk(self.cfg.k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-        return found, floor
+        dot = centred @ self.W_enc[:, :share]
+        amax = self._column_amax()[:share]
+        centre, radius = rounding_interval(dot, self.b_enc[:share], centred, amax)
+        lower = (centre - radius).topk(self.cfg.k, dim=-1, sorted=False).values
+        return dot, lower.amin(-1, keepdim=True)
 
     def _column_amax(self) -> torch.Tensor:
         """Each latent's largest absolute encoder weight (float32), kept until a weight

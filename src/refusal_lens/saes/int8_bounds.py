@@ -24,10 +24,16 @@ import torch
 
 # slack on every bound, far above the float32 rounding of the bound's own arithmetic
 _SLACK = 1.0 + 2.0**-10
-# the int8 kernel's float32 accumulation over d_in terms, relative to sum |x| max|w|
-_ACCUMULATION = 2.0**-12
-# one bfloat16 rounding of the kernel's output, and the two of the exact pre-activation
+# twice a bfloat16 rounding (relative): each rounding a bound covers
 _ROUNDING = 2.0**-7
+# exact pre-activations for at most this many encoder columns at once (a float64 copy each)
+EXACT_COLUMNS = 1024
+
+
+def accumulation(d_in: int) -> float:
+    """What a float32 sum of `d_in` products can miss, relative to the sum of their absolute
+    values (`d_in * 2**-24`, doubled), whatever order a kernel adds them in."""
+    return 2.0 * d_in * 2.0**-24
 
 
 # the CPU int8 kernel reads its input in blocks of this many values: other widths give wrong
@@ -56,7 +62,15 @@ def exact_pre(centred: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor) -
     float32 rounding no top-k decision between distinct latents can tell from exact."""
     if centred.dtype not in (torch.bfloat16, torch.float16):
         return centred @ w_enc + b_enc
-    dot = (centred.double() @ w_enc.double()).to(centred.dtype)
+    wide = centred.double()
+    dot = torch.cat(
+        [
+            (wide @ w_enc[:, start : start + EXACT_COLUMNS].double()).to(centred.dtype)
+            for start in range(0, w_enc.shape[1], EXACT_COLUMNS)
+        ]
+        or [centred.new_zeros(len(centred), 0)],
+        dim=-1,
+    )
     return dot + b_enc
 
 
@@ -95,6 +109,23 @@ class Int8Bounds:
         centre = approx + b_enc.float()
         # quantization, the kernel's accumulation and its output's rounding, then the two
         # roundings of the exact pre-activation (its dot product, then the bias added)
-        radius = l1 * (self.error + _ACCUMULATION * self.amax)
+        radius = l1 * (self.error + accumulation(centred.shape[-1]) * self.amax)
         radius += _ROUNDING * (2 * approx.abs() + centre.abs() + 2 * radius)
         return centre, radius * _SLACK
+
+
+def rounding_interval(
+    dot: torch.Tensor, b_enc: torch.Tensor, centred: torch.Tensor, amax: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(centre, radius)` `[N, C]`, float32: every exact pre-activation `p` of the inputs
+    `centred` (`[N, d_in]`) has `|p - centre| <= radius`, from `dot`, a product with C encoder
+    columns before the bias (in the inputs' dtype, accumulated in float32 and rounded once),
+    and `amax`, those columns' largest absolute weights: the product's accumulation, its
+    rounding and the bias's, and the two of the exact value."""
+    l1 = centred.float().abs().sum(-1, keepdim=True) * _SLACK
+    wide = dot.float()
+    centre = wide + b_enc.float()
+    radius = l1 * (accumulation(centred.shape[-1]) * amax)
+    relative = _ROUNDING if dot.dtype in (torch.bfloat16, torch.float16) else 2.0**-22
+    radius += relative * (wide.abs() + centre.abs() + 2 * radius)
+    return centre, radius * _SLACK
