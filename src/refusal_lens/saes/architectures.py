@@ -371,16 +371,24 @@ class TopKSAE(SparseAutoencoder):
         if rows.numel() < len(open_):
             centred, selected, open_ = centred[rows], selected[rows], open_[rows]
             first = None if first is None else first[rows]
+        at, col = open_.nonzero(as_tuple=True)
         bounds = self._int8_bounds
         if bounds is not None:
             centre, radius = bounds.interval(centred, self.b_enc)
         else:
-            dot = self._product(centred) if first is None else None
-            if first is not None:  # the rest of the latents only
+            if first is None:
+                dot = self._product(centred)
+            else:  # the rest of the latents only
                 dot = torch.cat([first, centred @ self.W_enc[:, share:]], dim=-1)
-            assert dot is not None
+            if centred.dtype not in HALF:
+                # float32: no rounding of the product can tell two distinct latents apart, so
+                # its values are counted as they are (the selected ones as computed above)
+                pre = dot + self.b_enc
+                pre[:, latents] = selected
+                value = selected[at, col].unsqueeze(-1)
+                inside[rows[at], col] = (pre[at] > value).sum(-1, dtype=torch.int32) < k
+                return inside
             centre, radius = rounding_interval(dot, self.b_enc, centred, self._column_amax())
-        at, col = open_.nonzero(as_tuple=True)
         gap = centre[at] - selected[at, col].float().unsqueeze(-1)
         certain = (gap > radius[at]).sum(-1)
         possible = (gap > -radius[at]).sum(-1)
