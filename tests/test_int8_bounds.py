@@ -52,6 +52,21 @@ def test_every_exact_pre_activation_lies_inside_its_interval() -> None:
         assert float((radius / pre.std()).median()) < 0.2
 
 
+@needs_kernel
+def test_bounds_built_in_column_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    import refusal_lens.saes.int8_bounds as module
+
+    torch.manual_seed(3)
+    w_enc = (torch.randn(32, 1000) * torch.rand(1000) * 4).bfloat16()
+    whole = Int8Bounds.build(w_enc)
+    monkeypatch.setattr(module, "BUILD_COLUMNS", 96)  # 10 full blocks and a partial one
+    blocks = Int8Bounds.build(w_enc)
+    assert whole is not None and blocks is not None
+    for name in ("weight", "scale", "error", "amax"):
+        assert torch.equal(getattr(whole, name), getattr(blocks, name)), name
+    assert blocks.weight.shape == (1000, 32) and blocks.weight.is_contiguous()
+
+
 def test_no_bounds_where_the_kernel_cannot_read_the_width() -> None:
     assert Int8Bounds.build(torch.randn(24, 64).bfloat16()) is None  # 24 is not a block
     assert Int8Bounds.build(torch.randn(64, 64)) is None  # float32 steers with its own matmul

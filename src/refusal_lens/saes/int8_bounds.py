@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 # slack on every bound, far above the float32 rounding of the bound's own arithmetic
+BUILD_COLUMNS = 4096  # latents quantized at a time
 _SLACK = 1.0 + 2.0**-10
 # twice a bfloat16 rounding (relative): each rounding a bound covers
 _ROUNDING = 2.0**-7
@@ -92,12 +93,17 @@ class Int8Bounds:
             return None
         if not int8_matmul_available():
             return None
-        w = w_enc.detach().float()
-        amax = w.abs().amax(0)
-        scale = (amax / 127).clamp_min(torch.finfo(torch.bfloat16).tiny).bfloat16()
-        weight = torch.round(w / scale.float()).clamp(-127, 127)
-        error = (w - weight * scale.float()).abs().amax(0) * _SLACK
-        return cls(weight.to(torch.int8).t().contiguous(), scale, error, amax)
+        parts: list[tuple[torch.Tensor, ...]] = []
+        # in column blocks: the float32 temporaries stay BUILD_COLUMNS wide, not W_enc's size
+        for start in range(0, w_enc.shape[1], BUILD_COLUMNS):
+            w = w_enc[:, start : start + BUILD_COLUMNS].detach().float()
+            amax = w.abs().amax(0)
+            scale = (amax / 127).clamp_min(torch.finfo(torch.bfloat16).tiny).bfloat16()
+            weight = torch.round(w / scale.float()).clamp(-127, 127)
+            error = (w - weight * scale.float()).abs().amax(0) * _SLACK
+            parts.append((weight.to(torch.int8).t(), scale, error, amax))
+        weight, scale, error, amax = (torch.cat(column) for column in zip(*parts, strict=True))
+        return cls(weight.contiguous(), scale, error, amax)
 
     def interval(
         self, centred: torch.Tensor, b_enc: torch.Tensor
