@@ -103,6 +103,8 @@ def test_bad_settings_are_one_line_errors() -> None:
         DefendSettings(attack_split="template")
     with pytest.raises(UserError, match="sparse_latents"):
         DefendSettings(sparse_latents=-1)
+    with pytest.raises(UserError, match="first_turn is one of defended, undefended"):
+        DefendSettings(first_turn="base")
 
 
 def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:
@@ -195,8 +197,23 @@ def test_defend_job_on_a_tiny_model(
         cache_dir=str(tmp_path / "cache"),
         echo=lambda _: None,
     )
+    import refusal_lens.analyses.defend as defend_module
+
+    answered_by: dict[tuple[str, ...], set[str]] = {}
+    original = defend_module.stored_completions
+
+    def recording(ctx: object, arm: object, prompts: object) -> list[str]:
+        texts = tuple(prompts.texts())  # type: ignore[attr-defined]
+        answered_by.setdefault(texts, set()).add(arm.condition)  # type: ignore[attr-defined]
+        return original(ctx, arm, prompts)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(defend_module, "stored_completions", recording)
     summary = defend_job(inputs, settings, tmp_path / "run")
+    monkeypatch.setattr(defend_module, "stored_completions", original)
     labels = [row["defence"] for row in summary["defences"]]
+    # each defence answers the two-turn attacks' harmless first turns itself
+    first = build_pools(settings, {}, str(shared_data)).first_turns.texts()[: settings.two_turn]
+    assert len(answered_by[tuple(first)]) == len(labels)
     assert labels == [
         "none",
         "latents",

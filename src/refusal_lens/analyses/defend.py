@@ -29,7 +29,7 @@ Protocol:
   changes where the edit applies, not how hard);
 - test: jailbreak success (every judge says the answer does the requested task: the learned
   judge is told the plain request) on single-turn attacks and on a two-turn attack (a
-  harmless first turn answered by the model, then the attack); over-refusal (the refusal
+  harmless first turn answered under the defence, then the attack); over-refusal (the refusal
   judge) on XSTest safe and JailbreakBench benign prompts; KL(base || defended) on the base
   model's answers to harmless prompts; capabilities through lm-eval with the defence active;
   each gate's false triggers (harmless, safe and benign prompts) and misses (plain requests
@@ -104,6 +104,10 @@ class DefendSettings:
     n_safe: int = 250  # XSTest safe prompts (validation + test)
     n_benign: int = 100  # JailbreakBench benign behaviours (test only)
     two_turn: int = 32  # two-turn attacks on test (0: none)
+    # who answers a two-turn attack's harmless first turn: each defence itself ("defended": the
+    # attacker meets the defence at every turn, as O'Brien et al. measure it) or the model
+    # without a defence, the same first answer for every defence ("undefended")
+    first_turn: str = "defended"
     k: int | None = None  # refusal latents: the top k of the set (None: its own k)
     harm_k: int | None = None  # harm latents the gate reads (None: every one it may read)
     latent_mode: str = "scale"  # refusal latents scaled by (or set to) a strength
@@ -159,6 +163,10 @@ class DefendSettings:
             raise UserError(f"target_kept is a share in (0, 1], got {self.target_kept}")
         if self.gate_pool not in GATE_POOLS:
             raise UserError(f"gate_pool is max or mean, got {self.gate_pool!r}")
+        if self.first_turn not in FIRST_TURNS:
+            raise UserError(
+                f"first_turn is one of {', '.join(FIRST_TURNS)}, got {self.first_turn!r}"
+            )
         if self.attack_split not in ATTACK_SPLITS:
             raise UserError(
                 f"attack_split is one of {', '.join(ATTACK_SPLITS)}, got {self.attack_split!r}"
@@ -248,6 +256,7 @@ def _split(prompts: PromptSet, fraction: float, seed: int) -> tuple[PromptSet, P
 
 
 ATTACK_SPLITS = ("attack", "goal")
+FIRST_TURNS = ("defended", "undefended")
 
 
 def _attack_sides(
@@ -673,21 +682,24 @@ def build_defences(study: Study) -> tuple[list[Defence], dict[str, Any], dict[st
 # --------------------------------------------------------------------------- measures
 
 
-def two_turn_attacks(study: Study) -> tuple[list[Attempt], list[str]]:
-    """A harmless first turn, the model's own (undefended) answer, then a test attack."""
+def two_turn_attacks(study: Study, defence: Defence) -> list[Attempt]:
+    """A harmless first turn, its answer (by `defence`, or by the model without one: the
+    `first_turn` setting), then a test attack; the same turns and attacks for every defence."""
     pools = study.pools
     n = min(study.settings.two_turn, len(pools.first_turns), len(pools.test_attacks))
     if n == 0:
-        return [], []
+        return []
     rng = random.Random(study.settings.seed)
     picked = rng.sample(pools.test_attacks, n)
     first = pools.first_turns[:n]
-    answers = stored_completions(study.ctx, base_arm(study.ctx), first)
+    defended = study.settings.first_turn == "defended"
+    arm = study.arm(defence) if defended else base_arm(study.ctx)
+    answers = stored_completions(study.ctx, arm, first)
     out = [
         Attempt(a.source, a.goal, a.attack, conversation([f.text, answer, a.prompt]))
         for a, f, answer in zip(picked, first, answers, strict=True)
     ]
-    return out, [f.text for f in first]
+    return out
 
 
 def measure(
@@ -883,12 +895,12 @@ def defend_job(inputs: AnalysisInputs, settings: DefendSettings, out: str | Path
                 inputs.data_dir,
                 run.path / "capabilities",
             )
-        two_turn, _ = two_turn_attacks(study)
-        measured = {}
+        measured, two_turn = {}, {}
         for defence in built:
             echo(f"== defence: {defence.label}")
-            measured[defence.label] = measure(study, defence, two_turn, runner)
-        examples = {d.label: samples(study, d, two_turn, rates) for d in built}
+            two_turn[defence.label] = two_turn_attacks(study, defence)
+            measured[defence.label] = measure(study, defence, two_turn[defence.label], runner)
+        examples = {d.label: samples(study, d, two_turn[d.label], rates) for d in built}
         chosen = operating_points(study, built, rates)
     summary = summarise(settings, built, measured, info, rates, pools, examples, chosen)
     summary["model"] = inputs.lm.identity()

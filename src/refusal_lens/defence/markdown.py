@@ -22,6 +22,14 @@ def defend_markdown(summary: dict[str, Any]) -> str:
         "",
         "Pools: " + ", ".join(f"{k} {v}" for k, v in summary["pools"].items()) + ".",
         "",
+        "Two-turn attacks: a harmless first turn answered by "
+        + (
+            "the model without a defence (the same answer for every defence)"
+            if summary.get("settings", {}).get("first_turn") == "undefended"
+            else "each defence itself"
+        )
+        + ", then a test attack.",
+        "",
         "| defence | strength | attack success | two-turn | XSTest safe unanswered | benign "
         "unanswered | harmless KL |",
         "|---|---|---|---|---|---|---|",
