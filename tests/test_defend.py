@@ -212,8 +212,14 @@ def test_defend_job_on_a_tiny_model(
     monkeypatch.setattr(defend_module, "stored_completions", original)
     labels = [row["defence"] for row in summary["defences"]]
     # each defence answers the two-turn attacks' harmless first turns itself
-    first = build_pools(settings, {}, str(shared_data)).first_turns.texts()[: settings.two_turn]
+    built_pools = build_pools(settings, {}, str(shared_data))
+    first = built_pools.first_turns.texts()[: settings.two_turn]
     assert len(answered_by[tuple(first)]) == len(labels)
+    # the gated defences' single-turn answers are composed: only the three ungated arms answer
+    # the test attacks and the safe prompts
+    test_attacks = tuple(a.prompt for a in built_pools.test_attacks)
+    assert len(answered_by[test_attacks]) == 3
+    assert len(answered_by[tuple(built_pools.safe_test.texts())]) == 3
     assert labels == [
         "none",
         "latents",
@@ -254,10 +260,9 @@ def test_defend_job_on_a_tiny_model(
     # the prompt-scope gated defences at every false-trigger target, composed
     gated = {"latents if harm", "latents if probe", "latents if sparse probe"}
     assert set(summary["sweep"]) == gated | {"direction if cosine"}
-    for label, swept in summary["sweep"].items():
+    for swept in summary["sweep"].values():
         assert [p["false_trigger"] for p in swept["points"]] == list(settings.sweep)
-        same = swept["agreement"]["attacks"]
-        assert same["n"] == n_attacks and same["same"] >= 0.9 * n_attacks, label
+        assert "agreement" not in swept  # the gated arms are the composition itself
     assert "at each false-trigger target" in markdown
     # each latent gate against the CAST-style gate, matched on attack success
     assert set(summary["matched"]) == gated
@@ -296,6 +301,26 @@ def test_defend_job_on_a_tiny_model(
     again = defend_job(inputs, settings, tmp_path / "run-again")
     assert again["defences"] == summary["defences"]
     assert again["sparse_probe"] == summary["sparse_probe"]
+    monkeypatch.undo()
+
+    # generated gated arms: the composition is checked against them
+    monkeypatch.setattr(degenerate, "RULES", DegenerateRules(min_words=0, max_loop_share=1.1))
+    generated = defend_job(
+        inputs,
+        replace(
+            settings,
+            gated_answers="generated",
+            capabilities=replace(settings.capabilities, tasks=()),
+        ),
+        tmp_path / "run-generated",
+    )
+    assert (
+        "Every defence's answers are generated."
+        in (tmp_path / "run-generated" / "defend.md").read_text()
+    )
+    for label, swept in generated["sweep"].items():
+        same = swept["agreement"]["attacks"]
+        assert same["n"] == n_attacks and same["same"] >= 0.9 * n_attacks, label
 
 
 def test_gate_scores_are_cached_by_model_key_and_texts(tiny: LoadedModel, tmp_path: Path) -> None:
@@ -361,3 +386,60 @@ def test_a_safe_prompt_is_answered_only_when_every_judge_says_so() -> None:
     loop = StoredVerdict(False, False, None, {"degenerate": "loop"})
     assert _unanswered({"substring": loop})
     assert _unanswered({"substring": StoredVerdict(True, None, None, {})})
+
+
+def test_a_composed_gated_defence_answers_as_its_sources_where_the_gate_fires() -> None:
+    from types import SimpleNamespace
+
+    from refusal_lens.analyses.defend import NONE, Attempt, Defence, measure_composed, prompt_set
+
+    attacks = [Attempt("suffixes", f"goal {i}", "a", f"attack {i}") for i in range(4)]
+    safe, harmless = ["safe 0", "safe 1", "safe 2"], ["calm 0", "calm 1"]
+    pools = SimpleNamespace(
+        test_attacks=attacks,
+        safe_test=prompt_set("safe", safe),
+        harmless_test=prompt_set("harmless", harmless),
+        benign=None,
+    )
+    scores = {
+        "harmful_test": {"attack 0": 2.0, "attack 1": 0.5, "attack 2": 1.0, "attack 3": -1.0},
+        "harmless_test": {
+            "safe 0": 3.0,
+            "safe 1": 0.0,
+            "safe 2": 0.99,
+            "calm 0": 1.0,
+            "calm 1": 0.2,
+        },
+    }
+    study = SimpleNamespace(
+        pools=pools,
+        arm=lambda defence: None,
+        success=lambda arm, turns, name: np.zeros(len(turns), dtype=bool),
+    )
+    measured = {
+        NONE: {
+            "attacks": np.array([True, True, True, True]),
+            "xstest_safe": np.array([False, False, True]),
+            "xstest_safe_degenerate_each": np.array([False, False, False]),
+        },
+        "latents": {
+            "attacks": np.array([False, False, False, True]),
+            "xstest_safe": np.array([True, True, False]),
+            "xstest_safe_degenerate_each": np.array([True, False, True]),
+            "kl_each": np.array([0.5, 0.25]),
+        },
+    }
+    gated = Defence("latents if harm", "latents", "harm", (), 4.0, 1.0)  # fires at >= 1.0
+    out = measure_composed(
+        study,  # type: ignore[arg-type]
+        gated,
+        measured,
+        {"harm": {"scores": scores}},
+        [],
+        None,
+    )
+    assert out["attacks"].tolist() == [False, True, False, True]  # fired on attacks 0 and 2
+    assert out["xstest_safe"].tolist() == [True, False, True]  # fired on safe 0 only
+    assert out["xstest_safe_degenerate"] == 1
+    assert out["kl_each"].tolist() == [0.5, 0.0]  # no edit where the gate stays quiet
+    assert out["two_turn"].tolist() == [] and "capabilities" not in out

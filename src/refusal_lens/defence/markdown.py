@@ -22,6 +22,14 @@ def defend_markdown(summary: dict[str, Any]) -> str:
         "",
         "Pools: " + ", ".join(f"{k} {v}" for k, v in summary["pools"].items()) + ".",
         "",
+        (
+            "Gated defences' single-turn answers are composed: where the gate fires, the "
+            "unconditional defence's answer; elsewhere, the undefended model's (two-turn "
+            "attacks and capabilities are generated)."
+            if summary.get("settings", {}).get("gated_answers") == "composed"
+            else "Every defence's answers are generated."
+        ),
+        "",
         "Two-turn attacks: a harmless first turn answered by "
         + (
             "the model without a defence (the same answer for every defence)"
@@ -50,14 +58,18 @@ def defend_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     for label, swept in (summary.get("sweep") or {}).items():
-        same = swept["agreement"]
-        benign = same.get("jbb_benign")
+        same = swept.get("agreement")
+        benign = (same or {}).get("jbb_benign")
         lines += [
-            f"{label} at each false-trigger target (composed; at the study's threshold the "
-            f"composition matches the generated arm on {same['attacks']['same']}/"
-            f"{same['attacks']['n']} attacks, {same['xstest_safe']['same']}/"
-            f"{same['xstest_safe']['n']} safe prompts"
-            + (f" and {benign['same']}/{benign['n']} benign ones" if benign else "")
+            f"{label} at each false-trigger target (composed; "
+            + (
+                "at the study's threshold the composition matches the generated arm on "
+                f"{same['attacks']['same']}/{same['attacks']['n']} attacks, "
+                f"{same['xstest_safe']['same']}/{same['xstest_safe']['n']} safe prompts"
+                + (f" and {benign['same']}/{benign['n']} benign ones" if benign else "")
+                if same
+                else "its single-turn answers at the study's threshold are composed too"
+            )
             + "):",
             "",
             "| false trigger (val) | threshold | attack success | XSTest safe unanswered | "

@@ -460,14 +460,18 @@ def defend_section(page: Page, run: Path) -> None:
             "keeps: " + "; ".join(f"{k} {interval_cell(v)}" for k, v in kept.items()) + "."
         )
     for label, entry in swept.items():
-        same = entry["agreement"]
+        same = entry.get("agreement")
+        check = (
+            "; at the study's threshold the composition matches the generated arm on "
+            f"{same['attacks']['same']} of {same['attacks']['n']} attacks and "
+            f"{same['xstest_safe']['same']} of {same['xstest_safe']['n']} XSTest safe prompts"
+            if same
+            else "; the study's own gated arms are composed the same way"
+        )
         page.paragraph(
             f"{label} at every false-trigger target, composed from the answers already judged "
             "(a prompt-scope gate answers as the unconditional defence where it fires and as "
-            "the model without a defence elsewhere; at the study's threshold the composition "
-            f"matches the generated arm on {same['attacks']['same']} of {same['attacks']['n']} "
-            f"attacks and {same['xstest_safe']['same']} of {same['xstest_safe']['n']} XSTest "
-            "safe prompts)."
+            f"the model without a defence elsewhere{check})."
         )
         page.table(
             [
