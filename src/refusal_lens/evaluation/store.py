@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS measurements (
     condition TEXT NOT NULL, value REAL NOT NULL, detail TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (model, saes, intervention, task, item, metric)
 );
+-- a verdict whose judge was told another request than the prompt (a jailbreak's plain goal)
+-- is keyed by both (`asked_key`); this maps that key to the completion's prompt and request
+CREATE TABLE IF NOT EXISTS asked (
+    key TEXT PRIMARY KEY, prompt_id TEXT NOT NULL, request TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS completions_by_dataset ON completions (dataset, condition);
 CREATE INDEX IF NOT EXISTS measurements_by_task ON measurements (task, condition);
 """
@@ -66,6 +71,12 @@ CREATE INDEX IF NOT EXISTS measurements_by_task ON measurements (task, condition
 
 def prompt_id(prompt: str) -> str:
     return stable_hash({"prompt": prompt})
+
+
+def asked_key(prompt: str, request: str) -> str:
+    """What a verdict is keyed by: the prompt, or, when the judge was told another request
+    (a jailbreak's plain goal), both, since the verdict depends on it."""
+    return prompt if request == prompt else f"{prompt}\n\x1fasked: {request}"
 
 
 LOCATION_KEYS = frozenset({"path", "file", "source"})
@@ -424,6 +435,16 @@ class ResultStore:
                     rows,
                 )
 
+    def add_asked(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Record, for (prompt, request) pairs whose verdicts are keyed by both, which
+        completion and request a key stands for (so queries join them to their answers)."""
+        rows = [(prompt_id(asked_key(p, r)), prompt_id(p), r) for p, r in pairs if p != r]
+        if not rows:
+            return
+        with self.transaction() as db:
+            for where in self._tables():
+                db.executemany(f"INSERT OR IGNORE INTO {where}.asked VALUES (?,?,?)", rows)
+
     # ------------------------------------------------------------------ measurements
 
     def measurements(
@@ -494,12 +515,11 @@ class ResultStore:
         views = {
             "completions": "SELECT * FROM completions",
             "verdicts": (
-                "SELECT c.dataset, c.item, c.condition, v.*, j.name AS judge_name FROM verdicts v "
-                "JOIN completions c USING (model, saes, intervention, generation, prompt_id) "
-                "JOIN judges j ON j.id = v.judge"
+                f"SELECT c.dataset, c.item, c.condition, v.*, {self._request} AS asked, "
+                f"j.name AS judge_name FROM verdicts v {self._answered}"
             ),
             "measurements": "SELECT * FROM measurements",
-            "summary": SUMMARY_SQL,
+            "summary": SUMMARY_SQL.format(answered=self._answered),
         }
         if table not in views:
             raise UserError(f"unknown results table {table!r}; choose from {', '.join(views)}")
@@ -521,6 +541,33 @@ class ResultStore:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    @property
+    def _has_asked(self) -> bool:
+        """Stores written before the `asked` table (read-only ones are never migrated)."""
+        found = self.db.execute("SELECT 1 FROM sqlite_master WHERE name='asked'").fetchone()
+        return found is not None
+
+    @property
+    def _request(self) -> str:
+        return "a.request" if self._has_asked else "NULL"
+
+    @property
+    def _answered(self) -> str:
+        """Verdicts joined to the completions they judge (through `asked` where a verdict is
+        keyed by its request too) and to their judge's name."""
+        if not self._has_asked:
+            return (
+                "JOIN completions c USING (model, saes, intervention, generation, prompt_id) "
+                "JOIN judges j ON j.id = v.judge"
+            )
+        return (
+            "LEFT JOIN asked a ON a.key = v.prompt_id "
+            "JOIN completions c ON c.model = v.model AND c.saes = v.saes "
+            "AND c.intervention = v.intervention AND c.generation = v.generation "
+            "AND c.prompt_id = COALESCE(a.prompt_id, v.prompt_id) "
+            "JOIN judges j ON j.id = v.judge"
+        )
+
     def _columns(self, view: str) -> list[str]:
         cursor = self.db.execute(f"SELECT * FROM ({view}) LIMIT 0")
         return [d[0] for d in cursor.description]
@@ -535,9 +582,7 @@ class ResultStore:
 SUMMARY_SQL = """
 SELECT c.condition, c.dataset, j.name AS judge_name, v.judge, COUNT(*) AS n,
        AVG(v.refused) AS refusal_rate, AVG(v.complied) AS complied_rate
-FROM verdicts v
-JOIN completions c USING (model, saes, intervention, generation, prompt_id)
-JOIN judges j ON j.id = v.judge
+FROM verdicts v {answered}
 GROUP BY c.model, c.saes, c.intervention, c.generation, c.dataset, v.judge
 """
 

@@ -22,7 +22,7 @@ from ..judges import Judge, JudgeContext, make_judge
 from ..latents import LatentSet
 from ..models import ChatFormatter, LoadedModel
 from ..saes import SAESet
-from .store import Condition, ResultStore, StoredVerdict
+from .store import Condition, ResultStore, StoredVerdict, asked_key
 
 
 @dataclass
@@ -183,7 +183,8 @@ def stored_verdicts(
     judge_id = ctx.store.judge_id(judge.describe())
     gen = generation or ctx.generation
     # a verdict depends on what the judge was told was asked: keyed by it when not the prompt
-    keys = [t if a == t else f"{t}\n\x1fasked: {a}" for t, a in zip(texts, asked, strict=True)]
+    keys = [asked_key(t, a) for t, a in zip(texts, asked, strict=True)]
+    ctx.store.add_asked(zip(texts, asked, strict=True))
     have = ctx.store.verdicts(arm.condition, gen, judge_id, keys)
     missing = [i for i in range(len(texts)) if i not in have]
     chunks = [
