@@ -100,3 +100,39 @@ def test_benign_behaviours_are_composed_and_compared_beside_the_safe_prompts() -
     assert rows[1]["xstest_safe"] == [0.0, 0.0]  # equal on XSTest ...
     assert rows[1]["jbb_benign"]["means"] == [0.5, 0.0]  # ... the cost is on benign ones
     assert rows[1]["jbb_benign"]["mean"] == 0.5
+
+
+def test_gates_are_compared_on_attacks_at_equal_false_triggers() -> None:
+    """Two gates at the same false-trigger target, each on its own harmless validation
+    scores: the attacks each lets through are paired, the safe prompts' difference sits beside
+    it, and the p-values are Holm-adjusted over the targets."""
+    from refusal_lens.defence.sweep import at_equal_false_trigger
+
+    n = 40
+    none_a, full_a = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    safe = Outcomes(np.zeros(4), np.zeros(4, dtype=bool), np.ones(4, dtype=bool))
+    # a's harmless scores sit low, so at every target its threshold is low and it fires on
+    # every attack; b's harmless scores overlap the attacks, so it lets half through
+    a = Swept(torch.linspace(0.0, 0.5, 20), Outcomes(np.full(n, 0.9), none_a, full_a), safe)
+    b_scores = np.where(np.arange(n) % 2 == 0, 0.9, 0.3)
+    b = Swept(torch.linspace(0.0, 0.6, 20), Outcomes(b_scores, none_a, full_a), safe)
+    rows = at_equal_false_trigger(a, b, [0.0, 0.1, 0.5])
+    assert [r["false_trigger"] for r in rows] == [0.0, 0.1, 0.5]
+    zero = rows[0]
+    assert zero["attacks"] == n and zero["thresholds"][0] < zero["thresholds"][1]
+    assert zero["difference"]["means"] == [0.0, 0.5] and zero["difference"]["mean"] == -0.5
+    assert zero["difference"]["p_value"] < 0.01
+    assert zero["xstest_safe"]["means"] == [0.0, 0.0]  # no safe prompt fires for either
+    # at 50% b's threshold falls below 0.3 as well: both block everything, no difference
+    assert rows[2]["difference"]["mean"] == 0.0 and rows[2]["difference"]["p_value"] == 1.0
+    holm = [r["difference"]["p_holm"] for r in rows]
+    assert all(h >= r["difference"]["p_value"] for h, r in zip(holm, rows, strict=True))
+    assert holm[2] == 1.0
+
+
+def test_holm_adjusts_a_family_of_p_values() -> None:
+    from refusal_lens.evaluation.statistics import holm
+
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, max(0.03, 2 x 0.02), max(0.04, 0.04)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([]) == []

@@ -269,6 +269,12 @@ def test_defend_job_on_a_tiny_model(
     for rows_matched in summary["matched"].values():
         assert rows_matched and all(0 <= r["successes"] <= n_attacks for r in rows_matched)
     assert "against the CAST-style gate at equal attack success" in markdown
+    # ... and at equal false triggers, compared on the attacks, at every target of the sweep
+    assert set(summary["matched_cost"]) == gated
+    for costs in summary["matched_cost"].values():
+        assert [c["false_trigger"] for c in costs] == list(settings.sweep)
+        assert all(c["attacks"] == n_attacks and 0 <= c["difference"]["p_holm"] <= 1 for c in costs)
+    assert "against the CAST-style gate at equal false triggers" in markdown
     # each gated defence's operating point, chosen on validation attacks
     points = summary["operating_points"]
     assert set(points) == gated | {"direction if cosine"}
@@ -287,6 +293,7 @@ def test_defend_job_on_a_tiny_model(
     text = "\n".join(page.md)
     assert "defend_pareto.png" in page.figures and "| latents if harm |" in text
     assert "[turn 3]" in text
+    assert "against the CAST-style gate at equal false triggers" in text
     assert "a fired gate edits its whole prompt and answer" in text  # the default scope
     assert "at every false-trigger target, composed" in text
     assert "against the CAST-style gate at equal attack success" in text

@@ -65,7 +65,14 @@ from ..defence.gates import (
     trigger_rates,
 )
 from ..defence.markdown import defend_markdown
-from ..defence.sweep import Outcomes, Swept, agreement, at_equal_success, compose_sweep
+from ..defence.sweep import (
+    Outcomes,
+    Swept,
+    agreement,
+    at_equal_false_trigger,
+    at_equal_success,
+    compose_sweep,
+)
 from ..errors import UserError
 from ..evaluation.capabilities import CapabilityRunner, CapabilitySettings
 from ..evaluation.statistics import bootstrap_mean, paired_difference
@@ -1084,6 +1091,7 @@ def summarise(
     }
     sweeps: dict[str, Any] = {}
     matched: dict[str, Any] = {}
+    matched_cost: dict[str, Any] = {}
     if settings.gate_scope == "prompt" and settings.sweep:
         composed = {
             d.label: swept(d, measured, rates[d.gate], pools)
@@ -1107,6 +1115,13 @@ def summarise(
                 for label in composed
                 if label != dense
             }
+            matched_cost = {
+                label: at_equal_false_trigger(
+                    composed[label], composed[dense], settings.sweep, seed=seed
+                )
+                for label in composed
+                if label != dense
+            }
     points = {
         r["defence"]: (r["xstest_safe"]["mean"], r["attacks"]["mean"])
         for r in rows
@@ -1120,6 +1135,7 @@ def summarise(
         "kept_share": kept,
         "sweep": sweeps,
         "matched": matched,
+        "matched_cost": matched_cost,
         "operating_points": chosen or {},
         "pareto": pareto(points),
         "examples": examples,

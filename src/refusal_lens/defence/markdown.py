@@ -110,7 +110,33 @@ def defend_markdown(summary: dict[str, Any]) -> str:
         ]
         lines += [matched_cells(row) for row in rows]
         lines.append("")
+    for label, rows in (summary.get("matched_cost") or {}).items():
+        lines += [
+            f"{label} against the CAST-style gate at equal false triggers (each gate's own "
+            "threshold at the same rate on harmless validation prompts; test attacks let "
+            "through, paired, p also Holm-adjusted over the targets):",
+            "",
+            "| false trigger (val) | attack success (latent, CAST) | difference | p (Holm) | "
+            "XSTest safe unanswered (latent, CAST) | difference | benign unanswered (latent, "
+            "CAST) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [cost_cells(row) for row in rows]
+        lines.append("")
     return "\n".join(lines)
+
+
+def cost_cells(row: dict[str, Any]) -> str:
+    """One markdown row of the comparison at equal false triggers."""
+    diff, safe, benign = row["difference"], row["xstest_safe"], row.get("jbb_benign")
+    (sa, sb), (ua, ub) = diff["means"], safe["means"]
+    return (
+        f"| {row['false_trigger']:.2f} | {sa:.3f}, {sb:.3f} | {interval_cell(diff, 3)} | "
+        f"{diff['p_value']:.3f} ({diff['p_holm']:.3f}) | {ua:.2f}, {ub:.2f} | "
+        f"{interval_cell(safe)} (p={safe['p_value']:.3f}) | "
+        + ("-" if not benign else f"{benign['means'][0]:.2f}, {benign['means'][1]:.2f}")
+        + " |"
+    )
 
 
 def matched_cells(row: dict[str, Any]) -> str:

@@ -10,10 +10,11 @@ per-prompt scores, the gated defence at any threshold is a composition: no gener
 `compose_sweep` does that for a list of false-trigger targets: each target's threshold is set
 on the harmless validation scores (`gates.threshold_at`), and test attack success, test safe
 prompts left unanswered and the share of the unconditional drop kept are read off the
-composition, with bootstrap intervals. `agreement` checks the premise at the threshold the
-study generated with: how often the composition's outcome equals the generated gated arm's
-(greedy decoding in a different batch can differ in the last bits, so it is measured, not
-assumed).
+composition, with bootstrap intervals. `at_equal_success` and `at_equal_false_trigger`
+compare two gates on one axis with the other held equal. `agreement` checks the premise at
+the threshold the study generated with: how often the composition's outcome equals the
+generated gated arm's (greedy decoding in a different batch can differ in the last bits, so
+it is measured, not assumed).
 """
 
 from __future__ import annotations
@@ -145,4 +146,38 @@ def at_equal_success(
         if a.benign is not None and b.benign is not None:
             row["jbb_benign"] = compared(a.benign, b.benign, tha, thb)
         out.append(row)
+    return out
+
+
+def at_equal_false_trigger(
+    a: Swept, b: Swept, targets: Sequence[float], *, seed: int = 0
+) -> list[dict[str, Any]]:
+    """`a` against `b` on attacks at equal cost: at every false-trigger target each gate takes
+    its own threshold on its own harmless validation scores (a rule that never looks at
+    attacks), and the test attacks each lets through are compared pair by pair (paired
+    bootstrap, `a - b`; p-values also Holm-adjusted over the targets, since a reader looks
+    for the best one). The safe prompts' difference at the same thresholds sits beside it:
+    equal false triggers on validation need not mean equal over-refusal on test."""
+    from ..evaluation.statistics import holm, paired_difference
+
+    def compared(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        diff, p = paired_difference(x.astype(float), y.astype(float), seed=seed)
+        return {"means": [float(x.mean()), float(y.mean())], **diff.entry(), "p_value": p}
+
+    out = []
+    for target in targets:
+        tha, success_a, unanswered_a = a.at_target(target)
+        thb, success_b, unanswered_b = b.at_target(target)
+        row = {
+            "false_trigger": float(target),
+            "thresholds": [tha, thb],
+            "attacks": len(success_a),
+            "difference": compared(success_a, success_b),
+            "xstest_safe": compared(unanswered_a, unanswered_b),
+        }
+        if a.benign is not None and b.benign is not None:
+            row["jbb_benign"] = compared(a.benign.at(tha)[1], b.benign.at(thb)[1])
+        out.append(row)
+    for row, adjusted in zip(out, holm([r["difference"]["p_value"] for r in out]), strict=True):
+        row["difference"]["p_holm"] = adjusted
     return out

@@ -83,6 +83,18 @@ def paired_difference(
     return estimate, p_value
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (each stays in [0, 1]; a test is
+    significant at level a when its adjusted p-value is at most a)."""
+    order = np.argsort(np.asarray(p_values, dtype=np.float64), kind="stable")
+    m, running = len(order), 0.0
+    adjusted = [0.0] * m
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
 def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
     """Agreement of two binary raters beyond chance; 0 when chance agreement is total."""
     x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)

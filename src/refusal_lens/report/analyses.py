@@ -554,6 +554,37 @@ def defend_section(page: Page, run: Path) -> None:
                 for m in matched
             ],
         )
+    for label, costs in (summary.get("matched_cost") or {}).items():
+        page.paragraph(
+            f"{label} against the CAST-style gate at equal false triggers: at each target, each "
+            "gate's own threshold at that rate on harmless validation prompts, and the test "
+            "attacks each lets through, paired (latent minus CAST; p also Holm-adjusted over "
+            "the targets), with the safe prompts each leaves unanswered at those thresholds."
+        )
+        page.table(
+            [
+                "false trigger (val)",
+                "attack success (latent, CAST)",
+                "difference",
+                "p (Holm)",
+                "XSTest unanswered (latent, CAST)",
+                "difference (p)",
+                "benign unanswered (latent, CAST)",
+                "difference (p)",
+            ],
+            [
+                [
+                    f"{c['false_trigger']:.2f}",
+                    f"{c['difference']['means'][0]:.3f}, {c['difference']['means'][1]:.3f}",
+                    interval_cell(c["difference"], 3),
+                    f"{c['difference']['p_value']:.3f} ({c['difference']['p_holm']:.3f})",
+                    f"{c['xstest_safe']['means'][0]:.2f}, {c['xstest_safe']['means'][1]:.2f}",
+                    interval_cell(c["xstest_safe"]) + f" (p={c['xstest_safe']['p_value']:.3f})",
+                    *_benign_cells(c.get("jbb_benign")),
+                ]
+                for c in costs
+            ],
+        )
     by_source = sorted({s for r in rows for s in r.get("attacks_by_source", {})})
     capability_rows = [
         [r["defence"], c["task"], c["metric"], interval_cell(c), _capability_diff(c)]
