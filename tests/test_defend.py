@@ -12,6 +12,7 @@ import torch
 
 from conftest import random_sae_set
 from refusal_lens.analyses.defend import (
+    EDITS,
     DefendSettings,
     _split,
     build_pools,
@@ -105,6 +106,9 @@ def test_bad_settings_are_one_line_errors() -> None:
         DefendSettings(sparse_latents=-1)
     with pytest.raises(UserError, match="first_turn is one of defended, undefended"):
         DefendSettings(first_turn="base")
+    for edits in ((), ("latents", "latents"), ("latents", "cosine")):
+        with pytest.raises(UserError, match="latent_gated_edits names each of latents, direction"):
+            DefendSettings(latent_gated_edits=edits)
 
 
 def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:
@@ -227,6 +231,9 @@ def test_defend_job_on_a_tiny_model(
         "latents if probe",
         "latents if sparse probe",
         "direction",
+        "direction if harm",  # the latent gates gate the CAST-style gate's edit as well
+        "direction if probe",
+        "direction if sparse probe",
         "direction if cosine",
     ]
     # the sparse probe reads only latents of the first edited layer (1)
@@ -258,7 +265,7 @@ def test_defend_job_on_a_tiny_model(
     scores = json.loads((tmp_path / "run" / "gate_scores.json").read_text())
     assert set(scores) == {"harm", "probe", "sparse", "cosine"}
     # the prompt-scope gated defences at every false-trigger target, composed
-    gated = {"latents if harm", "latents if probe", "latents if sparse probe"}
+    gated = {f"{edit} if {gate}" for edit in EDITS for gate in ("harm", "probe", "sparse probe")}
     assert set(summary["sweep"]) == gated | {"direction if cosine"}
     for swept in summary["sweep"].values():
         assert [p["false_trigger"] for p in swept["points"]] == list(settings.sweep)
@@ -310,10 +317,12 @@ def test_defend_job_on_a_tiny_model(
     assert again["sparse_probe"] == summary["sparse_probe"]
     monkeypatch.undo()
 
-    # generated gated arms: the composition is checked against them
+    # generated gated arms: the composition is checked against them; with the direction
+    # added after layer 0, no latent gate can gate it (they read layer 1)
     monkeypatch.setattr(degenerate, "RULES", DegenerateRules(min_words=0, max_loop_share=1.1))
+    early = Direction(direction.vector, 0, -1, {"name": tiny.name})
     generated = defend_job(
-        inputs,
+        replace(inputs, direction=early),
         replace(
             settings,
             gated_answers="generated",
@@ -325,6 +334,12 @@ def test_defend_job_on_a_tiny_model(
         "Every defence's answers are generated."
         in (tmp_path / "run-generated" / "defend.md").read_text()
     )
+    assert generated["not_built"]["defences"] == [
+        f"direction if {gate}" for gate in ("harm", "probe", "sparse probe")
+    ]
+    assert [r["defence"] for r in generated["defences"]] == [
+        label for label in labels if label not in generated["not_built"]["defences"]
+    ]
     for label, swept in generated["sweep"].items():
         same = swept["agreement"]["attacks"]
         assert same["n"] == n_attacks and same["same"] >= 0.9 * n_attacks, label

@@ -6,8 +6,10 @@ gates a dense refusal vector on a dense condition vector. This study gates the S
 latents on the SAE harm latents (or a probe on them) and compares, on the same held-out
 prompts: no defence; the refusal latents scaled (or set) up everywhere; the refusal direction
 added everywhere; each of those gated (`latents if harm`, `latents if probe`, `latents if sparse
-probe`: an L1 probe over every latent of the first edited layer, and the CAST-style `direction
-if cosine`, the direction gated on its own cosine). A gated defence edits, by
+probe`: an L1 probe over every latent of the first edited layer; the same three gates on the
+direction, `direction if harm` and so on; and the CAST-style `direction if cosine`, the
+direction gated on its own cosine, so a latent gate meets the CAST-style gate both as a whole
+defence and under the same edit). A gated defence edits, by
 default, every token of a prompt its gate fires on, and that prompt's whole answer
 (`gate_scope` prompt: score the prompt, then answer with or without the edit); `gate_scope`
 token edits only from the token the gate fires on (see `interventions.gated`).
@@ -129,6 +131,10 @@ class DefendSettings:
     # often the composition matches it); two-turn attacks and capabilities are always generated
     gated_answers: str = "composed"
     gate_pool: str = "max"  # the latent gates' prompt score: max or (prompt scope) mean
+    # the edits the latent gates gate: the refusal latents (the SAE defence) and the refusal
+    # direction, the edit the CAST-style gate gates (`direction if harm`, ...): with both, a
+    # latent gate and the CAST-style gate are also compared under one and the same edit
+    latent_gated_edits: tuple[str, ...] = ("latents", "direction")
     # a gate on an L1 probe over every latent at the first edited layer (mean-pooled, so the
     # gate's score is the probe's logit), keeping at most this many latents (0: no such gate;
     # gate_scope=token has none: it cannot pool the whole prompt)
@@ -201,6 +207,12 @@ class DefendSettings:
             raise UserError("give at least one attack source (gptfuzz, suffixes or a file)")
         if not self.judges or not self.answer_judges:
             raise UserError("the defence study needs at least one judge and one answer judge")
+        edits = set(self.latent_gated_edits)
+        if not edits or not edits <= set(EDITS) or len(edits) < len(self.latent_gated_edits):
+            raise UserError(
+                f"latent_gated_edits names each of {', '.join(EDITS)} at most once (at least "
+                f"one), got {','.join(self.latent_gated_edits) or 'none'}"
+            )
 
 
 QUICK: dict[str, Any] = {
@@ -272,6 +284,7 @@ def _split(prompts: PromptSet, fraction: float, seed: int) -> tuple[PromptSet, P
 
 
 ATTACK_SPLITS = ("attack", "goal")
+EDITS = ("latents", "direction")  # the unconditional defences, each a family of gated ones
 FIRST_TURNS = ("defended", "undefended")
 GATED_ANSWERS = ("composed", "generated")
 
@@ -657,50 +670,46 @@ def build_defences(study: Study) -> tuple[list[Defence], dict[str, Any], dict[st
     )
     edit, add = latents(latent_strength), direction(direction_strength)
     gate, scope = gated["gates"], settings.gate_scope
-    out = [
-        Defence(NONE, "-", "-", ()),
-        Defence("latents", "latents", "-", (edit,), latent_strength),
-        Defence(
-            "latents if harm",
-            "latents",
-            "harm",
-            (Gated(edit, gate["harm"], scope),),
-            latent_strength,
-            gate["harm"].threshold,
-        ),
-        Defence(
-            "latents if probe",
-            "latents",
-            "probe",
-            (Gated(edit, gate["probe"], scope),),
-            latent_strength,
-            gate["probe"].threshold,
-        ),
-        *(
-            [
-                Defence(
-                    "latents if sparse probe",
-                    "latents",
-                    "sparse",
-                    (Gated(edit, gate["sparse"], scope),),
-                    latent_strength,
-                    gate["sparse"].threshold,
-                )
-            ]
-            if "sparse" in gate
-            else []
-        ),
-        Defence("direction", "direction", "-", (add,), direction_strength),
-        Defence(
-            "direction if cosine",
-            "direction",
-            "cosine",
-            (Gated(add, gate["cosine"], scope),),
-            direction_strength,
-            gate["cosine"].threshold,
-        ),
-    ]
+    families = {"latents": (edit, latent_strength), "direction": (add, direction_strength)}
+    latent_gates = [("harm", "harm"), ("probe", "probe"), ("sparse probe", "sparse")]
+
+    def gated_by(family: str, name: str, key: str) -> Defence:
+        change, strength = families[family]
+        return Defence(
+            f"{family} if {name}",
+            family,
+            key,
+            (Gated(change, gate[key], scope),),
+            strength,
+            gate[key].threshold,
+        )
+
+    def readable(family: str, key: str) -> bool:
+        """A gate reads no layer after the first one its edit changes."""
+        first = min(layer for layer, _ in refusal) if family == "latents" else add.layer
+        return max(gate[key].layers) <= first
+
+    out, unreadable = [Defence(NONE, "-", "-", ())], []
+    for family in EDITS:
+        change, strength = families[family]
+        out.append(Defence(family, family, "-", (change,), strength))
+        if family in settings.latent_gated_edits:
+            for name, key in latent_gates:
+                if key not in gate:
+                    continue
+                if readable(family, key):
+                    out.append(gated_by(family, name, key))
+                else:
+                    unreadable.append(f"{family} if {name}")
+    # the CAST-style gate reads the direction's layer: it gates the direction only (the
+    # refusal latents sit before that layer)
+    out.append(gated_by("direction", "cosine", "cosine"))
     info = {k: v for k, v in gated.items() if k != "gates"}
+    if unreadable:  # e.g. a direction at a layer before the harm latents
+        info["not_built"] = {
+            "defences": unreadable,
+            "why": f"their gate reads a layer after the direction's ({add.layer})",
+        }
     return out, {"strengths": strengths, **info}, rates
 
 

@@ -7,6 +7,9 @@
 - `latents if probe`: `latents`, gated on a logistic probe's logit over the harm latents;
 - `latents if sparse probe`: `latents`, gated on an L1 logistic probe's logit over every
   latent of the first edited layer (the probe picks its few latents), mean-pooled;
+- `direction if harm`, `direction if probe`, `direction if sparse probe`: `direction` under the
+  latent gates (`latent_gated_edits`), so a latent gate and the CAST-style gate can be compared
+  under one edit;
 - `direction if cosine` (CAST-style): `direction`, gated on the cosine of the residual stream
   with the refusal direction, which is the difference of harmful and harmless means at its
   layer: the dense condition vector beside the dense behaviour vector. Decided once per
