@@ -22,6 +22,7 @@ import torch
 
 from ..errors import UserError
 from ..evaluation.statistics import Estimate, bootstrap_mean
+from ..generation import length_sorted_batches
 from ..hooks import HookPoint, add_hooks
 from ..interventions.gated import GATE_POOLS, Gate, LatentGate, _window_mean
 from ..models import ChatFormatter, LoadedModel
@@ -62,13 +63,13 @@ def gates_prompt_scores(
         for part in gate.parts(lm.model):
             parts.append(part)
             owner.append(g)
-    out: list[list[torch.Tensor]] = [[] for _ in gates]
-    for values, mask in _part_batches(lm, formatter, parts, texts, batch_size):
+    out: list[list[tuple[list[int], torch.Tensor]]] = [[] for _ in gates]
+    for indices, values, mask in _part_batches(lm, formatter, parts, texts, batch_size):
         for g, gate in enumerate(gates):
             mine = [v for v, o in zip(values, owner, strict=True) if o == g]
             # the gate's own reduction over the prompt (a maximum, or CAST's mean pooling)
-            out[g].append(gate.prompt_score(sum(mine), mask.bool()).float().cpu())
-    return [torch.cat(scores) if scores else torch.zeros(0) for scores in out]
+            out[g].append((indices, gate.prompt_score(sum(mine), mask.bool()).float().cpu()))
+    return [_in_order(scores, torch.zeros(0)) for scores in out]
 
 
 @torch.inference_mode()
@@ -91,14 +92,17 @@ def latent_features(
     one = [LatentGate(saes, (pair,), 0.0, pool=pool) for pair in latents]
     parts = [part for gate in one for part in gate.parts(lm.model)]
     out = [
-        torch.stack(
-            [g.prompt_score(v, mask.bool()) for g, v in zip(one, values, strict=True)], dim=-1
+        (
+            indices,
+            torch.stack(
+                [g.prompt_score(v, mask.bool()) for g, v in zip(one, values, strict=True)], dim=-1
+            )
+            .float()
+            .cpu(),
         )
-        .float()
-        .cpu()
-        for values, mask in _part_batches(lm, formatter, parts, texts, batch_size)
+        for indices, values, mask in _part_batches(lm, formatter, parts, texts, batch_size)
     ]
-    return torch.cat(out) if out else torch.zeros(0, len(latents))
+    return _in_order(out, torch.zeros(0, len(latents)))
 
 
 @torch.inference_mode()
@@ -125,14 +129,15 @@ def layer_features(
         return encoder.encode(act).float()
 
     out = []
-    for (values,), mask in _part_batches(lm, formatter, [(point, encode)], texts, batch_size):
+    batches = _part_batches(lm, formatter, [(point, encode)], texts, batch_size)
+    for indices, (values,), mask in batches:
         window = mask.bool().to(values.device)
         if pool == "max":
             pooled = values.masked_fill(~window.unsqueeze(-1), -math.inf).amax(dim=1)
         else:  # the gates' own masked mean
             pooled = _window_mean(values, window)
-        out.append(pooled.cpu())
-    return torch.cat(out) if out else torch.zeros(0, sae.d_sae)
+        out.append((indices, pooled.cpu()))
+    return _in_order(out, torch.zeros(0, sae.d_sae))
 
 
 def _part_batches(
@@ -141,9 +146,13 @@ def _part_batches(
     parts: Sequence[tuple[Any, Any]],
     texts: Sequence[str],
     batch_size: int,
-) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-    """Per batch of prompts: each part's `[batch, seq]` values (the forward stops once the
-    last is read) and the attention mask."""
+) -> Iterator[tuple[list[int], list[torch.Tensor], torch.Tensor]]:
+    """Per batch of prompts of similar length (less padding: a jailbreak template beside a
+    one-line request would pad the request to the template's length), longest first: the
+    prompts' indices in `texts`, each part's `[batch, seq]` values (the forward stops once the
+    last is read) and the attention mask. `_in_order` puts per-batch results back in order."""
+    from tqdm.auto import tqdm
+
     last = max(point.layer for point, _ in parts)
     found: dict[int, torch.Tensor] = {}
 
@@ -156,15 +165,29 @@ def _part_batches(
         return read
 
     hooks = [(point, reader(n, score)) for n, (point, score) in enumerate(parts)]
-    for start in range(0, len(texts), batch_size):
-        batch = formatter.encode(list(texts[start : start + batch_size])).to(lm.device)
+    batches = length_sorted_batches(texts, batch_size)
+    for indices in tqdm(batches, desc="gate scores", unit="batch", disable=len(batches) < 2):
+        batch = formatter.encode([texts[i] for i in indices]).to(lm.device)
         found.clear()
         try:
             with add_hooks(lm.model, hooks):
                 lm.model(**batch.forward_kwargs())
         except _Done:
             pass
-        yield [found[n] for n in range(len(parts))], batch.attention_mask
+        yield indices, [found[n] for n in range(len(parts))], batch.attention_mask
+
+
+def _in_order(
+    pieces: Sequence[tuple[list[int], torch.Tensor]], empty: torch.Tensor
+) -> torch.Tensor:
+    """Per-batch rows (indices, values) stacked back in the prompts' own order."""
+    if not pieces:
+        return empty
+    values = torch.cat([v for _, v in pieces])
+    order = torch.tensor([i for indices, _ in pieces for i in indices])
+    out = torch.empty_like(values)
+    out[order] = values
+    return out
 
 
 def threshold_at(harmless: torch.Tensor, false_trigger: float) -> float:
