@@ -117,7 +117,6 @@ def at_equal_success(
     it (a rule that never looks at the safe prompts), and the safe prompts each leaves
     unanswered are compared pair by pair (paired bootstrap, `a - b`). Matching on attacks and
     comparing on the separate safe prompts keeps the compared axis out of the choice."""
-    from ..evaluation.statistics import paired_difference
 
     def first_reaching(swept: Swept) -> dict[int, tuple[float, float]]:
         found: dict[int, tuple[float, float]] = {}
@@ -127,9 +126,7 @@ def at_equal_success(
         return found
 
     def compared(mine: Outcomes, theirs: Outcomes, ta: float, tb: float) -> dict[str, Any]:
-        ua, ub = mine.at(ta)[1], theirs.at(tb)[1]
-        diff, p = paired_difference(ua.astype(float), ub.astype(float), seed=seed)
-        return {"means": [float(ua.mean()), float(ub.mean())], **diff.entry(), "p_value": p}
+        return _paired(mine.at(ta)[1], theirs.at(tb)[1], seed)
 
     mine, theirs = first_reaching(a), first_reaching(b)
     out = []
@@ -158,11 +155,10 @@ def at_equal_false_trigger(
     bootstrap, `a - b`; p-values also Holm-adjusted over the targets, since a reader looks
     for the best one). The safe prompts' difference at the same thresholds sits beside it:
     equal false triggers on validation need not mean equal over-refusal on test."""
-    from ..evaluation.statistics import holm, paired_difference
+    from ..evaluation.statistics import holm
 
     def compared(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-        diff, p = paired_difference(x.astype(float), y.astype(float), seed=seed)
-        return {"means": [float(x.mean()), float(y.mean())], **diff.entry(), "p_value": p}
+        return _paired(x, y, seed)
 
     out = []
     for target in targets:
@@ -181,3 +177,11 @@ def at_equal_false_trigger(
     for row, adjusted in zip(out, holm([r["difference"]["p_value"] for r in out]), strict=True):
         row["difference"]["p_holm"] = adjusted
     return out
+
+
+def _paired(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
+    """Two gates' outcomes on the same prompts: both means, and `x - y` paired (bootstrap)."""
+    from ..evaluation.statistics import paired_difference
+
+    diff, p = paired_difference(x.astype(float), y.astype(float), seed=seed)
+    return {"means": [float(x.mean()), float(y.mean())], **diff.entry(), "p_value": p}

@@ -512,14 +512,17 @@ class ResultStore:
     def query(self, table: str, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """Rows of one table (with the judge's name joined into verdicts), filtered by exact
         column values."""
+        mapped = self._has_asked()
+        answered = _answered(mapped)
         views = {
             "completions": "SELECT * FROM completions",
             "verdicts": (
-                f"SELECT c.dataset, c.item, c.condition, v.*, {self._request} AS asked, "
-                f"j.name AS judge_name FROM verdicts v {self._answered}"
+                f"SELECT c.dataset, c.item, c.condition, v.*, "
+                f"{'a.request' if mapped else 'NULL'} AS asked, "
+                f"j.name AS judge_name FROM verdicts v {answered}"
             ),
             "measurements": "SELECT * FROM measurements",
-            "summary": SUMMARY_SQL.format(answered=self._answered),
+            "summary": SUMMARY_SQL.format(answered=answered),
         }
         if table not in views:
             raise UserError(f"unknown results table {table!r}; choose from {', '.join(views)}")
@@ -541,32 +544,10 @@ class ResultStore:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    @property
     def _has_asked(self) -> bool:
         """Stores written before the `asked` table (read-only ones are never migrated)."""
         found = self.db.execute("SELECT 1 FROM sqlite_master WHERE name='asked'").fetchone()
         return found is not None
-
-    @property
-    def _request(self) -> str:
-        return "a.request" if self._has_asked else "NULL"
-
-    @property
-    def _answered(self) -> str:
-        """Verdicts joined to the completions they judge (through `asked` where a verdict is
-        keyed by its request too) and to their judge's name."""
-        if not self._has_asked:
-            return (
-                "JOIN completions c USING (model, saes, intervention, generation, prompt_id) "
-                "JOIN judges j ON j.id = v.judge"
-            )
-        return (
-            "LEFT JOIN asked a ON a.key = v.prompt_id "
-            "JOIN completions c ON c.model = v.model AND c.saes = v.saes "
-            "AND c.intervention = v.intervention AND c.generation = v.generation "
-            "AND c.prompt_id = COALESCE(a.prompt_id, v.prompt_id) "
-            "JOIN judges j ON j.id = v.judge"
-        )
 
     def _columns(self, view: str) -> list[str]:
         cursor = self.db.execute(f"SELECT * FROM ({view}) LIMIT 0")
@@ -585,6 +566,23 @@ SELECT c.condition, c.dataset, j.name AS judge_name, v.judge, COUNT(*) AS n,
 FROM verdicts v {answered}
 GROUP BY c.model, c.saes, c.intervention, c.generation, c.dataset, v.judge
 """
+
+
+def _answered(mapped: bool) -> str:
+    """Verdicts joined to the completions they judge (through `asked` where a verdict is keyed
+    by its request too, when the store has that table) and to their judge's name."""
+    if not mapped:
+        return (
+            "JOIN completions c USING (model, saes, intervention, generation, prompt_id) "
+            "JOIN judges j ON j.id = v.judge"
+        )
+    return (
+        "LEFT JOIN asked a ON a.key = v.prompt_id "
+        "JOIN completions c ON c.model = v.model AND c.saes = v.saes "
+        "AND c.intervention = v.intervention AND c.generation = v.generation "
+        "AND c.prompt_id = COALESCE(a.prompt_id, v.prompt_id) "
+        "JOIN judges j ON j.id = v.judge"
+    )
 
 
 def shared_store(cache: str | Path | None = None) -> Path:
