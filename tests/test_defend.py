@@ -134,6 +134,11 @@ def test_the_pools_are_held_out_and_split_by_request(shared_data: Path) -> None:
     assert not {a.attack for a in pools.val_attacks} & {a.attack for a in pools.test_attacks}
     by_goal = build_pools(replace(settings, attack_split="goal"), {}, shared_data)
     assert {a.goal for a in by_goal.test_attacks} == {a.goal for a in pools.test_attacks}
+    # JailbreakBench's benign behaviours are split like the other pools: the gates' thresholds
+    # and the probes see some, the cost is measured on the others
+    assert pools.benign_val is not None and pools.benign_test is not None
+    assert len(pools.benign_val) and len(pools.benign_test)
+    assert not set(pools.benign_val.texts()) & set(pools.benign_test.texts())
     assert len(pools.first_turns) == 4
     assert not set(pools.first_turns.texts()) & set(
         pools.harmless_val.texts() + pools.harmless_test.texts()
@@ -252,6 +257,12 @@ def test_defend_job_on_a_tiny_model(
         assert [c["task"] for c in row["capabilities"]] == ["arc_challenge", "arc_challenge"]
     assert rows["none"]["harmless_kl"] is None and "attacks_vs_none" not in rows["none"]
     assert rows["latents"]["harmless_kl"]["mean"] > 0
+    # a gate's threshold is set on harmless, XSTest safe and benign validation prompts
+    sizes = summary["pools"]
+    harmless_val = sizes["harmless validation"] + sizes["XSTest safe validation"]
+    assert sizes["benign validation"] > 0 and sizes["benign test"] > 0
+    cosine = rows["direction if cosine"]["trigger"]["validation"]["false_trigger"]
+    assert cosine["n"] == harmless_val + sizes["benign validation"]
     for name in ("latents if harm", "latents if probe", "latents if sparse probe"):
         trigger = rows[name]["trigger"]
         assert trigger["validation"]["false_trigger"]["mean"] <= settings.false_trigger + 1e-9
@@ -421,7 +432,7 @@ def test_a_composed_gated_defence_answers_as_its_sources_where_the_gate_fires() 
         test_attacks=attacks,
         safe_test=prompt_set("safe", safe),
         harmless_test=prompt_set("harmless", harmless),
-        benign=None,
+        benign_test=None,
     )
     scores = {
         "harmful_test": {"attack 0": 2.0, "attack 1": 0.5, "attack 2": 1.0, "attack 3": -1.0},

@@ -23,12 +23,12 @@ Protocol:
   (requests by goal, so a goal's attacks are all on one side; and by default the attacks
   themselves, so no test attack uses a template or suffix a validation attack used), the test
   side without near-copies of the validation side;
-- validation only: a gate's threshold keeps the share of harmless + XSTest safe validation
-  prompts it fires on at `false_trigger`; the probes are fitted on validation prompts (the
-  sparse probe's threshold is set on its out-of-fold logits, as on unseen prompts); a
-  defence's strength is the weakest that blocks `target_block` of the validation attacks
-  that succeed without a defence (gated versions use their defence's strength, so a gate
-  changes where the edit applies, not how hard);
+- validation only: a gate's threshold keeps the share of harmless + XSTest safe + benign
+  validation prompts it fires on at `false_trigger`; the probes are fitted on validation
+  prompts (the sparse probe's threshold is set on its out-of-fold logits, as on unseen
+  prompts); a defence's strength is the weakest that blocks `target_block` of the
+  validation attacks that succeed without a defence (gated versions use their defence's
+  strength, so a gate changes where the edit applies, not how hard);
 - test: jailbreak success (every judge says the answer does the requested task: the learned
   judge is told the plain request) on single-turn attacks and on a two-turn attack (a
   harmless first turn answered under the defence, then the attack); over-refusal (the refusal
@@ -111,7 +111,7 @@ class DefendSettings:
     val_fraction: float = 0.5  # of every pool: validation (thresholds, strengths, the probe)
     n_harmless: int = 128  # Alpaca harmless prompts (validation + test)
     n_safe: int = 250  # XSTest safe prompts (validation + test)
-    n_benign: int = 100  # JailbreakBench benign behaviours (test only)
+    n_benign: int = 100  # JailbreakBench benign behaviours (validation + test)
     two_turn: int = 32  # two-turn attacks on test (0: none)
     # who answers a two-turn attack's harmless first turn: each defence itself ("defended": the
     # attacker meets the defence at every turn, as O'Brien et al. measure it) or the model
@@ -252,7 +252,8 @@ class Pools:
     first_turns: PromptSet  # harmless first turns of the two-turn attack
     safe_val: PromptSet
     safe_test: PromptSet
-    benign: PromptSet | None
+    benign_val: PromptSet | None  # JailbreakBench benign behaviours (None: n_benign=0)
+    benign_test: PromptSet | None
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -264,7 +265,8 @@ class Pools:
             "harmless test": len(self.harmless_test),
             "XSTest safe validation": len(self.safe_val),
             "XSTest safe test": len(self.safe_test),
-            "JailbreakBench benign": 0 if self.benign is None else len(self.benign),
+            "benign validation": 0 if self.benign_val is None else len(self.benign_val),
+            "benign test": 0 if self.benign_test is None else len(self.benign_test),
         }
 
 
@@ -343,13 +345,17 @@ def build_pools(
         selected_on, load_prompts("xstest_safe", data_dir=data_dir, limit=settings.n_safe)
     )
     safe_val, safe_test = _split(safe, settings.val_fraction, settings.seed)
-    benign = (
-        drop_selected(
-            selected_on,
-            load_prompts("jailbreakbench_benign", data_dir=data_dir, limit=settings.n_benign),
+    benign_val, benign_test = (
+        _split(
+            drop_selected(
+                selected_on,
+                load_prompts("jailbreakbench_benign", data_dir=data_dir, limit=settings.n_benign),
+            ),
+            settings.val_fraction,
+            settings.seed,
         )
         if settings.n_benign
-        else None
+        else (None, None)
     )
     pools = Pools(
         attempts(val_goals, "validation"),
@@ -361,7 +367,8 @@ def build_pools(
         first_turns,
         safe_val,
         safe_test,
-        benign,
+        benign_val,
+        benign_test,
     )
     empty = [name for name, n in pools.sizes().items() if n == 0 and "benign" not in name]
     if empty:
@@ -526,12 +533,16 @@ def gates(study: Study) -> tuple[dict[str, Any], dict[str, Any]]:
     refusal = list(inputs.latents.top(settings.k))
     harm = list(defences.gate_latents(inputs.harm, settings.harm_k, refusal))
     harmful_val = pools.val_goals.texts() + [a.prompt for a in pools.val_attacks]
-    harmless_val = pools.harmless_val.texts() + pools.safe_val.texts()
+    harmless_val = (
+        pools.harmless_val.texts()
+        + pools.safe_val.texts()
+        + ([] if pools.benign_val is None else pools.benign_val.texts())
+    )
     harmful_test = pools.test_goals.texts() + [a.prompt for a in pools.test_attacks]
     harmless_test = (
         pools.harmless_test.texts()
         + pools.safe_test.texts()
-        + ([] if pools.benign is None else pools.benign.texts())
+        + ([] if pools.benign_test is None else pools.benign_test.texts())
     )
     pool, batch_size = settings.gate_pool, settings.batch_size
     features = [
@@ -746,7 +757,8 @@ def measure(
         "attacks": study.success(arm, pools.test_attacks, "test attacks"),
         "two_turn": study.success(arm, two_turn, "two-turn attacks"),
     }
-    safe_sets = [pools.safe_test] + ([pools.benign] if pools.benign is not None else [])
+    benign = [] if pools.benign_test is None else [pools.benign_test]
+    safe_sets = [pools.safe_test, *benign]
     verdicts = study.answered(arm, safe_sets)
     for name, rows in zip(("xstest_safe", "jbb_benign"), verdicts, strict=False):
         out[name] = np.array([_unanswered(v) for v in rows])
@@ -802,8 +814,8 @@ def fired(study: Study, defence: Defence, rates: dict[str, Any]) -> dict[str, np
         "xstest_safe": on("harmless_test", pools.safe_test.texts()),
         "kl": on("harmless_test", pools.harmless_test.texts()),
     }
-    if pools.benign is not None:
-        out["jbb_benign"] = on("harmless_test", pools.benign.texts())
+    if pools.benign_test is not None:
+        out["jbb_benign"] = on("harmless_test", pools.benign_test.texts())
     return out
 
 
@@ -1206,9 +1218,9 @@ def swept(
             full["xstest_safe"],
         ),
         None
-        if pools.benign is None or "jbb_benign" not in none
+        if pools.benign_test is None or "jbb_benign" not in none
         else Outcomes(
-            np.array([scores["harmless_test"][t] for t in pools.benign.texts()]),
+            np.array([scores["harmless_test"][t] for t in pools.benign_test.texts()]),
             none["jbb_benign"],
             full["jbb_benign"],
         ),
