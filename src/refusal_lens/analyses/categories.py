@@ -650,9 +650,5 @@ def run(inputs: AnalysisInputs, settings: CategorySettings, out: Path) -> dict[s
         inputs.direction_path,
         settings,
         out,
-        data_dir=inputs.data_dir,
-        device=inputs.device,
-        cache_dir=inputs.cache_dir,
-        executor=inputs.executor,
-        echo=inputs.echo,
+        **inputs.runtime(),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..direction import Direction
@@ -32,6 +32,17 @@ class AnalysisInputs:
     cache_dir: str | None = None
     echo: Callable[[str], None] = print
     executor: Executor | None = None  # where work items run (None: here, on `lm`)
+
+    def runtime(self) -> dict[str, Any]:
+        """Where a job reads data, runs and caches, and how it reports: the keyword arguments
+        every analysis job takes (`job(..., **inputs.runtime())`)."""
+        return {
+            "data_dir": self.data_dir,
+            "device": self.device,
+            "cache_dir": self.cache_dir,
+            "executor": self.executor,
+            "echo": self.echo,
+        }
 
     def with_categories(self, analyses: Path) -> AnalysisInputs:
         """The refusal and harm latents of a finished `categories` analysis in `analyses`

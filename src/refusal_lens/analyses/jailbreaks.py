@@ -572,11 +572,7 @@ def run(inputs: AnalysisInputs, settings: JailbreakSettings, out: Path) -> dict[
         settings,
         out,
         harm=inputs.harm,
-        data_dir=inputs.data_dir,
-        device=inputs.device,
-        cache_dir=inputs.cache_dir,
-        executor=inputs.executor,
-        echo=inputs.echo,
+        **inputs.runtime(),
     )
 
 

@@ -350,9 +350,5 @@ def run(inputs: AnalysisInputs, settings: MinimalSettings, out: Path) -> dict[st
         inputs.ours,
         settings,
         out,
-        data_dir=inputs.data_dir,
-        device=inputs.device,
-        cache_dir=inputs.cache_dir,
-        executor=inputs.executor,
-        echo=inputs.echo,
+        **inputs.runtime(),
     )
