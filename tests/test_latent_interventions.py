@@ -103,6 +103,22 @@ def test_bfloat16_activations_are_steered_by_a_bfloat16_copy(arch: str, tiny: Lo
     assert torch.equal(sae.cast(torch.bfloat16).W_dec, sae.W_dec.bfloat16())
 
 
+@pytest.mark.parametrize("arch", sorted(SAE_CLASSES))
+def test_a_copy_cast_inside_inference_mode_steers(arch: str, tiny: LoadedModel) -> None:
+    # generation runs under torch.inference_mode, so the first bfloat16 steer makes its copy
+    # there: the copy's weights are inference tensors, which have no version counter
+    sae = random_sae_set(tiny, arch, d_sae=1024)[HookPoint(1, "resid_post")]
+    x = torch.randn(4, 6, tiny.d_model) * 3
+    latents = torch.tensor([3, 17, 200])
+    with torch.inference_mode():
+        first = sae.steer(x.bfloat16(), latents, lambda f: 2 * f)
+        assert sae.cast(torch.bfloat16).W_enc.is_inference()
+        again = sae.steer(x.bfloat16(), latents, lambda f: 2 * f)
+        with_set = sae.cast(torch.bfloat16).steer(x.bfloat16(), latents, lambda f: 2 * f)
+    assert torch.equal(first, again) and torch.equal(first, with_set)
+    assert torch.equal(first, sae.steer(x.bfloat16(), latents, lambda f: 2 * f))
+
+
 def test_steer_keep_mask_leaves_rows_alone(tiny_saes: SAESet, tiny: LoadedModel) -> None:
     sae = tiny_saes[HookPoint(0, "resid_post")]
     x = torch.randn(1, 4, tiny.d_model)

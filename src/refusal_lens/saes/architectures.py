@@ -168,7 +168,7 @@ class SparseAutoencoder(nn.Module):
         k can then differ from a float32 encoding where two pre-activations are within bfloat16's
         rounding of each other, as the activations themselves are rounded to bfloat16.
         """
-        versions = (self.W_enc.device, *(p._version for p in self.parameters()))
+        versions = (self.W_enc.device, *map(weight_version, self.parameters()))
         found = self._casts.get(dtype)
         if found is not None and found[0] == versions:
             return found[1]
@@ -419,7 +419,7 @@ class TopKSAE(SparseAutoencoder):
     def _column_amax(self) -> torch.Tensor:
         """Each latent's largest absolute encoder weight (float32), kept until a weight
         changes."""
-        versions = (self.W_enc.device, self.W_enc._version)
+        versions = (self.W_enc.device, weight_version(self.W_enc))
         if self._amax is None or self._amax[0] != versions:
             self._amax = (versions, self.W_enc.detach().abs().amax(0).float())
         return self._amax[1]
@@ -449,6 +449,15 @@ def _selected_pre(
     if sae.cfg.apply_b_dec_to_input:
         sae_in = sae_in - sae.b_dec
     return sae_in @ sae.W_enc[:, latents] + sae.b_enc[latents]
+
+
+def weight_version(weight: torch.Tensor) -> tuple[int, int | None]:
+    """What tells a cached product of `weight` that the weight changed: its storage and its
+    in-place version counter. A tensor made under `torch.inference_mode` (a half-precision
+    copy cast during generation, a set loaded there) has no version counter; nothing edits
+    such a weight in place, so its storage alone identifies it."""
+    version = None if weight.is_inference() else weight._version
+    return weight.data_ptr(), version
 
 
 def _packed_weight(w_enc: torch.Tensor) -> torch.Tensor | None:
