@@ -373,3 +373,11 @@ def test_generated_flags_take_config_and_set(tmp_path: Path, capsys) -> None:
         capsys, "steer", "--latents", "l.json", "--dataset", "d", "--scale", "2", "--set-value", "3"
     )
     assert_one_line_error(code, err, "--scale and --set-value cannot be combined")
+
+
+def test_validate_attribution_runs_in_float32_unless_a_dtype_is_named() -> None:
+    from refusal_lens.cli.latents import validation_dtype
+
+    assert validation_dtype("auto") == "float32"  # bfloat16 rounds a latent's effect away
+    assert validation_dtype("bfloat16") == "bfloat16"
+    assert validation_dtype("float16") == "float16"

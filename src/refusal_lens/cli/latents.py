@@ -118,6 +118,14 @@ def _info_direction(latent_set: Any) -> Any:
     return Direction.load(source)
 
 
+def validation_dtype(requested: str) -> str:
+    """The dtype `validate-attribution` runs the model in: float32 unless one is named. Patching
+    one latent moves the refusal metric by a few hundredths of a logit, below bfloat16's
+    resolution at logits of ten or more: in bfloat16 the patched effects read as rounding noise
+    (docs/guide.md, section 8: Validation)."""
+    return "float32" if requested == "auto" else requested
+
+
 def cmd_validate_attribution(args: argparse.Namespace) -> int:
     from ..attribution import AttributionSettings, ValidationSettings, validate_attribution
     from ..latents import LatentSet
@@ -151,6 +159,7 @@ def cmd_validate_attribution(args: argparse.Namespace) -> int:
             f"{args.latents}: info.settings.attribution is not a set of attribution settings "
             f"({error}); rerun find-latents"
         ) from None
+    args.dtype = validation_dtype(args.dtype)
     lm, formatter = load_lm(args)
     latent_set.check_model(lm)
     saes.check_model(lm)
